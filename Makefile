@@ -1,0 +1,49 @@
+# darkroom: the verbs a newcomer needs. `make help` lists them.
+SHELL := /bin/bash
+PY := .venv/bin/python
+STACK := $(PY) -m infra.stack
+
+.DEFAULT_GOAL := help
+
+.PHONY: help setup up down status logs test test-unit test-integration test-e2e lint typecheck check schemas
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
+
+setup: ## install everything (cached outside the clone; seconds when nothing changed)
+	@bash infra/scripts/setup.sh
+
+up: ## start Kafka, MinIO, FerretDB and all services on 127.0.0.1 (data in .run/dev)
+	@$(STACK) up
+
+down: ## stop everything `make up` started
+	@$(STACK) down
+
+status: ## health of each component
+	@$(STACK) status
+
+logs: ## follow the logs of every component
+	@$(STACK) logs
+
+test: lint typecheck ## lint, types, then unit, integration and e2e tests against a private stack
+	@$(PY) -m infra.testrun tests/unit tests/integration tests/e2e
+
+test-unit: ## unit tests only (nothing running needed)
+	@$(PY) -m pytest -q tests/unit
+
+test-integration: ## integration tests against a private Kafka, MinIO and FerretDB
+	@$(PY) -m infra.testrun tests/integration
+
+test-e2e: ## end-to-end tests against a private stack
+	@$(PY) -m infra.testrun tests/e2e
+
+lint: ## ruff lint and format check
+	@$(PY) -m ruff check . && $(PY) -m ruff format --check .
+
+typecheck: ## mypy strict on libs, services and infra
+	@$(PY) -m mypy
+
+check: lint typecheck test-unit ## fast local checks before a commit
+
+schemas: ## regenerate the published JSON Schemas of every event (docs/schemas)
+	@$(PY) -m libs.cli schemas export docs/schemas

@@ -1,0 +1,1 @@
+"""What runs darkroom's infrastructure locally: Kafka, MinIO, FerretDB, topics, the stack."""

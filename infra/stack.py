@@ -1,0 +1,536 @@
+"""Run darkroom locally without Docker: Kafka, MinIO, FerretDB and the six services.
+
+Usage: python -m infra.stack [--profile dev|test] up [--infra-only]
+       python -m infra.stack [--profile dev|test] down | status | logs
+
+Every process is started in its own session with its output in `<run dir>/logs`
+and its pid (plus the kernel's start time, so a recycled pid is never mistaken for
+ours) in `<run dir>/pids`. `up` waits on health checks, never on fixed sleeps, and
+skips whatever is already running and healthy, so a second `up` changes nothing.
+`down` stops, by recorded pid, everything `up` started.
+
+Two profiles keep a developer's stack and the test suite's apart: `dev` (ports
+from DARKROOM_*_PORT, data in .run/dev) and `test` (ports from DARKROOM_TEST_*_PORT,
+data in .run/test).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import contextlib
+import os
+import signal
+import socket
+import string
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from infra import paths
+
+SERVICES = ("auth", "requests", "decoder", "safety", "storage", "gateway")
+INFRA = ("kafka", "minio", "ferretdb")
+DEV_MINIO_USER = "darkroom"
+DEV_MINIO_PASSWORD = "darkroom-dev-secret"  # noqa: S105 - development default, refused in production
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Ports and folders of one local stack."""
+
+    name: str
+    run_dir: Path
+    kafka_port: int
+    controller_port: int
+    minio_port: int
+    minio_console_port: int
+    ferretdb_port: int
+    gateway_port: int
+    health_port_base: int
+    otlp_endpoint: str = ""
+
+    @property
+    def kafka_bootstrap(self) -> str:
+        return f"127.0.0.1:{self.kafka_port}"
+
+    @property
+    def mongo_url(self) -> str:
+        return f"mongodb://127.0.0.1:{self.ferretdb_port}/"
+
+    @property
+    def minio_endpoint(self) -> str:
+        return f"127.0.0.1:{self.minio_port}"
+
+    @property
+    def gateway_url(self) -> str:
+        return f"http://127.0.0.1:{self.gateway_port}"
+
+    def health_port(self, service: str) -> int:
+        return self.gateway_port if service == "gateway" else self.health_port_base + SERVICES.index(service)
+
+    def service_env(self, service: str, instance: str = "") -> dict[str, str]:
+        """Environment for a service process of this stack."""
+        return {
+            "DARKROOM_ENV": "development",
+            "DARKROOM_KAFKA_BOOTSTRAP": self.kafka_bootstrap,
+            "DARKROOM_MONGO_URL": self.mongo_url,
+            "DARKROOM_MINIO_ENDPOINT": self.minio_endpoint,
+            "DARKROOM_MINIO_ACCESS_KEY": DEV_MINIO_USER,
+            "DARKROOM_MINIO_SECRET_KEY": DEV_MINIO_PASSWORD,
+            "DARKROOM_GATEWAY_PORT": str(self.gateway_port),
+            # The gateway serves /healthz on its API port; the others on a port of their own.
+            "DARKROOM_HEALTH_PORT": "0" if service == "gateway" else str(self.health_port(service)),
+            "DARKROOM_INSTANCE_ID": instance or f"{service}-{self.name}-1",
+            "DARKROOM_OTLP_ENDPOINT": self.otlp_endpoint,
+            "PYTHONPATH": str(paths.ROOT),
+            "PYTHONUNBUFFERED": "1",
+        }
+
+
+def load_profile(name: str) -> Profile:
+    """The dev or test profile, with ports overridable from the environment."""
+    prefix, offset, default_dir = {
+        "dev": ("DARKROOM_", 0, paths.ROOT / ".run" / "dev"),
+        "test": ("DARKROOM_TEST_", 10000, paths.ROOT / ".run" / "test"),
+    }[name]
+
+    def port(var: str, default: int) -> int:
+        return int(os.environ.get(f"{prefix}{var}_PORT", default + offset))
+
+    return Profile(
+        name=name,
+        run_dir=Path(os.environ.get(f"{prefix}RUN_DIR", default_dir)),
+        kafka_port=port("KAFKA", 9092),
+        controller_port=port("KAFKA_CONTROLLER", 9093),
+        minio_port=port("MINIO", 9000),
+        minio_console_port=port("MINIO_CONSOLE", 9001),
+        ferretdb_port=port("FERRETDB", 27017),
+        gateway_port=port("GATEWAY", 8000),
+        health_port_base=port("HEALTH_BASE", 8100),
+        otlp_endpoint=os.environ.get(f"{prefix}OTLP_ENDPOINT", ""),
+    )
+
+
+# --- processes ---------------------------------------------------------------------
+
+
+def _start_time(pid: int) -> str | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # Field 22 (starttime), counted after the parenthesised command name.
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+@dataclass
+class Process:
+    """A process of the stack, identified by name within a profile."""
+
+    profile: Profile
+    name: str
+
+    @property
+    def pid_file(self) -> Path:
+        return self.profile.run_dir / "pids" / f"{self.name}.pid"
+
+    @property
+    def log_file(self) -> Path:
+        return self.profile.run_dir / "logs" / f"{self.name}.log"
+
+    def pid(self) -> int | None:
+        """The recorded pid, if that process is still the one we started."""
+        try:
+            pid_text, started = self.pid_file.read_text().split()
+        except (OSError, ValueError):
+            return None
+        pid = int(pid_text)
+        return pid if _start_time(pid) == started and _alive(pid) else None
+
+    def start(self, argv: list[str], env: dict[str, str], cwd: Path | None = None) -> int:
+        self.log_file.parent.mkdir(parents=True, exist_ok=True)
+        self.pid_file.parent.mkdir(parents=True, exist_ok=True)
+        with self.log_file.open("ab") as log:
+            log.write(f"\n--- {time.strftime('%Y-%m-%d %H:%M:%S')} starting {self.name}\n".encode())
+            proc = subprocess.Popen(
+                argv,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env={**os.environ, **env},
+                cwd=cwd or paths.ROOT,
+                start_new_session=True,
+            )
+        self.pid_file.write_text(f"{proc.pid} {_start_time(proc.pid)}\n")
+        return proc.pid
+
+    def stop(self, timeout_s: float = 20.0, sig: int = signal.SIGTERM) -> bool:
+        """Signal the process group, wait, then SIGKILL; True if something was stopped."""
+        pid = self.pid()
+        if pid is None:
+            self.pid_file.unlink(missing_ok=True)
+            return False
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, sig)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and _alive(pid):
+            time.sleep(0.1)
+        if _alive(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)
+            while _alive(pid):
+                time.sleep(0.05)
+        self.pid_file.unlink(missing_ok=True)
+        return True
+
+    def tail(self, lines: int = 20) -> str:
+        try:
+            return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie (our own exited child) counts as gone.
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    if state == "Z":
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)
+        return False
+    return True
+
+
+# --- health checks -----------------------------------------------------------------
+
+
+def port_open(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 - loopback URL
+            return bool(response.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def kafka_ok(profile: Profile) -> bool:
+    """The broker answers a metadata request (not just an open port)."""
+    if not port_open(profile.kafka_port):
+        return False
+
+    async def probe() -> bool:
+        from aiokafka.admin import AIOKafkaAdminClient
+
+        admin = AIOKafkaAdminClient(bootstrap_servers=profile.kafka_bootstrap, request_timeout_ms=3000)
+        try:
+            await admin.start()
+            await admin.list_topics()
+            return True
+        except Exception:  # noqa: BLE001 - any failure means not ready yet
+            return False
+        finally:
+            with contextlib.suppress(Exception):
+                await admin.close()
+
+    return asyncio.run(probe())
+
+
+def ferretdb_ok(profile: Profile) -> bool:
+    if not port_open(profile.ferretdb_port):
+        return False
+    from pymongo import MongoClient
+    from pymongo.errors import PyMongoError
+
+    client: MongoClient[dict[str, object]] = MongoClient(profile.mongo_url, serverSelectionTimeoutMS=2000)
+    try:
+        client.admin.command("ping")
+        return True
+    except PyMongoError:
+        return False
+    finally:
+        client.close()
+
+
+def minio_ok(profile: Profile) -> bool:
+    return http_ok(f"http://{profile.minio_endpoint}/minio/health/ready")
+
+
+def service_ok(profile: Profile, service: str) -> bool:
+    return http_ok(f"http://127.0.0.1:{profile.health_port(service)}/healthz")
+
+
+def wait_until(check: Callable[[], bool], what: str, proc: Process | None, timeout_s: float) -> None:
+    """Poll `check` until it passes; fail early if the process died."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if check():
+            return
+        if proc is not None and proc.pid() is None:
+            raise StackError(f"{what} exited during start-up; last log lines:\n{proc.tail()}")
+        time.sleep(0.25)
+    tail = proc.tail() if proc else ""
+    raise StackError(f"{what} not healthy after {timeout_s:.0f}s; last log lines:\n{tail}")
+
+
+class StackError(RuntimeError):
+    """A component failed to start."""
+
+
+# --- components ----------------------------------------------------------------------
+
+
+@dataclass
+class Stack:
+    """Starts, checks and stops the components of one profile."""
+
+    profile: Profile
+    say: Callable[[str], None] = field(default=print)
+
+    def proc(self, name: str) -> Process:
+        return Process(self.profile, name)
+
+    def healthy(self, name: str) -> bool:
+        checks: dict[str, Callable[[], bool]] = {
+            "kafka": lambda: kafka_ok(self.profile),
+            "minio": lambda: minio_ok(self.profile),
+            "ferretdb": lambda: ferretdb_ok(self.profile),
+        }
+        if name in checks:
+            return checks[name]()
+        return service_ok(self.profile, name)
+
+    def _ensure(self, name: str, start: Callable[[], None], timeout_s: float) -> None:
+        t0 = time.monotonic()
+        proc = self.proc(name)
+        if proc.pid() is not None:
+            if self.healthy(name):
+                self.say(f"  {name:9} already running (pid {proc.pid()})")
+                return
+            wait_until(lambda: self.healthy(name), name, proc, timeout_s)
+            self.say(f"  {name:9} running (pid {proc.pid()})")
+            return
+        start()
+        wait_until(lambda: self.healthy(name), name, proc, timeout_s)
+        self.say(f"  {name:9} healthy in {time.monotonic() - t0:4.1f}s (pid {proc.pid()})")
+
+    def start_kafka(self) -> None:
+        home = paths.kafka_home()
+        if not (home / ".complete").exists():
+            raise StackError(f"Kafka is not installed at {home}: run `make setup`")
+        kdir = self.profile.run_dir / "kafka"
+        data = kdir / "data"
+        kdir.mkdir(parents=True, exist_ok=True)
+        template = string.Template((paths.ROOT / "infra" / "kafka" / "server.properties.template").read_text())
+        props = kdir / "server.properties"
+        props.write_text(
+            template.substitute(
+                kafka_port=self.profile.kafka_port,
+                controller_port=self.profile.controller_port,
+                data_dir=data,
+            )
+        )
+        java = ["java", "-cp", paths.kafka_classpath()]
+        log4j = f"-Dlog4j2.configurationFile={paths.ROOT / 'infra' / 'kafka' / 'log4j2.properties'}"
+        if not (data / "meta.properties").exists():
+            cluster_file = kdir / "cluster-id"
+            if not cluster_file.exists():
+                cluster_file.write_text(base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=") + "\n")
+            subprocess.run(
+                [
+                    *java[:1],
+                    log4j,
+                    *java[1:],
+                    "kafka.tools.StorageTool",
+                    "format",
+                    "--ignore-formatted",
+                    "-t",
+                    cluster_file.read_text().strip(),
+                    "-c",
+                    str(props),
+                ],
+                check=True,
+                stdout=subprocess.DEVNULL,
+            )
+        heap = os.environ.get("DARKROOM_KAFKA_HEAP", "512m")
+        self.proc("kafka").start(
+            [
+                "java",
+                f"-Xms{heap}",
+                f"-Xmx{heap}",
+                "-XX:+UseG1GC",
+                "-XX:MaxGCPauseMillis=20",
+                "-XX:+ExitOnOutOfMemoryError",
+                "-Djava.awt.headless=true",
+                log4j,
+                "-cp",
+                paths.kafka_classpath(),
+                "kafka.Kafka",
+                str(props),
+            ],
+            env={},
+        )
+
+    def start_minio(self) -> None:
+        binary = paths.minio_bin()
+        if not binary.exists():
+            raise StackError(f"MinIO is not installed at {binary}: run `make setup`")
+        data = self.profile.run_dir / "minio"
+        data.mkdir(parents=True, exist_ok=True)
+        self.proc("minio").start(
+            [
+                str(binary),
+                "server",
+                str(data),
+                "--quiet",
+                "--address",
+                f"127.0.0.1:{self.profile.minio_port}",
+                "--console-address",
+                f"127.0.0.1:{self.profile.minio_console_port}",
+            ],
+            env={
+                "MINIO_ROOT_USER": DEV_MINIO_USER,
+                "MINIO_ROOT_PASSWORD": DEV_MINIO_PASSWORD,
+                "MINIO_BROWSER": "off",
+                "MINIO_UPDATE": "off",
+            },
+        )
+
+    def start_ferretdb(self) -> None:
+        binary = paths.ferretdb_bin()
+        if not binary.exists():
+            raise StackError(f"FerretDB is not installed at {binary}: run `make setup`")
+        data = self.profile.run_dir / "ferretdb"
+        (data / "state").mkdir(parents=True, exist_ok=True)
+        self.proc("ferretdb").start(
+            [
+                str(binary),
+                "--handler=sqlite",
+                f"--sqlite-url=file:{data}/",
+                f"--listen-addr=127.0.0.1:{self.profile.ferretdb_port}",
+                f"--state-dir={data / 'state'}",
+                "--debug-addr=-",
+                "--telemetry=disable",
+                "--log-level=warn",
+            ],
+            env={},
+        )
+
+    def start_service(self, service: str, instance: str = "") -> None:
+        self.proc(instance or service).start(
+            [sys.executable, "-m", f"services.{service}"],
+            env=self.profile.service_env(service, instance),
+        )
+
+    def create_topics(self) -> None:
+        from infra.topics import create_topics
+
+        created = asyncio.run(create_topics(self.profile.kafka_bootstrap))
+        self.say(f"  topics    {len(created)} created" + (f": {', '.join(created)}" if created else ", all present"))
+
+    def up_infra(self) -> None:
+        self._ensure("kafka", self.start_kafka, timeout_s=90)
+        self._ensure("minio", self.start_minio, timeout_s=60)
+        self._ensure("ferretdb", self.start_ferretdb, timeout_s=60)
+        self.create_topics()
+
+    def up_services(self) -> None:
+        for service in SERVICES:
+            if service == "gateway":
+                continue
+            self._ensure(service, lambda s=service: self.start_service(s), timeout_s=60)  # type: ignore[misc]
+        self._ensure("gateway", lambda: self.start_service("gateway"), timeout_s=60)
+        # The gateway is healthy once it has seen every service's heartbeat over Kafka.
+        wait_until(
+            lambda: http_ok(f"{self.profile.gateway_url}/healthz"),
+            "gateway /healthz (all services)",
+            self.proc("gateway"),
+            timeout_s=30,
+        )
+
+    def down(self) -> list[str]:
+        stopped = []
+        for name in [*reversed(SERVICES), *reversed(INFRA)]:
+            if self.proc(name).stop():
+                stopped.append(name)
+        # Extra instances started by tests (e.g. a second gateway) live in pids/ too.
+        pid_dir = self.profile.run_dir / "pids"
+        if pid_dir.exists():
+            for pid_file in sorted(pid_dir.glob("*.pid")):
+                if self.proc(pid_file.stem).stop():
+                    stopped.append(pid_file.stem)
+        return stopped
+
+    def status(self) -> dict[str, tuple[int | None, bool]]:
+        return {name: (self.proc(name).pid(), self.healthy(name)) for name in [*INFRA, *SERVICES]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI entry point."""
+    parser = argparse.ArgumentParser(
+        prog="python -m infra.stack", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--profile", choices=["dev", "test"], default="dev")
+    parser.add_argument("command", choices=["up", "down", "status", "logs"])
+    parser.add_argument("--infra-only", action="store_true", help="up: Kafka, MinIO, FerretDB and topics only")
+    args = parser.parse_args(argv)
+    stack = Stack(load_profile(args.profile))
+    profile = stack.profile
+    if args.command == "up":
+        t0 = time.monotonic()
+        print(f"darkroom ({profile.name}): starting in {profile.run_dir}")
+        try:
+            stack.up_infra()
+            if not args.infra_only:
+                stack.up_services()
+        except (StackError, subprocess.CalledProcessError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        print(f"up in {time.monotonic() - t0:.1f}s")
+        if not args.infra_only:
+            print(f"gateway:  {profile.gateway_url}  (API docs at {profile.gateway_url}/docs)")
+        print(f"kafka:    {profile.kafka_bootstrap}   minio: {profile.minio_endpoint}   mongo: {profile.mongo_url}")
+        print(f"logs:     {profile.run_dir / 'logs'}   (make logs)")
+        return 0
+    if args.command == "down":
+        stopped = stack.down()
+        print(f"stopped: {', '.join(stopped) if stopped else 'nothing was running'}")
+        return 0
+    if args.command == "status":
+        all_ok = True
+        for name, (pid, ok) in stack.status().items():
+            all_ok &= ok
+            state = "healthy" if ok else ("UNHEALTHY" if pid else "not running")
+            print(f"{name:9} {state:11} {'pid ' + str(pid) if pid else ''}")
+        gateway = http_ok(f"{profile.gateway_url}/healthz")
+        print(f"{'healthz':9} {'ok' if gateway else 'degraded'}      {profile.gateway_url}/healthz")
+        return 0 if all_ok else 1
+    logs = sorted((profile.run_dir / "logs").glob("*.log"))
+    if not logs:
+        print("no logs yet", file=sys.stderr)
+        return 1
+    tail = ["tail", "-n", "20", "-F", *map(str, logs)]
+    os.execvp("tail", tail)  # noqa: S606 - replaces this process with tail
+    return 0  # pragma: no cover - exec does not return
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Code every darkroom service shares: message contracts, ports and adapters, runtime."""

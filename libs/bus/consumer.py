@@ -1,0 +1,188 @@
+"""The consumer loop every service runs: decode, trace, handle, dead-letter, commit.
+
+A handler receives decoded envelopes; everything else is here, once:
+
+- the record's trace context is extracted from its headers and the handler runs in
+  a consumer span that is a child of the producer's span;
+- bytes that are not a valid envelope, and messages the handler rejects, go to the
+  dead-letter topic with the reason and the original coordinates, and the loop moves
+  on, so a poison message never blocks its partition;
+- a `TransientError` (a store or broker outage) is retried with backoff, without
+  limit: an outage delays work but loses none;
+- offsets are committed only after the records before them were handled, so a crash
+  redelivers at most the records in flight (handlers are idempotent).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
+from libs.bus.ports import Consumer, Record, TopicPartition
+from libs.bus.publisher import EventPublisher
+from libs.bus.tracing import extract_context
+from libs.events import DecodeError, Envelope
+from libs.events.schemas import DeadLetter
+
+log = logging.getLogger(__name__)
+_tracer = trace.get_tracer("darkroom.bus")
+
+Handler = Callable[[Envelope, Record], Awaitable[None]]
+
+
+class TransientError(Exception):
+    """A failure that will pass (a dependency is down): retry, never dead-letter."""
+
+
+class RejectedMessage(Exception):
+    """The handler cannot act on this message, ever: dead-letter it with this reason."""
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How often a handler error other than TransientError is retried before the DLQ."""
+
+    max_attempts: int = 3
+    initial_backoff_s: float = 0.05
+    max_backoff_s: float = 5.0
+
+
+class EventConsumer:
+    """Runs one consumer-group member until asked to stop."""
+
+    def __init__(
+        self,
+        consumer: Consumer,
+        handler: Handler,
+        *,
+        publisher: EventPublisher,
+        dead_letter_topic: str,
+        service: str,
+        group: str,
+        retry: RetryPolicy | None = None,
+        poll_timeout_ms: int = 200,
+        max_records: int = 100,
+    ) -> None:
+        self._consumer = consumer
+        self._handler = handler
+        self._publisher = publisher
+        self._dlq = dead_letter_topic
+        self._service = service
+        self._group = group
+        self._retry = retry or RetryPolicy()
+        self._poll_timeout_ms = poll_timeout_ms
+        self._max_records = max_records
+        self.handled = 0
+        self.dead_lettered = 0
+
+    @property
+    def consumer(self) -> Consumer:
+        """The group member this loop drives (lanes pause and resume it)."""
+        return self._consumer
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Consume until `stop` is set, then commit what was handled and return."""
+        while not stop.is_set():
+            records = await self._consumer.getmany(self._poll_timeout_ms, self._max_records)
+            done: dict[TopicPartition, int] = {}
+            for record in records:
+                if stop.is_set() and record.tp not in done:
+                    # Shutting down: leave untouched partitions for the next member.
+                    continue
+                await self.process(record)
+                done[record.tp] = record.offset + 1
+            if done:
+                await self._consumer.commit(done)
+
+    async def process(self, record: Record) -> None:
+        """Handle one record completely: handled, or dead-lettered with the reason."""
+        parent = extract_context(record.headers)
+        with _tracer.start_as_current_span(
+            f"{record.topic} process",
+            context=parent,
+            kind=SpanKind.CONSUMER,
+            attributes={
+                "messaging.system": "kafka",
+                "messaging.destination.name": record.topic,
+                "messaging.consumer.group.name": self._group,
+                "messaging.kafka.destination.partition": record.partition,
+                "messaging.kafka.message.offset": record.offset,
+                "darkroom.service": self._service,
+            },
+        ) as span:
+            try:
+                envelope = Envelope.from_bytes(record.value)
+            except DecodeError as exc:
+                span.set_status(Status(StatusCode.ERROR, str(exc)))
+                await self._dead_letter(record, str(exc), "DecodeError", attempts=1)
+                return
+            span.set_attribute("messaging.message.id", envelope.event_id)
+            span.set_attribute("darkroom.event.type", envelope.type)
+            span.set_attribute("darkroom.aggregate.id", envelope.aggregate_id)
+            await self._handle_with_retries(envelope, record, span)
+
+    async def _handle_with_retries(self, envelope: Envelope, record: Record, span: trace.Span) -> None:
+        attempt = 0
+        backoff = self._retry.initial_backoff_s
+        while True:
+            attempt += 1
+            try:
+                await self._handler(envelope, record)
+                self.handled += 1
+                return
+            except TransientError as exc:
+                log.warning("transient failure on %s@%d, retrying: %s", record.topic, record.offset, exc)
+            except (RejectedMessage, DecodeError) as exc:
+                span.set_status(Status(StatusCode.ERROR, str(exc)))
+                await self._dead_letter(record, str(exc), type(exc).__name__, attempts=attempt)
+                return
+            except Exception as exc:
+                if attempt >= self._retry.max_attempts:
+                    span.record_exception(exc)
+                    span.set_status(Status(StatusCode.ERROR, str(exc)))
+                    log.exception("giving up on %s@%d after %d attempts", record.topic, record.offset, attempt)
+                    reason = f"handler failed {attempt} times: {exc!r}"
+                    await self._dead_letter(record, reason, type(exc).__name__, attempts=attempt)
+                    return
+                log.warning("handler error on %s@%d (attempt %d): %r", record.topic, record.offset, attempt, exc)
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, self._retry.max_backoff_s)
+
+    async def _dead_letter(self, record: Record, reason: str, error_type: str, *, attempts: int) -> None:
+        try:
+            value, encoding = record.value.decode("utf-8"), "utf-8"
+        except UnicodeDecodeError:
+            value, encoding = base64.b64encode(record.value).decode(), "base64"
+        letter = DeadLetter(
+            reason=reason,
+            error_type=error_type,
+            service=self._service,
+            group=self._group,
+            topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+            key=record.key.decode("utf-8", "replace") if record.key is not None else None,
+            value=value,
+            value_encoding=encoding,
+            headers={k: v.decode("utf-8", "replace") for k, v in record.headers},
+            attempts=attempts,
+        )
+        aggregate = f"{record.topic}/{record.partition}/{record.offset}"
+        log.error("dead-lettering %s: %s", aggregate, reason)
+        # The DLQ write itself must not be lost: retry it until the broker takes it.
+        backoff = self._retry.initial_backoff_s
+        while True:
+            try:
+                await self._publisher.publish(self._dlq, Envelope.wrap(letter, aggregate_id=aggregate))
+                self.dead_lettered += 1
+                return
+            except Exception as exc:  # noqa: BLE001
+                log.warning("dead-letter publish failed, retrying: %r", exc)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, self._retry.max_backoff_s)

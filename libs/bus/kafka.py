@@ -1,0 +1,146 @@
+"""The bus port on aiokafka, for real Kafka brokers."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import TopicPartition as KafkaTopicPartition
+from aiokafka.structs import OffsetAndMetadata
+
+from libs.bus.ports import Delivered, Record, TopicPartition
+
+MAX_REQUEST_BYTES = 10 * 1024 * 1024
+
+
+class KafkaProducer:
+    """An idempotent producer: acks from all in-sync replicas, no duplicates on retry."""
+
+    def __init__(self, bootstrap: str, *, client_id: str = "darkroom", linger_ms: int = 0) -> None:
+        self._options = {
+            "bootstrap_servers": bootstrap,
+            "client_id": client_id,
+            "enable_idempotence": True,
+            "acks": "all",
+            "linger_ms": linger_ms,
+            "max_request_size": MAX_REQUEST_BYTES,
+            "request_timeout_ms": 30000,
+        }
+        self._client: AIOKafkaProducer | None = None
+
+    @property
+    def _producer(self) -> AIOKafkaProducer:
+        if self._client is None:
+            raise RuntimeError("producer not started")
+        return self._client
+
+    async def start(self) -> None:
+        # aiokafka binds its clients to the running loop, so they are made here.
+        self._client = AIOKafkaProducer(**self._options)
+        await self._client.start()
+
+    async def stop(self) -> None:
+        await self._producer.stop()
+
+    async def send(
+        self,
+        topic: str,
+        value: bytes,
+        *,
+        key: bytes | None = None,
+        headers: Sequence[tuple[str, bytes]] = (),
+        partition: int | None = None,
+    ) -> Delivered:
+        meta = await self._producer.send_and_wait(
+            topic, value=value, key=key, headers=list(headers), partition=partition
+        )
+        return Delivered(meta.topic, meta.partition, meta.offset)
+
+    async def partitions_for(self, topic: str) -> set[int]:
+        return set(await self._producer.partitions_for(topic))
+
+
+class KafkaConsumer:
+    """A consumer-group member with manual commits, subscribed to topics.
+
+    With `group=None` it reads every partition without a group and commits nothing.
+    """
+
+    def __init__(
+        self,
+        bootstrap: str,
+        *,
+        group: str | None,
+        topics: Sequence[str],
+        client_id: str = "darkroom",
+        auto_offset_reset: str = "earliest",
+        max_poll_interval_ms: int = 300000,
+    ) -> None:
+        self._topics = list(topics)
+        self._group = group
+        self._options = {
+            "bootstrap_servers": bootstrap,
+            "group_id": group,
+            "client_id": client_id,
+            "enable_auto_commit": False,
+            "auto_offset_reset": auto_offset_reset,
+            "max_poll_interval_ms": max_poll_interval_ms,
+            "fetch_max_bytes": MAX_REQUEST_BYTES * 2,
+            "max_partition_fetch_bytes": MAX_REQUEST_BYTES,
+        }
+        self._client: AIOKafkaConsumer | None = None
+
+    @property
+    def _consumer(self) -> AIOKafkaConsumer:
+        if self._client is None:
+            raise RuntimeError("consumer not started")
+        return self._client
+
+    async def start(self) -> None:
+        # aiokafka binds its clients to the running loop, so they are made here.
+        self._client = AIOKafkaConsumer(**self._options)
+        await self._client.start()
+        self._client.subscribe(self._topics)
+
+    async def stop(self) -> None:
+        await self._consumer.stop()
+
+    async def getmany(self, timeout_ms: int, max_records: int | None = None) -> list[Record]:
+        batches = await self._consumer.getmany(timeout_ms=timeout_ms, max_records=max_records)
+        records: list[Record] = []
+        for batch in batches.values():
+            for msg in batch:
+                records.append(
+                    Record(
+                        topic=msg.topic,
+                        partition=msg.partition,
+                        offset=msg.offset,
+                        key=msg.key,
+                        value=msg.value if msg.value is not None else b"",
+                        headers=tuple((k, v) for k, v in msg.headers),
+                        timestamp_ms=msg.timestamp,
+                    )
+                )
+        return records
+
+    async def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
+        if self._group is None:
+            return  # a group-less reader (e.g. heartbeats from "now") keeps no offsets
+        await self._consumer.commit(
+            {
+                KafkaTopicPartition(tp.topic, tp.partition): OffsetAndMetadata(offset, "")
+                for tp, offset in offsets.items()
+            }
+        )
+
+    def assignment(self) -> set[TopicPartition]:
+        return {TopicPartition(tp.topic, tp.partition) for tp in self._consumer.assignment()}
+
+    def pause(self, partitions: Sequence[TopicPartition]) -> None:
+        self._consumer.pause(*[KafkaTopicPartition(tp.topic, tp.partition) for tp in partitions])
+
+    def resume(self, partitions: Sequence[TopicPartition]) -> None:
+        self._consumer.resume(*[KafkaTopicPartition(tp.topic, tp.partition) for tp in partitions])
+
+    def paused(self) -> set[TopicPartition]:
+        return {TopicPartition(tp.topic, tp.partition) for tp in self._consumer.paused()}

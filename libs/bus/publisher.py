@@ -1,0 +1,69 @@
+"""Publishing envelopes: serialization, keys and trace context in headers."""
+
+from __future__ import annotations
+
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind
+
+from libs.bus.ports import Delivered, Producer
+from libs.bus.tracing import inject_headers
+from libs.events import Envelope
+
+_tracer = trace.get_tracer("darkroom.bus")
+
+
+class EventPublisher:
+    """Puts envelopes on topics, one producer span per message.
+
+    The key defaults to the envelope's aggregate id, so every event of one aggregate
+    lands on one partition, in order.
+    """
+
+    def __init__(self, producer: Producer) -> None:
+        self._producer = producer
+
+    @property
+    def producer(self) -> Producer:
+        """The underlying producer."""
+        return self._producer
+
+    async def publish(
+        self,
+        topic: str,
+        envelope: Envelope,
+        *,
+        key: str | None = None,
+        partition: int | None = None,
+    ) -> Delivered:
+        """Publish one envelope and wait for the broker's acknowledgement.
+
+        Args:
+            topic: Destination topic.
+            envelope: The message.
+            key: Partitioning key; the aggregate id when omitted.
+            partition: An explicit partition (lanes pick one); otherwise by key.
+
+        Returns:
+            Where the message landed.
+        """
+        with _tracer.start_as_current_span(
+            f"{topic} publish",
+            kind=SpanKind.PRODUCER,
+            attributes={
+                "messaging.system": "kafka",
+                "messaging.destination.name": topic,
+                "messaging.message.id": envelope.event_id,
+                "darkroom.event.type": envelope.type,
+                "darkroom.aggregate.id": envelope.aggregate_id,
+            },
+        ) as span:
+            delivered = await self._producer.send(
+                topic,
+                envelope.to_bytes(),
+                key=(key if key is not None else envelope.aggregate_id).encode(),
+                headers=inject_headers(),
+                partition=partition,
+            )
+            span.set_attribute("messaging.kafka.destination.partition", delivered.partition)
+            span.set_attribute("messaging.kafka.message.offset", delivered.offset)
+            return delivered

@@ -1,0 +1,1 @@
+"""The `darkroom` operator CLI."""

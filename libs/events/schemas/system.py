@@ -1,0 +1,45 @@
+"""Operational messages: liveness and dead letters."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from libs.events.envelope import Event
+from libs.events.registry import REGISTRY
+
+
+@REGISTRY.register
+class ServiceHeartbeat(Event):
+    """A service instance says it is alive; the gateway's /healthz reads these."""
+
+    TYPE = "system.service_heartbeat"
+
+    service: str
+    instance_id: str
+    started_at: datetime
+    healthy: bool = True
+    checks: dict[str, bool] = {}
+
+
+@REGISTRY.register
+class DeadLetter(Event):
+    """A message a consumer could not decode or handle, parked with the reason.
+
+    The original bytes travel as text when they are valid UTF-8, else base64, so
+    `darkroom dlq` and kcat can show them and a replay can put them back unchanged.
+    """
+
+    TYPE = "system.dead_letter"
+
+    reason: str
+    error_type: str
+    service: str
+    group: str
+    topic: str
+    partition: int
+    offset: int
+    key: str | None = None
+    value: str
+    value_encoding: str = "utf-8"
+    headers: dict[str, str] = {}
+    attempts: int = 1

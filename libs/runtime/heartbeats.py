@@ -1,0 +1,54 @@
+"""Tracking the services' heartbeats: who is alive, as last reported on Kafka."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from libs.bus import Record
+from libs.events import REGISTRY, Envelope
+from libs.events.schemas import ServiceHeartbeat
+
+SERVICES = ("gateway", "auth", "requests", "decoder", "safety", "storage")
+
+
+@dataclass
+class Beat:
+    """The last heartbeat of one instance and when it arrived (monotonic seconds)."""
+
+    heartbeat: ServiceHeartbeat
+    received_at: float
+
+
+class HeartbeatMonitor:
+    """Keeps the latest heartbeat per service instance; a consumer handler."""
+
+    def __init__(self, stale_after_s: float = 10.0) -> None:
+        self.stale_after_s = stale_after_s
+        self._beats: dict[str, Beat] = {}
+
+    async def __call__(self, envelope: Envelope, record: Record) -> None:
+        beat = REGISTRY.decode_as(envelope, ServiceHeartbeat)
+        self._beats[beat.instance_id] = Beat(beat, time.monotonic())
+
+    def seen(self, instance_id: str) -> float | None:
+        """Seconds since this instance's last heartbeat, or None if never seen."""
+        beat = self._beats.get(instance_id)
+        return None if beat is None else time.monotonic() - beat.received_at
+
+    def report(self) -> dict[str, dict[str, Any]]:
+        """Per service: healthy if a fresh, healthy heartbeat came from any instance."""
+        now = time.monotonic()
+        services: dict[str, dict[str, Any]] = {}
+        for name in SERVICES:
+            instances = [b for b in self._beats.values() if b.heartbeat.service == name]
+            fresh = [b for b in instances if now - b.received_at <= self.stale_after_s]
+            last = min((now - b.received_at for b in instances), default=None)
+            services[name] = {
+                "healthy": any(b.heartbeat.healthy for b in fresh),
+                "instances": len(fresh),
+                "last_seen_s": None if last is None else round(last, 2),
+                "checks": {k: v for b in fresh for k, v in b.heartbeat.checks.items()},
+            }
+        return services

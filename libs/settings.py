@@ -1,0 +1,103 @@
+"""Typed settings, one class per service, read from DARKROOM_* environment variables.
+
+Defaults are safe for local development (everything on 127.0.0.1). Outside
+development a service refuses to start while any secret still has its development
+default, so a forgotten variable cannot ship a known password.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEV_MINIO_SECRET = "darkroom-dev-secret"  # noqa: S105 - development default, refused in production
+DEV_SIGNING_KEY = "darkroom-dev-signing-key"
+_DEV_SECRETS = {DEV_MINIO_SECRET, DEV_SIGNING_KEY}
+
+
+class ServiceSettings(BaseSettings):
+    """What every service needs: where Kafka is, telemetry, health and heartbeats."""
+
+    model_config = SettingsConfigDict(env_prefix="DARKROOM_", extra="ignore", frozen=True)
+
+    env: Literal["development", "test", "production"] = "development"
+    kafka_bootstrap: str = "127.0.0.1:9092"
+    otlp_endpoint: str = ""
+    health_host: str = "127.0.0.1"
+    health_port: int = 0
+    heartbeat_interval_s: float = 2.0
+    instance_id: str = ""
+    log_level: str = "INFO"
+
+    def secrets(self) -> dict[str, str]:
+        """Secret settings of this service, by name (checked at start-up)."""
+        return {}
+
+    @model_validator(mode="after")
+    def _no_default_secrets_outside_development(self) -> ServiceSettings:
+        if self.env == "production":
+            leaked = sorted(name for name, value in self.secrets().items() if not value or value in _DEV_SECRETS)
+            if leaked:
+                raise ValueError(
+                    "refusing to start in production with empty or development secrets: "
+                    + ", ".join(f"DARKROOM_{name.upper()}" for name in leaked)
+                )
+        return self
+
+
+class MongoSettings(ServiceSettings):
+    """Adds the document store."""
+
+    mongo_url: str = "mongodb://127.0.0.1:27017/"
+    mongo_database: str = "darkroom"
+
+
+class StorageSettings(MongoSettings):
+    """The storage service: MinIO and MongoDB."""
+
+    minio_endpoint: str = "127.0.0.1:9000"
+    minio_access_key: str = "darkroom"
+    minio_secret_key: str = DEV_MINIO_SECRET
+    minio_bucket: str = "darkroom-images"
+    minio_secure: bool = False
+
+    def secrets(self) -> dict[str, str]:
+        return {"minio_secret_key": self.minio_secret_key}
+
+
+class SigningSettings(ServiceSettings):
+    """Services that sign or verify API keys."""
+
+    signing_key: str = DEV_SIGNING_KEY
+
+    def secrets(self) -> dict[str, str]:
+        return {"signing_key": self.signing_key}
+
+
+class GatewaySettings(SigningSettings):
+    """The HTTP gateway."""
+
+    gateway_host: str = "127.0.0.1"
+    gateway_port: int = 8000
+    heartbeat_stale_s: float = 10.0
+
+
+class AuthSettings(SigningSettings, MongoSettings):
+    """The auth service."""
+
+
+class RequestsSettings(MongoSettings):
+    """The requests service (job aggregates and their projections)."""
+
+
+class DecoderSettings(ServiceSettings):
+    """The decoder service."""
+
+    model: str = "builtin"
+    device: str = "auto"
+
+
+class SafetySettings(ServiceSettings):
+    """The safety service."""

@@ -1,0 +1,93 @@
+"""DocumentStore on PyMongo's AsyncMongoClient (MongoDB, or FerretDB locally).
+
+Only the subset FerretDB v1 supports is used: replace/update with upsert, equality
+finds, unique `_id`. The sequence guard of `put_if_newer` relies on the unique `_id`:
+an upsert whose filter excludes the newer stored document tries to insert a second
+document with the same id and fails with a duplicate-key error, which means "stale".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from pymongo import AsyncMongoClient
+from pymongo.errors import DuplicateKeyError, PyMongoError
+
+from libs.stores.ports import Document, StoreUnavailable
+
+
+class MongoDocumentStore:
+    """A DocumentStore over one MongoDB database."""
+
+    def __init__(self, url: str, database: str, *, timeout_ms: int = 5000) -> None:
+        self._client: AsyncMongoClient[Document] = AsyncMongoClient(
+            url, serverSelectionTimeoutMS=timeout_ms, connectTimeoutMS=timeout_ms, tz_aware=True
+        )
+        self._db = self._client[database]
+
+    async def close(self) -> None:
+        """Close the client's connections."""
+        await self._client.close()
+
+    async def ping(self) -> None:
+        try:
+            await self._db.command("ping")
+        except PyMongoError as exc:
+            raise StoreUnavailable(str(exc)) from exc
+
+    async def put(self, collection: str, doc_id: str, doc: Mapping[str, Any]) -> None:
+        try:
+            await self._db[collection].replace_one({"_id": doc_id}, {**doc, "_id": doc_id}, upsert=True)
+        except PyMongoError as exc:
+            raise StoreUnavailable(str(exc)) from exc
+
+    async def put_if_newer(self, collection: str, doc_id: str, doc: Mapping[str, Any], sequence: int) -> bool:
+        try:
+            result = await self._db[collection].replace_one(
+                {"_id": doc_id, "$or": [{"_seq": {"$lt": sequence}}, {"_seq": {"$exists": False}}]},
+                {**doc, "_id": doc_id, "_seq": sequence},
+                upsert=True,
+            )
+        except DuplicateKeyError:
+            return False
+        except PyMongoError as exc:
+            raise StoreUnavailable(str(exc)) from exc
+        return result.modified_count > 0 or result.upserted_id is not None
+
+    async def get(self, collection: str, doc_id: str) -> Document | None:
+        try:
+            return await self._db[collection].find_one({"_id": doc_id})
+        except PyMongoError as exc:
+            raise StoreUnavailable(str(exc)) from exc
+
+    async def find(
+        self,
+        collection: str,
+        equals: Mapping[str, Any] | None = None,
+        *,
+        sort: Sequence[tuple[str, int]] = (),
+        limit: int = 0,
+    ) -> list[Document]:
+        try:
+            cursor = self._db[collection].find(dict(equals or {}))
+            if sort:
+                cursor = cursor.sort(list(sort))
+            if limit:
+                cursor = cursor.limit(limit)
+            return [doc async for doc in cursor]
+        except PyMongoError as exc:
+            raise StoreUnavailable(str(exc)) from exc
+
+    async def delete(self, collection: str, doc_id: str) -> bool:
+        try:
+            result = await self._db[collection].delete_one({"_id": doc_id})
+        except PyMongoError as exc:
+            raise StoreUnavailable(str(exc)) from exc
+        return result.deleted_count > 0
+
+    async def drop(self, collection: str) -> None:
+        try:
+            await self._db.drop_collection(collection)
+        except PyMongoError as exc:
+            raise StoreUnavailable(str(exc)) from exc

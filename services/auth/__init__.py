@@ -1,0 +1,1 @@
+"""The auth service: accounts, API keys, tiers, quotas and sign-up admission."""

@@ -1,0 +1,1 @@
+"""The gateway: darkroom's only HTTP entry point (FastAPI)."""

@@ -1,0 +1,106 @@
+"""The gateway's FastAPI application.
+
+The gateway owns a `ServiceRuntime` like every other service (producer, heartbeats,
+consumers) but runs it inside the ASGI lifespan instead of `run_service`. Its own
+heartbeat goes out through Kafka and comes back through its heartbeat reader, so a
+fresh self-heartbeat in /healthz proves the round trip to the broker works.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from libs import topics
+from libs.bus.ports import Producer
+from libs.runtime.heartbeats import HeartbeatMonitor
+from libs.runtime.service import ConsumerFactory, ServiceRuntime, Subscription
+from libs.runtime.wiring import kafka_consumer_factory, kafka_producer
+from libs.settings import GatewaySettings
+
+SERVICE = "gateway"
+
+
+def build_runtime(
+    settings: GatewaySettings,
+    monitor: HeartbeatMonitor,
+    *,
+    producer: Producer | None = None,
+    consumer_factory: ConsumerFactory | None = None,
+) -> ServiceRuntime:
+    """Wire the gateway's Kafka side; tests pass in-memory adapters."""
+    return ServiceRuntime(
+        name=SERVICE,
+        settings=settings,
+        producer=producer or kafka_producer(settings, SERVICE),
+        consumer_factory=consumer_factory or kafka_consumer_factory(settings, SERVICE),
+        # Group "" = no consumer group: each replica reads the heartbeats from now on.
+        subscriptions=[Subscription(group="", topics=[topics.HEARTBEATS], handler=monitor)],
+    )
+
+
+def create_app(
+    settings: GatewaySettings | None = None,
+    *,
+    producer: Producer | None = None,
+    consumer_factory: ConsumerFactory | None = None,
+) -> FastAPI:
+    """Build the gateway application.
+
+    Args:
+        settings: Gateway settings; read from the environment when omitted.
+        producer: Bus producer; the real Kafka one when omitted.
+        consumer_factory: Bus consumer factory; the real Kafka one when omitted.
+
+    Returns:
+        The FastAPI app, whose lifespan starts and stops the Kafka side.
+    """
+    settings = settings or GatewaySettings()
+    monitor = HeartbeatMonitor(stale_after_s=settings.heartbeat_stale_s)
+    runtime = build_runtime(settings, monitor, producer=producer, consumer_factory=consumer_factory)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        stop = asyncio.Event()
+        await runtime.start(stop)
+        try:
+            yield
+        finally:
+            await runtime.stop()
+
+    app = FastAPI(
+        title="darkroom",
+        version="0.1.0",
+        description="Self-hostable image generation with an OpenAI-compatible Images API.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.runtime = runtime
+    app.state.heartbeats = monitor
+
+    @app.get("/healthz", tags=["operations"])
+    async def healthz(monitor: Annotated[HeartbeatMonitor, Depends(get_monitor)]) -> JSONResponse:
+        """Kafka reachability and each service's last heartbeat; 503 unless all are fresh."""
+        services = monitor.report()
+        own = monitor.seen(runtime.instance_id)
+        kafka_ok = own is not None and own <= monitor.stale_after_s
+        healthy = kafka_ok and all(s["healthy"] for s in services.values())
+        body: dict[str, Any] = {
+            "status": "ok" if healthy else "degraded",
+            "kafka": {"reachable": kafka_ok, "bootstrap": settings.kafka_bootstrap},
+            "services": services,
+        }
+        return JSONResponse(body, status_code=200 if healthy else 503)
+
+    return app
+
+
+def get_monitor(request: Request) -> HeartbeatMonitor:
+    """FastAPI dependency: the heartbeat monitor of this app."""
+    monitor: HeartbeatMonitor = request.app.state.heartbeats
+    return monitor

@@ -1,0 +1,1 @@
+"""The safety service: prompt checks before rendering and content checks during it."""

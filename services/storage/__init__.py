@@ -1,0 +1,1 @@
+"""The storage service: images in MinIO and their metadata in MongoDB."""

@@ -1,0 +1,135 @@
+"""End to end: the stack as `make up` runs it, on real Kafka, MinIO and FerretDB."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import urllib.request
+import uuid
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from infra.stack import INFRA, SERVICES, Stack, port_open
+from libs import topics
+from libs.bus.kafka import KafkaConsumer, KafkaProducer
+from libs.events import REGISTRY, Envelope
+from libs.events.schemas import DeadLetter
+from tests.helpers import consume
+
+
+def _get_json(url: str) -> tuple[int, dict[str, object]]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310 - loopback
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def test_healthz_reports_kafka_and_every_service(running: Stack) -> None:
+    status, body = _get_json(f"{running.profile.gateway_url}/healthz")
+    assert status == 200, body
+    assert body["status"] == "ok"
+    assert body["kafka"] == {"reachable": True, "bootstrap": running.profile.kafka_bootstrap}
+    services = body["services"]
+    assert isinstance(services, dict)
+    assert set(services) == set(SERVICES)
+    assert all(s["healthy"] for s in services.values())
+    assert services["storage"]["checks"] == {"mongo": True, "minio": True}
+
+
+def test_the_api_documentation_is_served(running: Stack) -> None:
+    status, spec = _get_json(f"{running.profile.gateway_url}/openapi.json")
+    assert status == 200
+    assert "/healthz" in spec["paths"]  # type: ignore[operator]
+    with urllib.request.urlopen(f"{running.profile.gateway_url}/docs", timeout=5) as response:  # noqa: S310
+        assert b"swagger" in response.read().lower()
+
+
+def test_a_second_up_changes_nothing(running: Stack) -> None:
+    before = {name: running.proc(name).pid() for name in (*INFRA, *SERVICES)}
+    running.up_infra()
+    running.up_services()
+    after = {name: running.proc(name).pid() for name in (*INFRA, *SERVICES)}
+    assert before == after
+    assert all(before.values())
+
+
+async def test_garbage_on_a_service_topic_is_dead_lettered_and_the_service_goes_on(running: Stack) -> None:
+    bootstrap = running.profile.kafka_bootstrap
+    marker = uuid.uuid4().hex
+    producer = KafkaProducer(bootstrap)
+    await producer.start()
+    try:
+        await producer.send(topics.IMAGE_COMMANDS, f"not json {marker}".encode(), key=marker.encode())
+        follow_up = Envelope(type="test.not_a_command", aggregate_id=marker)
+        await producer.send(topics.IMAGE_COMMANDS, follow_up.to_bytes(), key=marker.encode())
+    finally:
+        await producer.stop()
+
+    reader = KafkaConsumer(bootstrap, group=None, topics=[topics.DEAD_LETTERS])
+    await reader.start()
+    letters: list[DeadLetter] = []
+    try:
+        for _ in range(60):
+            for record in await reader.getmany(timeout_ms=500):
+                letter = REGISTRY.decode_as(Envelope.from_bytes(record.value), DeadLetter)
+                if marker in letter.value:
+                    letters.append(letter)
+            if len(letters) >= 2:
+                break
+    finally:
+        await reader.stop()
+    assert len(letters) == 2, letters
+    garbage, unknown = sorted(letters, key=lambda letter: letter.offset)
+    assert garbage.service == "requests" and garbage.topic == topics.IMAGE_COMMANDS
+    assert "not valid JSON" in garbage.reason
+    # The requests service consumed the next message too (and rejected its unknown type).
+    assert "unknown event type" in unknown.reason
+    assert unknown.offset > garbage.offset
+
+
+async def _produce_marker(bootstrap: str) -> tuple[str, bytes]:
+    topic = f"test.persist.{uuid.uuid4().hex[:8]}"
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(topic, 1, 1)])
+    finally:
+        await admin.close()
+    producer = KafkaProducer(bootstrap)
+    await producer.start()
+    try:
+        value = uuid.uuid4().bytes
+        await producer.send(topic, value)
+    finally:
+        await producer.stop()
+    return topic, value
+
+
+def test_kafka_data_survives_down_and_up_and_down_leaves_nothing(running: Stack) -> None:
+    bootstrap = running.profile.kafka_bootstrap
+    topic, value = asyncio.run(_produce_marker(bootstrap))
+
+    stopped = running.down()
+    assert set(stopped) >= {*INFRA, *SERVICES}
+    assert all(running.proc(name).pid() is None for name in (*INFRA, *SERVICES))
+    profile = running.profile
+    open_ports = [
+        p for p in (profile.kafka_port, profile.minio_port, profile.ferretdb_port, profile.gateway_port) if port_open(p)
+    ]
+    assert open_ports == []
+
+    running.up_infra()
+    running.up_services()
+
+    async def read_back() -> list[bytes]:
+        consumer = KafkaConsumer(bootstrap, group=f"persist-{uuid.uuid4().hex[:6]}", topics=[topic])
+        await consumer.start()
+        try:
+            return [r.value for r in await consume(consumer, 1)]
+        finally:
+            await consumer.stop()
+
+    assert asyncio.run(read_back()) == [value]
+    status, body = _get_json(f"{profile.gateway_url}/healthz")
+    assert status == 200, body

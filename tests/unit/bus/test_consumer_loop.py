@@ -1,0 +1,153 @@
+"""The consumer loop: handling, dead letters, retries and commits (in memory)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import pytest
+
+from libs import topics
+from libs.bus import EventConsumer, EventPublisher, Record, RejectedMessage, RetryPolicy, TransientError
+from libs.bus.memory import InMemoryBroker
+from libs.bus.ports import TopicPartition
+from libs.events import REGISTRY, Envelope
+from libs.events.schemas import DeadLetter, ServiceHeartbeat
+
+TOPIC = "test.commands"
+FAST = RetryPolicy(max_attempts=3, initial_backoff_s=0.001, max_backoff_s=0.002)
+
+
+def _message(n: int) -> Envelope:
+    beat = ServiceHeartbeat(service=f"s{n}", instance_id=f"i{n}", started_at="2026-01-01T00:00:00Z")  # type: ignore[arg-type]
+    return Envelope.wrap(beat, aggregate_id=f"agg-{n}")
+
+
+class Harness:
+    def __init__(self) -> None:
+        self.broker = InMemoryBroker({TOPIC: 1, topics.DEAD_LETTERS: 1})
+        self.publisher = EventPublisher(self.broker.producer())
+        self.seen: list[Envelope] = []
+
+    async def run(self, handler: Callable[[Envelope, Record], Awaitable[None]], until: int) -> EventConsumer:
+        """Run a consumer until `until` records were handled or dead-lettered."""
+        consumer = self.broker.consumer("g", [TOPIC])
+        await consumer.start()
+        loop = EventConsumer(
+            consumer,
+            handler,
+            publisher=self.publisher,
+            dead_letter_topic=topics.DEAD_LETTERS,
+            service="test",
+            group="g",
+            retry=FAST,
+            poll_timeout_ms=20,
+        )
+        stop = asyncio.Event()
+        task = asyncio.create_task(loop.run(stop))
+        for _ in range(500):
+            if loop.handled + loop.dead_lettered >= until:
+                break
+            await asyncio.sleep(0.01)
+        stop.set()
+        await asyncio.wait_for(task, 5)
+        await consumer.stop()
+        return loop
+
+    def letters(self) -> list[DeadLetter]:
+        return [
+            REGISTRY.decode_as(Envelope.from_bytes(r.value), DeadLetter)
+            for r in self.broker.records(topics.DEAD_LETTERS)
+        ]
+
+    async def record_handler(self, envelope: Envelope, record: Record) -> None:
+        self.seen.append(envelope)
+
+
+@pytest.fixture
+async def harness() -> AsyncIterator[Harness]:
+    yield Harness()
+
+
+async def test_garbage_goes_to_the_dead_letter_topic_and_the_next_message_is_handled(harness: Harness) -> None:
+    await harness.broker.producer().send(TOPIC, b"\xff not json", key=b"k")
+    await harness.publisher.publish(TOPIC, _message(1))
+    loop = await harness.run(harness.record_handler, until=2)
+    assert [e.aggregate_id for e in harness.seen] == ["agg-1"]
+    [letter] = harness.letters()
+    assert "not valid JSON" in letter.reason
+    assert (letter.topic, letter.partition, letter.offset, letter.key) == (TOPIC, 0, 0, "k")
+    assert letter.value_encoding == "base64"
+    assert loop.dead_lettered == 1
+
+
+async def test_a_rejected_message_is_dead_lettered_once_without_retries(harness: Harness) -> None:
+    calls = 0
+
+    async def reject(envelope: Envelope, record: Record) -> None:
+        nonlocal calls
+        calls += 1
+        raise RejectedMessage("prompt too long")
+
+    await harness.publisher.publish(TOPIC, _message(1))
+    await harness.run(reject, until=1)
+    assert calls == 1
+    [letter] = harness.letters()
+    assert (letter.reason, letter.error_type, letter.attempts) == ("prompt too long", "RejectedMessage", 1)
+
+
+async def test_a_failing_handler_is_retried_then_dead_lettered(harness: Harness) -> None:
+    calls = 0
+
+    async def broken(envelope: Envelope, record: Record) -> None:
+        nonlocal calls
+        calls += 1
+        raise ZeroDivisionError("bug")
+
+    await harness.publisher.publish(TOPIC, _message(1))
+    await harness.run(broken, until=1)
+    assert calls == FAST.max_attempts
+    [letter] = harness.letters()
+    assert letter.attempts == FAST.max_attempts
+    assert "ZeroDivisionError" in letter.reason
+
+
+async def test_transient_errors_are_retried_until_they_pass(harness: Harness) -> None:
+    calls = 0
+
+    async def flaky(envelope: Envelope, record: Record) -> None:
+        nonlocal calls
+        calls += 1
+        if calls < 6:  # more than max_attempts: transient failures never dead-letter
+            raise TransientError("store down")
+        harness.seen.append(envelope)
+
+    await harness.publisher.publish(TOPIC, _message(1))
+    await harness.run(flaky, until=1)
+    assert calls == 6
+    assert len(harness.seen) == 1
+    assert harness.letters() == []
+
+
+async def test_offsets_are_committed_after_handling(harness: Harness) -> None:
+    for n in range(3):
+        await harness.publisher.publish(TOPIC, _message(n))
+    await harness.run(harness.record_handler, until=3)
+    assert harness.broker.committed("g", TopicPartition(TOPIC, 0)) == 3
+    # A new member of the group starts after the committed offset: nothing is handled twice.
+    again = Harness()
+    again.broker = harness.broker
+    again.publisher = harness.publisher
+    await harness.publisher.publish(TOPIC, _message(9))
+    await again.run(again.record_handler, until=1)
+    assert [e.aggregate_id for e in again.seen] == ["agg-9"]
+
+
+async def test_the_consumer_span_continues_the_producer_trace(harness: Harness, spans) -> None:  # type: ignore[no-untyped-def]
+    await harness.publisher.publish(TOPIC, _message(1))
+    await harness.run(harness.record_handler, until=1)
+    finished = spans.get_finished_spans()
+    producer = next(s for s in finished if s.name == f"{TOPIC} publish")
+    consumer = next(s for s in finished if s.name == f"{TOPIC} process")
+    assert consumer.context.trace_id == producer.context.trace_id
+    assert consumer.parent is not None and consumer.parent.span_id == producer.context.span_id

@@ -1,0 +1,65 @@
+"""The operator CLI and the local stack's profiles (no processes started)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from infra.stack import SERVICES, load_profile
+from libs.cli.__main__ import main as cli
+from libs.cli.kafka_tools import tool_command
+from libs.cli.schemas import render_schemas
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_published_schemas_match_the_code() -> None:
+    published = {p.name: p.read_bytes() for p in (ROOT / "docs" / "schemas").glob("*.json")}
+    assert published == render_schemas(), "run `make schemas` and commit docs/schemas"
+
+
+def test_schemas_export_writes_an_index(tmp_path: Path) -> None:
+    assert cli(["schemas", "export", str(tmp_path)]) == 0
+    index = json.loads((tmp_path / "index.json").read_text())
+    assert {"type": "system.dead_letter", "version": 1, "file": "system.dead_letter.v1.json"} in index
+
+
+def test_kafka_tools_run_against_the_local_broker() -> None:
+    command = tool_command("groups", ["--describe", "--all-groups"], bootstrap="127.0.0.1:9092", classpath="cp/*")
+    assert command[-2:] == ["--describe", "--all-groups"]
+    assert "org.apache.kafka.tools.consumer.group.ConsumerGroupCommand" in command
+    assert command[command.index("--bootstrap-server") + 1] == "127.0.0.1:9092"
+
+
+def test_an_unknown_command_is_a_plain_error(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        cli(["frobnicate"])
+    assert exit_info.value.code == 2
+    assert "invalid choice" in capsys.readouterr().err
+
+
+def test_dev_and_test_profiles_never_share_a_port_or_folder(monkeypatch: pytest.MonkeyPatch) -> None:
+    for var in ("DARKROOM_KAFKA_PORT", "DARKROOM_TEST_KAFKA_PORT", "DARKROOM_RUN_DIR", "DARKROOM_TEST_RUN_DIR"):
+        monkeypatch.delenv(var, raising=False)
+    dev, test = load_profile("dev"), load_profile("test")
+
+    def ports(p):  # type: ignore[no-untyped-def]
+        own = {p.kafka_port, p.controller_port, p.minio_port, p.minio_console_port, p.ferretdb_port, p.gateway_port}
+        return own | {p.health_port(s) for s in SERVICES}
+
+    assert not ports(dev) & ports(test)
+    assert dev.run_dir != test.run_dir
+    assert dev.gateway_url == "http://127.0.0.1:8000"
+
+
+def test_ports_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DARKROOM_GATEWAY_PORT", "8123")
+    monkeypatch.setenv("DARKROOM_TEST_KAFKA_PORT", "29092")
+    assert load_profile("dev").gateway_port == 8123
+    assert load_profile("test").kafka_bootstrap == "127.0.0.1:29092"
+    env = load_profile("dev").service_env("storage")
+    assert env["DARKROOM_GATEWAY_PORT"] == "8123"
+    assert env["DARKROOM_HEALTH_PORT"] != "0"
+    assert load_profile("dev").service_env("gateway")["DARKROOM_HEALTH_PORT"] == "0"

@@ -1,0 +1,45 @@
+"""Settings: environment variables, safe defaults, refusal of development secrets."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from libs.settings import GatewaySettings, StorageSettings
+
+
+def test_defaults_are_local(monkeypatch: pytest.MonkeyPatch) -> None:
+    for var in ("DARKROOM_ENV", "DARKROOM_KAFKA_BOOTSTRAP", "DARKROOM_GATEWAY_PORT"):
+        monkeypatch.delenv(var, raising=False)
+    settings = GatewaySettings()
+    assert settings.env == "development"
+    assert settings.kafka_bootstrap.startswith("127.0.0.1:")
+
+
+def test_values_come_from_darkroom_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DARKROOM_KAFKA_BOOTSTRAP", "kafka:9092")
+    monkeypatch.setenv("DARKROOM_GATEWAY_PORT", "9999")
+    settings = GatewaySettings()
+    assert (settings.kafka_bootstrap, settings.gateway_port) == ("kafka:9092", 9999)
+
+
+def test_production_refuses_development_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DARKROOM_ENV", "production")
+    monkeypatch.delenv("DARKROOM_MINIO_SECRET_KEY", raising=False)
+    with pytest.raises(ValidationError, match="DARKROOM_MINIO_SECRET_KEY"):
+        StorageSettings()
+    monkeypatch.delenv("DARKROOM_SIGNING_KEY", raising=False)
+    with pytest.raises(ValidationError, match="DARKROOM_SIGNING_KEY"):
+        GatewaySettings()
+
+
+def test_production_starts_with_real_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DARKROOM_ENV", "production")
+    monkeypatch.setenv("DARKROOM_MINIO_SECRET_KEY", "a-real-secret-from-a-vault")
+    assert StorageSettings().env == "production"
+
+
+def test_invalid_values_are_rejected(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DARKROOM_GATEWAY_PORT", "not-a-port")
+    with pytest.raises(ValidationError, match="gateway_port"):
+        GatewaySettings()

@@ -1,0 +1,45 @@
+"""The topic declaration file and the names the code uses agree."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from infra.topics import load_specs
+from libs import topics
+
+
+def test_code_and_declaration_name_the_same_topics() -> None:
+    assert {s.name for s in load_specs()} == set(topics.ALL_TOPICS)
+
+
+def test_lanes_give_each_tier_its_own_partitions() -> None:
+    specs = {s.name: s for s in load_specs()}
+    consumer = specs[topics.RENDER_CONSUMER]
+    assert set(consumer.lanes) == {"pro", "plus", "free"}
+    covered = sorted(p for parts in consumer.lanes.values() for p in parts)
+    assert covered == list(range(consumer.partitions))
+    assert set(specs[topics.RENDER_API].lanes) == {"api"}
+
+
+@pytest.mark.parametrize("name", [topics.POLICIES, topics.REVOCATIONS, topics.SAFETY_POLICY])
+def test_latest_value_topics_are_compacted(name: str) -> None:
+    spec = next(s for s in load_specs() if s.name == name)
+    assert spec.config["cleanup.policy"] == "compact"
+
+
+def test_messages_stay_small_except_where_bytes_must_travel() -> None:
+    for spec in load_specs():
+        limit = int(spec.config["max.message.bytes"])
+        if spec.name in (topics.STORAGE_BLOBS, topics.DEAD_LETTERS):
+            assert limit <= 10 * 1024 * 1024
+        else:
+            assert limit <= 1024 * 1024, spec.name
+
+
+def test_overlapping_lanes_are_rejected(tmp_path: Path) -> None:
+    bad = tmp_path / "topics.yaml"
+    bad.write_text("topics:\n  t:\n    partitions: 2\n    lanes:\n      a: [0, 1]\n      b: [1]\n")
+    with pytest.raises(ValueError, match="two lanes"):
+        load_specs(bad)
