@@ -2,15 +2,21 @@
 
 Event ids are ULIDs: 48 bits of milliseconds since the epoch followed by 80 random
 bits, in Crockford base32, so they sort by creation time as plain strings and stay
-unique across processes without coordination.
+unique across processes without coordination. Within one process they are also
+strictly increasing: an id made in the same millisecond as the previous one takes
+the previous random part plus one (the monotonic variant of the ULID spec).
 """
 
 from __future__ import annotations
 
 import os
+import threading
 import time
 
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+_RANDOM_BITS = 80
+_lock = threading.Lock()
+_last = (0, 0)  # (milliseconds, random part) of the previous id
 
 
 def new_ulid(now_ms: int | None = None) -> str:
@@ -22,8 +28,16 @@ def new_ulid(now_ms: int | None = None) -> str:
     Returns:
         The identifier, lexicographically ordered by its timestamp part.
     """
+    global _last
     millis = int(time.time() * 1000) if now_ms is None else now_ms
-    value = (millis << 80) | int.from_bytes(os.urandom(10), "big")
+    with _lock:
+        last_ms, last_random = _last
+        if millis <= last_ms and now_ms is None and last_random + 1 < (1 << _RANDOM_BITS):
+            millis, random_part = last_ms, last_random + 1
+        else:
+            random_part = int.from_bytes(os.urandom(10), "big")
+        _last = (millis, random_part)
+    value = (millis << _RANDOM_BITS) | random_part
     chars = []
     for _ in range(26):
         chars.append(_CROCKFORD[value & 31])

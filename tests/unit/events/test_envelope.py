@@ -18,7 +18,9 @@ def test_ulids_sort_by_time_and_are_unique() -> None:
     early, late = new_ulid(now_ms=1_000), new_ulid(now_ms=2_000)
     assert early < late
     assert ulid_time_ms(late) == 2_000
-    assert len({new_ulid() for _ in range(1000)}) == 1000
+    ids = [new_ulid() for _ in range(1000)]
+    assert len(set(ids)) == 1000
+    assert ids == sorted(ids), "ids made in one process are strictly increasing"
 
 
 def test_wrap_starts_a_correlation_and_carries_it_to_caused_events() -> None:
