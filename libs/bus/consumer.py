@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
+from libs.bus.errors import RejectedMessage, TransientError
 from libs.bus.ports import Consumer, Record, TopicPartition
 from libs.bus.publisher import EventPublisher
 from libs.bus.tracing import extract_context
@@ -34,14 +35,6 @@ log = logging.getLogger(__name__)
 _tracer = trace.get_tracer("darkroom.bus")
 
 Handler = Callable[[Envelope, Record], Awaitable[None]]
-
-
-class TransientError(Exception):
-    """A failure that will pass (a dependency is down): retry, never dead-letter."""
-
-
-class RejectedMessage(Exception):
-    """The handler cannot act on this message, ever: dead-letter it with this reason."""
 
 
 @dataclass(frozen=True)

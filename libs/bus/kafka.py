@@ -6,8 +6,10 @@ from collections.abc import Mapping, Sequence
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka import TopicPartition as KafkaTopicPartition
+from aiokafka.errors import KafkaConnectionError, KafkaError, KafkaTimeoutError, RecordTooLargeError
 from aiokafka.structs import OffsetAndMetadata
 
+from libs.bus.errors import RejectedMessage, TransientError
 from libs.bus.ports import Delivered, Record, TopicPartition
 
 MAX_REQUEST_BYTES = 10 * 1024 * 1024
@@ -51,9 +53,19 @@ class KafkaProducer:
         headers: Sequence[tuple[str, bytes]] = (),
         partition: int | None = None,
     ) -> Delivered:
-        meta = await self._producer.send_and_wait(
-            topic, value=value, key=key, headers=list(headers), partition=partition
-        )
+        try:
+            meta = await self._producer.send_and_wait(
+                topic, value=value, key=key, headers=list(headers), partition=partition
+            )
+        except RecordTooLargeError as exc:
+            raise RejectedMessage(f"message of {len(value)} bytes is too large for {topic}") from exc
+        except (KafkaConnectionError, KafkaTimeoutError) as exc:
+            # The broker is away: the handler is retried until it is back, never dead-lettered.
+            raise TransientError(f"Kafka unavailable: {exc!r}") from exc
+        except KafkaError as exc:
+            if getattr(exc, "retriable", False):
+                raise TransientError(f"Kafka error: {exc!r}") from exc
+            raise
         return Delivered(meta.topic, meta.partition, meta.offset)
 
     async def partitions_for(self, topic: str) -> set[int]:
@@ -75,6 +87,7 @@ class KafkaConsumer:
         client_id: str = "darkroom",
         auto_offset_reset: str = "earliest",
         max_poll_interval_ms: int = 300000,
+        fetch_max_wait_ms: int = 100,
     ) -> None:
         self._topics = list(topics)
         self._group = group
@@ -85,6 +98,10 @@ class KafkaConsumer:
             "enable_auto_commit": False,
             "auto_offset_reset": auto_offset_reset,
             "max_poll_interval_ms": max_poll_interval_ms,
+            # How long the broker holds an empty fetch. aiokafka's default (500 ms) can leave a
+            # record that lands on a partition outside the fetch in flight waiting that long,
+            # one hop after another; 100 ms bounds that for a few idle fetches per second.
+            "fetch_max_wait_ms": fetch_max_wait_ms,
             "fetch_max_bytes": MAX_REQUEST_BYTES * 2,
             "max_partition_fetch_bytes": MAX_REQUEST_BYTES,
         }

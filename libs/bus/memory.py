@@ -3,7 +3,9 @@
 It keeps Kafka's observable behaviour that darkroom relies on: per-partition order,
 keyed partitioning, committed offsets per consumer group, independent groups, and
 paused partitions. It does not rebalance: all members of one group share the
-partitions by index, fixed at start.
+partitions by index, fixed at start. Group "" is a group-less reader, as in
+libs.runtime.wiring: it reads every partition from the end at its start and keeps
+no offsets.
 """
 
 from __future__ import annotations
@@ -112,9 +114,14 @@ class InMemoryConsumer:
         self._running = False
 
     async def start(self) -> None:
+        self._running = True
+        if not self._group:
+            for topic in self._topics:
+                for partition, log in enumerate(self._broker._partitions(topic)):
+                    self._positions[TopicPartition(topic, partition)] = len(log)
+            return
         members = self._broker._members.setdefault(self._group, [])
         members.append(self)
-        self._running = True
 
     async def stop(self) -> None:
         self._running = False
@@ -123,6 +130,12 @@ class InMemoryConsumer:
             members.remove(self)
 
     def assignment(self) -> set[TopicPartition]:
+        if not self._group:
+            return {
+                TopicPartition(topic, partition)
+                for topic in self._topics
+                for partition in range(len(self._broker._partitions(topic)))
+            }
         members = self._broker._members.get(self._group, [self])
         index = members.index(self) if self in members else 0
         assigned: set[TopicPartition] = set()
@@ -161,6 +174,8 @@ class InMemoryConsumer:
         return self._available(max_records)
 
     async def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
+        if not self._group:
+            return
         for tp, offset in offsets.items():
             self._broker._committed[(self._group, tp)] = offset
 

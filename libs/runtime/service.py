@@ -47,6 +47,8 @@ class Subscription:
     topics: Sequence[str]
     handler: Handler
     retry: RetryPolicy = field(default_factory=RetryPolicy)
+    max_records: int = 100
+    """Records fetched per poll; 1 for handlers that hold the loop for long (renders)."""
 
 
 @dataclass
@@ -118,6 +120,7 @@ class ServiceRuntime:
                     service=self.name,
                     group=sub.group,
                     retry=sub.retry,
+                    max_records=sub.max_records,
                 )
             )
         self._health = HealthServer(self.health_report, self.settings.health_host, self.settings.health_port)
