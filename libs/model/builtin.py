@@ -1,0 +1,337 @@
+"""The built-in ImageModel: VQ tokenizer + MaskGIT generator, and its on-disk format.
+
+On disk (a directory, by default libs/model/weights/):
+    model.json      format tag, name, configs, caption vocabulary, sampling settings, training
+                    metadata (how the weights were made)
+    vq.pt           VQ tokenizer state dict (float16)
+    generator.pt    MaskGIT state dict (float16)
+Loaded with torch.load(weights_only=True): no code from a weights file is ever executed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Final
+
+import numpy as np
+import torch
+
+from kernels import confidence_sample
+from libs.model.interface import (
+    GRID_SIZE,
+    RenderState,
+    cosine_schedule,
+    initial_tokens,
+    next_masked_count,
+    pass_seed,
+)
+from libs.model.maskgit import CaptionTokenizer, MaskGIT, MaskGITConfig
+from libs.model.vq import VQConfig, VQTokenizer, images_to_tensor, tensor_to_images
+from libs.model.world import INTERNAL_SIZE, caption_vocabulary, downsample, upsample
+
+FORMAT: Final = "darkroom-maskgit/1"
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """How passes sample (stored in model.json; an operator may tune it without retraining).
+
+    Attributes:
+        guidance_scale: Classifier-free guidance; 1.0 disables it (and halves the compute).
+        temperature: Softmax temperature of token sampling; <= 0 is greedy.
+        choice_temperature: Scale of the Gumbel noise added to log-confidence when choosing
+            which cells to commit; it anneals linearly to 0 at the last pass.
+    """
+
+    guidance_scale: float = 3.0
+    temperature: float = 0.5
+    choice_temperature: float = 2.0
+
+
+def cpu_supports_bf16() -> bool:
+    """Whether this CPU has native bf16 arithmetic (AVX512-BF16 or AMX), where bf16 autocast is
+    faster than float32 rather than slower."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="ignore") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
+    """The autocast dtype for `precision` ("auto", "float32", "bfloat16") on `device`."""
+    if precision == "float32":
+        return None
+    if precision == "bfloat16":
+        return torch.bfloat16
+    if device.type == "cuda":
+        return torch.bfloat16
+    return torch.bfloat16 if cpu_supports_bf16() else None
+
+
+class MaskGITImageModel:
+    """VQ + MaskGIT behind the ImageModel interface (see libs.model.interface)."""
+
+    grid_size: int = GRID_SIZE
+
+    def __init__(
+        self,
+        vq: VQTokenizer,
+        generator: MaskGIT,
+        tokenizer: CaptionTokenizer,
+        sampling: SamplingConfig | None = None,
+        name: str = "darkroom-mini",
+        device: str = "cpu",
+        precision: str = "auto",
+        metadata: dict[str, Any] | None = None,
+    ) -> None:
+        """Wraps trained (or, for tests, untrained) networks.
+
+        Args:
+            vq: The tokenizer; its codebook size must match the generator's.
+            generator: The MaskGIT transformer.
+            tokenizer: The caption tokenizer the generator was trained with.
+            sampling: Sampling settings (defaults: SamplingConfig()).
+            name: Model name reported in events.
+            device: Torch device string.
+            precision: "auto" (bf16 autocast on CUDA and on CPUs with native bf16), "float32"
+                or "bfloat16".
+            metadata: Free-form facts about the weights (kept from model.json).
+        """
+        if vq.config.codebook_size != generator.config.codebook_size:
+            raise ValueError("VQ and generator disagree on the codebook size")
+        if vq.config.grid_size != self.grid_size or generator.config.grid_size != self.grid_size:
+            raise ValueError(f"grid size must be {self.grid_size}")
+        self.device = torch.device(device)
+        self.vq = vq.to(self.device).eval()
+        self.generator = generator.to(self.device).eval()
+        self.tokenizer = tokenizer
+        self.sampling = sampling or SamplingConfig()
+        self.name = name
+        self.codebook_size = vq.config.codebook_size
+        self.mask_token = self.codebook_size
+        self.precision = precision
+        self.metadata = metadata or {}
+        self._amp = autocast_dtype(self.device, precision)
+
+    # -- ImageModel -----------------------------------------------------------------------------
+
+    def schedule(self, total_passes: int) -> list[int]:
+        """See ImageModel.schedule."""
+        return cosine_schedule(total_passes, self.grid_size * self.grid_size)
+
+    def start(
+        self,
+        prompt: str,
+        seed: int,
+        total_passes: int,
+        init_tokens: np.ndarray | None = None,
+        remask: np.ndarray | None = None,
+    ) -> RenderState:
+        """See ImageModel.start."""
+        grid = initial_tokens(self.grid_size, self.mask_token, init_tokens, remask)
+        return RenderState(prompt, seed, total_passes, 0, grid, self.mask_token)
+
+    @torch.no_grad()
+    def step(self, states: list[RenderState]) -> list[RenderState]:
+        """See ImageModel.step.
+
+        One batched forward (two with guidance: conditional and unconditional rows in one
+        batch), then per job: sample every cell with noise from pass_seed(seed, pass_index),
+        and commit the most confident masked cells down to the schedule's count.
+        """
+        if not states:
+            return []
+        for s in states:
+            if s.done:
+                raise ValueError("step() called on a finished render")
+            if s.mask_token != self.mask_token or s.tokens.shape != (self.grid_size,) * 2:
+                raise ValueError("state does not belong to this model")
+        b, n, k = len(states), self.grid_size * self.grid_size, self.codebook_size
+        tokens = torch.from_numpy(np.stack([s.tokens.reshape(-1) for s in states])).to(self.device)
+        logits = self.guided_logits(tokens, [s.prompt for s in states])
+        # All randomness is drawn on the CPU from the per-pass seed, so every device sees the
+        # same noise for the same (seed, pass).
+        gumbel = torch.empty(b, n, k)
+        choice = torch.empty(b, n)
+        for i, s in enumerate(states):
+            gen = torch.Generator().manual_seed(pass_seed(s.seed, s.pass_index))
+            gumbel[i] = _gumbel(torch.rand(n, k, generator=gen))
+            choice[i] = _gumbel(torch.rand(n, generator=gen))
+        sampled, conf = confidence_sample(
+            logits.reshape(b * n, k), self.sampling.temperature, gumbel.to(self.device).view(b * n, k)
+        )
+        sampled, conf = sampled.view(b, n).cpu(), conf.view(b, n).cpu()
+        out: list[RenderState] = []
+        for i, s in enumerate(states):
+            row = tokens[i].cpu()
+            masked = row == self.mask_token
+            count = int(masked.sum())
+            commit = count - next_masked_count(count, s.pass_index, s.total_passes)
+            anneal = self.sampling.choice_temperature * (1.0 - (s.pass_index + 1) / s.total_passes)
+            score = torch.log(conf[i].clamp_min(1e-30)) + anneal * choice[i]
+            score = torch.where(masked, score, torch.tensor(float("-inf")))
+            chosen = torch.sort(score, descending=True, stable=True).indices[:commit]
+            row[chosen] = sampled[i][chosen]
+            out.append(s.with_tokens(row.numpy().reshape(self.grid_size, self.grid_size)))
+        return out
+
+    @torch.no_grad()
+    def preview(self, tokens: np.ndarray, size: int) -> np.ndarray:
+        """See ImageModel.preview."""
+        return self.preview_batch([tokens], size)[0]
+
+    @torch.no_grad()
+    def preview_batch(self, grids: list[np.ndarray], size: int) -> list[np.ndarray]:
+        """Renders several (possibly partial) grids in one decoder batch."""
+        t = torch.from_numpy(
+            np.stack([np.asarray(g, np.int64).reshape(self.grid_size, self.grid_size) for g in grids])
+        ).to(self.device)
+        latents = self.vq.fill_latent(t, self.mask_token)
+        with self._autocast():
+            images = self.vq.decode_latent(latents)
+        return [upsample(img, size) for img in tensor_to_images(images.float())]
+
+    @torch.no_grad()
+    def encode_image(self, rgb: np.ndarray) -> np.ndarray:
+        """See ImageModel.encode_image (resized to 64x64 with an area filter first)."""
+        img = downsample(np.asarray(rgb, dtype=np.uint8)[..., :3], INTERNAL_SIZE)
+        x = images_to_tensor(img[None], self.device)
+        with self._autocast():
+            latents = self.vq.encode_latent(x)
+        idx, _ = self.vq.quantize(latents.float())
+        return idx[0].cpu().numpy().astype(np.int64)
+
+    # -- helpers --------------------------------------------------------------------------------
+
+    def guided_logits(self, tokens: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+        """(B, N) grids and their prompts -> (B, N, K) float32 logits after guidance."""
+        g = self.sampling.guidance_scale
+        texts = prompts + prompts if g != 1.0 else prompts
+        drop = [False] * len(prompts) + [True] * len(prompts) if g != 1.0 else None
+        text = torch.from_numpy(self.tokenizer.batch(texts, drop)).to(self.device)
+        grid = torch.cat([tokens, tokens]) if g != 1.0 else tokens
+        with self._autocast():
+            logits: torch.Tensor = self.generator(grid, text).float()
+        if g == 1.0:
+            return logits
+        cond, uncond = logits.chunk(2)
+        return uncond + g * (cond - uncond)
+
+    def _autocast(self) -> torch.autocast:
+        return torch.autocast(self.device.type, dtype=self._amp or torch.bfloat16, enabled=self._amp is not None)
+
+    def render(self, prompt: str, seed: int, total_passes: int = 8, size: int = INTERNAL_SIZE) -> np.ndarray:
+        """Convenience: a whole render, returned as an image."""
+        state = self.start(prompt, seed, total_passes)
+        while not state.done:
+            state = self.step([state])[0]
+        return self.preview(state.tokens, size)
+
+    # -- persistence ----------------------------------------------------------------------------
+
+    def save(self, path: str | Path) -> None:
+        """Writes model.json, vq.pt and generator.pt into `path` (float16 weights)."""
+        out = Path(path)
+        out.mkdir(parents=True, exist_ok=True)
+        torch.save(_half_state(self.vq), out / "vq.pt")
+        torch.save(_half_state(self.generator), out / "generator.pt")
+        meta = {
+            "format": FORMAT,
+            "name": self.name,
+            "vq": self.vq.config.to_json(),
+            "generator": self.generator.config.to_json(),
+            "vocabulary": self.tokenizer.vocabulary,
+            "max_text_len": self.tokenizer.max_len,
+            "sampling": asdict(self.sampling),
+            "metadata": self.metadata,
+        }
+        (out / "model.json").write_text(json.dumps(meta, indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path, device: str = "cpu", precision: str = "auto") -> MaskGITImageModel:
+        """Loads a model saved by `save`.
+
+        Raises:
+            FileNotFoundError: model.json or a weight file is missing.
+            ValueError: the directory holds another format.
+        """
+        root = Path(path)
+        meta = json.loads((root / "model.json").read_text())
+        if meta.get("format") != FORMAT:
+            raise ValueError(f"{root} holds format {meta.get('format')!r}, expected {FORMAT!r}")
+        vq = VQTokenizer(VQConfig.from_json(meta["vq"]))
+        generator = MaskGIT(MaskGITConfig.from_json(meta["generator"]))
+        _load_state(vq, root / "vq.pt")
+        _load_state(generator, root / "generator.pt")
+        tokenizer = CaptionTokenizer(meta["vocabulary"], meta["max_text_len"])
+        return cls(
+            vq,
+            generator,
+            tokenizer,
+            SamplingConfig(**meta["sampling"]),
+            name=meta["name"],
+            device=device,
+            precision=precision,
+            metadata=meta.get("metadata", {}),
+        )
+
+    @classmethod
+    def untrained(
+        cls,
+        vq_config: VQConfig | None = None,
+        gen_config: MaskGITConfig | None = None,
+        seed: int = 0,
+        device: str = "cpu",
+        precision: str = "float32",
+    ) -> MaskGITImageModel:
+        """A randomly initialised model (deterministic from `seed`), for tests and as the
+        starting point of training."""
+        torch.manual_seed(seed)
+        vocab = caption_vocabulary()
+        tokenizer = CaptionTokenizer(vocab)
+        vq = VQTokenizer(vq_config or VQConfig())
+        base = gen_config or MaskGITConfig()
+        gen_cfg = MaskGITConfig(
+            **{
+                **base.to_json(),
+                "codebook_size": vq.config.codebook_size,
+                "vocab_size": tokenizer.vocab_size,
+                "max_text_len": tokenizer.max_len,
+            }
+        )
+        return cls(vq, MaskGIT(gen_cfg), tokenizer, device=device, precision=precision)
+
+
+def _gumbel(u: torch.Tensor) -> torch.Tensor:
+    # Clamp away from 0 and 1 so the noise is finite.
+    return -torch.log(-torch.log(u.clamp(1e-20, 1.0 - 1e-7)))
+
+
+def _half_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {
+        k: (v.half() if v.is_floating_point() else v).detach().cpu().contiguous()
+        for k, v in module.state_dict().items()
+    }
+
+
+def _load_state(module: torch.nn.Module, path: Path) -> None:
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    module.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
+
+
+def describe(model: MaskGITImageModel) -> dict[str, Any]:
+    """Parameter counts and settings, for logs and the model card."""
+    return {
+        "name": model.name,
+        "vq_parameters": sum(p.numel() for p in model.vq.parameters()),
+        "generator_parameters": sum(p.numel() for p in model.generator.parameters()),
+        "codebook_size": model.codebook_size,
+        "grid_size": model.grid_size,
+        "sampling": asdict(model.sampling),
+        "log2_codebook_bits_per_image": model.grid_size**2 * math.log2(model.codebook_size),
+    }

@@ -1,0 +1,426 @@
+"""The image-model interface the decoder service depends on, and the model registry.
+
+Why this module is torch-free: the decoder's scheduler, the requests service and the tests import
+RenderState, the schedule and the token packing without paying for (or needing) torch. Token grids
+cross this boundary as numpy arrays; the built-in model converts at its edge.
+
+Determinism contract (what makes crash-resume exact): a render is the fold of `step` over a
+RenderState, and everything a pass needs is in (prompt, seed, total_passes, pass_index, tokens).
+The randomness of pass k comes only from `pass_seed(seed, k)`, and how many cells a pass commits
+comes only from the current masked count (see `next_masked_count`). So a state rebuilt from a
+checkpoint of pass k continues exactly like the uninterrupted render, on the same device and
+batch composition (floating-point results of a batched matmul can differ across batch sizes or
+devices; that changes a sample only at an exact near-tie).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final, Protocol, runtime_checkable
+
+import numpy as np
+
+GRID_SIZE: Final = 16
+"""Side of the token grid every darkroom model produces."""
+
+DEFAULT_WEIGHTS_DIR: Final = Path(__file__).resolve().parent / "weights"
+BUILTIN_NAMES: Final = frozenset({"builtin", "darkroom-mini", "default"})
+
+
+# ---------------------------------------------------------------------------------------------
+# Schedule and randomness
+
+
+def next_masked_count(masked: int, pass_index: int, total_passes: int) -> int:
+    """How many cells stay masked after pass `pass_index` (0-based) of a cosine schedule.
+
+    The rule depends only on the current masked count, so it holds for tweaks (partly masked
+    grids) and for a state rebuilt from a checkpoint. The fraction still masked after pass k of K
+    follows cos(pi/2 * k/K); each pass scales the current count by the ratio of consecutive
+    values, commits at least one cell while any is masked, and the last pass commits the rest.
+
+    Args:
+        masked: Cells masked before the pass.
+        pass_index: The pass about to run, 0 <= pass_index < total_passes.
+        total_passes: Passes in the whole render, >= 1.
+
+    Returns:
+        Cells masked after the pass, in [0, masked - 1] when masked > 0, else 0.
+    """
+    if total_passes < 1 or not 0 <= pass_index < total_passes:
+        raise ValueError(f"pass {pass_index} out of range for {total_passes} passes")
+    if masked <= 0:
+        return 0
+    if pass_index == total_passes - 1:
+        return 0
+    before = math.cos(math.pi / 2 * pass_index / total_passes)
+    after = math.cos(math.pi / 2 * (pass_index + 1) / total_passes)
+    return max(0, min(masked - 1, math.floor(masked * after / before + 0.5)))
+
+
+def cosine_schedule(total_passes: int, masked: int = GRID_SIZE * GRID_SIZE) -> list[int]:
+    """Cells still masked after each pass of a render that starts with `masked` masked cells.
+
+    Args:
+        total_passes: Passes in the render, >= 1.
+        masked: Masked cells at the start (the whole grid for a fresh render).
+
+    Returns:
+        A list of total_passes non-increasing counts ending in 0.
+    """
+    out: list[int] = []
+    for k in range(total_passes):
+        masked = next_masked_count(masked, k, total_passes)
+        out.append(masked)
+    return out
+
+
+def pass_seed(seed: int, pass_index: int) -> int:
+    """The seed of all randomness in pass `pass_index` of a render with `seed`.
+
+    A keyed hash (not Python's `hash`, which is salted per process for strings) so the value is
+    the same in every process and on every machine.
+    """
+    digest = hashlib.blake2b(f"{seed}:{pass_index}".encode(), digest_size=8, person=b"darkroom-pass").digest()
+    return int.from_bytes(digest, "little") & ((1 << 63) - 1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Render state
+
+
+@dataclass(frozen=True, eq=False)
+class RenderState:
+    """One job's render after `pass_index` completed passes. Immutable; `step` returns new ones.
+
+    Attributes:
+        prompt: The text the render is conditioned on.
+        seed: The job's seed.
+        total_passes: Passes the render takes in all.
+        pass_index: Passes completed so far (0 = nothing committed by the model yet).
+        tokens: (grid, grid) int64 array; `mask_token` where a cell is not committed yet.
+        mask_token: The value of a masked cell (the model's codebook size).
+    """
+
+    prompt: str
+    seed: int
+    total_passes: int
+    pass_index: int
+    tokens: np.ndarray
+    mask_token: int
+
+    def __post_init__(self) -> None:
+        tokens = np.array(self.tokens, dtype=np.int64, copy=True)
+        if tokens.ndim != 2 or tokens.shape[0] != tokens.shape[1]:
+            raise ValueError(f"tokens must be a square 2-D grid, got shape {tokens.shape}")
+        if tokens.size and (tokens.min() < 0 or tokens.max() > self.mask_token):
+            raise ValueError("tokens out of range [0, mask_token]")
+        if self.total_passes < 1 or not 0 <= self.pass_index <= self.total_passes:
+            raise ValueError(f"pass_index {self.pass_index} invalid for {self.total_passes} passes")
+        if self.pass_index == self.total_passes and bool((tokens == self.mask_token).any()):
+            raise ValueError("a finished render cannot have masked cells")
+        tokens.setflags(write=False)
+        object.__setattr__(self, "tokens", tokens)
+
+    @property
+    def done(self) -> bool:
+        """Whether all passes have run (then no cell is masked)."""
+        return self.pass_index >= self.total_passes
+
+    @property
+    def masked_count(self) -> int:
+        """Cells not committed yet."""
+        return int((self.tokens == self.mask_token).sum())
+
+    def with_tokens(self, tokens: np.ndarray) -> RenderState:
+        """The state after one more pass that left `tokens`."""
+        return RenderState(self.prompt, self.seed, self.total_passes, self.pass_index + 1, tokens, self.mask_token)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, RenderState):
+            return NotImplemented
+        return (
+            self.prompt == other.prompt
+            and self.seed == other.seed
+            and self.total_passes == other.total_passes
+            and self.pass_index == other.pass_index
+            and self.mask_token == other.mask_token
+            and np.array_equal(self.tokens, other.tokens)
+        )
+
+    __hash__ = None  # type: ignore[assignment]  # mutable-looking array field: not hashable
+
+
+def state_from_checkpoint(
+    model: ImageModel,
+    prompt: str,
+    seed: int,
+    total_passes: int,
+    pass_index: int,
+    tokens: np.ndarray,
+) -> RenderState:
+    """Rebuilds a job's state from a checkpoint event, to resume a render after a crash.
+
+    Args:
+        model: The model that produced the checkpoint (gives the mask token and grid size).
+        prompt: The job's prompt.
+        seed: The job's seed.
+        total_passes: Passes of the render.
+        pass_index: Completed passes recorded in the checkpoint.
+        tokens: The checkpoint's token grid (any integer dtype, flat or 2-D).
+
+    Returns:
+        A state that `model.step` continues exactly as the uninterrupted render would.
+    """
+    grid = np.asarray(tokens).reshape(model.grid_size, model.grid_size)
+    return RenderState(prompt, seed, total_passes, pass_index, grid, model.mask_token)
+
+
+def initial_tokens(
+    grid_size: int,
+    mask_token: int,
+    init_tokens: np.ndarray | None = None,
+    remask: np.ndarray | None = None,
+) -> np.ndarray:
+    """The grid a render starts from: all masked, or a tweak's grid with `remask` cells masked.
+
+    Args:
+        grid_size: Side of the grid.
+        mask_token: Value of a masked cell.
+        init_tokens: An existing image's grid (for tweaks), or None for a fresh render.
+        remask: Boolean grid of cells to regenerate; None with init_tokens means all of them
+            (the new prompt redraws the whole image, keeping nothing).
+
+    Returns:
+        A (grid_size, grid_size) int64 array.
+    """
+    if init_tokens is None:
+        if remask is not None:
+            raise ValueError("remask needs init_tokens")
+        return np.full((grid_size, grid_size), mask_token, dtype=np.int64)
+    grid = np.asarray(init_tokens, dtype=np.int64).reshape(grid_size, grid_size).copy()
+    mask = (
+        np.ones((grid_size, grid_size), bool)
+        if remask is None
+        else np.asarray(remask, dtype=bool).reshape(grid_size, grid_size)
+    )
+    grid[mask] = mask_token
+    return grid
+
+
+def pack_tokens(tokens: np.ndarray) -> bytes:
+    """Encodes a token grid compactly for checkpoint events: little-endian uint16, row-major
+    (512 bytes for 16x16, against about 1.5 kB as JSON numbers)."""
+    flat = np.asarray(tokens).reshape(-1)
+    if flat.size and (flat.min() < 0 or flat.max() > 0xFFFF):
+        raise ValueError("token values must fit in uint16")
+    return flat.astype("<u2").tobytes()
+
+
+def unpack_tokens(data: bytes, grid_size: int = GRID_SIZE) -> np.ndarray:
+    """Decodes `pack_tokens` output into a (grid_size, grid_size) int64 array."""
+    flat = np.frombuffer(data, dtype="<u2")
+    if flat.size != grid_size * grid_size:
+        raise ValueError(f"expected {grid_size * grid_size} tokens, got {flat.size}")
+    return flat.astype(np.int64).reshape(grid_size, grid_size)
+
+
+# ---------------------------------------------------------------------------------------------
+# The interface
+
+
+@runtime_checkable
+class ImageModel(Protocol):
+    """What the decoder needs from a model: progressive, resumable, batched token rendering.
+
+    Attributes:
+        name: Identifies the model (and its weights) in events and logs.
+        grid_size: Side of the token grid (16).
+        codebook_size: Number of token values; valid tokens are 0..codebook_size-1.
+        mask_token: The value of a masked cell (== codebook_size).
+    """
+
+    name: str
+    grid_size: int
+    codebook_size: int
+    mask_token: int
+
+    def schedule(self, total_passes: int) -> list[int]:
+        """Cells still masked after each pass of a fresh render (cosine; ends at 0)."""
+        ...
+
+    def start(
+        self,
+        prompt: str,
+        seed: int,
+        total_passes: int,
+        init_tokens: np.ndarray | None = None,
+        remask: np.ndarray | None = None,
+    ) -> RenderState:
+        """Creates the state of a new render (pass_index 0). No model compute happens here.
+
+        Args:
+            prompt: Text to condition on.
+            seed: Seed of the render; with the prompt it fixes the result.
+            total_passes: Passes the render takes (8-12 in the service).
+            init_tokens: For a tweak, the grid of the image being tweaked.
+            remask: For a tweak, the cells to regenerate (None: all of them).
+        """
+        ...
+
+    def step(self, states: list[RenderState]) -> list[RenderState]:
+        """Runs one pass for each state, as one batch; states may be at different passes.
+
+        Returns:
+            New states, in order, each with pass_index + 1. Raises ValueError for a done state.
+        """
+        ...
+
+    def preview(self, tokens: np.ndarray, size: int) -> np.ndarray:
+        """Renders a (possibly partial) grid as a (size, size, 3) uint8 image; masked cells are
+        filled from a prior, so a preview sharpens as passes commit cells."""
+        ...
+
+    def encode_image(self, rgb: np.ndarray) -> np.ndarray:
+        """Tokenizes an (H, W, 3) uint8 image (any size) into a (grid, grid) int64 grid."""
+        ...
+
+
+# ---------------------------------------------------------------------------------------------
+# The no-op model
+
+
+class NoOpModel:
+    """A model with the full interface and almost no compute, for pipeline benchmarks and tests.
+
+    Tokens are a deterministic function of (seed, pass, cell); commits follow the same cosine
+    schedule and resume contract as a real model. `pass_seconds` adds a fixed sleep per `step`
+    call, to emulate a model of known cost.
+    """
+
+    name: str = "noop"
+    grid_size: int = GRID_SIZE
+    codebook_size: int = 256
+    mask_token: int = 256
+
+    def __init__(self, pass_seconds: float = 0.0) -> None:
+        """Creates the model.
+
+        Args:
+            pass_seconds: Sleep per `step` call (one batched pass), in seconds.
+        """
+        self.pass_seconds = pass_seconds
+        # A fixed palette so previews of different tokens differ visibly.
+        self._palette = np.random.default_rng(0).integers(0, 256, (self.codebook_size + 1, 3)).astype(np.uint8)
+        self._palette[self.mask_token] = 128
+
+    def schedule(self, total_passes: int) -> list[int]:
+        """See ImageModel.schedule."""
+        return cosine_schedule(total_passes, self.grid_size * self.grid_size)
+
+    def start(
+        self,
+        prompt: str,
+        seed: int,
+        total_passes: int,
+        init_tokens: np.ndarray | None = None,
+        remask: np.ndarray | None = None,
+    ) -> RenderState:
+        """See ImageModel.start."""
+        grid = initial_tokens(self.grid_size, self.mask_token, init_tokens, remask)
+        return RenderState(prompt, seed, total_passes, 0, grid, self.mask_token)
+
+    def step(self, states: list[RenderState]) -> list[RenderState]:
+        """See ImageModel.step."""
+        out: list[RenderState] = []
+        for state in states:
+            if state.done:
+                raise ValueError("step() called on a finished render")
+            rng = np.random.default_rng(pass_seed(state.seed, state.pass_index))
+            values = rng.integers(0, self.codebook_size, state.tokens.size)
+            order = rng.permutation(state.tokens.size)
+            flat = state.tokens.reshape(-1).copy()
+            masked = np.flatnonzero(flat == self.mask_token)
+            keep = next_masked_count(masked.size, state.pass_index, state.total_passes)
+            # Commit the masked cells that come first in this pass's random order.
+            rank = np.empty_like(order)
+            rank[order] = np.arange(order.size)
+            chosen = masked[np.argsort(rank[masked], kind="stable")][: masked.size - keep]
+            flat[chosen] = values[chosen]
+            out.append(state.with_tokens(flat.reshape(state.tokens.shape)))
+        if self.pass_seconds > 0:
+            time.sleep(self.pass_seconds)
+        return out
+
+    def preview(self, tokens: np.ndarray, size: int) -> np.ndarray:
+        """See ImageModel.preview: one flat colour per cell."""
+        grid = np.asarray(tokens, dtype=np.int64).reshape(self.grid_size, self.grid_size)
+        img = self._palette[np.clip(grid, 0, self.mask_token)]
+        reps = -(-size // self.grid_size)
+        return np.ascontiguousarray(np.repeat(np.repeat(img, reps, 0), reps, 1)[:size, :size])
+
+    def encode_image(self, rgb: np.ndarray) -> np.ndarray:
+        """See ImageModel.encode_image: the mean brightness of each cell, quantized."""
+        img = np.asarray(rgb, dtype=np.float32)
+        h, w = img.shape[0] // self.grid_size, img.shape[1] // self.grid_size
+        if h == 0 or w == 0:
+            raise ValueError("image smaller than the token grid")
+        cells = img[: h * self.grid_size, : w * self.grid_size].reshape(self.grid_size, h, self.grid_size, w, -1)
+        mean = cells.mean(axis=(1, 3, 4))
+        out: np.ndarray = np.clip(mean / 256.0 * self.codebook_size, 0, self.codebook_size - 1).astype(np.int64)
+        return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Registry
+
+
+def load_model(name_or_path: str | None = None, device: str = "cpu") -> ImageModel:
+    """Loads an image model.
+
+    Args:
+        name_or_path: None or "builtin" (also "darkroom-mini", "default"): the built-in model
+            from libs/model/weights/. "noop": NoOpModel. "world": WorldModel (draws the
+            prompt's scene procedurally, through the built-in VQ). A directory path: a built-in-format
+            model saved there (model.json plus weight files). "package.module:factory": an
+            operator's own model; `factory(device=device)` must return an ImageModel.
+        device: Torch device for models that use torch ("cpu", "cuda", "cuda:1"...).
+
+    Returns:
+        The model, ready for `start`/`step`.
+
+    Raises:
+        FileNotFoundError: the weights are missing. TypeError: a factory returned something that
+        is not an ImageModel.
+    """
+    if name_or_path is None or name_or_path in BUILTIN_NAMES:
+        return _load_builtin(DEFAULT_WEIGHTS_DIR, device)
+    if name_or_path == "noop":
+        return NoOpModel()
+    if name_or_path == "world":
+        from libs.model.world_model import WorldModel
+
+        return WorldModel(load_model(None, device))
+    path = Path(name_or_path)
+    if path.is_dir() or (path / "model.json").exists():
+        return _load_builtin(path, device)
+    if ":" in name_or_path and not path.exists():
+        module_name, _, attr = name_or_path.partition(":")
+        factory: Any = getattr(importlib.import_module(module_name), attr)
+        model = factory(device=device)
+        if not isinstance(model, ImageModel):
+            raise TypeError(f"{name_or_path} returned {type(model).__name__}, not an ImageModel")
+        return model
+    raise FileNotFoundError(f"no model named or stored at {name_or_path!r}")
+
+
+def _load_builtin(path: Path, device: str) -> ImageModel:
+    # Imported here so that torch loads only when a torch model is actually requested.
+    from libs.model.builtin import MaskGITImageModel
+
+    return MaskGITImageModel.load(path, device=device)
