@@ -5,10 +5,10 @@ STACK := $(PY) -m infra.stack
 
 .DEFAULT_GOAL := help
 
-.PHONY: help setup up down status logs test test-unit test-integration test-e2e lint typecheck check schemas
+.PHONY: help setup up down status logs test test-unit test-integration test-e2e lint typecheck check schemas bench-pipeline train-model eval-model
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
 
 setup: ## install everything (cached outside the clone; seconds when nothing changed)
 	@bash infra/scripts/setup.sh
@@ -47,3 +47,12 @@ check: lint typecheck test-unit ## fast local checks before a commit
 
 schemas: ## regenerate the published JSON Schemas of every event (docs/schemas)
 	@$(PY) -m libs.cli schemas export docs/schemas
+
+bench-pipeline: ## pipeline overhead (no-op model) at 1/10/50 concurrent jobs, and the model's CPU pass time
+	@$(PY) -m tests.bench.pipeline
+
+train-model: ## train the built-in model from scratch (90 minutes on 2 CPU cores; faster on a GPU)
+	@$(PY) -m libs.model.train --out libs/model/weights --minutes 90
+
+eval-model: ## the built-in model's figures (PSNR, prompt adherence, safety detector, speed)
+	@$(PY) -m libs.model.eval

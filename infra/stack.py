@@ -9,9 +9,9 @@ ours) in `<run dir>/pids`. `up` waits on health checks, never on fixed sleeps, a
 skips whatever is already running and healthy, so a second `up` changes nothing.
 `down` stops, by recorded pid, everything `up` started.
 
-Two profiles keep a developer's stack and the test suite's apart: `dev` (ports
-from DARKROOM_*_PORT, data in .run/dev) and `test` (ports from DARKROOM_TEST_*_PORT,
-data in .run/test).
+Profiles keep a developer's stack, the test suite's and the benchmarks' apart: `dev`
+(ports from DARKROOM_*_PORT, data in .run/dev), `test` (DARKROOM_TEST_*_PORT, ports
++10000, .run/test) and `bench` (DARKROOM_BENCH_*_PORT, ports +20000, .run/bench).
 """
 
 from __future__ import annotations
@@ -36,7 +36,18 @@ from pathlib import Path
 
 from infra import paths
 
-SERVICES = ("auth", "requests", "decoder", "safety", "storage", "gateway")
+# Service processes: name -> (package under services/, extra environment). The decoder
+# runs twice: one pool for the consumer tiers' lanes and one for API traffic.
+SERVICE_PROCESSES: dict[str, tuple[str, dict[str, str]]] = {
+    "auth": ("auth", {}),
+    "requests": ("requests", {}),
+    "decoder": ("decoder", {"DARKROOM_POOL": "consumer"}),
+    "decoder-api": ("decoder", {"DARKROOM_POOL": "api"}),
+    "safety": ("safety", {}),
+    "storage": ("storage", {}),
+    "gateway": ("gateway", {}),
+}
+SERVICES = tuple(SERVICE_PROCESSES)
 INFRA = ("kafka", "minio", "ferretdb")
 DEV_MINIO_USER = "darkroom"
 DEV_MINIO_PASSWORD = "darkroom-dev-secret"  # noqa: S105 - development default, refused in production
@@ -56,6 +67,8 @@ class Profile:
     gateway_port: int
     health_port_base: int
     otlp_endpoint: str = ""
+    process_env: tuple[tuple[str, str, str], ...] = ()
+    """Extra (process, variable, value) settings, e.g. another model for one decoder pool."""
 
     @property
     def kafka_bootstrap(self) -> str:
@@ -92,6 +105,8 @@ class Profile:
             "DARKROOM_OTLP_ENDPOINT": self.otlp_endpoint,
             "PYTHONPATH": str(paths.ROOT),
             "PYTHONUNBUFFERED": "1",
+            # Export spans every half second rather than every five, so traces show up promptly.
+            "OTEL_BSP_SCHEDULE_DELAY": "500",
         }
 
 
@@ -100,6 +115,7 @@ def load_profile(name: str) -> Profile:
     prefix, offset, default_dir = {
         "dev": ("DARKROOM_", 0, paths.ROOT / ".run" / "dev"),
         "test": ("DARKROOM_TEST_", 10000, paths.ROOT / ".run" / "test"),
+        "bench": ("DARKROOM_BENCH_", 20000, paths.ROOT / ".run" / "bench"),
     }[name]
 
     def port(var: str, default: int) -> int:
@@ -434,10 +450,14 @@ class Stack:
             env={},
         )
 
-    def start_service(self, service: str, instance: str = "") -> None:
-        self.proc(instance or service).start(
-            [sys.executable, "-m", f"services.{service}"],
-            env=self.profile.service_env(service, instance),
+    def start_service(self, name: str, instance: str = "") -> None:
+        """Start a service process by its name in SERVICE_PROCESSES (or a named extra instance)."""
+        package, extra = SERVICE_PROCESSES[name]
+        self.proc(instance or name).start(
+            [sys.executable, "-m", f"services.{package}"],
+            env=self.profile.service_env(name, instance)
+            | extra
+            | {var: value for process, var, value in self.profile.process_env if process == name},
         )
 
     def create_topics(self) -> None:
@@ -488,7 +508,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m infra.stack", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--profile", choices=["dev", "test"], default="dev")
+    parser.add_argument("--profile", choices=["dev", "test", "bench"], default="dev")
     parser.add_argument("command", choices=["up", "down", "status", "logs"])
     parser.add_argument("--infra-only", action="store_true", help="up: Kafka, MinIO, FerretDB and topics only")
     args = parser.parse_args(argv)

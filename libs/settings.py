@@ -54,8 +54,8 @@ class MongoSettings(ServiceSettings):
     mongo_database: str = "darkroom"
 
 
-class StorageSettings(MongoSettings):
-    """The storage service: MinIO and MongoDB."""
+class MinioSettings(ServiceSettings):
+    """Adds the object store."""
 
     minio_endpoint: str = "127.0.0.1:9000"
     minio_access_key: str = "darkroom"
@@ -67,6 +67,10 @@ class StorageSettings(MongoSettings):
         return {"minio_secret_key": self.minio_secret_key}
 
 
+class StorageSettings(MinioSettings, MongoSettings):
+    """The storage service: MinIO and MongoDB."""
+
+
 class SigningSettings(ServiceSettings):
     """Services that sign or verify API keys."""
 
@@ -76,12 +80,25 @@ class SigningSettings(ServiceSettings):
         return {"signing_key": self.signing_key}
 
 
-class GatewaySettings(SigningSettings):
+class GatewaySettings(SigningSettings, MinioSettings, MongoSettings):
     """The HTTP gateway."""
 
     gateway_host: str = "127.0.0.1"
     gateway_port: int = 8000
     heartbeat_stale_s: float = 10.0
+    sync_wait_s: float = 540.0
+    """How long a synchronous call waits for its job before answering 202 with the job
+    (9 minutes: inside the openai SDK's 10-minute read timeout)."""
+    stream_keepalive_s: float = 15.0
+    """Seconds between SSE keep-alive comments while a streamed job waits."""
+    reply_timeout_s: float = 30.0
+    """How long a sign-up waits for the auth service's answer."""
+    url_expiry_s: int = 3600
+    models: tuple[str, ...] = ("darkroom-mini",)
+    """Model names the API accepts; the first is the default."""
+
+    def secrets(self) -> dict[str, str]:
+        return {**MinioSettings.secrets(self), **SigningSettings.secrets(self)}
 
 
 class AuthSettings(SigningSettings, MongoSettings):
@@ -91,13 +108,27 @@ class AuthSettings(SigningSettings, MongoSettings):
 class RequestsSettings(MongoSettings):
     """The requests service (job aggregates and their projections)."""
 
+    content_check_stride: int = 1
+    """Check drawn content after every k-th pass (the last pass is always checked)."""
+
 
 class DecoderSettings(ServiceSettings):
     """The decoder service."""
 
     model: str = "builtin"
+    """"builtin", "noop", a weights directory, or "package.module:factory"."""
     device: str = "auto"
+    """"auto" (CUDA when present, else CPU), "cpu", "cuda", "cuda:N"."""
+    pool: Literal["consumer", "api"] = "consumer"
+    """Which render topic this decoder serves: the consumer tiers' lanes or the API's."""
 
 
 class SafetySettings(ServiceSettings):
     """The safety service."""
+
+    model: str = "builtin"
+    """The image model whose token grids the content check renders (as the decoder's)."""
+    device: str = "cpu"
+    content_threshold: float | None = None
+    """Classifier score at or above which drawn content counts as detected; unset, the
+    threshold calibrated with the classifier's weights applies."""

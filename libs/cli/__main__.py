@@ -8,12 +8,16 @@ darkroom schemas export [DIR]                write every event's JSON Schema
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
 
+from libs.cli.accounts import AccountError, run_create_account
 from libs.cli.kafka_tools import TOOLS, default_bootstrap, tool_command
 from libs.cli.schemas import export_schemas
+from libs.events.schemas import TIERS
+from libs.settings import DEV_SIGNING_KEY
 
 
 def _kafka(args: argparse.Namespace, rest: list[str]) -> int:
@@ -28,6 +32,25 @@ def _kafka(args: argparse.Namespace, rest: list[str]) -> int:
     return 0  # pragma: no cover - exec does not return
 
 
+def _safety_policy(args: argparse.Namespace) -> int:
+    from libs.cli.safety_policy import format_policy, operator_name, set_policy, show_policy
+    from services.safety.domain import InvalidPolicy
+
+    try:
+        if args.action == "show":
+            print(format_policy(show_policy(args.bootstrap)), end="")
+            return 0
+        if args.file is None:
+            print("darkroom: `safety policy set` needs --file", file=sys.stderr)
+            return 2
+        published = set_policy(args.bootstrap, args.file, operator_name())
+    except (InvalidPolicy, TimeoutError, OSError) as exc:
+        print(f"darkroom: {exc}", file=sys.stderr)
+        return 1
+    print(f"published safety policy version {published.version} ({len(published.categories)} categories)")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse the command line and run one command; returns the exit code."""
     parser = argparse.ArgumentParser(
@@ -39,6 +62,20 @@ def main(argv: list[str] | None = None) -> int:
     kafka.add_argument("tool", choices=sorted(TOOLS), help="which Kafka tool")
     kafka.add_argument("--bootstrap", default=default_bootstrap(), help="broker (default: %(default)s)")
 
+    accounts = commands.add_parser("accounts", help="accounts and API keys")
+    accounts_cmd = accounts.add_subparsers(dest="accounts_command", required=True)
+    create = accounts_cmd.add_parser("create", help="create an account and print its API key")
+    create.add_argument("--email", required=True)
+    create.add_argument("--tier", choices=TIERS, default="free")
+    create.add_argument("--bootstrap", default=default_bootstrap(), help="broker (default: %(default)s)")
+
+    safety = commands.add_parser("safety", help="the safety policy")
+    safety_cmd = safety.add_subparsers(dest="safety_command", required=True)
+    policy = safety_cmd.add_parser("policy", help="show or set the safety policy")
+    policy.add_argument("action", choices=["show", "set"])
+    policy.add_argument("--file", type=Path, help="set: a policy YAML (as `show` prints)")
+    policy.add_argument("--bootstrap", default=default_bootstrap(), help="broker (default: %(default)s)")
+
     schemas = commands.add_parser("schemas", help="event schemas")
     schemas_cmd = schemas.add_subparsers(dest="schemas_command", required=True)
     export = schemas_cmd.add_parser("export", help="write JSON Schemas of every event")
@@ -49,6 +86,17 @@ def main(argv: list[str] | None = None) -> int:
         return _kafka(args, rest)
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    if args.command == "accounts":
+        signing_key = os.environ.get("DARKROOM_SIGNING_KEY", DEV_SIGNING_KEY)
+        try:
+            account = run_create_account(args.bootstrap, args.email, args.tier, signing_key)
+        except AccountError as exc:
+            print(f"darkroom: {exc}", file=sys.stderr)
+            return 1
+        print(json.dumps(account, indent=2))
+        return 0
+    if args.command == "safety":
+        return _safety_policy(args)
     if args.command == "schemas":
         written = export_schemas(args.directory)
         print(f"wrote {len(written)} files to {args.directory}")

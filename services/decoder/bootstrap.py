@@ -4,12 +4,23 @@ from __future__ import annotations
 
 from libs import topics
 from libs.bus.ports import Producer
+from libs.events.schemas import AbortRender, RenderJob
+from libs.model.interface import ImageModel
 from libs.runtime.dispatch import Dispatcher
 from libs.runtime.service import ConsumerFactory, ServiceRuntime, Subscription
 from libs.runtime.wiring import kafka_consumer_factory, kafka_producer
 from libs.settings import DecoderSettings
+from services.decoder.handlers import DecoderHandlers
+from services.decoder.runner import ModelRunner, model_loader
 
 SERVICE = "decoder"
+
+POOL_TOPICS = {"consumer": topics.RENDER_CONSUMER, "api": topics.RENDER_API}
+"""The render topic each decoder pool serves (its consumer group is `decoder-<pool>`)."""
+
+CONTROL_GROUP = ""
+"""No consumer group on the control topic: every decoder instance must see every abort,
+since any of them may be rendering the job (the runtime reads it from the latest offset)."""
 
 
 def bootstrap(
@@ -17,13 +28,51 @@ def bootstrap(
     *,
     producer: Producer | None = None,
     consumer_factory: ConsumerFactory | None = None,
+    model: ImageModel | None = None,
 ) -> ServiceRuntime:
-    """Wire the decoder service; tests pass in-memory adapters."""
-    jobs = Dispatcher(SERVICE)
-    return ServiceRuntime(
+    """Wire the decoder service; tests pass in-memory adapters and a model instance.
+
+    Args:
+        settings: The decoder's settings (model, device, pool).
+        producer: The producer; Kafka's when omitted.
+        consumer_factory: Makes consumer-group members; Kafka's when omitted.
+        model: A ready model instance; when omitted, `settings.model` is loaded on
+            `settings.device` at start-up.
+
+    Returns:
+        The runtime, ready for `run_service`.
+    """
+    runner = ModelRunner((lambda: model) if model is not None else model_loader(settings.model, settings.device))
+    runtime = ServiceRuntime(
         name=SERVICE,
         settings=settings,
         producer=producer or kafka_producer(settings, SERVICE),
         consumer_factory=consumer_factory or kafka_consumer_factory(settings, SERVICE),
-        subscriptions=[Subscription(group=f"{SERVICE}-consumer", topics=[topics.RENDER_CONSUMER], handler=jobs)],
     )
+    handlers = DecoderHandlers(runner, runtime.publisher, runtime.instance_id)
+
+    jobs = Dispatcher(SERVICE)
+    jobs.on(RenderJob, handlers.on_job)
+    control = Dispatcher(SERVICE)
+    control.on(AbortRender, handlers.on_abort)
+    runtime.subscriptions += [
+        # One render job per fetch: a job holds the loop for seconds, and records fetched
+        # but not yet rendered would wait behind it (and past the poll interval).
+        Subscription(
+            group=f"{SERVICE}-{settings.pool}", topics=[POOL_TOPICS[settings.pool]], handler=jobs, max_records=1
+        ),
+        Subscription(group=CONTROL_GROUP, topics=[topics.RENDER_CONTROL], handler=control),
+    ]
+
+    async def model_loaded() -> bool:
+        return runner.loaded
+
+    runtime.checks["model"] = model_loaded
+    # Loaded before the consumers start, so no job is taken before the model can render it.
+    runtime.on_start.append(runner.load)
+
+    async def release_model_thread() -> None:
+        runner.close()
+
+    runtime.on_stop.append(release_model_thread)
+    return runtime

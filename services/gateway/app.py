@@ -17,31 +17,22 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from libs import topics
+from libs.apikeys import parse_signing_keys
 from libs.bus.ports import Producer
 from libs.runtime.heartbeats import HeartbeatMonitor
 from libs.runtime.service import ConsumerFactory, ServiceRuntime, Subscription
 from libs.runtime.wiring import kafka_consumer_factory, kafka_producer
 from libs.settings import GatewaySettings
+from libs.stores.minio import MinioBlobStore
+from libs.stores.mongo import MongoDocumentStore
+from libs.stores.ports import BlobStore, DocumentStore
+from services.gateway import accounts, images
+from services.gateway.context import Gateway
+from services.gateway.errors import install_error_handlers
+from services.gateway.live import JobProjection, LiveEvents
+from services.gateway.tracing import TracingMiddleware
 
 SERVICE = "gateway"
-
-
-def build_runtime(
-    settings: GatewaySettings,
-    monitor: HeartbeatMonitor,
-    *,
-    producer: Producer | None = None,
-    consumer_factory: ConsumerFactory | None = None,
-) -> ServiceRuntime:
-    """Wire the gateway's Kafka side; tests pass in-memory adapters."""
-    return ServiceRuntime(
-        name=SERVICE,
-        settings=settings,
-        producer=producer or kafka_producer(settings, SERVICE),
-        consumer_factory=consumer_factory or kafka_consumer_factory(settings, SERVICE),
-        # Group "" = no consumer group: each replica reads the heartbeats from now on.
-        subscriptions=[Subscription(group="", topics=[topics.HEARTBEATS], handler=monitor)],
-    )
 
 
 def create_app(
@@ -49,6 +40,8 @@ def create_app(
     *,
     producer: Producer | None = None,
     consumer_factory: ConsumerFactory | None = None,
+    documents: DocumentStore | None = None,
+    blobs: BlobStore | None = None,
 ) -> FastAPI:
     """Build the gateway application.
 
@@ -56,13 +49,56 @@ def create_app(
         settings: Gateway settings; read from the environment when omitted.
         producer: Bus producer; the real Kafka one when omitted.
         consumer_factory: Bus consumer factory; the real Kafka one when omitted.
+        documents: The gateway's document store (its job read model); MongoDB when omitted.
+        blobs: The image store it reads results from; MinIO when omitted.
 
     Returns:
         The FastAPI app, whose lifespan starts and stops the Kafka side.
     """
     settings = settings or GatewaySettings()
     monitor = HeartbeatMonitor(stale_after_s=settings.heartbeat_stale_s)
-    runtime = build_runtime(settings, monitor, producer=producer, consumer_factory=consumer_factory)
+    docs = documents or MongoDocumentStore(settings.mongo_url, settings.mongo_database)
+    objects = blobs or MinioBlobStore(
+        settings.minio_endpoint,
+        settings.minio_access_key,
+        settings.minio_secret_key,
+        settings.minio_bucket,
+        secure=settings.minio_secure,
+    )
+    runtime = ServiceRuntime(
+        name=SERVICE,
+        settings=settings,
+        producer=producer or kafka_producer(settings, SERVICE),
+        consumer_factory=consumer_factory or kafka_consumer_factory(settings, SERVICE),
+    )
+    live = LiveEvents()
+    projection = JobProjection(docs)
+    # Group "" = no consumer group: every replica reads these from its start onwards.
+    runtime.subscriptions += [
+        Subscription(group="", topics=[topics.HEARTBEATS], handler=monitor),
+        Subscription(
+            group="", topics=[topics.REQUEST_EVENTS, topics.RENDER_PROGRESS, topics.ACCOUNT_EVENTS], handler=live
+        ),
+        Subscription(group=f"{SERVICE}-jobs", topics=[topics.REQUEST_EVENTS], handler=projection),
+    ]
+
+    async def mongo_ok() -> bool:
+        await docs.ping()
+        return True
+
+    async def minio_ok() -> bool:
+        await objects.ping()
+        return True
+
+    runtime.checks |= {"mongo": mongo_ok, "minio": minio_ok}
+    gateway = Gateway(
+        settings=settings,
+        publisher=runtime.publisher,
+        live=live,
+        projection=projection,
+        blobs=objects,
+        signing_keys=parse_signing_keys(settings.signing_key),
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -82,6 +118,11 @@ def create_app(
     app.state.settings = settings
     app.state.runtime = runtime
     app.state.heartbeats = monitor
+    app.state.gateway = gateway
+    install_error_handlers(app)
+    app.add_middleware(TracingMiddleware)
+    app.include_router(images.router)
+    app.include_router(accounts.router)
 
     @app.get("/healthz", tags=["operations"])
     async def healthz(monitor: Annotated[HeartbeatMonitor, Depends(get_monitor)]) -> JSONResponse:

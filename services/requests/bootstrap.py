@@ -10,6 +10,8 @@ from libs.runtime.wiring import kafka_consumer_factory, kafka_producer
 from libs.settings import RequestsSettings
 from libs.stores.mongo import MongoDocumentStore
 from libs.stores.ports import DocumentStore
+from services.requests.domain import Policy
+from services.requests.handlers import RequestHandlers, registered_inputs
 
 SERVICE = "requests"
 
@@ -23,28 +25,27 @@ def bootstrap(
 ) -> ServiceRuntime:
     """Wire the requests service; tests pass in-memory adapters."""
     docs = documents or MongoDocumentStore(settings.mongo_url, settings.mongo_database)
+    runtime = ServiceRuntime(
+        name=SERVICE,
+        settings=settings,
+        producer=producer or kafka_producer(settings, SERVICE),
+        consumer_factory=consumer_factory or kafka_consumer_factory(settings, SERVICE),
+    )
+    handlers = RequestHandlers(docs, runtime.publisher, Policy(content_check_stride=settings.content_check_stride))
     dispatcher = Dispatcher(SERVICE)
+    for event_type in registered_inputs():
+        dispatcher.on(event_type, handlers.handle)
 
     async def mongo_ok() -> bool:
         await docs.ping()
         return True
 
-    return ServiceRuntime(
-        name=SERVICE,
-        settings=settings,
-        producer=producer or kafka_producer(settings, SERVICE),
-        consumer_factory=consumer_factory or kafka_consumer_factory(settings, SERVICE),
-        subscriptions=[
-            Subscription(
-                group=SERVICE,
-                topics=[
-                    topics.IMAGE_COMMANDS,
-                    topics.RENDER_PROGRESS,
-                    topics.SAFETY_VERDICTS,
-                    topics.STORAGE_EVENTS,
-                ],
-                handler=dispatcher,
-            )
-        ],
-        checks={"mongo": mongo_ok},
+    runtime.subscriptions.append(
+        Subscription(
+            group=SERVICE,
+            topics=[topics.IMAGE_COMMANDS, topics.RENDER_PROGRESS, topics.SAFETY_VERDICTS, topics.STORAGE_EVENTS],
+            handler=dispatcher,
+        )
     )
+    runtime.checks["mongo"] = mongo_ok
+    return runtime

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from libs import topics
 from libs.bus.ports import Producer
+from libs.events.schemas import StoreImage
 from libs.runtime.dispatch import Dispatcher
 from libs.runtime.service import ConsumerFactory, ServiceRuntime, Subscription
 from libs.runtime.wiring import kafka_consumer_factory, kafka_producer
@@ -11,6 +12,7 @@ from libs.settings import StorageSettings
 from libs.stores.minio import MinioBlobStore
 from libs.stores.mongo import MongoDocumentStore
 from libs.stores.ports import BlobStore, DocumentStore
+from services.storage.handlers import StorageHandlers
 
 SERVICE = "storage"
 
@@ -23,7 +25,18 @@ def bootstrap(
     documents: DocumentStore | None = None,
     blobs: BlobStore | None = None,
 ) -> ServiceRuntime:
-    """Wire the storage service; tests pass in-memory adapters."""
+    """Wire the storage service; tests pass in-memory adapters.
+
+    Args:
+        settings: The service's settings.
+        producer: The bus producer (Kafka when omitted).
+        consumer_factory: Makes consumer-group members (Kafka when omitted).
+        documents: The metadata store (MongoDB when omitted).
+        blobs: The object store (MinIO when omitted).
+
+    Returns:
+        The runtime, ready for `run_service`.
+    """
     docs = documents or MongoDocumentStore(settings.mongo_url, settings.mongo_database)
     objects = blobs or MinioBlobStore(
         settings.minio_endpoint,
@@ -32,7 +45,15 @@ def bootstrap(
         settings.minio_bucket,
         secure=settings.minio_secure,
     )
+    runtime = ServiceRuntime(
+        name=SERVICE,
+        settings=settings,
+        producer=producer or kafka_producer(settings, SERVICE),
+        consumer_factory=consumer_factory or kafka_consumer_factory(settings, SERVICE),
+    )
+    handlers = StorageHandlers(runtime.publisher, docs, objects)
     dispatcher = Dispatcher(SERVICE)
+    dispatcher.on(StoreImage, handlers.on_store_image)
 
     async def mongo_ok() -> bool:
         await docs.ping()
@@ -42,11 +63,6 @@ def bootstrap(
         await objects.ping()
         return True
 
-    return ServiceRuntime(
-        name=SERVICE,
-        settings=settings,
-        producer=producer or kafka_producer(settings, SERVICE),
-        consumer_factory=consumer_factory or kafka_consumer_factory(settings, SERVICE),
-        subscriptions=[Subscription(group=SERVICE, topics=[topics.STORAGE_BLOBS], handler=dispatcher)],
-        checks={"mongo": mongo_ok, "minio": minio_ok},
-    )
+    runtime.subscriptions.append(Subscription(group=SERVICE, topics=[topics.STORAGE_BLOBS], handler=dispatcher))
+    runtime.checks.update({"mongo": mongo_ok, "minio": minio_ok})
+    return runtime

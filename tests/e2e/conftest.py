@@ -7,25 +7,43 @@ fails the tests.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 
 import pytest
 
-from infra.stack import Profile, Stack, StackError, kafka_ok, load_profile
+from infra.stack import SERVICES, Profile, Stack, StackError, kafka_ok, load_profile
+from tests.e2e.otlp import OtlpReceiver
 
 
 @pytest.fixture(scope="session")
-def stack() -> Iterator[Stack]:
+def otlp() -> Iterator[OtlpReceiver]:
+    """Receives the spans every service of the e2e stack exports."""
+    receiver = OtlpReceiver()
+    receiver.start()
+    yield receiver
+    receiver.stop()
+
+
+@pytest.fixture(scope="session")
+def stack(otlp: OtlpReceiver) -> Iterator[Stack]:
     profile: Profile = load_profile("test")
     if not kafka_ok(profile):
         pytest.fail(f"Kafka is not reachable at {profile.kafka_bootstrap}: run the tests with `make test`")
+    # The API pool draws with the procedural world model, which renders exactly what a prompt
+    # names: end-to-end tests of the content check need an image that really shows the object.
+    profile = dataclasses.replace(
+        profile,
+        otlp_endpoint=f"http://127.0.0.1:{otlp.port}",
+        process_env=(("decoder-api", "DARKROOM_MODEL", "world"),),
+    )
     stack = Stack(profile, say=lambda line: print(line))
     try:
         stack.up_services()
     except StackError as exc:
         pytest.fail(f"the services did not start: {exc}")
     yield stack
-    for service in ("gateway", "storage", "safety", "decoder", "requests", "auth"):
+    for service in reversed(SERVICES):
         stack.proc(service).stop()
 
 

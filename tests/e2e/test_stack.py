@@ -14,6 +14,7 @@ from libs import topics
 from libs.bus.kafka import KafkaConsumer, KafkaProducer
 from libs.events import REGISTRY, Envelope
 from libs.events.schemas import DeadLetter
+from libs.runtime.heartbeats import SERVICES as HEARTBEAT_SERVICES
 from tests.helpers import consume
 
 
@@ -32,7 +33,7 @@ def test_healthz_reports_kafka_and_every_service(running: Stack) -> None:
     assert body["kafka"] == {"reachable": True, "bootstrap": running.profile.kafka_bootstrap}
     services = body["services"]
     assert isinstance(services, dict)
-    assert set(services) == set(SERVICES)
+    assert set(services) == set(HEARTBEAT_SERVICES)
     assert all(s["healthy"] for s in services.values())
     assert services["storage"]["checks"] == {"mongo": True, "minio": True}
 

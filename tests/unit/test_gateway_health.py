@@ -14,6 +14,7 @@ from libs.events import Envelope
 from libs.events.schemas import ServiceHeartbeat
 from libs.runtime.heartbeats import SERVICES
 from libs.settings import GatewaySettings
+from libs.stores.memory import InMemoryBlobStore, InMemoryDocumentStore
 from services.gateway.app import create_app
 from tests.helpers import eventually
 
@@ -30,6 +31,8 @@ async def test_healthz_is_degraded_until_every_service_has_reported() -> None:
         GatewaySettings(heartbeat_interval_s=0.05, instance_id="gw-1"),
         producer=broker.producer(),
         consumer_factory=broker.consumer,
+        documents=InMemoryDocumentStore(),
+        blobs=InMemoryBlobStore(),
     )
     async with app.router.lifespan_context(app):
 
@@ -61,7 +64,13 @@ async def test_healthz_is_degraded_until_every_service_has_reported() -> None:
 
 async def test_openapi_docs_are_served() -> None:
     broker = InMemoryBroker()
-    app = create_app(GatewaySettings(), producer=broker.producer(), consumer_factory=broker.consumer)
+    app = create_app(
+        GatewaySettings(),
+        producer=broker.producer(),
+        consumer_factory=broker.consumer,
+        documents=InMemoryDocumentStore(),
+        blobs=InMemoryBlobStore(),
+    )
     async with app.router.lifespan_context(app):
         assert (await _get(app, "/docs")).status_code == 200
         spec = (await _get(app, "/openapi.json")).json()

@@ -6,6 +6,55 @@ bumps VERSION and adds an upcaster next to the class, with a test reading the ol
 shape back (tests/unit/events).
 """
 
+from libs.events.schemas.accounts import TIERS, AccountCreated, AccountRejected, CreateAccount, Tier
+from libs.events.schemas.images import (
+    GenerateImage,
+    ImageRef,
+    JobAccepted,
+    JobBlocked,
+    JobCompleted,
+    JobContentCleared,
+    JobFailed,
+    JobImageStored,
+    JobProgressed,
+    JobQueued,
+    JobSpec,
+    Usage,
+)
+from libs.events.schemas.render import AbortRender, RenderJob, RenderProgressed, RenderStopped
+from libs.events.schemas.safety import CheckContent, CheckPrompt, PolicyCategory, SafetyPolicy, SafetyVerdict
+from libs.events.schemas.storage import ImageStored, StoreImage
 from libs.events.schemas.system import DeadLetter, ServiceHeartbeat
 
-__all__ = ["DeadLetter", "ServiceHeartbeat"]
+__all__ = [
+    "TIERS",
+    "AbortRender",
+    "AccountCreated",
+    "AccountRejected",
+    "CheckContent",
+    "CheckPrompt",
+    "CreateAccount",
+    "DeadLetter",
+    "GenerateImage",
+    "ImageRef",
+    "ImageStored",
+    "JobAccepted",
+    "JobBlocked",
+    "JobCompleted",
+    "JobContentCleared",
+    "JobFailed",
+    "JobImageStored",
+    "JobProgressed",
+    "JobQueued",
+    "JobSpec",
+    "PolicyCategory",
+    "RenderJob",
+    "RenderProgressed",
+    "RenderStopped",
+    "SafetyPolicy",
+    "SafetyVerdict",
+    "ServiceHeartbeat",
+    "StoreImage",
+    "Tier",
+    "Usage",
+]

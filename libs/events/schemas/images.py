@@ -1,0 +1,175 @@
+"""Image jobs: the gateway's commands and the request aggregate's events.
+
+`JobAccepted` is the first event of every job and carries its whole specification,
+so the job's stream alone rebuilds it. Later events record what happened to it.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from libs.events.envelope import Event
+from libs.events.registry import REGISTRY
+from libs.events.schemas.accounts import Tier
+
+OutputFormat = Literal["png", "jpeg", "webp"]
+Quality = Literal["low", "medium", "high"]
+Background = Literal["opaque", "auto"]
+Moderation = Literal["auto", "low"]
+
+
+class JobSpec(BaseModel):
+    """Everything that defines an image job, as the gateway validated it."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    account_id: str
+    tier: Tier
+    prompt: str
+    model: str
+    n: int
+    size: int
+    quality: Quality
+    passes: int
+    output_format: OutputFormat
+    output_compression: int
+    background: Background
+    moderation: Moderation
+    partial_images: int = 0
+    seed: int
+    user: str | None = None
+    text_tokens: int = 0
+
+
+@REGISTRY.register
+class GenerateImage(Event):
+    """Gateway -> requests: start a job (keyed by job id)."""
+
+    TYPE = "images.generate_image"
+
+    job_id: str
+    spec: JobSpec
+    created_at: datetime
+
+
+@REGISTRY.register
+class JobAccepted(Event):
+    """Requests: a job exists; the prompt check comes next."""
+
+    TYPE = "images.job_accepted"
+
+    job_id: str
+    spec: JobSpec
+    created_at: datetime
+
+
+@REGISTRY.register
+class JobQueued(Event):
+    """Requests: the prompt passed and the render job is on its lane."""
+
+    TYPE = "images.job_queued"
+
+    job_id: str
+    lane: str
+    topic: str
+    partition: int
+
+
+@REGISTRY.register
+class JobProgressed(Event):
+    """Requests: the decoder completed a pass."""
+
+    TYPE = "images.job_progressed"
+
+    job_id: str
+    pass_index: int
+    total_passes: int
+
+
+class ImageRef(BaseModel):
+    """One stored image of a job (the claim check the gateway reads)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    index: int
+    image_id: str
+    object_key: str
+    tokens_key: str
+    content_type: str
+    size_bytes: int
+    sha256: str
+
+
+class Usage(BaseModel):
+    """Token accounting, in OpenAI's shape."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    input_tokens: int
+    text_tokens: int
+    image_tokens: int
+    output_tokens: int
+
+    @property
+    def total_tokens(self) -> int:
+        return self.input_tokens + self.output_tokens
+
+
+@REGISTRY.register
+class JobImageStored(Event):
+    """Requests: storage kept one of the job's images."""
+
+    TYPE = "images.job_image_stored"
+
+    job_id: str
+    image: ImageRef
+
+
+@REGISTRY.register
+class JobContentCleared(Event):
+    """Requests: the final content check allowed what the decoder drew."""
+
+    TYPE = "images.job_content_cleared"
+
+    job_id: str
+    pass_index: int
+    policy_version: int
+
+
+@REGISTRY.register
+class JobCompleted(Event):
+    """Requests: every image is stored and passed the final content check."""
+
+    TYPE = "images.job_completed"
+
+    job_id: str
+    images: list[ImageRef]
+    usage: Usage
+
+
+@REGISTRY.register
+class JobBlocked(Event):
+    """Requests: safety blocked the prompt or the content being rendered."""
+
+    TYPE = "images.job_blocked"
+
+    job_id: str
+    stage: Literal["prompt", "content"]
+    category: str
+    pass_index: int = 0
+    policy_version: int = 0
+    message: str
+
+
+@REGISTRY.register
+class JobFailed(Event):
+    """Requests: the job cannot complete (for example the decoder failed)."""
+
+    TYPE = "images.job_failed"
+
+    job_id: str
+    code: str
+    message: str

@@ -1,0 +1,76 @@
+"""Render jobs on the lanes, aborts between passes, and per-pass progress.
+
+Token grids travel compactly: each is the little-endian uint16 row-major grid
+(`libs.model.interface.pack_tokens`, 512 bytes for 16x16) in base64.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from libs.events.envelope import Event
+from libs.events.registry import REGISTRY
+from libs.events.schemas.accounts import Tier
+from libs.events.schemas.images import Background, OutputFormat
+
+
+@REGISTRY.register
+class RenderJob(Event):
+    """Requests -> decoder, on the tier's lane partition: render a job's images."""
+
+    TYPE = "render.render_job"
+
+    job_id: str
+    tier: Tier
+    account_id: str = ""
+    """The owner, recorded with the stored images."""
+    prompt: str
+    model: str
+    seed: int
+    n: int
+    passes: int
+    size: int
+    output_format: OutputFormat
+    output_compression: int
+    background: Background
+    preview_passes: list[int] = []
+    """Completed-pass counts after which progress carries preview images (for streams)."""
+
+
+@REGISTRY.register
+class AbortRender(Event):
+    """Requests -> decoders: stop this job at the next pass boundary."""
+
+    TYPE = "render.abort_render"
+
+    job_id: str
+    reason: Literal["blocked", "cancelled"]
+
+
+@REGISTRY.register
+class RenderProgressed(Event):
+    """Decoder: a pass completed; the checkpoint of every image of the job."""
+
+    TYPE = "render.render_progressed"
+
+    job_id: str
+    pass_index: int
+    """Passes completed (1..total_passes)."""
+    total_passes: int
+    tokens: list[str]
+    """Per image: base64 of the packed token grid."""
+    previews: list[str] = []
+    """Per image, on preview passes: base64 of the preview in the job's output format."""
+    decoder: str = ""
+
+
+@REGISTRY.register
+class RenderStopped(Event):
+    """Decoder: the render ended without images (aborted, or failed)."""
+
+    TYPE = "render.render_stopped"
+
+    job_id: str
+    pass_index: int
+    reason: Literal["aborted", "failed"]
+    message: str = ""

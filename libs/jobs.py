@@ -1,0 +1,129 @@
+"""The image job as a fold over its request events (pure, shared).
+
+The requests service folds a job's events into its aggregate state to decide what
+happens next; the gateway folds the same events into its read model for job status.
+One fold, so both always agree on what a job's status means.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from libs.events.envelope import Event
+from libs.events.schemas import (
+    ImageRef,
+    JobAccepted,
+    JobBlocked,
+    JobCompleted,
+    JobContentCleared,
+    JobFailed,
+    JobImageStored,
+    JobProgressed,
+    JobQueued,
+    JobSpec,
+    Usage,
+)
+
+Status = Literal["queued", "deferred", "rendering", "completed", "blocked", "failed", "cancelled"]
+TERMINAL: frozenset[str] = frozenset({"completed", "blocked", "failed", "cancelled"})
+
+
+class JobState(BaseModel):
+    """What is known about a job after some of its events."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    job_id: str
+    spec: JobSpec
+    created_at: datetime
+    sequence: int = 0
+    status: Status = "queued"
+    pass_index: int = 0
+    total_passes: int = 0
+    lane: str = ""
+    stored: list[ImageRef] = []
+    content_cleared: bool = False
+    images: list[ImageRef] = []
+    usage: Usage | None = None
+    error_code: str | None = None
+    error_message: str | None = None
+    blocked_stage: str | None = None
+    blocked_category: str | None = None
+
+    @property
+    def terminal(self) -> bool:
+        """Whether nothing more will happen to the job."""
+        return self.status in TERMINAL
+
+
+def evolve(state: JobState | None, event: Event, sequence: int) -> JobState | None:
+    """Apply one request event to a job's state.
+
+    Args:
+        state: The state before the event (None before JobAccepted).
+        event: A request event (other payloads leave the state unchanged).
+        sequence: The event's sequence number in the job's stream.
+
+    Returns:
+        The new state; None only while the job has not been accepted.
+    """
+    if isinstance(event, JobAccepted):
+        return JobState(
+            job_id=event.job_id,
+            spec=event.spec,
+            created_at=event.created_at,
+            sequence=sequence,
+            total_passes=event.spec.passes,
+        )
+    if state is None:
+        return None
+    update: dict[str, object] = {"sequence": sequence}
+    if isinstance(event, JobQueued):
+        update |= {"status": "queued", "lane": event.lane}
+    elif isinstance(event, JobProgressed):
+        update |= {"status": "rendering", "pass_index": event.pass_index, "total_passes": event.total_passes}
+    elif isinstance(event, JobImageStored):
+        others = [ref for ref in state.stored if ref.index != event.image.index]
+        update |= {"stored": sorted([*others, event.image], key=lambda ref: ref.index)}
+    elif isinstance(event, JobContentCleared):
+        update |= {"content_cleared": True}
+    elif isinstance(event, JobCompleted):
+        update |= {
+            "status": "completed",
+            "images": event.images,
+            "usage": event.usage,
+            "pass_index": state.total_passes,
+        }
+    elif isinstance(event, JobBlocked):
+        update |= {
+            "status": "blocked",
+            "error_code": "moderation_blocked",
+            "error_message": event.message,
+            "blocked_stage": event.stage,
+            "blocked_category": event.category,
+        }
+    elif isinstance(event, JobFailed):
+        update |= {"status": "failed", "error_code": event.code, "error_message": event.message}
+    else:
+        return state
+    return state.model_copy(update=update)
+
+
+def preview_passes(total_passes: int, partial_images: int) -> list[int]:
+    """Evenly spaced passes (completed-pass counts) whose previews a stream shows.
+
+    Args:
+        total_passes: Passes of the render.
+        partial_images: Partial images asked for (0-3).
+
+    Returns:
+        Up to `partial_images` distinct passes in 1..total_passes-1, ascending.
+    """
+    passes = {
+        min(total_passes - 1, max(1, round((i + 1) * total_passes / (partial_images + 1))))
+        for i in range(partial_images)
+    }
+    return sorted(p for p in passes if 1 <= p < total_passes)

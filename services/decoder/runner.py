@@ -1,0 +1,142 @@
+"""The decoder's model calls: loading, passes and pixels, always off the event loop.
+
+Why one dedicated worker thread instead of `asyncio.to_thread`: the event loop that waits
+for a pass also runs heartbeats, the abort subscription and Kafka's own tasks, so model work
+must never run on it; and the model is used by exactly one thread, because a torch model is
+not promised to be thread-safe and one device runs one batch at a time anyway. Queuing
+calls on a single thread makes that ordering explicit instead of relying on the handler
+rendering one job at a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import functools
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
+
+import numpy as np
+
+from libs.imaging import encode
+from libs.model.interface import ImageModel, RenderState, load_model
+
+T = TypeVar("T")
+
+
+def resolve_device(device: str) -> str:
+    """The torch device for a `DecoderSettings.device` value.
+
+    Args:
+        device: "auto", or an explicit torch device ("cpu", "cuda", "cuda:1"...).
+
+    Returns:
+        "cuda" for "auto" when CUDA is available, else "cpu"; explicit devices as given.
+    """
+    if device != "auto":
+        return device
+    # Imported here so a decoder configured with an explicit device never pays for torch
+    # before its model needs it.
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def model_loader(name: str, device: str) -> Callable[[], ImageModel]:
+    """A function that loads the configured model (called once, in the model thread).
+
+    Args:
+        name: `DecoderSettings.model`: "builtin", "noop", a weights directory or "module:factory".
+        device: `DecoderSettings.device`, "auto" included.
+    """
+    return lambda: load_model(name, resolve_device(device))
+
+
+class ModelRunner:
+    """Runs every call into the model on one worker thread.
+
+    Args:
+        load: Returns the model; runs once, in the worker thread, from `load()`.
+    """
+
+    def __init__(self, load: Callable[[], ImageModel]) -> None:
+        self._load = load
+        self._model: ImageModel | None = None
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="decoder-model")
+
+    @property
+    def loaded(self) -> bool:
+        """Whether the model is ready."""
+        return self._model is not None
+
+    @property
+    def model(self) -> ImageModel:
+        """The loaded model.
+
+        Raises:
+            RuntimeError: `load()` has not completed.
+        """
+        if self._model is None:
+            raise RuntimeError("the model is not loaded yet")
+        return self._model
+
+    async def load(self) -> None:
+        """Loads the model (idempotent); torch weights load without blocking the event loop."""
+        if self._model is None:
+            self._model = await self._call(self._load)
+
+    def close(self) -> None:
+        """Releases the worker thread; a pass still running finishes on its own."""
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    def start(self, prompt: str, seed: int, n: int, total_passes: int) -> list[RenderState]:
+        """The initial states of a fresh render of n images; image i uses seed + i.
+
+        `ImageModel.start` does no model compute, so this runs inline.
+
+        Raises:
+            ValueError: n < 1, or a state the model refuses (total_passes < 1).
+        """
+        if n < 1:
+            raise ValueError(f"a render needs at least one image, got n={n}")
+        return [self.model.start(prompt, seed + i, total_passes) for i in range(n)]
+
+    async def step(self, states: list[RenderState]) -> list[RenderState]:
+        """Runs one pass for every state, as one batch.
+
+        Args:
+            states: The render's current states (a resumed render passes checkpoint states).
+
+        Returns:
+            The states after the pass, in order.
+        """
+        return await self._call(self.model.step, states)
+
+    async def encode_images(
+        self, grids: list[np.ndarray], size: int, output_format: str, compression: int
+    ) -> list[bytes]:
+        """Renders token grids to pixels and encodes them (previews, and the final images).
+
+        Args:
+            grids: Token grids, possibly with masked cells (previews fill those from a prior).
+            size: Side of the images in pixels.
+            output_format: "png", "jpeg" or "webp".
+            compression: 0-100, as in the API.
+
+        Returns:
+            The encoded images, size x size, in order.
+        """
+        model = self.model
+
+        def render() -> list[bytes]:
+            # `size=` resizes only if a model returns another size than asked.
+            return [encode(model.preview(g, size), output_format, compression, size=size) for g in grids]
+
+        return await self._call(render)
+
+    async def _call(self, fn: Callable[..., T], *args: object) -> T:
+        # Like asyncio.to_thread: the caller's context (the consumer span) goes with the call.
+        context = contextvars.copy_context()
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, functools.partial(context.run, fn, *args))

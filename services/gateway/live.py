@@ -1,0 +1,85 @@
+"""Live events for requests in flight, and the gateway's job read model.
+
+`LiveEvents` is the handler of a group-less reader on the request-event, progress and
+account-event topics: every gateway replica sees every event from the moment it
+started, and hands those of the jobs (or sign-ups) it is waiting on to the waiting
+request. `JobProjection` is a consumer group shared by the replicas that folds the
+request events into the gateway's own read model, which answers job status and is
+the fallback when a live event was missed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+from libs import topics
+from libs.bus import Record, TransientError
+from libs.events import REGISTRY, Envelope
+from libs.jobs import JobState, evolve
+from libs.stores.ports import DocumentStore, StoreUnavailable
+
+JOBS = "gateway_jobs"
+
+
+class LiveEvents:
+    """Routes live envelopes to the requests waiting for them, by job or request id."""
+
+    def __init__(self) -> None:
+        self._waiters: dict[str, set[asyncio.Queue[Envelope]]] = {}
+
+    @contextlib.contextmanager
+    def subscribe(self, key: str) -> Iterator[asyncio.Queue[Envelope]]:
+        """Receive the envelopes for `key` while inside the block."""
+        queue: asyncio.Queue[Envelope] = asyncio.Queue()
+        self._waiters.setdefault(key, set()).add(queue)
+        try:
+            yield queue
+        finally:
+            waiting = self._waiters.get(key)
+            if waiting is not None:
+                waiting.discard(queue)
+                if not waiting:
+                    del self._waiters[key]
+
+    async def __call__(self, envelope: Envelope, record: Record) -> None:
+        key = envelope.aggregate_id
+        if record.topic == topics.ACCOUNT_EVENTS:
+            key = str(envelope.payload.get("request_id", ""))
+        for queue in self._waiters.get(key, ()):
+            queue.put_nowait(envelope)
+
+
+class JobProjection:
+    """Folds request events into the `gateway_jobs` collection (idempotent by sequence)."""
+
+    def __init__(self, documents: DocumentStore) -> None:
+        self._docs = documents
+
+    async def __call__(self, envelope: Envelope, record: Record) -> None:
+        if REGISTRY.get(envelope.type) is None:
+            return
+        event = REGISTRY.decode(envelope)
+        try:
+            current = await self.get(envelope.aggregate_id)
+            if current is not None and current.sequence >= envelope.sequence:
+                return
+            state = evolve(current, event, envelope.sequence)
+            if state is not None:
+                await self._docs.put_if_newer(JOBS, state.job_id, state.model_dump(mode="json"), envelope.sequence)
+        except StoreUnavailable as exc:
+            raise TransientError(str(exc)) from exc
+
+    async def get(self, job_id: str) -> JobState | None:
+        """The job's state as far as the read model knows."""
+        doc = await self._docs.get(JOBS, job_id)
+        if doc is None:
+            return None
+        return JobState.model_validate({k: v for k, v in doc.items() if not k.startswith("_")})
+
+    async def seed(self, state: JobState) -> None:
+        """Record a job the gateway just created (sequence 0), so status reads never 404."""
+        data: dict[str, Any] = state.model_dump(mode="json")
+        await self._docs.put_if_newer(JOBS, state.job_id, data, 0)

@@ -1,0 +1,232 @@
+"""The image-request process manager: pure decisions over a job's state.
+
+`decide` takes the job's current state (the fold of its request events, see
+libs.jobs) and one input (the gateway's command, a safety verdict, decoder
+progress, a stored image) and returns what follows: new request events for the
+job's own stream and messages for other services. No I/O happens here; the
+handlers load and save state and publish.
+
+The flow: GenerateImage -> JobAccepted + CheckPrompt; prompt allowed -> JobQueued +
+RenderJob on the tier's lane; each pass -> JobProgressed (+ CheckContent on checked
+passes, always on the last); content blocked -> JobBlocked + AbortRender; every
+image stored and the last pass cleared -> JobCompleted.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from libs import topics
+from libs.events.envelope import Event
+from libs.events.schemas import (
+    AbortRender,
+    CheckContent,
+    CheckPrompt,
+    GenerateImage,
+    ImageRef,
+    ImageStored,
+    JobAccepted,
+    JobBlocked,
+    JobCompleted,
+    JobContentCleared,
+    JobFailed,
+    JobImageStored,
+    JobProgressed,
+    JobQueued,
+    RenderJob,
+    RenderProgressed,
+    RenderStopped,
+    SafetyVerdict,
+    Usage,
+)
+from libs.jobs import JobState, preview_passes
+from libs.lanes import lane_for
+
+IMAGE_TOKENS_PER_IMAGE = 16 * 16
+
+
+@dataclass(frozen=True)
+class Message:
+    """A message for another service, with where it goes."""
+
+    topic: str
+    event: Event
+    partition: int | None = None
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What an input causes: events of the job's stream, and messages to others."""
+
+    events: list[Event] = field(default_factory=list)
+    messages: list[Message] = field(default_factory=list)
+
+    @property
+    def empty(self) -> bool:
+        return not self.events and not self.messages
+
+
+@dataclass(frozen=True)
+class Policy:
+    """Tunables of the process manager."""
+
+    content_check_stride: int = 1
+    """Check content after every k-th pass (the last pass is always checked)."""
+
+
+NOTHING = Decision()
+
+
+def content_checked(pass_index: int, total_passes: int, policy: Policy) -> bool:
+    """Whether the content after this pass is checked."""
+    return pass_index == total_passes or pass_index % max(1, policy.content_check_stride) == 0
+
+
+def decide(state: JobState | None, event: Event, policy: Policy = Policy()) -> Decision:
+    """Decide what an input means for a job.
+
+    Args:
+        state: The job's state, None before it was accepted.
+        event: The input payload.
+        policy: Tunables.
+
+    Returns:
+        The decision (empty when the input changes nothing, e.g. a duplicate).
+    """
+    if isinstance(event, GenerateImage):
+        return _on_generate(state, event)
+    if state is None or state.terminal:
+        return NOTHING
+    if isinstance(event, SafetyVerdict):
+        return _on_verdict(state, event)
+    if isinstance(event, RenderProgressed):
+        return _on_progress(state, event, policy)
+    if isinstance(event, ImageStored):
+        return _on_stored(state, event)
+    if isinstance(event, RenderStopped) and event.reason == "failed":
+        return Decision(events=[JobFailed(job_id=state.job_id, code="render_failed", message=event.message)])
+    return NOTHING
+
+
+def _on_generate(state: JobState | None, command: GenerateImage) -> Decision:
+    if state is not None:
+        return NOTHING  # the same job again (a retried command): already accepted
+    return Decision(
+        events=[JobAccepted(job_id=command.job_id, spec=command.spec, created_at=command.created_at)],
+        messages=[
+            Message(
+                topics.SAFETY_CHECKS,
+                CheckPrompt(job_id=command.job_id, prompt=command.spec.prompt, moderation=command.spec.moderation),
+            )
+        ],
+    )
+
+
+def _on_verdict(state: JobState, verdict: SafetyVerdict) -> Decision:
+    if verdict.stage == "prompt":
+        if state.lane:
+            return NOTHING  # already queued: a redelivered verdict
+        if not verdict.allowed:
+            return _blocked(state, verdict)
+        lane = lane_for(state.spec.tier)
+        partition = lane.partition_for(state.job_id)
+        spec = state.spec
+        render = RenderJob(
+            job_id=state.job_id,
+            tier=spec.tier,
+            account_id=spec.account_id,
+            prompt=spec.prompt,
+            model=spec.model,
+            seed=spec.seed,
+            n=spec.n,
+            passes=spec.passes,
+            size=spec.size,
+            output_format=spec.output_format,
+            output_compression=spec.output_compression,
+            background=spec.background,
+            preview_passes=preview_passes(spec.passes, spec.partial_images),
+        )
+        return Decision(
+            events=[JobQueued(job_id=state.job_id, lane=lane.tier, topic=lane.topic, partition=partition)],
+            messages=[Message(lane.topic, render, partition)],
+        )
+    if not verdict.allowed:
+        decision = _blocked(state, verdict)
+        abort = AbortRender(job_id=state.job_id, reason="blocked")
+        return Decision(events=decision.events, messages=[Message(topics.RENDER_CONTROL, abort)])
+    if verdict.pass_index < state.total_passes or state.content_cleared:
+        return NOTHING
+    cleared = JobContentCleared(
+        job_id=state.job_id, pass_index=verdict.pass_index, policy_version=verdict.policy_version
+    )
+    after = state.model_copy(update={"content_cleared": True})
+    return Decision(events=[cleared, *_completion(after, after.stored)])
+
+
+def _blocked(state: JobState, verdict: SafetyVerdict) -> Decision:
+    category = verdict.category or "policy"
+    where = "prompt" if verdict.stage == "prompt" else f"image content at pass {verdict.pass_index}"
+    message = (
+        f"Your request was rejected by the safety system: the {where} matched the category "
+        f"'{category}'. {verdict.detail}".strip()
+    )
+    return Decision(
+        events=[
+            JobBlocked(
+                job_id=state.job_id,
+                stage=verdict.stage,
+                category=category,
+                pass_index=verdict.pass_index,
+                policy_version=verdict.policy_version,
+                message=message,
+            )
+        ]
+    )
+
+
+def _on_progress(state: JobState, progress: RenderProgressed, policy: Policy) -> Decision:
+    if progress.pass_index <= state.pass_index:
+        return NOTHING  # a redelivered or resumed pass
+    events: list[Event] = [
+        JobProgressed(job_id=state.job_id, pass_index=progress.pass_index, total_passes=progress.total_passes)
+    ]
+    messages = []
+    if content_checked(progress.pass_index, progress.total_passes, policy):
+        check = CheckContent(
+            job_id=state.job_id,
+            pass_index=progress.pass_index,
+            total_passes=progress.total_passes,
+            model=state.spec.model,
+            tokens=progress.tokens,
+            moderation=state.spec.moderation,
+        )
+        messages.append(Message(topics.SAFETY_CHECKS, check))
+    return Decision(events=events, messages=messages)
+
+
+def _on_stored(state: JobState, stored: ImageStored) -> Decision:
+    if any(ref.index == stored.index for ref in state.stored):
+        return NOTHING
+    ref = ImageRef(
+        index=stored.index,
+        image_id=stored.image_id,
+        object_key=stored.object_key,
+        tokens_key=stored.tokens_key,
+        content_type=stored.content_type,
+        size_bytes=stored.size_bytes,
+        sha256=stored.sha256,
+    )
+    refs = sorted([*state.stored, ref], key=lambda r: r.index)
+    return Decision(events=[JobImageStored(job_id=state.job_id, image=ref), *_completion(state, refs)])
+
+
+def _completion(state: JobState, refs: list[ImageRef]) -> list[Event]:
+    if not state.content_cleared or len(refs) < state.spec.n:
+        return []
+    usage = Usage(
+        input_tokens=state.spec.text_tokens,
+        text_tokens=state.spec.text_tokens,
+        image_tokens=0,
+        output_tokens=IMAGE_TOKENS_PER_IMAGE * state.spec.n,
+    )
+    return [JobCompleted(job_id=state.job_id, images=refs, usage=usage)]

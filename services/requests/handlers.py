@@ -1,0 +1,144 @@
+"""The requests service's handlers: load a job, decide, save, publish (with an outbox).
+
+Each input is handled exactly once in effect, even across crashes and redeliveries:
+
+1. Load the job's record (its state, the ids of inputs already handled, and an
+   outbox of messages decided but maybe not yet published).
+2. Publish any leftover outbox (a crash interrupted the previous handling).
+3. Skip an input whose event id was already handled.
+4. Decide, then save the new state, the input id and the new outbox in one write,
+   guarded by the record's revision: a concurrent writer makes the write fail and
+   the input is retried on fresh state.
+5. Publish the outbox, and remember in memory which revision's outbox is out.
+
+The outbox stays in the saved record (emptying it would cost a second write per
+input); the next decision's save replaces it. After a restart the memory is empty,
+so a job's last outbox is published once more: consumers are idempotent by event id
+and sequence, so a message delivered twice changes nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from libs import topics
+from libs.bus import EventPublisher, TransientError
+from libs.events import REGISTRY, Envelope, Event
+from libs.jobs import JobState, evolve
+from libs.stores.ports import DocumentStore, StoreUnavailable
+from services.requests.domain import Decision, Policy, decide
+
+log = logging.getLogger(__name__)
+COLLECTION = "request_jobs"
+PUBLISHED_MEMORY = 100_000
+
+
+class OutboxItem(BaseModel):
+    """A message decided and saved, to be published."""
+
+    model_config = ConfigDict(frozen=True)
+
+    topic: str
+    partition: int | None = None
+    envelope: dict[str, Any]
+
+
+class JobRecord(BaseModel):
+    """What the requests service keeps per job in its own collection."""
+
+    model_config = ConfigDict(frozen=True)
+
+    state: JobState | None = None
+    seen: list[str] = []
+    outbox: list[OutboxItem] = []
+    rev: int = 0
+
+    @classmethod
+    def from_doc(cls, doc: dict[str, Any] | None) -> JobRecord:
+        if doc is None:
+            return cls()
+        return cls.model_validate({k: v for k, v in doc.items() if not k.startswith("_")})
+
+
+class RequestHandlers:
+    """Handles every input of the requests service for one job at a time."""
+
+    def __init__(self, documents: DocumentStore, publisher: EventPublisher, policy: Policy | None = None) -> None:
+        self._docs = documents
+        self._publisher = publisher
+        self._policy = policy or Policy()
+        self._published: OrderedDict[str, int] = OrderedDict()
+        """Job id -> revision whose outbox this process has published (bounded, newest last)."""
+
+    async def handle(self, event: Event, envelope: Envelope) -> None:
+        """Dispatcher entry point for every input payload (each has a job_id)."""
+        job_id = str(getattr(event, "job_id"))  # noqa: B009 - every input payload names its job
+        record = await self._load(job_id)
+        if record.outbox and self._published.get(job_id) != record.rev:
+            await self._flush(job_id, record)
+        if envelope.event_id in record.seen:
+            return
+        decision = decide(record.state, event, self._policy)
+        if decision.empty:
+            return
+        record = await self._save_decision(job_id, record, decision, envelope)
+        await self._flush(job_id, record)
+
+    async def _load(self, job_id: str) -> JobRecord:
+        try:
+            return JobRecord.from_doc(await self._docs.get(COLLECTION, job_id))
+        except StoreUnavailable as exc:
+            raise TransientError(str(exc)) from exc
+
+    async def _save(self, job_id: str, record: JobRecord) -> None:
+        try:
+            written = await self._docs.put_if_newer(COLLECTION, job_id, record.model_dump(mode="json"), record.rev)
+        except StoreUnavailable as exc:
+            raise TransientError(str(exc)) from exc
+        if not written:
+            raise TransientError(f"job {job_id} changed concurrently; retrying on fresh state")
+
+    async def _save_decision(self, job_id: str, record: JobRecord, decision: Decision, cause: Envelope) -> JobRecord:
+        state = record.state
+        tier = state.spec.tier if state else None
+        sequence = state.sequence if state else 0
+        outbox: list[OutboxItem] = []
+        for event in decision.events:
+            sequence += 1
+            state = evolve(state, event, sequence)
+            tier = state.spec.tier if state else tier
+            envelope = Envelope.wrap(event, aggregate_id=job_id, sequence=sequence, caused_by=cause, tier=tier)
+            outbox.append(OutboxItem(topic=topics.REQUEST_EVENTS, envelope=envelope.model_dump(mode="json")))
+        for message in decision.messages:
+            envelope = Envelope.wrap(message.event, aggregate_id=job_id, caused_by=cause, tier=tier)
+            outbox.append(
+                OutboxItem(topic=message.topic, partition=message.partition, envelope=envelope.model_dump(mode="json"))
+            )
+        updated = JobRecord(state=state, seen=[*record.seen, cause.event_id], outbox=outbox, rev=record.rev + 1)
+        await self._save(job_id, updated)
+        return updated
+
+    async def _flush(self, job_id: str, record: JobRecord) -> None:
+        for item in record.outbox:
+            envelope = Envelope.model_validate(item.envelope)
+            await self._publisher.publish(item.topic, envelope, partition=item.partition, key=job_id)
+        self._published[job_id] = record.rev
+        self._published.move_to_end(job_id)
+        while len(self._published) > PUBLISHED_MEMORY:
+            self._published.popitem(last=False)
+
+
+def registered_inputs() -> list[type[Event]]:
+    """The payload classes the requests service acts on."""
+    names = [
+        "images.generate_image",
+        "safety.verdict",
+        "render.render_progressed",
+        "render.render_stopped",
+        "storage.image_stored",
+    ]
+    return [t for t in (REGISTRY.get(n) for n in names) if t is not None]

@@ -1,0 +1,143 @@
+"""Looking at what a render drew: previews of token grids scored by the content classifier.
+
+The image model and the classifier are torch code, so every call runs in a worker
+thread and the event loop keeps serving prompt checks and heartbeats meanwhile.
+Models are loaded once per name (the check names the job's model); the classifier
+is loaded once, at start, so missing weights stop the service at once instead of
+failing its first content check.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import threading
+from collections.abc import Callable, Sequence
+from typing import Final, Protocol
+
+import numpy as np
+
+from libs.model.interface import ImageModel, unpack_tokens
+from services.safety.domain import Detection
+
+PREVIEW_SIZE: Final = 64
+"""Side of the previews scored: the model's native resolution, which the classifier reads."""
+
+
+class ContentClassifier(Protocol):
+    """What the service needs of libs.model.safety_classifier.SafetyClassifier."""
+
+    category: str
+    """The class it detects (libs.model.safety_classifier.CATEGORY)."""
+
+    threshold: float
+    """The score at or above which it reports the class (calibrated with its weights)."""
+
+    def score_batch(self, images: Sequence[np.ndarray]) -> list[float]:
+        """Probabilities that each (H, W, 3) uint8 image shows the class."""
+        ...
+
+
+class UncheckableContent(ValueError):
+    """The check's input cannot be looked at (bad grids, unknown model): retrying will not help."""
+
+
+class ContentInspector:
+    """Renders previews of token grids and reports what the classifier detects in them."""
+
+    def __init__(
+        self,
+        load_classifier: Callable[[], ContentClassifier],
+        load_model: Callable[[str], ImageModel],
+        *,
+        default_model: str,
+        threshold: float | None = None,
+    ) -> None:
+        """Wires the inspector (nothing is loaded until `start`).
+
+        Args:
+            load_classifier: Loads the content classifier (called once).
+            load_model: Loads an image model by name (called once per name).
+            default_model: The model of checks that name none (settings.model).
+            threshold: Score at or above which the class counts as detected; None uses the
+                classifier's own threshold, calibrated with its weights.
+        """
+        self._load_classifier = load_classifier
+        self._load_model = load_model
+        self._default_model = default_model
+        self._threshold = threshold
+        self._classifier: ContentClassifier | None = None
+        self._models: dict[str, ImageModel] = {}
+        self._lock = threading.Lock()
+
+    async def start(self) -> None:
+        """Load the classifier and the default model (in a worker thread)."""
+        await asyncio.to_thread(self._warm_up)
+
+    def _warm_up(self) -> None:
+        self._classifier_now()
+        self._model(self._default_model)
+
+    def _classifier_now(self) -> ContentClassifier:
+        with self._lock:
+            if self._classifier is None:
+                self._classifier = self._load_classifier()
+            return self._classifier
+
+    @property
+    def detects(self) -> str:
+        """The class the classifier detects.
+
+        Raises:
+            RuntimeError: Called before `start`.
+        """
+        if self._classifier is None:
+            raise RuntimeError("the content classifier is not loaded yet")
+        return self._classifier.category
+
+    def _model(self, name: str) -> ImageModel:
+        name = name or self._default_model
+        with self._lock:
+            model = self._models.get(name)
+            if model is None:
+                try:
+                    model = self._load_model(name)
+                except (FileNotFoundError, ModuleNotFoundError, TypeError) as exc:
+                    raise UncheckableContent(f"model {name!r} is not available here: {exc}") from exc
+                self._models[name] = model
+            return model
+
+    async def inspect(self, model_name: str, packed_grids: Sequence[str]) -> list[Detection]:
+        """What the classifier detects in the previews of these grids.
+
+        Args:
+            model_name: The model that drew them ("" for the default).
+            packed_grids: Per image, base64 of the packed token grid.
+
+        Returns:
+            One detection per image whose score reaches the threshold, in image order.
+
+        Raises:
+            UncheckableContent: A grid is not a valid packed grid, or the model cannot be loaded.
+        """
+        return await asyncio.to_thread(self._inspect, model_name, list(packed_grids))
+
+    def _inspect(self, model_name: str, packed_grids: list[str]) -> list[Detection]:
+        model = self._model(model_name)
+        classifier = self._classifier_now()
+        previews: list[np.ndarray] = []
+        for index, packed in enumerate(packed_grids):
+            try:
+                grid = unpack_tokens(base64.b64decode(packed, validate=True), model.grid_size)
+            except (binascii.Error, ValueError) as exc:
+                raise UncheckableContent(f"image {index}: not a packed token grid ({exc})") from exc
+            if grid.max(initial=0) > model.mask_token:
+                raise UncheckableContent(f"image {index}: token values beyond the model's codebook")
+            previews.append(model.preview(grid, PREVIEW_SIZE))
+        scores = classifier.score_batch(previews) if previews else []
+        return [
+            Detection(image_index=i, content_class=classifier.category, score=score)
+            for i, score in enumerate(scores)
+            if score >= (self._threshold if self._threshold is not None else classifier.threshold)
+        ]

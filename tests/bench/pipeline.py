@@ -1,0 +1,177 @@
+"""`make bench-pipeline`: what the pipeline adds between HTTP in and completed out.
+
+Starts a private stack (the `bench` profile: its own ports and data) whose decoders
+run `NoOpModel` (the model interface with no compute), so the latency measured is
+the pipeline's own: gateway, Kafka hops, requests (with its MongoDB writes), safety
+checks, storage (MinIO and MongoDB) and back. It sends jobs through the openai SDK's
+HTTP shape at 1, 10 and 50 concurrent clients and prints p50/p99 latency and jobs
+per second for each, then times the real built-in model's passes on this CPU.
+
+Figures are medians of one run on a noisy machine: compare within a run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import statistics
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+from infra.stack import Stack, StackError, load_profile
+from libs.cli.accounts import create_account
+from libs.cli.safety_policy import set_policy
+from libs.settings import DEV_SIGNING_KEY
+
+DEFAULT_POLICY = Path(__file__).resolve().parents[2] / "services" / "safety" / "default_policy.yaml"
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The q-th percentile (0-100) by linear interpolation."""
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    k = (len(ordered) - 1) * q / 100
+    lo, hi = int(k), min(int(k) + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
+
+
+async def run_level(base_url: str, api_key: str, concurrency: int, jobs: int) -> dict[str, Any]:
+    """Send `jobs` generations with `concurrency` clients; latency of each, in ms."""
+    latencies: list[float] = []
+    errors = 0
+    queue: asyncio.Queue[int] = asyncio.Queue()
+    for i in range(jobs):
+        queue.put_nowait(i)
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(
+        base_url=base_url, timeout=120, limits=limits, headers={"authorization": f"Bearer {api_key}"}
+    ) as http:
+
+        async def client() -> None:
+            nonlocal errors
+            while not queue.empty():
+                i = queue.get_nowait()
+                t0 = time.perf_counter()
+                try:
+                    response = await http.post(
+                        "/v1/images/generations",
+                        json={"prompt": f"a red circle number {i}", "quality": "low", "seed": i},
+                    )
+                except httpx.TimeoutException:
+                    errors += 1
+                    continue
+                if response.status_code == 200:
+                    latencies.append((time.perf_counter() - t0) * 1000)
+                else:
+                    errors += 1
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(client() for _ in range(concurrency)))
+        elapsed = time.perf_counter() - t0
+    return {
+        "concurrency": concurrency,
+        "jobs": jobs,
+        "errors": errors,
+        "p50_ms": round(percentile(latencies, 50), 1),
+        "p99_ms": round(percentile(latencies, 99), 1),
+        "jobs_per_s": round(len(latencies) / elapsed, 1),
+    }
+
+
+def model_pass_times(passes: int = 8, repeats: int = 3) -> dict[str, Any]:
+    """Time per pass (and per image) of the built-in model on this machine's CPU."""
+    import torch
+
+    from libs.model.interface import load_model
+
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    model = load_model("builtin", device="cpu")
+    per_pass: list[float] = []
+    per_image: list[float] = []
+    for r in range(repeats):
+        state = model.start("a red circle in the centre", seed=r, total_passes=passes)
+        t_image = time.perf_counter()
+        while not state.done:
+            t0 = time.perf_counter()
+            [state] = model.step([state])
+            per_pass.append((time.perf_counter() - t0) * 1000)
+        model.preview(state.tokens, 256)
+        per_image.append((time.perf_counter() - t_image) * 1000)
+    return {
+        "model": model.name,
+        "passes": passes,
+        "pass_ms_median": round(statistics.median(per_pass), 1),
+        "image_ms_median": round(statistics.median(per_image), 1),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark; prints a table and the JSON of the figures."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--levels", default="1,10,50", help="concurrency levels")
+    parser.add_argument("--jobs-per-level", type=int, default=0, help="default: max(30, 4 x concurrency)")
+    parser.add_argument("--keep", action="store_true", help="leave the bench stack running")
+    args = parser.parse_args(argv)
+
+    stack = Stack(load_profile("bench"))
+    stack.down()
+    shutil.rmtree(stack.profile.run_dir, ignore_errors=True)
+    os.environ["DARKROOM_MODEL"] = "noop"  # the decoders' model; every other service is real
+    print("bench stack: starting (decoders on NoOpModel)")
+    try:
+        stack.up_infra()
+        stack.up_services()
+    except StackError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        stack.down()
+        return 1
+    results: list[dict[str, Any]] = []
+    try:
+        # NoOpModel's grids are random token soup, which is no drawing at all; a policy without
+        # content classes keeps the content checks running (they are pipeline cost) but lets
+        # such grids through, so every job completes.
+        policy = yaml.safe_load(DEFAULT_POLICY.read_text())
+        for category in policy["categories"]:
+            category["content_classes"] = []
+        bench_policy = stack.profile.run_dir / "bench-policy.yaml"
+        bench_policy.write_text(yaml.safe_dump(policy))
+        set_policy(stack.profile.kafka_bootstrap, bench_policy, "bench")
+        account = asyncio.run(
+            create_account(
+                stack.profile.kafka_bootstrap, f"bench-{uuid.uuid4().hex[:8]}@example.com", "pro", DEV_SIGNING_KEY
+            )
+        )
+        # Warm-up: first jobs pay for connections and lazy loading.
+        asyncio.run(run_level(stack.profile.gateway_url, account["api_key"], 2, 10))
+        for level in (int(x) for x in args.levels.split(",")):
+            jobs = args.jobs_per_level or max(30, 4 * level)
+            result = asyncio.run(run_level(stack.profile.gateway_url, account["api_key"], level, jobs))
+            results.append(result)
+            print(
+                f"  {level:3} concurrent: p50 {result['p50_ms']:7.1f} ms  p99 {result['p99_ms']:7.1f} ms  "
+                f"{result['jobs_per_s']:6.1f} jobs/s  ({result['jobs']} jobs, {result['errors']} errors)"
+            )
+    finally:
+        if not args.keep:
+            stack.down()
+    model = model_pass_times()
+    print(
+        f"  built-in model on CPU: {model['pass_ms_median']} ms per pass, "
+        f"{model['image_ms_median']} ms per {model['passes']}-pass image (median)"
+    )
+    print(json.dumps({"pipeline_noop_decoder": results, "model_cpu": model}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

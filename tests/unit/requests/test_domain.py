@@ -1,0 +1,200 @@
+"""The requests process manager's decisions, as pure functions over job state."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from libs import topics
+from libs.events.envelope import Event
+from libs.events.schemas import (
+    AbortRender,
+    CheckContent,
+    CheckPrompt,
+    GenerateImage,
+    ImageStored,
+    JobBlocked,
+    JobCompleted,
+    JobContentCleared,
+    JobFailed,
+    JobImageStored,
+    JobQueued,
+    JobSpec,
+    RenderJob,
+    RenderProgressed,
+    RenderStopped,
+    SafetyVerdict,
+)
+from libs.jobs import JobState, evolve, preview_passes
+from libs.lanes import lane_for
+from services.requests.domain import Decision, Policy, decide
+
+JOB = "job_1"
+
+
+def _spec(**overrides: object) -> JobSpec:
+    values: dict[str, object] = {
+        "account_id": "acct_1",
+        "tier": "pro",
+        "prompt": "a red circle",
+        "model": "darkroom-mini",
+        "n": 2,
+        "size": 256,
+        "quality": "low",
+        "passes": 4,
+        "output_format": "png",
+        "output_compression": 100,
+        "background": "auto",
+        "moderation": "auto",
+        "partial_images": 1,
+        "seed": 7,
+        "text_tokens": 3,
+    }
+    return JobSpec.model_validate(values | overrides)
+
+
+def _apply(state: JobState | None, decision: Decision) -> JobState | None:
+    for event in decision.events:
+        state = evolve(state, event, (state.sequence if state else 0) + 1)
+    return state
+
+
+def _run(state: JobState | None, *inputs: Event) -> tuple[JobState | None, list[Decision]]:
+    decisions = []
+    for event in inputs:
+        decision = decide(state, event)
+        decisions.append(decision)
+        state = _apply(state, decision)
+    return state, decisions
+
+
+def _generate(**overrides: object) -> GenerateImage:
+    return GenerateImage(job_id=JOB, spec=_spec(**overrides), created_at=datetime.now(UTC))
+
+
+def _prompt_ok() -> SafetyVerdict:
+    return SafetyVerdict(job_id=JOB, stage="prompt", allowed=True, policy_version=1)
+
+
+def _progress(k: int, total: int = 4) -> RenderProgressed:
+    return RenderProgressed(job_id=JOB, pass_index=k, total_passes=total, tokens=["AAAA", "BBBB"])
+
+
+def _stored(i: int) -> ImageStored:
+    return ImageStored(
+        job_id=JOB,
+        index=i,
+        image_id=f"img_{JOB}_{i}",
+        object_key=f"images/{JOB}/{i}.png",
+        tokens_key=f"tokens/{JOB}/{i}.u16",
+        content_type="image/png",
+        size_bytes=10,
+        sha256="ab",
+    )
+
+
+def test_a_new_job_is_accepted_and_its_prompt_checked() -> None:
+    state, [decision] = _run(None, _generate())
+    assert state is not None and state.status == "queued"
+    [message] = decision.messages
+    assert message.topic == topics.SAFETY_CHECKS
+    assert isinstance(message.event, CheckPrompt) and message.event.prompt == "a red circle"
+
+
+def test_the_same_command_twice_changes_nothing() -> None:
+    state, _ = _run(None, _generate())
+    assert decide(state, _generate()).empty
+
+
+def test_an_allowed_prompt_queues_the_render_on_the_tiers_lane() -> None:
+    _, [_, decision] = _run(None, _generate(tier="free"), _prompt_ok())
+    [queued] = decision.events
+    [message] = decision.messages
+    lane = lane_for("free")
+    assert isinstance(queued, JobQueued) and queued.lane == "free"
+    assert message.topic == lane.topic and message.partition in lane.partitions
+    assert isinstance(message.event, RenderJob)
+    assert message.event.preview_passes == preview_passes(4, 1) == [2]
+
+
+def test_api_jobs_go_to_the_api_topic() -> None:
+    _, [_, decision] = _run(None, _generate(tier="api"), _prompt_ok())
+    assert decision.messages[0].topic == topics.RENDER_API
+
+
+def test_a_blocked_prompt_ends_the_job_without_rendering() -> None:
+    verdict = SafetyVerdict(job_id=JOB, stage="prompt", allowed=False, category="violence", policy_version=3)
+    state, [_, decision] = _run(None, _generate(), verdict)
+    assert state is not None and state.status == "blocked"
+    [blocked] = decision.events
+    assert isinstance(blocked, JobBlocked) and (blocked.stage, blocked.category, blocked.policy_version) == (
+        "prompt",
+        "violence",
+        3,
+    )
+    assert decision.messages == []
+
+
+def test_each_pass_is_recorded_once_and_content_is_checked() -> None:
+    state, decisions = _run(None, _generate(), _prompt_ok(), _progress(1), _progress(1), _progress(2))
+    assert state is not None and (state.status, state.pass_index) == ("rendering", 2)
+    assert decisions[3].empty  # pass 1 again
+    [check] = decisions[4].messages
+    assert isinstance(check.event, CheckContent) and check.event.pass_index == 2
+    assert check.event.tokens == ["AAAA", "BBBB"]
+
+
+def test_content_checks_follow_the_stride_and_always_include_the_last_pass() -> None:
+    state, _ = _run(None, _generate(), _prompt_ok())
+    policy = Policy(content_check_stride=3)
+    checked = []
+    for k in range(1, 5):
+        decision = decide(state, _progress(k), policy)
+        checked += [m.event.pass_index for m in decision.messages if isinstance(m.event, CheckContent)]
+        state = _apply(state, decision)
+    assert checked == [3, 4]
+
+
+def test_a_content_block_aborts_the_render() -> None:
+    verdict = SafetyVerdict(
+        job_id=JOB, stage="content", pass_index=2, allowed=False, category="forbidden-object", policy_version=1
+    )
+    state, decisions = _run(None, _generate(), _prompt_ok(), _progress(2), verdict)
+    assert state is not None and state.status == "blocked" and state.blocked_stage == "content"
+    [abort] = decisions[-1].messages
+    assert abort.topic == topics.RENDER_CONTROL and isinstance(abort.event, AbortRender)
+    # Later progress and stored images do nothing to a blocked job.
+    assert decide(state, _progress(3)).empty and decide(state, _stored(0)).empty
+
+
+def test_the_job_completes_only_with_every_image_stored_and_the_last_pass_cleared() -> None:
+    final_ok = SafetyVerdict(job_id=JOB, stage="content", pass_index=4, allowed=True, policy_version=1)
+    state, decisions = _run(None, _generate(), _prompt_ok(), _progress(4), _stored(1), _stored(1), _stored(0))
+    assert state is not None and state.status != "completed"
+    assert isinstance(decisions[3].events[0], JobImageStored)
+    assert decisions[4].empty  # image 1 stored again
+    state, [decision] = _run(state, final_ok)
+    assert [type(e) for e in decision.events] == [JobContentCleared, JobCompleted]
+    assert state is not None and state.status == "completed"
+    assert [ref.index for ref in state.images] == [0, 1]
+    assert state.usage is not None and state.usage.output_tokens == 2 * 256 and state.usage.input_tokens == 3
+
+
+def test_the_final_clearance_can_come_before_the_images() -> None:
+    final_ok = SafetyVerdict(job_id=JOB, stage="content", pass_index=4, allowed=True, policy_version=1)
+    state, decisions = _run(None, _generate(n=1), _prompt_ok(), _progress(4), final_ok, _stored(0))
+    assert state is not None and state.status == "completed"
+    assert isinstance(decisions[-1].events[-1], JobCompleted)
+
+
+def test_a_failed_render_fails_the_job() -> None:
+    stopped = RenderStopped(job_id=JOB, pass_index=1, reason="failed", message="CUDA out of memory")
+    state, [*_, decision] = _run(None, _generate(), _prompt_ok(), stopped)
+    assert isinstance(decision.events[0], JobFailed)
+    assert state is not None and (state.status, state.error_code) == ("failed", "render_failed")
+
+
+def test_preview_passes_are_evenly_spaced_and_inside_the_render() -> None:
+    assert preview_passes(8, 2) == [3, 5]
+    assert preview_passes(12, 3) == [3, 6, 9]
+    assert preview_passes(4, 3) == [1, 2, 3]
+    assert preview_passes(8, 0) == []

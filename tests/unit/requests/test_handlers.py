@@ -1,0 +1,135 @@
+"""The requests handlers: state saved with an outbox, redeliveries and crashes change nothing."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+from libs import topics
+from libs.bus import EventPublisher, TransientError
+from libs.bus.memory import InMemoryBroker
+from libs.events import REGISTRY, Envelope, Event
+from libs.events.schemas import CheckPrompt, GenerateImage, JobAccepted, JobQueued, JobSpec, RenderJob, SafetyVerdict
+from libs.stores.memory import InMemoryDocumentStore
+from services.requests.handlers import COLLECTION, RequestHandlers
+
+JOB = "job_h"
+
+
+def _spec() -> JobSpec:
+    return JobSpec(
+        account_id="acct",
+        tier="plus",
+        prompt="a cat",
+        model="darkroom-mini",
+        n=1,
+        size=256,
+        quality="low",
+        passes=4,
+        output_format="png",
+        output_compression=100,
+        background="auto",
+        moderation="auto",
+        seed=1,
+    )
+
+
+def _envelope(event: Event) -> Envelope:
+    return Envelope.wrap(event, aggregate_id=JOB)
+
+
+def _events(broker: InMemoryBroker, topic: str) -> list[Envelope]:
+    return [Envelope.from_bytes(r.value) for r in broker.records(topic)]
+
+
+class ExplodingPublisher(EventPublisher):
+    """Fails the first publish, as a process dying after saving and before publishing would."""
+
+    def __init__(self, broker: InMemoryBroker) -> None:
+        super().__init__(broker.producer())
+        self.fail = True
+
+    async def publish(self, topic: str, envelope: Envelope, *, key: str | None = None, partition: int | None = None):  # type: ignore[no-untyped-def]
+        if self.fail:
+            self.fail = False
+            raise ConnectionError("crashed before publishing")
+        return await super().publish(topic, envelope, key=key, partition=partition)
+
+
+async def test_a_command_produces_sequenced_job_events_and_a_prompt_check() -> None:
+    broker, docs = InMemoryBroker(), InMemoryDocumentStore()
+    handlers = RequestHandlers(docs, EventPublisher(broker.producer()))
+    command = GenerateImage(job_id=JOB, spec=_spec(), created_at=datetime.now(UTC))
+    envelope = _envelope(command)
+    await handlers.handle(command, envelope)
+    [accepted] = _events(broker, topics.REQUEST_EVENTS)
+    assert (accepted.type, accepted.sequence, accepted.tier) == (JobAccepted.TYPE, 1, "plus")
+    assert accepted.causation_id == envelope.event_id
+    [check] = _events(broker, topics.SAFETY_CHECKS)
+    assert REGISTRY.decode_as(check, CheckPrompt).prompt == "a cat"
+    # Delivered again: nothing new.
+    await handlers.handle(command, envelope)
+    assert len(_events(broker, topics.REQUEST_EVENTS)) == 1
+    assert len(_events(broker, topics.SAFETY_CHECKS)) == 1
+
+
+async def test_the_render_job_goes_to_the_lane_partition() -> None:
+    broker, docs = InMemoryBroker({topics.RENDER_CONSUMER: 12}), InMemoryDocumentStore()
+    handlers = RequestHandlers(docs, EventPublisher(broker.producer()))
+    command = GenerateImage(job_id=JOB, spec=_spec(), created_at=datetime.now(UTC))
+    await handlers.handle(command, _envelope(command))
+    verdict = SafetyVerdict(job_id=JOB, stage="prompt", allowed=True, policy_version=1)
+    await handlers.handle(verdict, _envelope(verdict))
+    [record] = broker.records(topics.RENDER_CONSUMER)
+    assert record.partition in (4, 5, 6, 7)  # the plus lane
+    assert REGISTRY.decode_as(Envelope.from_bytes(record.value), RenderJob).passes == 4
+    queued = _events(broker, topics.REQUEST_EVENTS)[-1]
+    assert (queued.type, queued.sequence) == (JobQueued.TYPE, 2)
+
+
+async def test_a_crash_between_saving_and_publishing_loses_nothing() -> None:
+    broker, docs = InMemoryBroker(), InMemoryDocumentStore()
+    publisher = ExplodingPublisher(broker)
+    handlers = RequestHandlers(docs, publisher)
+    command = GenerateImage(job_id=JOB, spec=_spec(), created_at=datetime.now(UTC))
+    envelope = _envelope(command)
+    with pytest.raises(ConnectionError):
+        await handlers.handle(command, envelope)
+    saved = await docs.get(COLLECTION, JOB)
+    assert saved is not None and len(saved["outbox"]) == 2
+    assert _events(broker, topics.REQUEST_EVENTS) == []
+    # The consumer loop retries the same message: the outbox is published once, nothing is decided twice.
+    await handlers.handle(command, envelope)
+    assert [e.type for e in _events(broker, topics.REQUEST_EVENTS)] == [JobAccepted.TYPE]
+    assert len(_events(broker, topics.SAFETY_CHECKS)) == 1
+    await handlers.handle(command, envelope)
+    assert len(_events(broker, topics.SAFETY_CHECKS)) == 1, "a published outbox is not published again"
+
+
+async def test_after_a_restart_the_last_outbox_goes_out_once_more_and_changes_nothing() -> None:
+    broker, docs = InMemoryBroker(), InMemoryDocumentStore()
+    command = GenerateImage(job_id=JOB, spec=_spec(), created_at=datetime.now(UTC))
+    envelope = _envelope(command)
+    await RequestHandlers(docs, EventPublisher(broker.producer())).handle(command, envelope)
+    restarted = RequestHandlers(docs, EventPublisher(broker.producer()))
+    await restarted.handle(command, envelope)
+    accepted = _events(broker, topics.REQUEST_EVENTS)
+    assert [e.event_id for e in accepted] == [accepted[0].event_id] * 2, "the same event, republished"
+    assert (await docs.get(COLLECTION, JOB) or {})["rev"] == 1
+
+
+async def test_a_concurrent_writer_makes_the_handler_retry() -> None:
+    broker, docs = InMemoryBroker(), InMemoryDocumentStore()
+    handlers = RequestHandlers(docs, EventPublisher(broker.producer()))
+    command = GenerateImage(job_id=JOB, spec=_spec(), created_at=datetime.now(UTC))
+    original_get = docs.get
+
+    async def stale_get(collection: str, doc_id: str):  # type: ignore[no-untyped-def]
+        doc = await original_get(collection, doc_id)
+        await docs.put_if_newer(collection, doc_id, {"seen": [], "outbox": [], "rev": 5}, 5)
+        return doc
+
+    docs.get = stale_get  # type: ignore[method-assign]
+    with pytest.raises(TransientError, match="concurrently"):
+        await handlers.handle(command, _envelope(command))
