@@ -29,6 +29,12 @@ class InMemoryDocumentStore:
         await self.put(collection, doc_id, {**doc, "_seq": sequence})
         return True
 
+    async def insert(self, collection: str, doc_id: str, doc: Mapping[str, Any]) -> bool:
+        if doc_id in self._collections.get(collection, {}):
+            return False
+        await self.put(collection, doc_id, doc)
+        return True
+
     async def get(self, collection: str, doc_id: str) -> Document | None:
         doc = self._collections.get(collection, {}).get(doc_id)
         return copy.deepcopy(doc) if doc is not None else None

@@ -55,6 +55,15 @@ class MongoDocumentStore:
             raise StoreUnavailable(str(exc)) from exc
         return result.modified_count > 0 or result.upserted_id is not None
 
+    async def insert(self, collection: str, doc_id: str, doc: Mapping[str, Any]) -> bool:
+        try:
+            await self._db[collection].insert_one({**doc, "_id": doc_id})
+        except DuplicateKeyError:
+            return False
+        except PyMongoError as exc:
+            raise StoreUnavailable(str(exc)) from exc
+        return True
+
     async def get(self, collection: str, doc_id: str) -> Document | None:
         try:
             return await self._db[collection].find_one({"_id": doc_id})

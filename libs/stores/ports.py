@@ -40,6 +40,14 @@ class DocumentStore(Protocol):
         """
         ...
 
+    async def insert(self, collection: str, doc_id: str, doc: Mapping[str, Any]) -> bool:
+        """Create the document only if no document has this id.
+
+        Returns:
+            True if created, False if the id was taken (the store is unchanged).
+        """
+        ...
+
     async def get(self, collection: str, doc_id: str) -> Document | None:
         """The document with this id, or None."""
         ...

@@ -20,6 +20,7 @@ from libs.bus import Record, TransientError
 from libs.events import REGISTRY, Envelope
 from libs.jobs import JobState, evolve
 from libs.stores.ports import DocumentStore, StoreUnavailable
+from libs.stores.revisions import RevisionLog
 
 JOBS = "gateway_jobs"
 
@@ -53,10 +54,15 @@ class LiveEvents:
 
 
 class JobProjection:
-    """Folds request events into the `gateway_jobs` collection (idempotent by sequence)."""
+    """Folds request events into `gateway_jobs`: one revision per event sequence.
+
+    Revision k of a job is its state after its k-th request event, written by insert
+    (libs.stores.revisions), so a redelivered event finds its revision taken and
+    changes nothing. Revision 0 is the state the gateway seeds when it creates the job.
+    """
 
     def __init__(self, documents: DocumentStore) -> None:
-        self._docs = documents
+        self._states = RevisionLog(documents, JOBS)
 
     async def __call__(self, envelope: Envelope, record: Record) -> None:
         if REGISTRY.get(envelope.type) is None:
@@ -68,18 +74,16 @@ class JobProjection:
                 return
             state = evolve(current, event, envelope.sequence)
             if state is not None:
-                await self._docs.put_if_newer(JOBS, state.job_id, state.model_dump(mode="json"), envelope.sequence)
+                await self._states.append(state.job_id, envelope.sequence, state.model_dump(mode="json"))
         except StoreUnavailable as exc:
             raise TransientError(str(exc)) from exc
 
     async def get(self, job_id: str) -> JobState | None:
         """The job's state as far as the read model knows."""
-        doc = await self._docs.get(JOBS, job_id)
-        if doc is None:
-            return None
-        return JobState.model_validate({k: v for k, v in doc.items() if not k.startswith("_")})
+        _, doc = await self._states.latest(job_id)
+        return None if doc is None else JobState.model_validate(doc)
 
     async def seed(self, state: JobState) -> None:
-        """Record a job the gateway just created (sequence 0), so status reads never 404."""
+        """Record a job the gateway just created (revision 0), so status reads never 404."""
         data: dict[str, Any] = state.model_dump(mode="json")
-        await self._docs.put_if_newer(JOBS, state.job_id, data, 0)
+        await self._states.append(state.job_id, 0, data)

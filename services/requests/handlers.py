@@ -3,12 +3,13 @@
 Each input is handled exactly once in effect, even across crashes and redeliveries:
 
 1. Load the job's record (its state, the ids of inputs already handled, and an
-   outbox of messages decided but maybe not yet published).
+   outbox of messages decided but maybe not yet published): the latest revision in
+   an append-only chain (libs.stores.revisions).
 2. Publish any leftover outbox (a crash interrupted the previous handling).
 3. Skip an input whose event id was already handled.
-4. Decide, then save the new state, the input id and the new outbox in one write,
-   guarded by the record's revision: a concurrent writer makes the write fail and
-   the input is retried on fresh state.
+4. Decide, then save the new state, the input id and the new outbox as the next
+   revision, by insert: a concurrent writer that took that revision makes the write
+   fail and the input is retried on fresh state.
 5. Publish the outbox, and remember in memory which revision's outbox is out.
 
 The outbox stays in the saved record (emptying it would cost a second write per
@@ -30,6 +31,7 @@ from libs.bus import EventPublisher, TransientError
 from libs.events import REGISTRY, Envelope, Event
 from libs.jobs import JobState, evolve
 from libs.stores.ports import DocumentStore, StoreUnavailable
+from libs.stores.revisions import RevisionLog
 from services.requests.domain import Decision, Policy, decide
 
 log = logging.getLogger(__name__)
@@ -58,17 +60,17 @@ class JobRecord(BaseModel):
     rev: int = 0
 
     @classmethod
-    def from_doc(cls, doc: dict[str, Any] | None) -> JobRecord:
+    def from_doc(cls, doc: dict[str, Any] | None, rev: int) -> JobRecord:
         if doc is None:
             return cls()
-        return cls.model_validate({k: v for k, v in doc.items() if not k.startswith("_")})
+        return cls.model_validate({**doc, "rev": rev})
 
 
 class RequestHandlers:
     """Handles every input of the requests service for one job at a time."""
 
     def __init__(self, documents: DocumentStore, publisher: EventPublisher, policy: Policy | None = None) -> None:
-        self._docs = documents
+        self._records = RevisionLog(documents, COLLECTION)
         self._publisher = publisher
         self._policy = policy or Policy()
         self._published: OrderedDict[str, int] = OrderedDict()
@@ -90,13 +92,16 @@ class RequestHandlers:
 
     async def _load(self, job_id: str) -> JobRecord:
         try:
-            return JobRecord.from_doc(await self._docs.get(COLLECTION, job_id))
+            rev, doc = await self._records.latest(job_id)
         except StoreUnavailable as exc:
             raise TransientError(str(exc)) from exc
+        return JobRecord.from_doc(doc, rev)
 
     async def _save(self, job_id: str, record: JobRecord) -> None:
+        # Revision N+1 is created by insert: a concurrent writer that took it first makes
+        # this one fail, and the input is retried on fresh state.
         try:
-            written = await self._docs.put_if_newer(COLLECTION, job_id, record.model_dump(mode="json"), record.rev)
+            written = await self._records.append(job_id, record.rev, record.model_dump(mode="json", exclude={"rev"}))
         except StoreUnavailable as exc:
             raise TransientError(str(exc)) from exc
         if not written:

@@ -42,6 +42,12 @@ class DocumentStoreContract:
         assert doc is not None
         assert (doc["status"], doc["_seq"]) == ("rendering", 3)
 
+    async def test_insert_creates_once(self, documents: DocumentStore) -> None:
+        coll = _collection()
+        assert await documents.insert(coll, "a", {"n": 1})
+        assert not await documents.insert(coll, "a", {"n": 2})
+        assert await documents.get(coll, "a") == {"_id": "a", "n": 1}
+
     async def test_find_filters_sorts_and_limits(self, documents: DocumentStore) -> None:
         coll = _collection()
         for i, owner in enumerate(["ann", "bob", "ann", "ann"]):

@@ -12,6 +12,7 @@ from libs.bus.memory import InMemoryBroker
 from libs.events import REGISTRY, Envelope, Event
 from libs.events.schemas import CheckPrompt, GenerateImage, JobAccepted, JobQueued, JobSpec, RenderJob, SafetyVerdict
 from libs.stores.memory import InMemoryDocumentStore
+from libs.stores.revisions import revision_id
 from services.requests.handlers import COLLECTION, RequestHandlers
 
 JOB = "job_h"
@@ -96,7 +97,7 @@ async def test_a_crash_between_saving_and_publishing_loses_nothing() -> None:
     envelope = _envelope(command)
     with pytest.raises(ConnectionError):
         await handlers.handle(command, envelope)
-    saved = await docs.get(COLLECTION, JOB)
+    saved = await docs.get(COLLECTION, revision_id(JOB, 1))
     assert saved is not None and len(saved["outbox"]) == 2
     assert _events(broker, topics.REQUEST_EVENTS) == []
     # The consumer loop retries the same message: the outbox is published once, nothing is decided twice.
@@ -116,7 +117,8 @@ async def test_after_a_restart_the_last_outbox_goes_out_once_more_and_changes_no
     await restarted.handle(command, envelope)
     accepted = _events(broker, topics.REQUEST_EVENTS)
     assert [e.event_id for e in accepted] == [accepted[0].event_id] * 2, "the same event, republished"
-    assert (await docs.get(COLLECTION, JOB) or {})["rev"] == 1
+    assert await docs.get(COLLECTION, revision_id(JOB, 1)) is not None
+    assert await docs.get(COLLECTION, revision_id(JOB, 2)) is None, "nothing new was decided"
 
 
 async def test_a_concurrent_writer_makes_the_handler_retry() -> None:
@@ -125,11 +127,13 @@ async def test_a_concurrent_writer_makes_the_handler_retry() -> None:
     command = GenerateImage(job_id=JOB, spec=_spec(), created_at=datetime.now(UTC))
     original_get = docs.get
 
-    async def stale_get(collection: str, doc_id: str):  # type: ignore[no-untyped-def]
+    async def racing_get(collection: str, doc_id: str):  # type: ignore[no-untyped-def]
         doc = await original_get(collection, doc_id)
-        await docs.put_if_newer(collection, doc_id, {"seen": [], "outbox": [], "rev": 5}, 5)
+        # Another replica writes revision 1 right after this one found none.
+        if doc_id == revision_id(JOB, 1) and doc is None:
+            await docs.insert(collection, doc_id, {"seen": [], "outbox": []})
         return doc
 
-    docs.get = stale_get  # type: ignore[method-assign]
+    docs.get = racing_get  # type: ignore[method-assign]
     with pytest.raises(TransientError, match="concurrently"):
         await handlers.handle(command, _envelope(command))
