@@ -1,4 +1,4 @@
-"""Real Kafka adapters for a service's runtime (tests wire in-memory ones instead)."""
+"""Real adapters (Kafka, MongoDB, MinIO) for a service's runtime; tests wire in-memory ones."""
 
 from __future__ import annotations
 
@@ -6,8 +6,11 @@ from collections.abc import Sequence
 
 from libs.bus.kafka import KafkaConsumer, KafkaProducer
 from libs.bus.ports import Consumer
-from libs.runtime.service import ConsumerFactory
-from libs.settings import ServiceSettings
+from libs.runtime.service import ConsumerFactory, HealthCheck
+from libs.settings import MinioSettings, MongoSettings, ServiceSettings
+from libs.stores.minio import MinioBlobStore
+from libs.stores.mongo import MongoDocumentStore
+from libs.stores.ports import BlobStore, DocumentStore
 
 
 def kafka_producer(settings: ServiceSettings, service: str) -> KafkaProducer:
@@ -31,3 +34,29 @@ def kafka_consumer_factory(settings: ServiceSettings, service: str) -> ConsumerF
         return KafkaConsumer(settings.kafka_bootstrap, group=group, topics=topics, client_id=f"darkroom-{service}")
 
     return make
+
+
+def mongo_store(settings: MongoSettings) -> MongoDocumentStore:
+    """The service's MongoDB document store."""
+    return MongoDocumentStore(settings.mongo_url, settings.mongo_database)
+
+
+def minio_store(settings: MinioSettings) -> MinioBlobStore:
+    """The service's MinIO (S3) bucket."""
+    return MinioBlobStore(
+        settings.minio_endpoint,
+        settings.minio_access_key,
+        settings.minio_secret_key,
+        settings.minio_bucket,
+        secure=settings.minio_secure,
+    )
+
+
+def reachable(store: DocumentStore | BlobStore) -> HealthCheck:
+    """A health check that passes while the store answers its ping."""
+
+    async def check() -> bool:
+        await store.ping()
+        return True
+
+    return check

@@ -10,9 +10,8 @@ from libs.bus.ports import Producer
 from libs.events.schemas import CreateAccount
 from libs.runtime.dispatch import Dispatcher
 from libs.runtime.service import ConsumerFactory, ServiceRuntime, Subscription
-from libs.runtime.wiring import kafka_consumer_factory, kafka_producer
+from libs.runtime.wiring import kafka_consumer_factory, kafka_producer, mongo_store, reachable
 from libs.settings import AuthSettings
-from libs.stores.mongo import MongoDocumentStore
 from libs.stores.ports import DocumentStore
 from services.auth.handlers import AuthHandlers
 
@@ -43,7 +42,7 @@ def bootstrap(
     Returns:
         The runtime, ready for `run_service`.
     """
-    docs = documents or MongoDocumentStore(settings.mongo_url, settings.mongo_database)
+    docs = documents or mongo_store(settings)
     runtime = ServiceRuntime(
         name=SERVICE,
         settings=settings,
@@ -54,10 +53,6 @@ def bootstrap(
     commands = Dispatcher(SERVICE)
     commands.on(CreateAccount, handlers.on_create_account)
 
-    async def mongo_ok() -> bool:
-        await docs.ping()
-        return True
-
     runtime.subscriptions.append(Subscription(group=SERVICE, topics=[topics.ACCOUNT_COMMANDS], handler=commands))
-    runtime.checks["mongo"] = mongo_ok
+    runtime.checks["mongo"] = reachable(docs)
     return runtime

@@ -21,10 +21,8 @@ from libs.apikeys import parse_signing_keys
 from libs.bus.ports import Producer
 from libs.runtime.heartbeats import HeartbeatMonitor
 from libs.runtime.service import ConsumerFactory, ServiceRuntime, Subscription
-from libs.runtime.wiring import kafka_consumer_factory, kafka_producer
+from libs.runtime.wiring import kafka_consumer_factory, kafka_producer, minio_store, mongo_store, reachable
 from libs.settings import GatewaySettings
-from libs.stores.minio import MinioBlobStore
-from libs.stores.mongo import MongoDocumentStore
 from libs.stores.ports import BlobStore, DocumentStore
 from services.gateway import accounts, images
 from services.gateway.context import Gateway
@@ -57,14 +55,8 @@ def create_app(
     """
     settings = settings or GatewaySettings()
     monitor = HeartbeatMonitor(stale_after_s=settings.heartbeat_stale_s)
-    docs = documents or MongoDocumentStore(settings.mongo_url, settings.mongo_database)
-    objects = blobs or MinioBlobStore(
-        settings.minio_endpoint,
-        settings.minio_access_key,
-        settings.minio_secret_key,
-        settings.minio_bucket,
-        secure=settings.minio_secure,
-    )
+    docs = documents or mongo_store(settings)
+    objects = blobs or minio_store(settings)
     runtime = ServiceRuntime(
         name=SERVICE,
         settings=settings,
@@ -82,15 +74,7 @@ def create_app(
         Subscription(group=f"{SERVICE}-jobs", topics=[topics.REQUEST_EVENTS], handler=projection),
     ]
 
-    async def mongo_ok() -> bool:
-        await docs.ping()
-        return True
-
-    async def minio_ok() -> bool:
-        await objects.ping()
-        return True
-
-    runtime.checks |= {"mongo": mongo_ok, "minio": minio_ok}
+    runtime.checks |= {"mongo": reachable(docs), "minio": reachable(objects)}
     gateway = Gateway(
         settings=settings,
         publisher=runtime.publisher,

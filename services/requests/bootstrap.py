@@ -6,9 +6,8 @@ from libs import topics
 from libs.bus.ports import Producer
 from libs.runtime.dispatch import Dispatcher
 from libs.runtime.service import ConsumerFactory, ServiceRuntime, Subscription
-from libs.runtime.wiring import kafka_consumer_factory, kafka_producer
+from libs.runtime.wiring import kafka_consumer_factory, kafka_producer, mongo_store, reachable
 from libs.settings import RequestsSettings
-from libs.stores.mongo import MongoDocumentStore
 from libs.stores.ports import DocumentStore
 from services.requests.domain import Policy
 from services.requests.handlers import RequestHandlers, registered_inputs
@@ -24,7 +23,7 @@ def bootstrap(
     documents: DocumentStore | None = None,
 ) -> ServiceRuntime:
     """Wire the requests service; tests pass in-memory adapters."""
-    docs = documents or MongoDocumentStore(settings.mongo_url, settings.mongo_database)
+    docs = documents or mongo_store(settings)
     runtime = ServiceRuntime(
         name=SERVICE,
         settings=settings,
@@ -36,10 +35,6 @@ def bootstrap(
     for event_type in registered_inputs():
         dispatcher.on(event_type, handlers.handle)
 
-    async def mongo_ok() -> bool:
-        await docs.ping()
-        return True
-
     runtime.subscriptions.append(
         Subscription(
             group=SERVICE,
@@ -47,5 +42,5 @@ def bootstrap(
             handler=dispatcher,
         )
     )
-    runtime.checks["mongo"] = mongo_ok
+    runtime.checks["mongo"] = reachable(docs)
     return runtime

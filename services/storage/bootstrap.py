@@ -7,10 +7,8 @@ from libs.bus.ports import Producer
 from libs.events.schemas import StoreImage
 from libs.runtime.dispatch import Dispatcher
 from libs.runtime.service import ConsumerFactory, ServiceRuntime, Subscription
-from libs.runtime.wiring import kafka_consumer_factory, kafka_producer
+from libs.runtime.wiring import kafka_consumer_factory, kafka_producer, minio_store, mongo_store, reachable
 from libs.settings import StorageSettings
-from libs.stores.minio import MinioBlobStore
-from libs.stores.mongo import MongoDocumentStore
 from libs.stores.ports import BlobStore, DocumentStore
 from services.storage.handlers import StorageHandlers
 
@@ -37,14 +35,8 @@ def bootstrap(
     Returns:
         The runtime, ready for `run_service`.
     """
-    docs = documents or MongoDocumentStore(settings.mongo_url, settings.mongo_database)
-    objects = blobs or MinioBlobStore(
-        settings.minio_endpoint,
-        settings.minio_access_key,
-        settings.minio_secret_key,
-        settings.minio_bucket,
-        secure=settings.minio_secure,
-    )
+    docs = documents or mongo_store(settings)
+    objects = blobs or minio_store(settings)
     runtime = ServiceRuntime(
         name=SERVICE,
         settings=settings,
@@ -55,14 +47,6 @@ def bootstrap(
     dispatcher = Dispatcher(SERVICE)
     dispatcher.on(StoreImage, handlers.on_store_image)
 
-    async def mongo_ok() -> bool:
-        await docs.ping()
-        return True
-
-    async def minio_ok() -> bool:
-        await objects.ping()
-        return True
-
     runtime.subscriptions.append(Subscription(group=SERVICE, topics=[topics.STORAGE_BLOBS], handler=dispatcher))
-    runtime.checks.update({"mongo": mongo_ok, "minio": minio_ok})
+    runtime.checks.update({"mongo": reachable(docs), "minio": reachable(objects)})
     return runtime
