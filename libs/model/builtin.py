@@ -22,9 +22,8 @@ import torch
 from kernels import confidence_sample
 from libs.model.interface import (
     GRID_SIZE,
+    GridRenderStart,
     RenderState,
-    cosine_schedule,
-    initial_tokens,
     next_masked_count,
     pass_seed,
 )
@@ -73,7 +72,7 @@ def autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
     return torch.bfloat16 if cpu_supports_bf16() else None
 
 
-class MaskGITImageModel:
+class MaskGITImageModel(GridRenderStart):
     """VQ + MaskGIT behind the ImageModel interface (see libs.model.interface)."""
 
     grid_size: int = GRID_SIZE
@@ -119,22 +118,6 @@ class MaskGITImageModel:
         self._amp = autocast_dtype(self.device, precision)
 
     # -- ImageModel -----------------------------------------------------------------------------
-
-    def schedule(self, total_passes: int) -> list[int]:
-        """See ImageModel.schedule."""
-        return cosine_schedule(total_passes, self.grid_size * self.grid_size)
-
-    def start(
-        self,
-        prompt: str,
-        seed: int,
-        total_passes: int,
-        init_tokens: np.ndarray | None = None,
-        remask: np.ndarray | None = None,
-    ) -> RenderState:
-        """See ImageModel.start."""
-        grid = initial_tokens(self.grid_size, self.mask_token, init_tokens, remask)
-        return RenderState(prompt, seed, total_passes, 0, grid, self.mask_token)
 
     @torch.no_grad()
     def step(self, states: list[RenderState]) -> list[RenderState]:
@@ -239,7 +222,7 @@ class MaskGITImageModel:
         out = Path(path)
         out.mkdir(parents=True, exist_ok=True)
         torch.save(_half_state(self.vq), out / "vq.pt")
-        torch.save(_half_state(self.generator), out / "generator.pt")
+        torch.save(_int8_state(self.generator), out / "generator.pt")
         meta = {
             "format": FORMAT,
             "name": self.name,
@@ -319,9 +302,42 @@ def _half_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     }
 
 
+_QUANT = "::int8"
+_SCALE = "::scale"
+
+
+def _int8_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Like `_half_state`, but large matrices as int8 with a float16 scale per row.
+
+    The generator is most of the shipped bytes; per-row int8 halves its file (the repo keeps
+    weights small) and changes each weight by at most half a quantization step.
+    """
+    out: dict[str, torch.Tensor] = {}
+    for k, v in _half_state(module).items():
+        if v.is_floating_point() and v.ndim >= 2 and v.numel() >= 4096:
+            rows = v.float().reshape(v.shape[0], -1)
+            scale = rows.abs().amax(dim=1, keepdim=True).clamp_min(1e-8) / 127.0
+            out[k + _QUANT] = torch.round(rows / scale).to(torch.int8).reshape(v.shape)
+            out[k + _SCALE] = scale.half()
+        else:
+            out[k] = v
+    return out
+
+
 def _load_state(module: torch.nn.Module, path: Path) -> None:
+    """Loads a `_half_state` or `_int8_state` file into `module` (as float32)."""
     state = torch.load(path, map_location="cpu", weights_only=True)
-    module.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
+    weights: dict[str, torch.Tensor] = {}
+    for k, v in state.items():
+        if k.endswith(_SCALE):
+            continue
+        if k.endswith(_QUANT):
+            name = k[: -len(_QUANT)]
+            scale = state[name + _SCALE].float()
+            weights[name] = (v.float().reshape(v.shape[0], -1) * scale).reshape(v.shape)
+        else:
+            weights[k] = v.float() if v.is_floating_point() else v
+    module.load_state_dict(weights)
 
 
 def describe(model: MaskGITImageModel) -> dict[str, Any]:

@@ -295,7 +295,34 @@ class ImageModel(Protocol):
 # The no-op model
 
 
-class NoOpModel:
+class GridRenderStart:
+    """`schedule` and `start` as every model over a masked token grid defines them.
+
+    Models mix this in; they set `grid_size` and `mask_token` and implement the rest of
+    ImageModel (`step`, `preview`, `encode_image`).
+    """
+
+    grid_size: int
+    mask_token: int
+
+    def schedule(self, total_passes: int) -> list[int]:
+        """See ImageModel.schedule."""
+        return cosine_schedule(total_passes, self.grid_size * self.grid_size)
+
+    def start(
+        self,
+        prompt: str,
+        seed: int,
+        total_passes: int,
+        init_tokens: np.ndarray | None = None,
+        remask: np.ndarray | None = None,
+    ) -> RenderState:
+        """See ImageModel.start."""
+        grid = initial_tokens(self.grid_size, self.mask_token, init_tokens, remask)
+        return RenderState(prompt, seed, total_passes, 0, grid, self.mask_token)
+
+
+class NoOpModel(GridRenderStart):
     """A model with the full interface and almost no compute, for pipeline benchmarks and tests.
 
     Tokens are a deterministic function of (seed, pass, cell); commits follow the same cosine
@@ -318,22 +345,6 @@ class NoOpModel:
         # A fixed palette so previews of different tokens differ visibly.
         self._palette = np.random.default_rng(0).integers(0, 256, (self.codebook_size + 1, 3)).astype(np.uint8)
         self._palette[self.mask_token] = 128
-
-    def schedule(self, total_passes: int) -> list[int]:
-        """See ImageModel.schedule."""
-        return cosine_schedule(total_passes, self.grid_size * self.grid_size)
-
-    def start(
-        self,
-        prompt: str,
-        seed: int,
-        total_passes: int,
-        init_tokens: np.ndarray | None = None,
-        remask: np.ndarray | None = None,
-    ) -> RenderState:
-        """See ImageModel.start."""
-        grid = initial_tokens(self.grid_size, self.mask_token, init_tokens, remask)
-        return RenderState(prompt, seed, total_passes, 0, grid, self.mask_token)
 
     def step(self, states: list[RenderState]) -> list[RenderState]:
         """See ImageModel.step."""

@@ -28,10 +28,9 @@ from typing import Final
 import numpy as np
 
 from libs.model.interface import (
+    GridRenderStart,
     ImageModel,
     RenderState,
-    cosine_schedule,
-    initial_tokens,
     next_masked_count,
     pass_seed,
 )
@@ -177,7 +176,7 @@ def parse_prompt(prompt: str, seed: int) -> Scene:
     return Scene(tuple(objects), background, style, int(rng.integers(2**31)))
 
 
-class WorldModel:
+class WorldModel(GridRenderStart):
     """The procedural model (see the module docstring); tokenizer and previews of `base`."""
 
     name: str = "darkroom-world"
@@ -196,22 +195,6 @@ class WorldModel:
         self._targets: dict[tuple[str, int], np.ndarray] = {}
 
     # -- ImageModel -----------------------------------------------------------------------------
-
-    def schedule(self, total_passes: int) -> list[int]:
-        """See ImageModel.schedule."""
-        return cosine_schedule(total_passes, self.grid_size * self.grid_size)
-
-    def start(
-        self,
-        prompt: str,
-        seed: int,
-        total_passes: int,
-        init_tokens: np.ndarray | None = None,
-        remask: np.ndarray | None = None,
-    ) -> RenderState:
-        """See ImageModel.start."""
-        grid = initial_tokens(self.grid_size, self.mask_token, init_tokens, remask)
-        return RenderState(prompt, seed, total_passes, 0, grid, self.mask_token)
 
     def step(self, states: list[RenderState]) -> list[RenderState]:
         """See ImageModel.step: commits masked cells, in the pass's random order, from the target
