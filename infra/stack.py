@@ -111,12 +111,18 @@ class Profile:
 
 
 def load_profile(name: str) -> Profile:
-    """The dev or test profile, with ports overridable from the environment."""
+    """The dev, test or bench profile, with ports overridable from the environment.
+
+    `<PREFIX>PORT_OFFSET` moves every port of the profile at once; `<PREFIX><NAME>_PORT`
+    sets one port.
+    """
     prefix, offset, default_dir = {
         "dev": ("DARKROOM_", 0, paths.ROOT / ".run" / "dev"),
         "test": ("DARKROOM_TEST_", 10000, paths.ROOT / ".run" / "test"),
         "bench": ("DARKROOM_BENCH_", 20000, paths.ROOT / ".run" / "bench"),
     }[name]
+    # A whole profile can be moved (e.g. two checkouts testing side by side).
+    offset = int(os.environ.get(f"{prefix}PORT_OFFSET", offset))
 
     def port(var: str, default: int) -> int:
         return int(os.environ.get(f"{prefix}{var}_PORT", default + offset))
