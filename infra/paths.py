@@ -32,8 +32,10 @@ def kafka_home() -> Path:
 
 
 def ferretdb_bin() -> Path:
-    """The FerretDB binary."""
-    return cache_dir() / "tools" / f"ferretdb-{versions()['FERRETDB_VERSION']}" / "ferretdb"
+    """The FerretDB binary, built with the patches in infra/ferretdb (their hash keys it)."""
+    patches = b"".join(p.read_bytes() for p in sorted((ROOT / "infra" / "ferretdb").glob("*.patch")))
+    patch_hash = hashlib.sha256(patches).hexdigest()[:12]
+    return cache_dir() / "tools" / f"ferretdb-{versions()['FERRETDB_VERSION']}-{patch_hash}" / "ferretdb"
 
 
 def minio_bin() -> Path:

@@ -24,12 +24,16 @@ class ServiceSettings(BaseSettings):
 
     env: Literal["development", "test", "production"] = "development"
     kafka_bootstrap: str = "127.0.0.1:9092"
+    kafka_fetch_max_wait_ms: int = 100
+    """How long the broker holds a consumer's fetch when there is nothing new (see libs.bus.kafka)."""
     otlp_endpoint: str = ""
     health_host: str = "127.0.0.1"
     health_port: int = 0
     heartbeat_interval_s: float = 2.0
     instance_id: str = ""
     log_level: str = "INFO"
+    handler_concurrency: int = 16
+    """Records of one poll handled side by side, by key, where a service allows it."""
 
     def secrets(self) -> dict[str, str]:
         """Secret settings of this service, by name (checked at start-up)."""

@@ -69,7 +69,9 @@ fi
 
 # --- FerretDB (MongoDB wire protocol on SQLite) -----------------------------------
 step "FerretDB $FERRETDB_VERSION"
-FERRETDB_BIN="$CACHE/tools/ferretdb-$FERRETDB_VERSION/ferretdb"
+# FerretDB is patched (infra/ferretdb/*.patch); the patches' hash is part of its cache key.
+FERRETDB_PATCH_HASH="$(LC_ALL=C; cat infra/ferretdb/*.patch | sha256sum | cut -c1-12)"
+FERRETDB_BIN="$CACHE/tools/ferretdb-$FERRETDB_VERSION-$FERRETDB_PATCH_HASH/ferretdb"
 if [ -x "$FERRETDB_BIN" ]; then
   echo "    cached: $FERRETDB_BIN"
 else
@@ -83,6 +85,7 @@ else
   build="$(mktemp -d)"
   cp -r "$src/." "$build/" && chmod -R u+w "$build"
   echo "$FERRETDB_VERSION" > "$build/build/version/version.txt"
+  for p in infra/ferretdb/*.patch; do patch -s -d "$build" -p1 < "$p"; done
   mkdir -p "$(dirname "$FERRETDB_BIN")"
   (cd "$build" && GOFLAGS=-mod=mod go build -trimpath -o "$FERRETDB_BIN.tmp" ./cmd/ferretdb)
   rm -rf "$build"

@@ -10,7 +10,12 @@ A handler receives decoded envelopes; everything else is here, once:
 - a `TransientError` (a store or broker outage) is retried with backoff, without
   limit: an outage delays work but loses none;
 - offsets are committed only after the records before them were handled, so a crash
-  redelivers at most the records in flight (handlers are idempotent).
+  redelivers at most the records in flight (handlers are idempotent);
+- with `concurrency` above 1, the records of one poll are handled by key: records
+  with the same key (the same aggregate: producers key by it) one after another in
+  offset order, different keys side by side, at most `concurrency` at once. The
+  batch is committed when all of it is handled. Handlers that wait on stores and
+  the broker then overlap their waits instead of queueing behind each other.
 """
 
 from __future__ import annotations
@@ -61,6 +66,7 @@ class EventConsumer:
         retry: RetryPolicy | None = None,
         poll_timeout_ms: int = 200,
         max_records: int = 100,
+        concurrency: int = 1,
     ) -> None:
         self._consumer = consumer
         self._handler = handler
@@ -71,6 +77,7 @@ class EventConsumer:
         self._retry = retry or RetryPolicy()
         self._poll_timeout_ms = poll_timeout_ms
         self._max_records = max_records
+        self._concurrency = max(1, concurrency)
         self.handled = 0
         self.dead_lettered = 0
 
@@ -83,6 +90,10 @@ class EventConsumer:
         """Consume until `stop` is set, then commit what was handled and return."""
         while not stop.is_set():
             records = await self._consumer.getmany(self._poll_timeout_ms, self._max_records)
+            if self._concurrency > 1 and len(records) > 1:
+                await self._process_by_key(records)
+                await self._consumer.commit(_next_offsets(records))
+                continue
             done: dict[TopicPartition, int] = {}
             for record in records:
                 if stop.is_set() and record.tp not in done:
@@ -92,6 +103,20 @@ class EventConsumer:
                 done[record.tp] = record.offset + 1
             if done:
                 await self._consumer.commit(done)
+
+    async def _process_by_key(self, records: list[Record]) -> None:
+        """Handle a batch: one key's records in order, different keys concurrently."""
+        by_key: dict[bytes | TopicPartition, list[Record]] = {}
+        for record in records:
+            by_key.setdefault(record.key if record.key is not None else record.tp, []).append(record)
+        slots = asyncio.Semaphore(self._concurrency)
+
+        async def handle_in_order(group: list[Record]) -> None:
+            async with slots:
+                for record in group:
+                    await self.process(record)
+
+        await asyncio.gather(*(handle_in_order(group) for group in by_key.values()))
 
     async def process(self, record: Record) -> None:
         """Handle one record completely: handled, or dead-lettered with the reason."""
@@ -179,3 +204,11 @@ class EventConsumer:
                 log.warning("dead-letter publish failed, retrying: %r", exc)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, self._retry.max_backoff_s)
+
+
+def _next_offsets(records: list[Record]) -> dict[TopicPartition, int]:
+    """The offsets to commit once every record in `records` is handled."""
+    offsets: dict[TopicPartition, int] = {}
+    for record in records:
+        offsets[record.tp] = max(offsets.get(record.tp, 0), record.offset + 1)
+    return offsets

@@ -49,6 +49,8 @@ class Subscription:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     max_records: int = 100
     """Records fetched per poll; 1 for handlers that hold the loop for long (renders)."""
+    concurrency: int = 1
+    """Records of one poll handled at once, by key (see libs.bus.consumer)."""
 
 
 @dataclass
@@ -121,6 +123,7 @@ class ServiceRuntime:
                     group=sub.group,
                     retry=sub.retry,
                     max_records=sub.max_records,
+                    concurrency=sub.concurrency,
                 )
             )
         self._health = HealthServer(self.health_report, self.settings.health_host, self.settings.health_port)

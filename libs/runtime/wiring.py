@@ -30,8 +30,15 @@ def kafka_consumer_factory(settings: ServiceSettings, service: str) -> ConsumerF
                 topics=topics,
                 client_id=f"darkroom-{service}",
                 auto_offset_reset="latest",
+                fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms,
             )
-        return KafkaConsumer(settings.kafka_bootstrap, group=group, topics=topics, client_id=f"darkroom-{service}")
+        return KafkaConsumer(
+            settings.kafka_bootstrap,
+            group=group,
+            topics=topics,
+            client_id=f"darkroom-{service}",
+            fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms,
+        )
 
     return make
 

@@ -71,7 +71,12 @@ def create_app(
         Subscription(
             group="", topics=[topics.REQUEST_EVENTS, topics.RENDER_PROGRESS, topics.ACCOUNT_EVENTS], handler=live
         ),
-        Subscription(group=f"{SERVICE}-jobs", topics=[topics.REQUEST_EVENTS], handler=projection),
+        Subscription(
+            group=f"{SERVICE}-jobs",
+            topics=[topics.REQUEST_EVENTS],
+            handler=projection,
+            concurrency=settings.handler_concurrency,
+        ),
     ]
 
     runtime.checks |= {"mongo": reachable(docs), "minio": reachable(objects)}

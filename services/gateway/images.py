@@ -21,6 +21,7 @@ from libs.events.schemas import GenerateImage, JobSpec
 from libs.jobs import JobState, preview_passes
 from services.gateway.context import Gateway, get_gateway, get_principal
 from services.gateway.errors import APIError, invalid
+from services.gateway.live import JobFollower
 from services.gateway.models import PASSES, RESOLVED_QUALITY, SIZES, ImageGenerationRequest, count_text_tokens
 
 router = APIRouter(prefix="/v1/images", tags=["images"])
@@ -42,7 +43,8 @@ async def create_generation(
     spec = _spec(body, principal, gateway)
     job_id = f"job_{new_ulid().lower()}"
     created = datetime.now(UTC)
-    await gateway.projection.seed(JobState(job_id=job_id, spec=spec, created_at=created, total_passes=spec.passes))
+    seeded = _queued(job_id, spec, created)
+    await gateway.projection.seed(seeded)
     with gateway.live.subscribe(job_id) as queue:
         command = GenerateImage(job_id=job_id, spec=spec, created_at=created)
         await gateway.publisher.publish(
@@ -57,10 +59,10 @@ async def create_generation(
                 media_type="text/event-stream",
                 headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
             )
-        state = await _wait_for_end(gateway, job_id, queue, gateway.settings.sync_wait_s)
-    if state is None or not state.terminal:
+        state = await _wait_for_end(gateway, JobFollower(seeded), queue, gateway.settings.sync_wait_s)
+    if not state.terminal:
         # Still running after the synchronous limit: hand the client the job instead of failing.
-        return JSONResponse(await job_object(gateway, state or _queued(job_id, spec, created)), status_code=202)
+        return JSONResponse(await job_object(gateway, state), status_code=202)
     if state.status != "completed":
         raise _job_error(state)
     return JSONResponse(await _images_response(gateway, state, body.response_format))
@@ -117,35 +119,34 @@ def _queued(job_id: str, spec: JobSpec, created: datetime) -> JobState:
 
 
 async def _wait_for_end(
-    gateway: Gateway, job_id: str, queue: asyncio.Queue[Envelope], timeout_s: float
-) -> JobState | None:
+    gateway: Gateway, follower: JobFollower, queue: asyncio.Queue[Envelope], timeout_s: float
+) -> JobState:
     """Wait until the job is terminal (or the timeout passes); returns its latest state."""
     deadline = time.monotonic() + timeout_s
-    while True:
+    while not follower.state.terminal:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
-            return await gateway.projection.get(job_id)
+            follower.catch_up(await gateway.projection.get(follower.state.job_id))
+            break
         try:
             envelope = await asyncio.wait_for(queue.get(), timeout=min(remaining, FALLBACK_POLL_S))
         except TimeoutError:
             envelope = None
-        if envelope is None or envelope.type in _TERMINAL_TYPES:
-            state = await _latest(gateway, job_id, envelope)
-            if state is not None and state.terminal:
-                return state
+        await _follow(gateway, follower, envelope)
+    return follower.state
 
 
-_TERMINAL_TYPES = {"images.job_completed", "images.job_blocked", "images.job_failed"}
-
-
-async def _latest(gateway: Gateway, job_id: str, envelope: Envelope | None) -> JobState | None:
-    """The job's state, waiting briefly for the read model to catch up with a live event."""
+async def _follow(gateway: Gateway, follower: JobFollower, envelope: Envelope | None) -> None:
+    """Fold a live envelope; on a missed event (or none for a while) read the read model."""
+    if envelope is not None and follower.apply(envelope):
+        return
+    job_id = follower.state.job_id
     for _ in range(50):
-        state = await gateway.projection.get(job_id)
-        if envelope is None or (state is not None and state.sequence >= envelope.sequence):
-            return state
+        # The read model may be a moment behind the live event that showed the gap.
+        follower.catch_up(await gateway.projection.get(job_id))
+        if envelope is None or follower.state.sequence >= envelope.sequence:
+            return
         await asyncio.sleep(0.02)
-    return await gateway.projection.get(job_id)
 
 
 def _job_error(state: JobState) -> APIError:
@@ -244,6 +245,7 @@ async def _stream(
     }
     wanted = preview_passes(spec.passes, spec.partial_images)
     sent: set[int] = set()
+    follower = JobFollower(_queued(job_id, spec, created))
     with gateway.live.subscribe(job_id) as own:
         # Envelopes that reached the route's queue before this generator subscribed.
         pending = [queue.get_nowait() for _ in range(queue.qsize())]
@@ -265,18 +267,17 @@ async def _stream(
                     partial |= {"partial_image_index": wanted.index(pass_index)} | common
                     yield _sse("image_generation.partial_image", partial)
                 continue
-            polled = envelope is None and time.monotonic() - last_poll >= FALLBACK_POLL_S
-            if envelope is not None and envelope.type not in _TERMINAL_TYPES and not polled:
+            if envelope is None and time.monotonic() - last_poll < FALLBACK_POLL_S:
                 continue
-            last_poll = time.monotonic()
-            state = await _latest(gateway, job_id, envelope)
-            if state is not None and state.terminal:
-                async for frame in _stream_end(gateway, state, common):
+            if envelope is None:
+                last_poll = time.monotonic()
+            await _follow(gateway, follower, envelope)
+            if follower.state.terminal:
+                async for frame in _stream_end(gateway, follower.state, common):
                     yield frame
                 return
             if time.monotonic() > deadline:
-                state = state or _queued(job_id, spec, created)
-                yield _sse("error", {"type": "error", "error": _timeout_error(state)})
+                yield _sse("error", {"type": "error", "error": _timeout_error(follower.state)})
                 return
 
 

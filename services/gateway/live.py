@@ -3,15 +3,18 @@
 `LiveEvents` is the handler of a group-less reader on the request-event, progress and
 account-event topics: every gateway replica sees every event from the moment it
 started, and hands those of the jobs (or sign-ups) it is waiting on to the waiting
-request. `JobProjection` is a consumer group shared by the replicas that folds the
-request events into the gateway's own read model, which answers job status and is
-the fallback when a live event was missed.
+request. A waiting request folds its job's events itself (`JobFollower`), so it
+needs no read of the read model unless it notices it missed an event.
+`JobProjection` is a consumer group shared by the replicas that folds the request
+events into the gateway's own read model, which answers job status and is the
+fallback when a live event was missed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import OrderedDict
 from collections.abc import Iterator
 from typing import Any
 
@@ -23,6 +26,9 @@ from libs.stores.ports import DocumentStore, StoreUnavailable
 from libs.stores.revisions import RevisionLog
 
 JOBS = "gateway_jobs"
+JOB_EVENT_PREFIX = "images.job_"
+"""The type prefix of request events, the ones a job's state is folded from."""
+CACHED_STATES = 10_000
 
 
 class LiveEvents:
@@ -53,6 +59,33 @@ class LiveEvents:
             queue.put_nowait(envelope)
 
 
+class JobFollower:
+    """A job's state as a waiting request folds it from the live events it receives."""
+
+    def __init__(self, state: JobState) -> None:
+        self.state = state
+
+    def apply(self, envelope: Envelope) -> bool:
+        """Fold one live envelope; False when an earlier event of the job was missed.
+
+        Envelopes that are not request events (progress, for instance) and events
+        already folded change nothing.
+        """
+        if not envelope.type.startswith(JOB_EVENT_PREFIX) or envelope.sequence <= self.state.sequence:
+            return True
+        if envelope.sequence != self.state.sequence + 1 or REGISTRY.get(envelope.type) is None:
+            return False
+        state = evolve(self.state, REGISTRY.decode(envelope), envelope.sequence)
+        if state is not None:
+            self.state = state
+        return True
+
+    def catch_up(self, state: JobState | None) -> None:
+        """Take a state read from the read model when it is further along."""
+        if state is not None and state.sequence > self.state.sequence:
+            self.state = state
+
+
 class JobProjection:
     """Folds request events into `gateway_jobs`: one revision per event sequence.
 
@@ -63,20 +96,33 @@ class JobProjection:
 
     def __init__(self, documents: DocumentStore) -> None:
         self._states = RevisionLog(documents, JOBS)
+        self._recent: OrderedDict[str, JobState] = OrderedDict()
+        """The latest state this replica wrote per job (bounded, newest last)."""
 
     async def __call__(self, envelope: Envelope, record: Record) -> None:
         if REGISTRY.get(envelope.type) is None:
             return
         event = REGISTRY.decode(envelope)
         try:
-            current = await self.get(envelope.aggregate_id)
+            # The state this replica wrote last is current if this event is the very next
+            # one; anything else (a rebalance, a redelivery) reads what the store holds.
+            current = self._recent.get(envelope.aggregate_id)
+            if current is None or current.sequence + 1 != envelope.sequence:
+                current = await self.get(envelope.aggregate_id)
             if current is not None and current.sequence >= envelope.sequence:
                 return
             state = evolve(current, event, envelope.sequence)
             if state is not None:
                 await self._states.append(state.job_id, envelope.sequence, state.model_dump(mode="json"))
+                self._remember(state)
         except StoreUnavailable as exc:
             raise TransientError(str(exc)) from exc
+
+    def _remember(self, state: JobState) -> None:
+        self._recent[state.job_id] = state
+        self._recent.move_to_end(state.job_id)
+        while len(self._recent) > CACHED_STATES:
+            self._recent.popitem(last=False)
 
     async def get(self, job_id: str) -> JobState | None:
         """The job's state as far as the read model knows."""
@@ -87,3 +133,4 @@ class JobProjection:
         """Record a job the gateway just created (revision 0), so status reads never 404."""
         data: dict[str, Any] = state.model_dump(mode="json")
         await self._states.append(state.job_id, 0, data)
+        self._remember(state)

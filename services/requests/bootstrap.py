@@ -40,6 +40,8 @@ def bootstrap(
             group=SERVICE,
             topics=[topics.IMAGE_COMMANDS, topics.RENDER_PROGRESS, topics.SAFETY_VERDICTS, topics.STORAGE_EVENTS],
             handler=dispatcher,
+            # Each job's inputs in order, different jobs side by side (inputs are keyed by job).
+            concurrency=settings.handler_concurrency,
         )
     )
     runtime.checks["mongo"] = reachable(docs)

@@ -12,6 +12,12 @@ Each input is handled exactly once in effect, even across crashes and redeliveri
    fail and the input is retried on fresh state.
 5. Publish the outbox, and remember in memory which revision's outbox is out.
 
+The latest record of recently handled jobs is also kept in memory, so an input
+usually costs one write and no read. A record cached here can only be stale if
+another process wrote the job since (after a rebalance); then the insert of the
+next revision fails, the cached record is dropped and the input is retried on
+what the store holds.
+
 The outbox stays in the saved record (emptying it would cost a second write per
 input); the next decision's save replaces it. After a restart the memory is empty,
 so a job's last outbox is published once more: consumers are idempotent by event id
@@ -20,6 +26,7 @@ and sequence, so a message delivered twice changes nothing.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections import OrderedDict
 from typing import Any
@@ -37,6 +44,7 @@ from services.requests.domain import Decision, Policy, decide
 log = logging.getLogger(__name__)
 COLLECTION = "request_jobs"
 PUBLISHED_MEMORY = 100_000
+RECORD_MEMORY = 10_000
 
 
 class OutboxItem(BaseModel):
@@ -75,6 +83,10 @@ class RequestHandlers:
         self._policy = policy or Policy()
         self._published: OrderedDict[str, int] = OrderedDict()
         """Job id -> revision whose outbox this process has published (bounded, newest last)."""
+        self._partly_sent: dict[tuple[str, int], set[int]] = {}
+        """(job id, revision) -> indexes of its outbox items published so far, while it is being flushed."""
+        self._recent: OrderedDict[str, JobRecord] = OrderedDict()
+        """Job id -> the latest record this process wrote or read (bounded, newest last)."""
 
     async def handle(self, event: Event, envelope: Envelope) -> None:
         """Dispatcher entry point for every input payload (each has a job_id)."""
@@ -91,11 +103,22 @@ class RequestHandlers:
         await self._flush(job_id, record)
 
     async def _load(self, job_id: str) -> JobRecord:
+        cached = self._recent.get(job_id)
+        if cached is not None:
+            return cached
         try:
             rev, doc = await self._records.latest(job_id)
         except StoreUnavailable as exc:
             raise TransientError(str(exc)) from exc
-        return JobRecord.from_doc(doc, rev)
+        record = JobRecord.from_doc(doc, rev)
+        self._remember(job_id, record)
+        return record
+
+    def _remember(self, job_id: str, record: JobRecord) -> None:
+        self._recent[job_id] = record
+        self._recent.move_to_end(job_id)
+        while len(self._recent) > RECORD_MEMORY:
+            self._recent.popitem(last=False)
 
     async def _save(self, job_id: str, record: JobRecord) -> None:
         # Revision N+1 is created by insert: a concurrent writer that took it first makes
@@ -105,7 +128,9 @@ class RequestHandlers:
         except StoreUnavailable as exc:
             raise TransientError(str(exc)) from exc
         if not written:
+            self._recent.pop(job_id, None)
             raise TransientError(f"job {job_id} changed concurrently; retrying on fresh state")
+        self._remember(job_id, record)
 
     async def _save_decision(self, job_id: str, record: JobRecord, decision: Decision, cause: Envelope) -> JobRecord:
         state = record.state
@@ -128,9 +153,27 @@ class RequestHandlers:
         return updated
 
     async def _flush(self, job_id: str, record: JobRecord) -> None:
-        for item in record.outbox:
-            envelope = Envelope.model_validate(item.envelope)
-            await self._publisher.publish(item.topic, envelope, partition=item.partition, key=job_id)
+        # In order within a topic (a job's events stay in sequence), topics side by side.
+        # Items that went out before a failure are not sent again when the input is retried.
+        sent = self._partly_sent.setdefault((job_id, record.rev), set())
+        by_topic: dict[str, list[tuple[int, OutboxItem]]] = {}
+        for index, item in enumerate(record.outbox):
+            if index not in sent:
+                by_topic.setdefault(item.topic, []).append((index, item))
+
+        async def publish_in_order(items: list[tuple[int, OutboxItem]]) -> None:
+            for index, item in items:
+                envelope = Envelope.model_validate(item.envelope)
+                await self._publisher.publish(item.topic, envelope, partition=item.partition, key=job_id)
+                sent.add(index)
+
+        outcomes = await asyncio.gather(
+            *(publish_in_order(items) for items in by_topic.values()), return_exceptions=True
+        )
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
+        del self._partly_sent[(job_id, record.rev)]
         self._published[job_id] = record.rev
         self._published.move_to_end(job_id)
         while len(self._published) > PUBLISHED_MEMORY:

@@ -120,6 +120,13 @@ def build(
     runtime.on_start += [feed.load, inspector.start]
     runtime.background.append(feed.follow)
     runtime.on_stop.append(feed.close)
-    runtime.subscriptions.append(Subscription(group=SERVICE, topics=[topics.SAFETY_CHECKS], handler=checks))
+    runtime.subscriptions.append(
+        Subscription(
+            group=SERVICE,
+            topics=[topics.SAFETY_CHECKS],
+            handler=checks,
+            concurrency=settings.handler_concurrency,
+        )
+    )
     runtime.checks["policy"] = policy_loaded
     return SafetyService(runtime, feed, inspector)

@@ -47,6 +47,13 @@ def bootstrap(
     dispatcher = Dispatcher(SERVICE)
     dispatcher.on(StoreImage, handlers.on_store_image)
 
-    runtime.subscriptions.append(Subscription(group=SERVICE, topics=[topics.STORAGE_BLOBS], handler=dispatcher))
+    runtime.subscriptions.append(
+        Subscription(
+            group=SERVICE,
+            topics=[topics.STORAGE_BLOBS],
+            handler=dispatcher,
+            concurrency=settings.handler_concurrency,
+        )
+    )
     runtime.checks.update({"mongo": reachable(docs), "minio": reachable(objects)})
     return runtime

@@ -4,8 +4,9 @@ Starts a private stack (the `bench` profile: its own ports and data) whose decod
 run `NoOpModel` (the model interface with no compute), so the latency measured is
 the pipeline's own: gateway, Kafka hops, requests (with its MongoDB writes), safety
 checks, storage (MinIO and MongoDB) and back. It sends jobs through the openai SDK's
-HTTP shape at 1, 10 and 50 concurrent clients and prints p50/p99 latency and jobs
-per second for each, then times the real built-in model's passes on this CPU.
+HTTP shape at 1, 10 and 50 concurrent clients and prints p50/p99 latency, jobs
+per second and the CPU time each component spent per job for each, then times the
+real built-in model's passes on this CPU.
 
 Figures are medians of one run on a noisy machine: compare within a run.
 """
@@ -88,6 +89,19 @@ async def run_level(base_url: str, api_key: str, concurrency: int, jobs: int) ->
     }
 
 
+def cpu_seconds(run_dir: Path) -> dict[str, float]:
+    """CPU time (user + system) each component of the stack has used so far, by name."""
+    used: dict[str, float] = {}
+    for pid_file in sorted((run_dir / "pids").glob("*.pid")):
+        pid = pid_file.read_text().split()[0]
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except (FileNotFoundError, IndexError):
+            continue
+        used[pid_file.stem] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return used
+
+
 def model_pass_times(passes: int = 8, repeats: int = 3) -> dict[str, Any]:
     """Time per pass (and per image) of the built-in model on this machine's CPU."""
     import torch
@@ -155,12 +169,18 @@ def main(argv: list[str] | None = None) -> int:
         asyncio.run(run_level(stack.profile.gateway_url, account["api_key"], 2, 10))
         for level in (int(x) for x in args.levels.split(",")):
             jobs = args.jobs_per_level or max(30, 4 * level)
+            before = cpu_seconds(stack.profile.run_dir)
             result = asyncio.run(run_level(stack.profile.gateway_url, account["api_key"], level, jobs))
+            after = cpu_seconds(stack.profile.run_dir)
+            used = {name: (after[name] - before.get(name, 0.0)) * 1000 / jobs for name in after}
+            result["cpu_ms_per_job"] = {k: round(v, 1) for k, v in sorted(used.items(), key=lambda kv: -kv[1])}
             results.append(result)
             print(
                 f"  {level:3} concurrent: p50 {result['p50_ms']:7.1f} ms  p99 {result['p99_ms']:7.1f} ms  "
                 f"{result['jobs_per_s']:6.1f} jobs/s  ({result['jobs']} jobs, {result['errors']} errors)"
             )
+            top = ", ".join(f"{name} {ms:.0f}" for name, ms in list(result["cpu_ms_per_job"].items())[:6])
+            print(f"      CPU ms per job: {top}")
     finally:
         if not args.keep:
             stack.down()

@@ -29,7 +29,9 @@ class Harness:
         self.publisher = EventPublisher(self.broker.producer())
         self.seen: list[Envelope] = []
 
-    async def run(self, handler: Callable[[Envelope, Record], Awaitable[None]], until: int) -> EventConsumer:
+    async def run(
+        self, handler: Callable[[Envelope, Record], Awaitable[None]], until: int, concurrency: int = 1
+    ) -> EventConsumer:
         """Run a consumer until `until` records were handled or dead-lettered."""
         consumer = self.broker.consumer("g", [TOPIC])
         await consumer.start()
@@ -42,6 +44,7 @@ class Harness:
             group="g",
             retry=FAST,
             poll_timeout_ms=20,
+            concurrency=concurrency,
         )
         stop = asyncio.Event()
         task = asyncio.create_task(loop.run(stop))
@@ -151,3 +154,42 @@ async def test_the_consumer_span_continues_the_producer_trace(harness: Harness, 
     consumer = next(s for s in finished if s.name == f"{TOPIC} process")
     assert consumer.context.trace_id == producer.context.trace_id
     assert consumer.parent is not None and consumer.parent.span_id == producer.context.span_id
+
+
+async def test_with_concurrency_one_keys_records_stay_in_order_while_keys_overlap(harness: Harness) -> None:
+    # Three records for each of two aggregates, interleaved on one partition.
+    for n in range(6):
+        await harness.publisher.publish(TOPIC, _message(n), key=f"job-{n % 2}")
+    active: set[str] = set()
+    overlapped = False
+    order: dict[str, list[int]] = {"job-0": [], "job-1": []}
+
+    async def slow(envelope: Envelope, record: Record) -> None:
+        nonlocal overlapped
+        key = (record.key or b"").decode()
+        assert key not in active, "two records of one key were handled at once"
+        active.add(key)
+        overlapped = overlapped or len(active) > 1
+        await asyncio.sleep(0.01)
+        order[key].append(record.offset)
+        active.discard(key)
+
+    await harness.run(slow, until=6, concurrency=4)
+    assert order == {"job-0": [0, 2, 4], "job-1": [1, 3, 5]}
+    assert overlapped, "records of different keys were handled side by side"
+    assert harness.broker.committed("g", TopicPartition(TOPIC, 0)) == 6
+
+
+async def test_with_concurrency_a_failing_key_does_not_hold_back_the_others(harness: Harness) -> None:
+    for n in range(4):
+        await harness.publisher.publish(TOPIC, _message(n), key=f"job-{n % 2}")
+
+    async def fails_on_job_0(envelope: Envelope, record: Record) -> None:
+        if record.key == b"job-0":
+            raise ZeroDivisionError("bug")
+        harness.seen.append(envelope)
+
+    await harness.run(fails_on_job_0, until=4, concurrency=4)
+    assert [e.aggregate_id for e in harness.seen] == ["agg-1", "agg-3"]
+    assert [letter.offset for letter in harness.letters()] == [0, 2]
+    assert harness.broker.committed("g", TopicPartition(TOPIC, 0)) == 4

@@ -137,3 +137,43 @@ async def test_a_concurrent_writer_makes_the_handler_retry() -> None:
     docs.get = racing_get  # type: ignore[method-assign]
     with pytest.raises(TransientError, match="concurrently"):
         await handlers.handle(command, _envelope(command))
+
+
+async def test_the_next_input_of_a_job_needs_no_read_of_the_store() -> None:
+    broker, docs = InMemoryBroker({topics.RENDER_CONSUMER: 12}), InMemoryDocumentStore()
+    handlers = RequestHandlers(docs, EventPublisher(broker.producer()))
+    command = GenerateImage(job_id=JOB, spec=_spec(), created_at=datetime.now(UTC))
+    await handlers.handle(command, _envelope(command))
+    reads = 0
+    original_get = docs.get
+
+    async def counting_get(collection: str, doc_id: str):  # type: ignore[no-untyped-def]
+        nonlocal reads
+        reads += 1
+        return await original_get(collection, doc_id)
+
+    docs.get = counting_get  # type: ignore[method-assign]
+    verdict = SafetyVerdict(job_id=JOB, stage="prompt", allowed=True, policy_version=1)
+    await handlers.handle(verdict, _envelope(verdict))
+    assert reads == 0
+    assert _events(broker, topics.REQUEST_EVENTS)[-1].type == JobQueued.TYPE
+
+
+async def test_a_job_another_replica_moved_on_is_decided_again_on_what_the_store_holds() -> None:
+    broker, docs = InMemoryBroker({topics.RENDER_CONSUMER: 12}), InMemoryDocumentStore()
+    here = RequestHandlers(docs, EventPublisher(broker.producer()))
+    there = RequestHandlers(docs, EventPublisher(broker.producer()))
+    command = GenerateImage(job_id=JOB, spec=_spec(), created_at=datetime.now(UTC))
+    await here.handle(command, _envelope(command))
+    # A rebalance hands the job to another replica, which queues it (revision 2).
+    verdict = SafetyVerdict(job_id=JOB, stage="prompt", allowed=True, policy_version=1)
+    verdict_envelope = _envelope(verdict)
+    await there.handle(verdict, verdict_envelope)
+    # The job comes back here, where revision 1 is still remembered: the same verdict,
+    # redelivered, first fails on the taken revision, then is found already handled.
+    with pytest.raises(TransientError, match="concurrently"):
+        await here.handle(verdict, verdict_envelope)
+    await here.handle(verdict, verdict_envelope)
+    queued = {e.event_id for e in _events(broker, topics.REQUEST_EVENTS) if e.type == JobQueued.TYPE}
+    assert len(queued) == 1, "one JobQueued (a replica taking over publishes the last outbox once more)"
+    assert await docs.get(COLLECTION, revision_id(JOB, 3)) is None, "nothing was decided twice"

@@ -1,0 +1,103 @@
+"""How a waiting request follows its job, and how the read model folds job events."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from libs.bus import Record
+from libs.events import Envelope, Event
+from libs.events.schemas import JobAccepted, JobBlocked, JobProgressed, JobQueued, JobSpec, RenderProgressed
+from libs.jobs import JobState
+from libs.stores.memory import InMemoryDocumentStore
+from services.gateway.live import JobFollower, JobProjection
+
+JOB = "job_live"
+CREATED = datetime(2026, 1, 1, tzinfo=UTC)
+SPEC = JobSpec(
+    account_id="acct",
+    tier="pro",
+    prompt="a red circle",
+    model="darkroom-mini",
+    n=1,
+    size=256,
+    quality="low",
+    passes=4,
+    output_format="png",
+    output_compression=100,
+    background="auto",
+    moderation="auto",
+    seed=1,
+)
+
+
+def _seeded() -> JobState:
+    return JobState(job_id=JOB, spec=SPEC, created_at=CREATED, total_passes=SPEC.passes)
+
+
+def _job_events() -> list[Envelope]:
+    events: list[Event] = [
+        JobAccepted(job_id=JOB, spec=SPEC, created_at=CREATED),
+        JobQueued(job_id=JOB, lane="pro", topic="darkroom.render.consumer", partition=0),
+        JobProgressed(job_id=JOB, pass_index=1, total_passes=4),
+        JobBlocked(job_id=JOB, stage="content", category="violence", pass_index=1, message="blocked"),
+    ]
+    return [Envelope.wrap(e, aggregate_id=JOB, sequence=i + 1) for i, e in enumerate(events)]
+
+
+def _record(envelope: Envelope) -> Record:
+    return Record("darkroom.requests.events", 0, envelope.sequence, JOB.encode(), envelope.to_bytes())
+
+
+def test_a_follower_folds_the_live_events_to_the_end() -> None:
+    follower = JobFollower(_seeded())
+    progress = RenderProgressed.model_construct()  # not a job event: ignored whatever it holds
+    assert follower.apply(Envelope.wrap(progress, aggregate_id=JOB, sequence=7))
+    for envelope in _job_events():
+        assert follower.apply(envelope)
+    assert follower.state.terminal and follower.state.status == "blocked"
+    assert follower.state.sequence == 4
+
+
+def test_a_follower_reports_a_missed_event_and_catches_up_from_the_read_model() -> None:
+    accepted, queued, progressed, blocked = _job_events()
+    follower = JobFollower(_seeded())
+    assert follower.apply(accepted)
+    assert not follower.apply(progressed), "sequence 3 after 1: event 2 was missed"
+    assert follower.state.sequence == 1
+    read_model = JobFollower(_seeded())
+    for envelope in (accepted, queued, progressed):
+        read_model.apply(envelope)
+    follower.catch_up(read_model.state)
+    assert follower.state.sequence == 3
+    follower.catch_up(_seeded())  # an older state never moves it back
+    assert follower.state.sequence == 3
+    assert follower.apply(blocked) and follower.state.status == "blocked"
+
+
+async def test_the_projection_writes_one_revision_per_event_and_ignores_redeliveries() -> None:
+    docs = InMemoryDocumentStore()
+    projection = JobProjection(docs)
+    await projection.seed(_seeded())
+    events = _job_events()
+    for envelope in events:
+        await projection(envelope, _record(envelope))
+    await projection(events[1], _record(events[1]))  # redelivered
+    state = await projection.get(JOB)
+    assert state is not None and (state.sequence, state.status) == (4, "blocked")
+    # Another replica's projection (nothing cached) reads the same state.
+    other = await JobProjection(docs).get(JOB)
+    assert other == state
+
+
+async def test_the_projection_reads_the_store_when_an_event_is_not_the_next_it_knows() -> None:
+    docs = InMemoryDocumentStore()
+    here, there = JobProjection(docs), JobProjection(docs)
+    accepted, queued, progressed, blocked = _job_events()
+    await here(accepted, _record(accepted))
+    # A rebalance: the other replica folds events 2 and 3, then the job comes back here.
+    await there(queued, _record(queued))
+    await there(progressed, _record(progressed))
+    await here(blocked, _record(blocked))
+    state = await here.get(JOB)
+    assert state is not None and state.status == "blocked"
+    assert state.pass_index == 1 and state.lane == "pro", "folded on top of what the other replica wrote"
