@@ -230,6 +230,19 @@ def unpack_tokens(data: bytes, grid_size: int = GRID_SIZE) -> np.ndarray:
     return flat.astype(np.int64).reshape(grid_size, grid_size)
 
 
+def pack_cells(cells: np.ndarray) -> bytes:
+    """Encodes a boolean grid of cells (a tweak's cells to draw again): one byte per cell, row-major."""
+    return np.asarray(cells, dtype=bool).reshape(-1).astype(np.uint8).tobytes()
+
+
+def unpack_cells(data: bytes, grid_size: int = GRID_SIZE) -> np.ndarray:
+    """Decodes `pack_cells` output into a (grid_size, grid_size) boolean array."""
+    flat = np.frombuffer(data, dtype=np.uint8)
+    if flat.size != grid_size * grid_size or bool((flat > 1).any()):
+        raise ValueError(f"expected {grid_size * grid_size} cells of 0 or 1, got {flat.size} bytes")
+    return flat.astype(bool).reshape(grid_size, grid_size)
+
+
 # ---------------------------------------------------------------------------------------------
 # The interface
 

@@ -91,6 +91,7 @@ def store_events(
             data=_b64(image),
             tokens=_b64(pack_tokens(state.tokens)),
             created_at=created_at,
+            parent_image_id=job.edits[i % len(job.edits)].parent_image_id if job.edits else None,
         )
         for i, (state, image) in enumerate(zip(states, images, strict=True))
     ]
@@ -131,9 +132,12 @@ class DecoderHandlers:
         self._aborted.add(abort.job_id)
 
     async def on_job(self, job: RenderJob, envelope: Envelope) -> None:
-        """Renders a job from scratch (see `render`)."""
+        """Renders a job from scratch, or from the images a tweak starts from (see `render`)."""
         try:
-            states = self._runner.start(job.prompt, job.seed, job.n, job.passes)
+            if job.edits:
+                states = await self._runner.start_tweak(job.prompt, job.seed, job.n, job.passes, job.edits)
+            else:
+                states = self._runner.start(job.prompt, job.seed, job.n, job.passes)
         except Exception as exc:  # noqa: BLE001 - the job is invalid for the model: fail it, once
             await self._fail(job, envelope, 0, exc)
             return

@@ -11,6 +11,7 @@ rendering one job at a time.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextvars
 import functools
 from collections.abc import Callable
@@ -19,8 +20,9 @@ from typing import TypeVar
 
 import numpy as np
 
-from libs.imaging import encode
-from libs.model.interface import ImageModel, RenderState, load_model
+from libs.events.schemas import EditSource
+from libs.imaging import decode, encode
+from libs.model.interface import ImageModel, RenderState, load_model, unpack_cells, unpack_tokens
 
 T = TypeVar("T")
 
@@ -101,6 +103,44 @@ class ModelRunner:
         if n < 1:
             raise ValueError(f"a render needs at least one image, got n={n}")
         return [self.model.start(prompt, seed + i, total_passes) for i in range(n)]
+
+    async def start_tweak(
+        self, prompt: str, seed: int, n: int, total_passes: int, sources: list[EditSource]
+    ) -> list[RenderState]:
+        """The initial states of a tweak: image i starts from sources[i % len(sources)].
+
+        A source brings its token grid (a darkroom image) or a PNG that the model's VQ
+        encoder turns into one (in the worker thread: that is model compute). The cells
+        the source marks are masked again and drawn anew with the prompt; image i uses
+        seed + i.
+
+        Raises:
+            ValueError: n < 1, no sources, or a source without a grid or image.
+        """
+        if n < 1 or not sources:
+            raise ValueError(f"a tweak needs at least one image and one source, got n={n}, {len(sources)} sources")
+        model = self.model
+
+        def grids() -> list[tuple[np.ndarray, np.ndarray]]:
+            starts = []
+            for source in sources:
+                remask = unpack_cells(base64.b64decode(source.remask), model.grid_size)
+                if source.tokens is not None:
+                    tokens = unpack_tokens(base64.b64decode(source.tokens), model.grid_size)
+                elif source.image_png is not None:
+                    tokens = model.encode_image(decode(base64.b64decode(source.image_png)))
+                else:
+                    raise ValueError("an edit source needs a token grid or an image")
+                if bool((tokens >= model.codebook_size).any()):
+                    raise ValueError("the source grid has tokens outside this model's codebook")
+                starts.append((tokens, remask))
+            return starts
+
+        starts = await self._call(grids)
+        return [
+            model.start(prompt, seed + i, total_passes, init_tokens=tokens, remask=remask)
+            for i, (tokens, remask) in ((i, starts[i % len(starts)]) for i in range(n))
+        ]
 
     async def step(self, states: list[RenderState]) -> list[RenderState]:
         """Runs one pass for every state, as one batch.

@@ -24,7 +24,8 @@ from libs.runtime.service import ConsumerFactory, ServiceRuntime, Subscription
 from libs.runtime.wiring import kafka_consumer_factory, kafka_producer, minio_store, mongo_store, reachable
 from libs.settings import GatewaySettings
 from libs.stores.ports import BlobStore, DocumentStore
-from services.gateway import accounts, images
+from services.gateway import accounts, edits, images
+from services.gateway.catalog import ImageCatalog
 from services.gateway.context import Gateway
 from services.gateway.errors import install_error_handlers
 from services.gateway.live import JobProjection, LiveEvents
@@ -64,7 +65,8 @@ def create_app(
         consumer_factory=consumer_factory or kafka_consumer_factory(settings, SERVICE),
     )
     live = LiveEvents()
-    projection = JobProjection(docs)
+    catalog = ImageCatalog(docs)
+    projection = JobProjection(docs, catalog)
     # Group "" = no consumer group: every replica reads these from its start onwards.
     runtime.subscriptions += [
         Subscription(group="", topics=[topics.HEARTBEATS], handler=monitor),
@@ -85,6 +87,7 @@ def create_app(
         publisher=runtime.publisher,
         live=live,
         projection=projection,
+        catalog=catalog,
         blobs=objects,
         signing_keys=parse_signing_keys(settings.signing_key),
     )
@@ -111,6 +114,7 @@ def create_app(
     install_error_handlers(app)
     app.add_middleware(TracingMiddleware)
     app.include_router(images.router)
+    app.include_router(edits.router)
     app.include_router(accounts.router)
 
     @app.get("/healthz", tags=["operations"])

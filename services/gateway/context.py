@@ -11,6 +11,7 @@ from libs.apikeys import InvalidApiKey, Principal, verify
 from libs.bus import EventPublisher
 from libs.settings import GatewaySettings
 from libs.stores.ports import BlobStore
+from services.gateway.catalog import ImageCatalog
 from services.gateway.errors import APIError
 from services.gateway.live import JobProjection, LiveEvents
 
@@ -23,6 +24,7 @@ class Gateway:
     publisher: EventPublisher
     live: LiveEvents
     projection: JobProjection
+    catalog: ImageCatalog
     blobs: BlobStore
     signing_keys: dict[str, str]
 

@@ -19,6 +19,7 @@ from libs.apikeys import Principal
 from libs.events import Envelope, new_ulid
 from libs.events.schemas import GenerateImage, JobSpec
 from libs.jobs import JobState, preview_passes
+from services.gateway.catalog import catalog_entries
 from services.gateway.context import Gateway, get_gateway, get_principal
 from services.gateway.errors import APIError, invalid
 from services.gateway.live import JobFollower
@@ -40,7 +41,29 @@ async def create_generation(
     prefer: Annotated[str | None, Header()] = None,
 ) -> Response:
     """Create images from a prompt (OpenAI's `images.generate`)."""
-    spec = _spec(body, principal, gateway)
+    spec = job_spec(body, principal, gateway)
+    return await run_job(gateway, spec, stream=body.stream, response_format=body.response_format, prefer=prefer)
+
+
+async def run_job(
+    gateway: Gateway,
+    spec: JobSpec,
+    *,
+    stream: bool,
+    response_format: str,
+    prefer: str | None,
+    kind: str = "image_generation",
+) -> Response:
+    """Start a job and answer as the client asked: one response, a stream, or the job (202).
+
+    Args:
+        gateway: The app's gateway.
+        spec: The validated job.
+        stream: Answer with server-sent events.
+        response_format: "b64_json" or "url".
+        prefer: The Prefer header (`respond-async` answers 202 with the job at once).
+        kind: The stream's event prefix ("image_generation" or "image_edit").
+    """
     job_id = f"job_{new_ulid().lower()}"
     created = datetime.now(UTC)
     seeded = _queued(job_id, spec, created)
@@ -52,10 +75,10 @@ async def create_generation(
         )
         if prefer and "respond-async" in prefer.lower():
             state = await gateway.projection.get(job_id)
-            return JSONResponse(await job_object(gateway, state or _queued(job_id, spec, created)), status_code=202)
-        if body.stream:
+            return JSONResponse(await job_object(gateway, state or seeded), status_code=202)
+        if stream:
             return StreamingResponse(
-                _stream(gateway, job_id, spec, created, queue, body),
+                _stream(gateway, job_id, spec, created, queue, kind),
                 media_type="text/event-stream",
                 headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
             )
@@ -65,7 +88,9 @@ async def create_generation(
         return JSONResponse(await job_object(gateway, state), status_code=202)
     if state.status != "completed":
         raise _job_error(state)
-    return JSONResponse(await _images_response(gateway, state, body.response_format))
+    # The read model records the images too, a moment later; the client may ask for them now.
+    await gateway.catalog.record(catalog_entries(state))
+    return JSONResponse(await _images_response(gateway, state, response_format))
 
 
 @router.get("/jobs/{job_id}", response_model=None)
@@ -82,7 +107,7 @@ async def get_job(
     return JSONResponse(await job_object(gateway, state, response_format))
 
 
-def _spec(body: ImageGenerationRequest, principal: Principal, gateway: Gateway) -> JobSpec:
+def job_spec(body: ImageGenerationRequest, principal: Principal, gateway: Gateway) -> JobSpec:
     models = gateway.settings.models
     model = body.model or models[0]
     if model not in models:
@@ -164,12 +189,15 @@ def _job_error(state: JobState) -> APIError:
 
 
 async def _image_items(gateway: Gateway, state: JobState, response_format: str) -> list[dict[str, str]]:
+    # `image_id` is darkroom's addition: what `GET /v1/images/{id}` and a tweak's `image_id` take.
     items: list[dict[str, str]] = []
     for ref in state.images:
         if response_format == "url":
-            items.append({"url": await gateway.blobs.url(ref.object_key, gateway.settings.url_expiry_s)})
+            url = await gateway.blobs.url(ref.object_key, gateway.settings.url_expiry_s)
+            items.append({"url": url, "image_id": ref.image_id})
         else:
-            items.append({"b64_json": base64.b64encode(await gateway.blobs.get(ref.object_key)).decode()})
+            data = base64.b64encode(await gateway.blobs.get(ref.object_key)).decode()
+            items.append({"b64_json": data, "image_id": ref.image_id})
     return items
 
 
@@ -229,7 +257,7 @@ async def _stream(
     spec: JobSpec,
     created: datetime,
     queue: asyncio.Queue[Envelope],
-    body: ImageGenerationRequest,
+    kind: str = "image_generation",
 ) -> AsyncIterator[bytes]:
     """Server-sent events: partial images at evenly spaced passes, then the final image.
 
@@ -263,9 +291,9 @@ async def _stream(
                 previews = envelope.payload.get("previews") or []
                 if pass_index in wanted and previews and pass_index not in sent:
                     sent.add(pass_index)
-                    partial = {"type": "image_generation.partial_image", "b64_json": previews[0]}
+                    partial = {"type": f"{kind}.partial_image", "b64_json": previews[0]}
                     partial |= {"partial_image_index": wanted.index(pass_index)} | common
-                    yield _sse("image_generation.partial_image", partial)
+                    yield _sse(f"{kind}.partial_image", partial)
                 continue
             if envelope is None and time.monotonic() - last_poll < FALLBACK_POLL_S:
                 continue
@@ -273,7 +301,7 @@ async def _stream(
                 last_poll = time.monotonic()
             await _follow(gateway, follower, envelope)
             if follower.state.terminal:
-                async for frame in _stream_end(gateway, follower.state, common):
+                async for frame in _stream_end(gateway, follower.state, common, kind):
                     yield frame
                 return
             if time.monotonic() > deadline:
@@ -281,12 +309,13 @@ async def _stream(
                 return
 
 
-async def _stream_end(gateway: Gateway, state: JobState, common: dict[str, Any]) -> AsyncIterator[bytes]:
+async def _stream_end(gateway: Gateway, state: JobState, common: dict[str, Any], kind: str) -> AsyncIterator[bytes]:
     if state.status == "completed":
+        await gateway.catalog.record(catalog_entries(state))
         [item] = await _image_items(gateway, state, "b64_json")
-        done = {"type": "image_generation.completed", "b64_json": item["b64_json"]} | common
+        done = {"type": f"{kind}.completed", "b64_json": item["b64_json"]} | common
         done["usage"] = _usage(state)
-        yield _sse("image_generation.completed", done)
+        yield _sse(f"{kind}.completed", done)
     else:
         yield _sse("error", {"type": "error", "error": _job_error(state).body()["error"]})
 

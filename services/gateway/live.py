@@ -7,7 +7,8 @@ request. A waiting request folds its job's events itself (`JobFollower`), so it
 needs no read of the read model unless it notices it missed an event.
 `JobProjection` is a consumer group shared by the replicas that folds the request
 events into the gateway's own read model, which answers job status and is the
-fallback when a live event was missed.
+fallback when a live event was missed; it also records finished images in the
+gateway's image catalog (services.gateway.catalog).
 """
 
 from __future__ import annotations
@@ -21,9 +22,11 @@ from typing import Any
 from libs import topics
 from libs.bus import Record, TransientError
 from libs.events import REGISTRY, Envelope
+from libs.events.schemas import JobCompleted
 from libs.jobs import JobState, evolve
 from libs.stores.ports import DocumentStore, StoreUnavailable
 from libs.stores.revisions import RevisionLog
+from services.gateway.catalog import ImageCatalog, catalog_entries
 
 JOBS = "gateway_jobs"
 JOB_EVENT_PREFIX = "images.job_"
@@ -94,8 +97,9 @@ class JobProjection:
     changes nothing. Revision 0 is the state the gateway seeds when it creates the job.
     """
 
-    def __init__(self, documents: DocumentStore) -> None:
+    def __init__(self, documents: DocumentStore, catalog: ImageCatalog | None = None) -> None:
         self._states = RevisionLog(documents, JOBS)
+        self._catalog = catalog or ImageCatalog(documents)
         self._recent: OrderedDict[str, JobState] = OrderedDict()
         """The latest state this replica wrote per job (bounded, newest last)."""
 
@@ -112,6 +116,10 @@ class JobProjection:
             if current is not None and current.sequence >= envelope.sequence:
                 return
             state = evolve(current, event, envelope.sequence)
+            if state is not None and isinstance(event, JobCompleted):
+                # Before the state: a redelivery after a crash here finds the state not yet
+                # written and records the (idempotent) catalog entries again.
+                await self._catalog.record(catalog_entries(state))
             if state is not None:
                 await self._states.append(state.job_id, envelope.sequence, state.model_dump(mode="json"))
                 self._remember(state)

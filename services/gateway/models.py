@@ -62,3 +62,15 @@ def normalize_email(email: str) -> str | None:
 def count_text_tokens(prompt: str) -> int:
     """Text tokens of a prompt, counted as words and punctuation marks."""
     return len(re.findall(r"\w+|[^\w\s]", prompt))
+
+
+class ImageEditRequest(ImageGenerationRequest):
+    """The form fields of POST /v1/images/edits (numbers and booleans arrive as strings).
+
+    `image_id` (a darkroom image to tweak, instead of an upload) and `strength` (the
+    share of cells redrawn when there is no mask) are extensions, sent via extra_body.
+    """
+
+    image_id: str | None = Field(default=None, max_length=200)
+    strength: float | None = None
+    input_fidelity: Literal["high", "low"] | None = None  # accepted and ignored, as `style`

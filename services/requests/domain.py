@@ -145,6 +145,7 @@ def _on_verdict(state: JobState, verdict: SafetyVerdict) -> Decision:
             output_compression=spec.output_compression,
             background=spec.background,
             preview_passes=preview_passes(spec.passes, spec.partial_images),
+            edits=spec.edits,
         )
         return Decision(
             events=[JobQueued(job_id=state.job_id, lane=lane.tier, topic=lane.topic, partition=partition)],
@@ -223,10 +224,12 @@ def _on_stored(state: JobState, stored: ImageStored) -> Decision:
 def _completion(state: JobState, refs: list[ImageRef]) -> list[Event]:
     if not state.content_cleared or len(refs) < state.spec.n:
         return []
+    # A tweak reads the grid of each image it starts from: those are its input image tokens.
+    image_tokens = IMAGE_TOKENS_PER_IMAGE * len(state.spec.edits)
     usage = Usage(
-        input_tokens=state.spec.text_tokens,
+        input_tokens=state.spec.text_tokens + image_tokens,
         text_tokens=state.spec.text_tokens,
-        image_tokens=0,
+        image_tokens=image_tokens,
         output_tokens=IMAGE_TOKENS_PER_IMAGE * state.spec.n,
     )
     return [JobCompleted(job_id=state.job_id, images=refs, usage=usage)]

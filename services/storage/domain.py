@@ -125,5 +125,6 @@ def plan_storage(command: StoreImage) -> StoragePlan:
         "size_bytes": stored.size_bytes,
         "sha256": digest,
         "created_at": command.created_at,
+        "parent_image_id": command.parent_image_id,
     }
     return StoragePlan(image=image, tokens=tokens, document=document, stored=stored)

@@ -8,6 +8,7 @@ shape back (tests/unit/events).
 
 from libs.events.schemas.accounts import TIERS, AccountCreated, AccountRejected, CreateAccount, Tier
 from libs.events.schemas.images import (
+    EditSource,
     GenerateImage,
     ImageRef,
     JobAccepted,
@@ -35,6 +36,7 @@ __all__ = [
     "CheckPrompt",
     "CreateAccount",
     "DeadLetter",
+    "EditSource",
     "GenerateImage",
     "ImageRef",
     "ImageStored",

@@ -21,6 +21,25 @@ Background = Literal["opaque", "auto"]
 Moderation = Literal["auto", "low"]
 
 
+class EditSource(BaseModel):
+    """An image a tweak starts from, and which of its token-grid cells to draw again.
+
+    A darkroom image is recognized by the gateway and brings its stored token grid; any
+    other image travels as a small PNG that the decoder's VQ encoder turns into a grid.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    parent_image_id: str | None = None
+    """The darkroom image being tweaked (the lineage of the result); None for an upload."""
+    tokens: str | None = None
+    """base64 of the parent's packed token grid (libs.model.interface.pack_tokens)."""
+    image_png: str | None = None
+    """base64 PNG of an uploaded image (RGB, at most 256x256), when there is no grid."""
+    remask: str
+    """base64 of one byte per grid cell, row-major: 1 = draw again, 0 = keep."""
+
+
 class JobSpec(BaseModel):
     """Everything that defines an image job, as the gateway validated it."""
 
@@ -42,6 +61,8 @@ class JobSpec(BaseModel):
     seed: int
     user: str | None = None
     text_tokens: int = 0
+    edits: list[EditSource] = []
+    """For a tweak, the images it starts from; image i of the job starts from edits[i % len]."""
 
 
 @REGISTRY.register

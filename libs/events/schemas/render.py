@@ -11,7 +11,7 @@ from typing import Literal
 from libs.events.envelope import Event
 from libs.events.registry import REGISTRY
 from libs.events.schemas.accounts import Tier
-from libs.events.schemas.images import Background, OutputFormat
+from libs.events.schemas.images import Background, EditSource, OutputFormat
 
 
 @REGISTRY.register
@@ -35,6 +35,8 @@ class RenderJob(Event):
     background: Background
     preview_passes: list[int] = []
     """Completed-pass counts after which progress carries preview images (for streams)."""
+    edits: list[EditSource] = []
+    """For a tweak, what image i starts from (edits[i % len]); empty for a fresh render."""
 
 
 @REGISTRY.register

@@ -28,6 +28,8 @@ class StoreImage(Event):
     tokens: str
     """base64 of the packed final token grid (tweaks reuse it)."""
     created_at: datetime
+    parent_image_id: str | None = None
+    """The darkroom image this one was tweaked from (its lineage)."""
 
 
 @REGISTRY.register

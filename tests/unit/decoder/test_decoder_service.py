@@ -22,11 +22,20 @@ from libs import topics
 from libs.bus import EventPublisher
 from libs.bus.memory import InMemoryBroker
 from libs.events import REGISTRY, Envelope, Event
-from libs.events.schemas import AbortRender, DeadLetter, RenderJob, RenderProgressed, RenderStopped, StoreImage
+from libs.events.schemas import (
+    AbortRender,
+    DeadLetter,
+    EditSource,
+    RenderJob,
+    RenderProgressed,
+    RenderStopped,
+    StoreImage,
+)
 from libs.model.interface import (
     ImageModel,
     NoOpModel,
     RenderState,
+    pack_cells,
     pack_tokens,
     state_from_checkpoint,
     unpack_tokens,
@@ -351,3 +360,57 @@ async def test_the_model_check_passes_once_the_model_is_loaded() -> None:
 
     async with running_decoder(NoOpModel()) as decoder:
         assert await decoder.runtime.run_checks() == {"model": True}
+
+
+def _left_half() -> np.ndarray:
+    cells = np.zeros((16, 16), bool)
+    cells[:, :8] = True
+    return cells
+
+
+async def test_a_tweak_keeps_the_cells_it_does_not_redraw_and_records_its_parent() -> None:
+    _, [parent, _] = await _render(JOB, NoOpModel())
+    source = EditSource(
+        parent_image_id="img_job-1_0",
+        tokens=parent.tokens,
+        remask=base64.b64encode(pack_cells(_left_half())).decode(),
+    )
+    tweak = JOB.model_copy(update={"job_id": "job-2", "prompt": "at night", "n": 2, "edits": [source]})
+    progress, stored = await _render(tweak, NoOpModel())
+
+    before = _grid(parent.tokens)
+    masked = [int((_grid(p.tokens[0]) == NoOpModel().mask_token).sum()) for p in progress]
+    assert masked[0] < 8 * 16 and masked[-1] == 0, "only the left half is drawn, over the passes"
+    for store in stored:
+        after = _grid(store.tokens)
+        assert np.array_equal(after[:, 8:], before[:, 8:]), "the right half keeps its tokens exactly"
+        assert store.parent_image_id == "img_job-1_0" and store.prompt == "at night"
+    assert not np.array_equal(_grid(stored[0].tokens)[:, :8], _grid(stored[1].tokens)[:, :8]), "seed + i"
+
+
+async def test_an_uploaded_image_is_encoded_by_the_model_then_tweaked() -> None:
+    model = NoOpModel()
+    pixels = np.zeros((64, 64, 3), np.uint8)
+    pixels[:, :, 2] = 200
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    source = EditSource(
+        image_png=base64.b64encode(buffer.getvalue()).decode(),
+        remask=base64.b64encode(pack_cells(_left_half())).decode(),
+    )
+    tweak = JOB.model_copy(update={"job_id": "job-3", "n": 1, "edits": [source]})
+    _, [store] = await _render(tweak, model)
+    encoded = model.encode_image(pixels)
+    assert np.array_equal(_grid(store.tokens)[:, 8:], encoded[:, 8:])
+    assert store.parent_image_id is None
+
+
+async def test_a_tweak_without_a_source_image_fails_once() -> None:
+    source = EditSource(remask=base64.b64encode(pack_cells(_left_half())).decode())
+    tweak = JOB.model_copy(update={"job_id": "job-4", "edits": [source]})
+    async with running_decoder(NoOpModel()) as decoder:
+        await decoder.send(topics.RENDER_CONSUMER, tweak, tweak.job_id, tier="pro")
+        await eventually(_now(lambda: len(decoder.stopped()) == 1), 10, "the job failed")
+        [stopped] = decoder.stopped()
+        assert stopped.reason == "failed" and "token grid or an image" in (stopped.message or "")
+        assert decoder.stored() == []

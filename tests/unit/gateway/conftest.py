@@ -35,6 +35,7 @@ from libs.events.schemas import (
 )
 from libs.imaging import encode
 from libs.jobs import preview_passes
+from libs.model.interface import pack_tokens
 from libs.settings import GatewaySettings
 from libs.stores.memory import InMemoryBlobStore, InMemoryDocumentStore
 from services.gateway.app import create_app
@@ -51,6 +52,9 @@ class FakePipeline:
     hold: asyncio.Event = field(default_factory=asyncio.Event)
     """Jobs wait for this before completing (set by default)."""
 
+    commands: list[GenerateImage] = field(default_factory=list)
+    """Every command the gateway sent, in order."""
+
     def __post_init__(self) -> None:
         self.hold.set()
 
@@ -62,6 +66,7 @@ class FakePipeline:
         while not stop.is_set():
             for record in await consumer.getmany(timeout_ms=50):
                 command = REGISTRY.decode_as(Envelope.from_bytes(record.value), GenerateImage)
+                self.commands.append(command)
                 task = asyncio.create_task(self._job(publisher, command))
                 jobs.add(task)
                 task.add_done_callback(jobs.discard)
@@ -94,12 +99,14 @@ class FakePipeline:
         for i in range(spec.n):
             key = f"images/{job}/{i}.{spec.output_format}"
             info = await self.blobs.put(key, data, f"image/{spec.output_format}")
+            tokens_key = f"tokens/{job}/{i}.u16"
+            await self.blobs.put(tokens_key, pack_tokens(np.full((16, 16), i, np.int64)), "application/octet-stream")
             refs.append(
                 ImageRef(
                     index=i,
                     image_id=f"img_{job}_{i}",
                     object_key=key,
-                    tokens_key="t",
+                    tokens_key=tokens_key,
                     content_type=info.content_type,
                     size_bytes=info.size,
                     sha256=info.sha256,

@@ -135,6 +135,7 @@ async def test_an_image_is_stored_with_its_tokens_document_and_event() -> None:
         "size_bytes": len(IMAGE),
         "sha256": digest,
         "created_at": CREATED,
+        "parent_image_id": None,
     }
     # The event, keyed and caused as the job's.
     assert stored == ImageStored(
@@ -213,3 +214,8 @@ def test_unstorable_commands(changes: dict[str, object], problem: str) -> None:
 
 def test_the_plan_is_a_function_of_the_command() -> None:
     assert plan_storage(_command()) == plan_storage(_command())
+
+
+async def test_a_tweaked_image_records_its_parent() -> None:
+    plan = plan_storage(_command(parent_image_id="img_job_01jqpar_0"))
+    assert plan.document["parent_image_id"] == "img_job_01jqpar_0"

@@ -1,0 +1,100 @@
+"""The gateway's read model of finished images: who owns each, and its lineage.
+
+Folded from the request events (a completed job lists its images, and its spec says
+whose they are and what they were tweaked from), so the gateway answers
+`GET /v1/images/{id}` and recognizes an uploaded darkroom image without asking
+another service. Two collections, both written by insert (a redelivery changes
+nothing) and read by id:
+
+- `gateway_images`: one document per image id;
+- `gateway_image_hashes`: `<account id>:<sha256 of the file>` -> image id, so an
+  upload of one's own darkroom image is recognized by its bytes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Final
+
+from libs.jobs import JobState
+from libs.stores.ports import DocumentStore
+
+IMAGES: Final = "gateway_images"
+IMAGE_HASHES: Final = "gateway_image_hashes"
+
+
+@dataclass(frozen=True)
+class CatalogImage:
+    """One finished image as the gateway knows it."""
+
+    image_id: str
+    account_id: str
+    job_id: str
+    index: int
+    prompt: str
+    size: int
+    output_format: str
+    object_key: str
+    tokens_key: str
+    sha256: str
+    created_at: datetime
+    parent_image_id: str | None
+
+    def to_document(self) -> dict[str, Any]:
+        """The stored document (the id is the document's key)."""
+        return {k: v for k, v in self.__dict__.items() if k != "image_id"}
+
+    @classmethod
+    def from_document(cls, image_id: str, doc: dict[str, Any]) -> CatalogImage:
+        """Read a stored document back."""
+        fields = {k: doc[k] for k in cls.__dataclass_fields__ if k != "image_id"}
+        return cls(image_id=image_id, **fields)
+
+
+def catalog_entries(state: JobState) -> list[CatalogImage]:
+    """The images a completed job adds to the catalog (pure; none before it completed).
+
+    Image i of a tweak was made from the job's edit source i % len(sources).
+    """
+    spec, sources = state.spec, state.spec.edits
+    return [
+        CatalogImage(
+            image_id=ref.image_id,
+            account_id=spec.account_id,
+            job_id=state.job_id,
+            index=ref.index,
+            prompt=spec.prompt,
+            size=spec.size,
+            output_format=spec.output_format,
+            object_key=ref.object_key,
+            tokens_key=ref.tokens_key,
+            sha256=ref.sha256,
+            created_at=state.created_at,
+            parent_image_id=sources[ref.index % len(sources)].parent_image_id if sources else None,
+        )
+        for ref in (state.images if state.status == "completed" else [])
+    ]
+
+
+class ImageCatalog:
+    """Reads and writes the catalog collections."""
+
+    def __init__(self, documents: DocumentStore) -> None:
+        self._docs = documents
+
+    async def record(self, images: list[CatalogImage]) -> None:
+        """Add images (idempotent: an image already recorded is left as it is)."""
+        for image in images:
+            await self._docs.insert(IMAGES, image.image_id, image.to_document())
+            await self._docs.insert(IMAGE_HASHES, f"{image.account_id}:{image.sha256}", {"image_id": image.image_id})
+
+    async def get(self, image_id: str) -> CatalogImage | None:
+        """An image by id, whoever owns it (callers check ownership)."""
+        doc = await self._docs.get(IMAGES, image_id)
+        return None if doc is None else CatalogImage.from_document(image_id, doc)
+
+    async def find_by_content(self, account_id: str, sha256: str) -> CatalogImage | None:
+        """The account's own image whose file has this sha256, if any."""
+        doc = await self._docs.get(IMAGE_HASHES, f"{account_id}:{sha256}")
+        return None if doc is None else await self.get(str(doc["image_id"]))

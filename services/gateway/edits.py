@@ -1,0 +1,159 @@
+"""Tweaks (OpenAI's `images.edit`) and the images' own resource, `GET /v1/images/{id}`.
+
+A tweak is a job like a generation whose spec lists the images it starts from
+(`EditSource`): the gateway recognizes its own account's darkroom images (by
+`image_id`, or by the sha256 of the uploaded file) and sends their stored token grid;
+any other upload goes as a small PNG that the decoder's VQ encoder turns into a
+grid. Which cells are drawn again comes from the mask, or from `strength`
+(services.gateway.tweaks). Everything after that is the generation path.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from typing import Annotated, Any
+
+import numpy as np
+from fastapi import APIRouter, Depends, Header, Request
+from fastapi.responses import JSONResponse, Response
+from pydantic import ValidationError
+from starlette.datastructures import UploadFile
+
+from libs.apikeys import Principal
+from libs.events.schemas import EditSource
+from libs.model.interface import pack_cells
+from services.gateway.catalog import CatalogImage
+from services.gateway.context import Gateway, get_gateway, get_principal
+from services.gateway.errors import APIError, invalid
+from services.gateway.images import job_spec, run_job
+from services.gateway.models import ImageEditRequest
+from services.gateway.tweaks import DEFAULT_STRENGTH, TweakInputError, cells_from_mask, cells_from_strength, read_upload
+
+router = APIRouter(prefix="/v1/images", tags=["images"])
+
+GatewayDep = Annotated[Gateway, Depends(get_gateway)]
+PrincipalDep = Annotated[Principal, Depends(get_principal)]
+MAX_IMAGES = 4
+FILE_FIELDS = ("image", "image[]", "mask")
+
+
+@router.post("/edits", response_model=None)
+async def create_edit(
+    request: Request,
+    gateway: GatewayDep,
+    principal: PrincipalDep,
+    prefer: Annotated[str | None, Header()] = None,
+) -> Response:
+    """Tweak images with a new prompt (multipart, as the openai SDK sends `images.edit`).
+
+    Each image given is tweaked `n` times (at most 4 images in all). The mask applies
+    to the first image; without one, `strength` (default 0.6) sets the share of cells
+    drawn again.
+    """
+    form = await request.form()
+    uploads = [f for key in ("image", "image[]") for f in form.getlist(key) if isinstance(f, UploadFile)]
+    mask_file = form.get("mask")
+    fields = {k: v for k, v in form.multi_items() if k not in FILE_FIELDS and isinstance(v, str)}
+    try:
+        body = ImageEditRequest.model_validate(fields)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        param = str(error["loc"][0]) if error["loc"] else None
+        if error["type"] == "missing":
+            raise APIError(
+                400, f"Missing required parameter: '{param}'.", param=param, code="missing_required_parameter"
+            ) from exc
+        message = str(error["msg"]).removeprefix("Value error, ")
+        raise APIError(400, f"Invalid value for '{param}': {message}", param=param, code="invalid_value") from exc
+    if not uploads and body.image_id is None:
+        raise APIError(400, "Missing required parameter: 'image'.", param="image", code="missing_required_parameter")
+    spec = job_spec(body, principal, gateway)
+    try:
+        sources = [await _source_for_id(gateway, principal, body.image_id, spec.seed)] if body.image_id else []
+        for i, upload in enumerate(uploads):
+            mask = mask_file if i == 0 and isinstance(mask_file, UploadFile) else None
+            sources.append(await _source_for_upload(gateway, principal, await upload.read(), mask, body, spec.seed + i))
+        if body.image_id and isinstance(mask_file, UploadFile) and not uploads:
+            raise TweakInputError("mask", "A mask needs the image it belongs to: send the image file with it.")
+    except TweakInputError as exc:
+        raise invalid(exc.param, str(exc)) from exc
+    if len(sources) > MAX_IMAGES:
+        raise invalid("image", f"At most {MAX_IMAGES} images can be tweaked at once.")
+    total = body.n * len(sources)
+    if total > MAX_IMAGES:
+        raise invalid("n", f"n x images is {total}; at most {MAX_IMAGES} images per request.")
+    if body.stream and total > 1:
+        raise invalid("n", "Streaming returns one image; send one image with n=1, or turn off stream.")
+    spec = spec.model_copy(update={"n": total, "edits": sources})
+    return await run_job(
+        gateway, spec, stream=body.stream, response_format=body.response_format, prefer=prefer, kind="image_edit"
+    )
+
+
+@router.get("/{image_id}", response_model=None)
+async def get_image(image_id: str, gateway: GatewayDep, principal: PrincipalDep) -> JSONResponse:
+    """One of the caller's images: its prompt, its file and what it was tweaked from."""
+    image = await _owned_image(gateway, principal, image_id, "image_id")
+    parent = await gateway.catalog.get(image.parent_image_id) if image.parent_image_id else None
+    body: dict[str, Any] = {
+        "id": image.image_id,
+        "object": "image",
+        "created_at": int(image.created_at.timestamp()),
+        "job_id": image.job_id,
+        "prompt": image.prompt,
+        "size": f"{image.size}x{image.size}",
+        "output_format": image.output_format,
+        "sha256": image.sha256,
+        "url": await gateway.blobs.url(image.object_key, gateway.settings.url_expiry_s),
+        "parent": None
+        if image.parent_image_id is None
+        else {
+            "id": image.parent_image_id,
+            "prompt": parent.prompt if parent is not None else None,
+        },
+    }
+    return JSONResponse(body)
+
+
+async def _owned_image(gateway: Gateway, principal: Principal, image_id: str, param: str) -> CatalogImage:
+    image = await gateway.catalog.get(image_id)
+    if image is None or image.account_id != principal.account_id:
+        raise APIError(404, f"No image found with id '{image_id}'.", param=param, code="not_found")
+    return image
+
+
+async def _source_for_id(gateway: Gateway, principal: Principal, image_id: str, seed: int) -> EditSource:
+    image = await _owned_image(gateway, principal, image_id, "image_id")
+    return await _darkroom_source(gateway, image, None, seed)
+
+
+async def _source_for_upload(
+    gateway: Gateway,
+    principal: Principal,
+    data: bytes,
+    mask: UploadFile | None,
+    body: ImageEditRequest,
+    seed: int,
+) -> EditSource:
+    upload = read_upload(data)
+    cells = cells_from_mask(await mask.read(), upload.width, upload.height) if mask is not None else None
+    known = await gateway.catalog.find_by_content(principal.account_id, hashlib.sha256(data).hexdigest())
+    if known is not None:
+        return await _darkroom_source(gateway, known, cells, seed, body.strength)
+    if cells is None:
+        cells = cells_from_strength(body.strength if body.strength is not None else DEFAULT_STRENGTH, seed)
+    return EditSource(image_png=_b64(upload.rgb_png), remask=_b64(pack_cells(cells)))
+
+
+async def _darkroom_source(
+    gateway: Gateway, image: CatalogImage, cells: np.ndarray | None, seed: int, strength: float | None = None
+) -> EditSource:
+    if cells is None:
+        cells = cells_from_strength(strength if strength is not None else DEFAULT_STRENGTH, seed)
+    tokens = await gateway.blobs.get(image.tokens_key)
+    return EditSource(parent_image_id=image.image_id, tokens=_b64(tokens), remask=_b64(pack_cells(cells)))
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")

@@ -1,0 +1,99 @@
+"""Tweaks through the openai SDK: what the gateway sends down the pipeline, and its errors."""
+
+from __future__ import annotations
+
+import base64
+import io
+
+import numpy as np
+import openai
+import pytest
+from PIL import Image
+
+from libs.model.interface import unpack_cells, unpack_tokens
+from tests.unit.gateway.conftest import GatewayUnderTest, key_for
+
+
+def _png(width: int, height: int, transparent: tuple[slice, slice] | None = None, alpha: bool = True) -> bytes:
+    pixels = np.full((height, width, 4 if alpha else 3), 180, np.uint8)
+    if transparent is not None:
+        pixels[transparent[0], transparent[1], 3] = 0
+    out = io.BytesIO()
+    Image.fromarray(pixels).save(out, format="PNG")
+    return out.getvalue()
+
+
+async def _generated(gateway: GatewayUnderTest) -> tuple[bytes, str]:
+    result = await gateway.client.images.generate(prompt="a red circle", extra_body={"seed": 3})
+    assert result.data and result.data[0].b64_json
+    job = gateway.pipeline.commands[-1].job_id
+    return base64.b64decode(result.data[0].b64_json), f"img_{job}_0"
+
+
+async def test_a_generated_image_is_recognized_and_its_grid_reused_under_the_mask(gateway: GatewayUnderTest) -> None:
+    data, image_id = await _generated(gateway)
+    # The right half of a 256x256 image is transparent: grid columns 8-15.
+    mask = _png(256, 256, (slice(0, 256), slice(128, 256)))
+    result = await gateway.client.images.edit(image=("cat.png", data), mask=("mask.png", mask), prompt="at night")
+    assert result.data and result.data[0].b64_json
+    assert result.usage is not None
+
+    [source] = gateway.pipeline.commands[-1].spec.edits
+    assert source.parent_image_id == image_id and source.image_png is None
+    assert unpack_tokens(base64.b64decode(source.tokens or "")).tolist() == np.zeros((16, 16), int).tolist()
+    cells = unpack_cells(base64.b64decode(source.remask))
+    assert cells[:, 8:].all() and not cells[:, :8].any()
+
+    # The new image shows its lineage, to its owner only.
+    child = f"img_{gateway.pipeline.commands[-1].job_id}_0"
+    response = await gateway.http.get(f"/v1/images/{child}", headers={"authorization": f"Bearer {gateway.api_key}"})
+    body = response.json()
+    assert response.status_code == 200, body
+    assert body["prompt"] == "at night" and body["parent"] == {"id": image_id, "prompt": "a red circle"}
+    other = await gateway.http.get(f"/v1/images/{child}", headers={"authorization": f"Bearer {key_for('acct_x')}"})
+    assert other.status_code == 404 and other.json()["error"]["code"] == "not_found"
+
+
+async def test_an_uploaded_image_goes_to_the_encoder_and_strength_sets_the_cells(gateway: GatewayUnderTest) -> None:
+    await gateway.client.images.edit(
+        image=("photo.png", _png(300, 200, alpha=False)), prompt="a blue square", n=2, extra_body={"strength": "0.25"}
+    )
+    spec = gateway.pipeline.commands[-1].spec
+    [source] = spec.edits
+    assert spec.n == 2 and source.parent_image_id is None and source.tokens is None
+    assert Image.open(io.BytesIO(base64.b64decode(source.image_png or ""))).size == (256, 256)
+    assert int(unpack_cells(base64.b64decode(source.remask)).sum()) == 64
+
+
+async def test_an_image_id_of_another_account_is_not_found(gateway: GatewayUnderTest) -> None:
+    _, image_id = await _generated(gateway)
+    stranger = openai.AsyncOpenAI(
+        base_url="http://gateway/v1", api_key=key_for("acct_x"), http_client=gateway.http, max_retries=0
+    )
+    with pytest.raises(openai.NotFoundError) as caught:
+        await stranger.images.edit(image=[], prompt="mine now", extra_body={"image_id": image_id})
+    assert caught.value.body["param"] == "image_id"  # type: ignore[index]
+
+
+@pytest.mark.parametrize(
+    ("mask", "words"),
+    [
+        (_png(128, 128, (slice(0, 64), slice(0, 64))), "must match"),
+        (_png(256, 256, alpha=False), "alpha channel"),
+        (_png(256, 256), "no transparent pixels"),
+        (b"not an image", "not a PNG"),
+    ],
+)
+async def test_a_bad_mask_is_a_400_naming_mask(gateway: GatewayUnderTest, mask: bytes, words: str) -> None:
+    with pytest.raises(openai.BadRequestError) as caught:
+        await gateway.client.images.edit(image=("a.png", _png(256, 256)), mask=("m.png", mask), prompt="x")
+    assert caught.value.body["param"] == "mask"  # type: ignore[index]
+    assert words in caught.value.body["message"]  # type: ignore[index]
+
+
+async def test_an_edit_streams_its_partial_images_as_image_edit_events(gateway: GatewayUnderTest) -> None:
+    stream = await gateway.client.images.edit(
+        image=("a.png", _png(256, 256)), prompt="x", stream=True, partial_images=2, quality="medium"
+    )
+    types = [event.type async for event in stream]
+    assert types == ["image_edit.partial_image", "image_edit.partial_image", "image_edit.completed"]
