@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import orjson
-from fastapi import APIRouter, Depends, Header, Query
+from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from libs import topics
@@ -36,11 +36,15 @@ async def create_generation(
     body: ImageGenerationRequest,
     gateway: GatewayDep,
     principal: PrincipalDep,
+    request: Request,
     prefer: Annotated[str | None, Header()] = None,
 ) -> Response:
     """Create images from a prompt (OpenAI's `images.generate`)."""
     spec = _spec(body, principal, gateway)
     job_id = f"job_{new_ulid().lower()}"
+    # Rollout, tier limits and rate limits (429 with OpenAI's headers); nothing leaves the process.
+    lane = gateway.limits.admit_generation(request.scope, principal, job_id, spec.n, spec.quality)
+    spec = spec.model_copy(update={"lane": lane})
     created = datetime.now(UTC)
     await gateway.projection.seed(JobState(job_id=job_id, spec=spec, created_at=created, total_passes=spec.passes))
     with gateway.live.subscribe(job_id) as queue:

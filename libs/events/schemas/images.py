@@ -42,6 +42,8 @@ class JobSpec(BaseModel):
     seed: int
     user: str | None = None
     text_tokens: int = 0
+    lane: str | None = None
+    """The render lane from the tier's policy; None: the tier's own lane."""
 
 
 @REGISTRY.register
