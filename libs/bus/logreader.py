@@ -65,7 +65,9 @@ class KafkaLogReader(KafkaConsumer):
             return
         self._client = AIOKafkaConsumer(**self._options)
         await self._client.start()
-        await self._client.topics()  # fills the metadata for partitions_for_topic
+        # The consumer tracks metadata only for subscribed topics; ask for these (aiokafka's
+        # client has no public call for that on a consumer that assigns by hand).
+        await self._client._client.set_topics(self._topics)
         assigned = [
             KafkaTopicPartition(topic, partition)
             for topic in self._topics
