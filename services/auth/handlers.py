@@ -86,34 +86,42 @@ class AuthHandlers:
             raise TransientError(f"creating {len(signups)} account(s): {exc}") from exc
 
     async def _create_accounts(self, signups: Sequence[SignUp]) -> None:
-        emails = [normalize_email(s.command.email) for s in signups]
-        stored = await self._documents.get_many(ACCOUNT_EMAILS, sorted({e for e in emails if not email_problem(e)}))
-        claims = {email: EmailClaim.from_document(doc) for email, doc in stored.items()}
         now = _to_millisecond(self._clock())
-        new_claims: dict[str, dict[str, object]] = {}
+        emails = [normalize_email(s.command.email) for s in signups]
+        # Claim every new email at once, the first request for it in the batch winning.
+        # Inserting first, rather than reading first, keeps the common case (a new
+        # email) to one round trip: only the emails already taken are read back.
+        tentative: dict[str, EmailClaim] = {}
+        for signup, email in zip(signups, emails, strict=True):
+            if email not in tentative and email_problem(email) is None:
+                tentative[email] = EmailClaim(signup.command.account_id, signup.command.request_id, now)
+        inserted = await self._documents.insert_many(
+            ACCOUNT_EMAILS, {email: claim.to_document() for email, claim in tentative.items()}
+        )
+        claims = {email: tentative[email] for email in inserted}
+        for email in tentative.keys() - inserted:
+            stored = await self._documents.get(ACCOUNT_EMAILS, email)
+            if stored is None:  # pragma: no cover - claims are never deleted
+                raise StoreUnavailable(f"the claim on {email} vanished; deciding the batch again")
+            claims[email] = EmailClaim.from_document(stored)
+        # Every command decided against the claim now in force: its own claim (new or a
+        # redelivery) means created, anyone else's means a duplicate.
         accounts: dict[str, dict[str, object]] = {}
-        answers: list[tuple[SignUp, Envelope, str | None]] = []
-        for signup in signups:
-            decision = decide_create_account(signup.command, claims.get(normalize_email(signup.command.email)), now)
+        answers: list[tuple[Envelope, str | None]] = []
+        for signup, email in zip(signups, emails, strict=True):
+            decision = decide_create_account(signup.command, claims.get(email), now)
             envelope = Envelope.wrap(decision.event, aggregate_id=signup.command.account_id, caused_by=signup.envelope)
             if isinstance(decision, Accepted):
-                if not decision.redelivery:
-                    claims[decision.email] = decision.claim
-                    new_claims[decision.email] = decision.claim.to_document()
                 accounts[signup.command.account_id] = decision.account
-                answers.append((signup, envelope, None))
+                answers.append((envelope, None))
             else:
                 log.info("sign-up %s refused: %s", signup.command.request_id, decision.event.code)
-                answers.append((signup, envelope, decision.email))
-        # The claims first: once stored the emails are taken, and a crash before the
-        # account documents is repaired by the redelivery, which finds its own claims.
-        taken = set(new_claims) - await self._documents.insert_many(ACCOUNT_EMAILS, new_claims)
-        if taken:
-            # Claimed since the read (only by another member, around a rebalance): decide those again.
-            raise StoreUnavailable(f"{len(taken)} email(s) claimed concurrently; deciding the batch again")
+                answers.append((envelope, decision.email))
+        # A crash before the account documents is repaired by the redelivery, which
+        # finds its own claims; an account already stored is left as it is.
         await self._documents.insert_many(ACCOUNTS, accounts)
         await asyncio.gather(
-            *(self._publisher.publish(topics.ACCOUNT_EVENTS, envelope, key=key) for _, envelope, key in answers)
+            *(self._publisher.publish(topics.ACCOUNT_EVENTS, envelope, key=key) for envelope, key in answers)
         )
 
     async def on_revoke_keys(self, command: RevokeKeys, envelope: Envelope) -> None:
