@@ -107,6 +107,7 @@ def create_app(
         readers("usage", usage_topics, usage_since(limits.clock(), limits.ledger.job_hold_s)),
         UsageHandler(limits.ledger, limits.access, limits.clock),
         runtime.publisher,
+        owned=False,
     )
     for feed in (access_feed, usage_feed):
         # Loaded before the app serves (lifespan), followed in the background, closed last.

@@ -30,7 +30,7 @@ from libs.access import AccessState
 from libs.apikeys import Principal
 from libs.bus import EventConsumer, EventPublisher, Handler, Record
 from libs.bus.logreader import KafkaLogReader, LogReader, PortLogReader, read_to_end
-from libs.events import REGISTRY, Envelope
+from libs.events import REGISTRY, DecodeError, Envelope
 from libs.events.schemas import GenerateImage
 from libs.events.schemas.policies import QUALITY_ORDER
 from libs.ratelimit import UsageLedger
@@ -69,7 +69,9 @@ def port_readers(consumer_factory: ConsumerFactory) -> ReaderFactory:
 class Feed:
     """A reader that is read to its end at start, then followed (see module docstring)."""
 
-    def __init__(self, name: str, reader: LogReader, handler: Handler, publisher: EventPublisher) -> None:
+    def __init__(
+        self, name: str, reader: LogReader, handler: Handler, publisher: EventPublisher, *, owned: bool = True
+    ) -> None:
         """Wires the feed.
 
         Args:
@@ -77,9 +79,15 @@ class Feed:
             reader: The reader (not started).
             handler: Called with every envelope, in order.
             publisher: For dead letters.
+            owned: Whether the gateway is the consumer of these topics that answers for bad
+                records (dead-letters them). A feed that only looks over another service's
+                topic (the image commands, read by the requests service) skips them instead,
+                so a poison message is dead-lettered once, not once per gateway replica.
         """
         self.name = name
         self._reader = reader
+        self._handler = handler
+        self._owned = owned
         self._loop = EventConsumer(
             reader,
             handler,
@@ -93,13 +101,28 @@ class Feed:
     async def load(self, timeout_s: float = 60.0) -> None:
         """Start the reader and apply every record up to the current end."""
         await self._reader.start()
-        await read_to_end(self._reader, self._loop.process, timeout_s=timeout_s)
+        await read_to_end(self._reader, self._process, timeout_s=timeout_s)
         self.loaded = True
         log.info("gateway %s feed loaded", self.name)
 
     async def follow(self, stop: asyncio.Event) -> None:
         """Apply records as they arrive, until `stop` is set."""
-        await self._loop.run(stop)
+        if self._owned:
+            await self._loop.run(stop)
+            return
+        while not stop.is_set():
+            for record in await self._reader.getmany(200, 500):
+                await self._process(record)
+
+    async def _process(self, record: Record) -> None:
+        if self._owned:
+            await self._loop.process(record)
+            return
+        try:
+            envelope = Envelope.from_bytes(record.value)
+        except DecodeError:
+            return  # the topic's own consumer dead-letters it
+        await self._handler(envelope, record)
 
     async def close(self) -> None:
         """Stop the reader."""
@@ -133,7 +156,10 @@ class UsageHandler:
     async def __call__(self, envelope: Envelope, record: Record) -> None:
         now = self._clock()
         if envelope.type == GenerateImage.TYPE:
-            command = REGISTRY.decode_as(envelope, GenerateImage)
+            try:
+                command = REGISTRY.decode_as(envelope, GenerateImage)
+            except DecodeError:
+                return  # the requests service dead-letters it; it admitted nothing
             spec = command.spec
             self.ledger.record_command(
                 command.job_id,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 import openai
@@ -15,11 +16,14 @@ import pytest
 from openai import AsyncOpenAI
 
 from libs import topics
-from libs.access import DEFAULT_POLICIES, rollout_position
+from libs.access import DEFAULT_POLICIES, AccessState, rollout_position
 from libs.apikeys import verify
 from libs.bus import EventPublisher
+from libs.bus.memory import InMemoryBroker
 from libs.events import Envelope, Event
-from libs.events.schemas import KeyRevoked, RolloutChanged, Tier, TierChanged, TierPolicyChanged
+from libs.events.schemas import GenerateImage, JobSpec, KeyRevoked, RolloutChanged, Tier, TierChanged, TierPolicyChanged
+from libs.ratelimit import UsageLedger
+from services.gateway.limits import Feed, Limits, UsageHandler, port_readers
 from tests.helpers import eventually
 from tests.unit.gateway.conftest import SIGNING, GatewayUnderTest, key_for
 
@@ -176,3 +180,42 @@ def test_rollout_membership_is_stable_and_grows_with_the_percentage() -> None:
     assert at[10] <= at[50]
     assert 150 <= len(at[10]) <= 250 and 900 <= len(at[50]) <= 1100
     assert all(rollout_position(a, "image_generation") == rollout_position(a, "image_generation") for a in accounts)
+
+
+async def test_the_usage_feed_skips_garbage_on_the_command_topic_and_counts_the_rest() -> None:
+    broker = InMemoryBroker()
+    producer = broker.producer()
+    await producer.send(topics.IMAGE_COMMANDS, b"not json", key=b"x")
+    bad = Envelope(type="images.generate_image", aggregate_id="job_bad", payload={"job_id": 1})
+    await producer.send(topics.IMAGE_COMMANDS, bad.to_bytes(), key=b"x")
+    spec = JobSpec(
+        account_id="acct_a",
+        tier="free",
+        prompt="p",
+        model="darkroom-mini",
+        n=1,
+        size=256,
+        quality="low",
+        passes=4,
+        output_format="png",
+        output_compression=100,
+        background="auto",
+        moderation="auto",
+        seed=1,
+    )
+    good = GenerateImage(job_id="job_1", spec=spec, created_at=datetime.now(UTC))
+    await producer.send(topics.IMAGE_COMMANDS, Envelope.wrap(good, aggregate_id="job_1").to_bytes(), key=b"job_1")
+    limits = Limits(AccessState(), UsageLedger())
+    feed = Feed(
+        "usage",
+        port_readers(broker.consumer)("usage", [topics.IMAGE_COMMANDS], {}),
+        UsageHandler(limits.ledger, limits.access, limits.clock),
+        EventPublisher(producer),
+        owned=False,
+    )
+    await feed.load(timeout_s=5)
+    await feed.close()
+    # The requests service owns the command topic and dead-letters such records; the
+    # gateway's usage feed skips them (no copy per replica) and counts the valid ones.
+    assert broker.records(topics.DEAD_LETTERS) == []
+    assert limits.ledger.in_flight("acct_a", time.time()) == 1
