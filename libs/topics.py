@@ -21,6 +21,8 @@ STORAGE_BLOBS = "darkroom.storage.blobs"
 STORAGE_EVENTS = "darkroom.storage.events"
 POLICIES = "darkroom.policies"
 REVOCATIONS = "darkroom.revocations"
+POLICY_HISTORY = "darkroom.policies.history"
+ACCOUNT_TIERS = "darkroom.accounts.tiers"
 HEARTBEATS = "darkroom.system.heartbeats"
 DEAD_LETTERS = "darkroom.system.dlq"
 
@@ -40,6 +42,8 @@ ALL_TOPICS = (
     STORAGE_EVENTS,
     POLICIES,
     REVOCATIONS,
+    POLICY_HISTORY,
+    ACCOUNT_TIERS,
     HEARTBEATS,
     DEAD_LETTERS,
 )

@@ -3,11 +3,15 @@
 darkroom kafka topics --list                 Kafka's topic tool on the local broker
 darkroom kafka groups --describe --all-groups consumer groups and their lag
 darkroom schemas export [DIR]                write every event's JSON Schema
+darkroom accounts create|upgrade|revoke      accounts, tiers and API keys
+darkroom policy show|set                     tier limits and rollout flags, applied live
+darkroom jobs show JOB_ID                    any account's job (operators see all)
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import sys
@@ -51,6 +55,89 @@ def _safety_policy(args: argparse.Namespace) -> int:
     return 0
 
 
+_POLICY_FIELDS = (
+    "requests_per_minute",
+    "tier_requests_per_minute",
+    "images_per_day",
+    "concurrent_jobs",
+    "max_n",
+    "max_quality",
+    "lane",
+)
+
+
+def _accounts(args: argparse.Namespace) -> int:
+    from libs.cli.accounts import change_tier, key_id_of, revoke
+
+    signing_key = os.environ.get("DARKROOM_SIGNING_KEY", DEV_SIGNING_KEY)
+    try:
+        if args.accounts_command == "create":
+            result: object = run_create_account(args.bootstrap, args.email, args.tier, signing_key)
+        elif args.accounts_command == "upgrade":
+            result = asyncio.run(change_tier(args.bootstrap, args.account, args.tier, _operator()))
+        else:
+            account, key_id = args.account, args.key_id
+            if args.key:
+                account, key_id = key_id_of(args.key, signing_key)
+            if not account:
+                print("darkroom: `accounts revoke` needs --account (and maybe --key-id) or --key", file=sys.stderr)
+                return 2
+            revoked = asyncio.run(revoke(args.bootstrap, account, key_id, args.reason, _operator()))
+            result = {"id": account, "object": "account", "revoked_key_ids": revoked}
+    except (AccountError, TimeoutError, OSError) as exc:
+        print(f"darkroom: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def _policy(args: argparse.Namespace) -> int:
+    from libs.cli.policy import PolicyError, set_policy, show
+
+    try:
+        if args.policy_command == "show":
+            print(show(args.bootstrap), end="")
+            return 0
+        changes = {name: getattr(args, name) for name in _POLICY_FIELDS if getattr(args, name) is not None}
+        if args.rollout is not None and changes:
+            print("darkroom: set either a rollout or limits, not both at once", file=sys.stderr)
+            return 2
+        change = set_policy(
+            args.bootstrap,
+            changed_by=_operator(),
+            tier=args.tier,
+            changes=changes,
+            rollout=args.rollout,
+            percent=args.percent,
+        )
+    except (PolicyError, TimeoutError, OSError) as exc:
+        print(f"darkroom: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(change.model_dump(mode="json"), indent=2))
+    return 0
+
+
+def _jobs(args: argparse.Namespace) -> int:
+    from libs.cli.jobs import show_job
+
+    try:
+        job = asyncio.run(show_job(args.job_id))
+    except OSError as exc:
+        print(f"darkroom: {exc}", file=sys.stderr)
+        return 1
+    if job is None:
+        print(f"darkroom: no job {args.job_id}", file=sys.stderr)
+        return 1
+    print(json.dumps(job, indent=2))
+    return 0
+
+
+def _operator() -> str:
+    from libs.cli.safety_policy import operator_name
+
+    return operator_name()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse the command line and run one command; returns the exit code."""
     parser = argparse.ArgumentParser(
@@ -68,6 +155,16 @@ def main(argv: list[str] | None = None) -> int:
     create.add_argument("--email", required=True)
     create.add_argument("--tier", choices=TIERS, default="free")
     create.add_argument("--bootstrap", default=default_bootstrap(), help="broker (default: %(default)s)")
+    upgrade = accounts_cmd.add_parser("upgrade", help="move an account to another tier (its keys keep working)")
+    upgrade.add_argument("--account", required=True, help="account id (acct_...)")
+    upgrade.add_argument("--tier", choices=TIERS, required=True)
+    upgrade.add_argument("--bootstrap", default=default_bootstrap(), help="broker (default: %(default)s)")
+    revoke = accounts_cmd.add_parser("revoke", help="revoke an API key, or every key of an account")
+    revoke.add_argument("--account", help="account id: revoke all its keys (or the one --key-id names)")
+    revoke.add_argument("--key-id", help="the key id to revoke (with --account)")
+    revoke.add_argument("--key", help="the API key itself (sk-dr-...): revoke that key")
+    revoke.add_argument("--reason", default="")
+    revoke.add_argument("--bootstrap", default=default_bootstrap(), help="broker (default: %(default)s)")
 
     safety = commands.add_parser("safety", help="the safety policy")
     safety_cmd = safety.add_subparsers(dest="safety_command", required=True)
@@ -75,6 +172,23 @@ def main(argv: list[str] | None = None) -> int:
     policy.add_argument("action", choices=["show", "set"])
     policy.add_argument("--file", type=Path, help="set: a policy YAML (as `show` prints)")
     policy.add_argument("--bootstrap", default=default_bootstrap(), help="broker (default: %(default)s)")
+
+    policy_cli = commands.add_parser("policy", help="tier limits and rollout flags (applied live by every gateway)")
+    policy_cmd = policy_cli.add_subparsers(dest="policy_command", required=True)
+    policy_show = policy_cmd.add_parser("show", help="every tier's limits and every rollout flag (YAML)")
+    policy_show.add_argument("--bootstrap", default=default_bootstrap(), help="broker (default: %(default)s)")
+    policy_set = policy_cmd.add_parser("set", help="change some limits of a tier, or a rollout flag")
+    policy_set.add_argument("--tier", choices=TIERS, required=True)
+    for name in _POLICY_FIELDS:
+        policy_set.add_argument(f"--{name.replace('_', '-')}", dest=name, help=name.replace("_", " "))
+    policy_set.add_argument("--rollout", metavar="FEATURE", help="set this feature's rollout for the tier")
+    policy_set.add_argument("--percent", type=float, help="with --rollout: share of the tier's accounts, 0-100")
+    policy_set.add_argument("--bootstrap", default=default_bootstrap(), help="broker (default: %(default)s)")
+
+    jobs = commands.add_parser("jobs", help="image jobs of any account")
+    jobs_cmd = jobs.add_subparsers(dest="jobs_command", required=True)
+    job_show = jobs_cmd.add_parser("show", help="a job's state as the gateway's read model holds it (JSON)")
+    job_show.add_argument("job_id")
 
     schemas = commands.add_parser("schemas", help="event schemas")
     schemas_cmd = schemas.add_subparsers(dest="schemas_command", required=True)
@@ -87,14 +201,11 @@ def main(argv: list[str] | None = None) -> int:
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     if args.command == "accounts":
-        signing_key = os.environ.get("DARKROOM_SIGNING_KEY", DEV_SIGNING_KEY)
-        try:
-            account = run_create_account(args.bootstrap, args.email, args.tier, signing_key)
-        except AccountError as exc:
-            print(f"darkroom: {exc}", file=sys.stderr)
-            return 1
-        print(json.dumps(account, indent=2))
-        return 0
+        return _accounts(args)
+    if args.command == "policy":
+        return _policy(args)
+    if args.command == "jobs":
+        return _jobs(args)
     if args.command == "safety":
         return _safety_policy(args)
     if args.command == "schemas":

@@ -35,6 +35,13 @@ class InMemoryDocumentStore:
         await self.put(collection, doc_id, doc)
         return True
 
+    async def insert_many(self, collection: str, docs: Mapping[str, Mapping[str, Any]]) -> set[str]:
+        return {doc_id for doc_id, doc in docs.items() if await self.insert(collection, doc_id, doc)}
+
+    async def get_many(self, collection: str, doc_ids: Sequence[str]) -> dict[str, Document]:
+        found = {doc_id: await self.get(collection, doc_id) for doc_id in doc_ids}
+        return {doc_id: doc for doc_id, doc in found.items() if doc is not None}
+
     async def get(self, collection: str, doc_id: str) -> Document | None:
         doc = self._collections.get(collection, {}).get(doc_id)
         return copy.deepcopy(doc) if doc is not None else None

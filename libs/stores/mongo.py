@@ -12,9 +12,11 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from pymongo import AsyncMongoClient
-from pymongo.errors import DuplicateKeyError, PyMongoError
+from pymongo.errors import BulkWriteError, DuplicateKeyError, PyMongoError
 
 from libs.stores.ports import Document, StoreUnavailable
+
+DUPLICATE_KEY = 11000
 
 
 class MongoDocumentStore:
@@ -63,6 +65,30 @@ class MongoDocumentStore:
         except PyMongoError as exc:
             raise StoreUnavailable(str(exc)) from exc
         return True
+
+    async def insert_many(self, collection: str, docs: Mapping[str, Mapping[str, Any]]) -> set[str]:
+        if not docs:
+            return set()
+        try:
+            batch = [{**doc, "_id": doc_id} for doc_id, doc in docs.items()]
+            await self._db[collection].insert_many(batch, ordered=False)
+        except BulkWriteError as exc:
+            errors = exc.details.get("writeErrors", [])
+            if any(error.get("code") != DUPLICATE_KEY for error in errors):
+                raise StoreUnavailable(str(exc)) from exc
+            ids = list(docs)
+            return set(ids) - {ids[error["index"]] for error in errors}
+        except PyMongoError as exc:
+            raise StoreUnavailable(str(exc)) from exc
+        return set(docs)
+
+    async def get_many(self, collection: str, doc_ids: Sequence[str]) -> dict[str, Document]:
+        if not doc_ids:
+            return {}
+        try:
+            return {doc["_id"]: doc async for doc in self._db[collection].find({"_id": {"$in": list(doc_ids)}})}
+        except PyMongoError as exc:
+            raise StoreUnavailable(str(exc)) from exc
 
     async def get(self, collection: str, doc_id: str) -> Document | None:
         try:

@@ -48,8 +48,20 @@ class DocumentStore(Protocol):
         """
         ...
 
+    async def insert_many(self, collection: str, docs: Mapping[str, Mapping[str, Any]]) -> set[str]:
+        """Create each document (by id) that does not exist yet, in one round trip.
+
+        Returns:
+            The ids created; an id that was taken leaves its stored document unchanged.
+        """
+        ...
+
     async def get(self, collection: str, doc_id: str) -> Document | None:
         """The document with this id, or None."""
+        ...
+
+    async def get_many(self, collection: str, doc_ids: Sequence[str]) -> dict[str, Document]:
+        """The documents with these ids that exist, by id, in one round trip."""
         ...
 
     async def find(

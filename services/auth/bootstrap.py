@@ -7,12 +7,13 @@ from datetime import UTC, datetime
 
 from libs import topics
 from libs.bus.ports import Producer
-from libs.events.schemas import CreateAccount
+from libs.events.schemas import ChangeTier, CreateAccount, RevokeKeys
 from libs.runtime.dispatch import Dispatcher
-from libs.runtime.service import ConsumerFactory, ServiceRuntime, Subscription
+from libs.runtime.service import ConsumerFactory, ServiceRuntime
 from libs.runtime.wiring import kafka_consumer_factory, kafka_producer, mongo_store, reachable
 from libs.settings import AuthSettings
 from libs.stores.ports import DocumentStore
+from services.auth.batches import SignUpBatches
 from services.auth.handlers import AuthHandlers
 
 SERVICE = "auth"
@@ -52,7 +53,19 @@ def bootstrap(
     handlers = AuthHandlers(runtime.publisher, docs, clock)
     commands = Dispatcher(SERVICE)
     commands.on(CreateAccount, handlers.on_create_account)
+    commands.on(RevokeKeys, handlers.on_revoke_keys)
+    commands.on(ChangeTier, handlers.on_change_tier)
 
-    runtime.subscriptions.append(Subscription(group=SERVICE, topics=[topics.ACCOUNT_COMMANDS], handler=commands))
+    # Sign-ups are decided a fetch at a time (services/auth/batches.py); the loop is a
+    # background task with its own member of the service's group.
+    batches = SignUpBatches(
+        runtime.consumer_factory(SERVICE, [topics.ACCOUNT_COMMANDS]),
+        handlers,
+        commands,
+        publisher=runtime.publisher,
+        dead_letter_topic=topics.DEAD_LETTERS,
+        group=SERVICE,
+    )
+    runtime.background.append(batches.run)
     runtime.checks["mongo"] = reachable(docs)
     return runtime

@@ -12,9 +12,19 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Final
+from typing import Any, Final, cast
 
-from libs.events.schemas import AccountCreated, AccountRejected, CreateAccount
+from libs.events.schemas import (
+    AccountCommandFailed,
+    AccountCreated,
+    AccountRejected,
+    ChangeTier,
+    CreateAccount,
+    KeyRevoked,
+    RevokeKeys,
+    Tier,
+    TierChanged,
+)
 
 ACCOUNTS: Final = "accounts"
 """Accounts by account id."""
@@ -149,3 +159,83 @@ def decide_create_account(command: CreateAccount, claim: EmailClaim | None, now:
         created_at=claim.created_at,
     )
     return Accepted(email, claim, account, event, redelivery)
+
+
+def decide_revoke(command: RevokeKeys, account: Mapping[str, Any] | None) -> list[KeyRevoked] | AccountCommandFailed:
+    """Which keys a revocation revokes (all of the account's when it names none).
+
+    Revoking again publishes the same revocations again, which changes nothing: the
+    revocation topic is compacted by key id and gateways keep a set.
+
+    Args:
+        command: The revocation.
+        account: The stored account (ACCOUNTS), if any.
+
+    Returns:
+        The revocations to publish, or why there are none.
+    """
+    if account is None:
+        return AccountCommandFailed(
+            request_id=command.request_id,
+            account_id=command.account_id,
+            code="unknown_account",
+            message=f"no account {command.account_id}",
+        )
+    key_ids = [str(k) for k in account.get("key_ids", [])]
+    if command.key_id is not None:
+        if command.key_id not in key_ids:
+            return AccountCommandFailed(
+                request_id=command.request_id,
+                account_id=command.account_id,
+                code="unknown_key",
+                message=f"account {command.account_id} has no key {command.key_id}",
+            )
+        key_ids = [command.key_id]
+    return [
+        KeyRevoked(
+            request_id=command.request_id,
+            key_id=key_id,
+            account_id=command.account_id,
+            reason=command.reason,
+            revoked_by=command.requested_by,
+        )
+        for key_id in key_ids
+    ]
+
+
+def decide_change_tier(
+    command: ChangeTier, account: Mapping[str, Any] | None
+) -> tuple[TierChanged, dict[str, Any]] | AccountCommandFailed:
+    """A tier change: the event and the updated account document.
+
+    A redelivered command (the account records its request id) gives the same event again.
+
+    Args:
+        command: The change.
+        account: The stored account (ACCOUNTS), if any.
+
+    Returns:
+        (TierChanged, the account document to store), or why it failed.
+    """
+    if account is None:
+        return AccountCommandFailed(
+            request_id=command.request_id,
+            account_id=command.account_id,
+            code="unknown_account",
+            message=f"no account {command.account_id}",
+        )
+    last = account.get("last_tier_change") or {}
+    previous = str(last["previous"]) if last.get("request_id") == command.request_id else str(account["tier"])
+    event = TierChanged(
+        request_id=command.request_id,
+        account_id=command.account_id,
+        tier=command.tier,
+        previous=cast(Tier, previous),
+        changed_by=command.requested_by,
+    )
+    doc = {
+        **{k: v for k, v in account.items() if k != "_id"},
+        "tier": command.tier,
+        "last_tier_change": {"request_id": command.request_id, "previous": previous},
+    }
+    return event, doc

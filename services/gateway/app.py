@@ -17,8 +17,10 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from libs import topics
+from libs.access import AccessState
 from libs.apikeys import parse_signing_keys
 from libs.bus.ports import Producer
+from libs.ratelimit import UsageLedger
 from libs.runtime.heartbeats import HeartbeatMonitor
 from libs.runtime.service import ConsumerFactory, ServiceRuntime, Subscription
 from libs.runtime.wiring import kafka_consumer_factory, kafka_producer, minio_store, mongo_store, reachable
@@ -28,6 +30,17 @@ from services.gateway import accounts, edits, images
 from services.gateway.catalog import ImageCatalog
 from services.gateway.context import Gateway
 from services.gateway.errors import install_error_handlers
+from services.gateway.limits import (
+    AccessHandler,
+    Feed,
+    Limits,
+    RateLimitHeaders,
+    ReaderFactory,
+    UsageHandler,
+    kafka_readers,
+    port_readers,
+    usage_since,
+)
 from services.gateway.live import JobProjection, LiveEvents
 from services.gateway.tracing import TracingMiddleware
 
@@ -41,6 +54,8 @@ def create_app(
     consumer_factory: ConsumerFactory | None = None,
     documents: DocumentStore | None = None,
     blobs: BlobStore | None = None,
+    readers: ReaderFactory | None = None,
+    limits: Limits | None = None,
 ) -> FastAPI:
     """Build the gateway application.
 
@@ -50,6 +65,9 @@ def create_app(
         consumer_factory: Bus consumer factory; the real Kafka one when omitted.
         documents: The gateway's document store (its job read model); MongoDB when omitted.
         blobs: The image store it reads results from; MinIO when omitted.
+        readers: Makes the readers of the policy and usage feeds; Kafka's when omitted
+            (readers over `consumer_factory` when that is given).
+        limits: The access state, usage ledger and clock (fresh ones when omitted).
 
     Returns:
         The FastAPI app, whose lifespan starts and stops the Kafka side.
@@ -81,6 +99,28 @@ def create_app(
         ),
     ]
 
+    limits = limits or Limits(AccessState(), UsageLedger())
+    if readers is None:
+        readers = port_readers(consumer_factory) if consumer_factory else kafka_readers(settings.kafka_bootstrap)
+    access_feed = Feed(
+        "access",
+        readers("access", [topics.POLICIES, topics.REVOCATIONS, topics.ACCOUNT_TIERS], {}),
+        AccessHandler(limits.access),
+        runtime.publisher,
+    )
+    usage_topics = [topics.IMAGE_COMMANDS, topics.REQUEST_EVENTS]
+    usage_feed = Feed(
+        "usage",
+        readers("usage", usage_topics, usage_since(limits.clock(), limits.ledger.job_hold_s)),
+        UsageHandler(limits.ledger, limits.access, limits.clock),
+        runtime.publisher,
+        owned=False,
+    )
+    for feed in (access_feed, usage_feed):
+        # Loaded before the app serves (lifespan), followed in the background, closed last.
+        runtime.on_start.append(feed.load)
+        runtime.background.append(feed.follow)
+        runtime.on_stop.append(feed.close)
     runtime.checks |= {"mongo": reachable(docs), "minio": reachable(objects)}
     gateway = Gateway(
         settings=settings,
@@ -90,6 +130,7 @@ def create_app(
         catalog=catalog,
         blobs=objects,
         signing_keys=parse_signing_keys(settings.signing_key),
+        limits=limits,
     )
 
     @asynccontextmanager
@@ -112,6 +153,7 @@ def create_app(
     app.state.heartbeats = monitor
     app.state.gateway = gateway
     install_error_handlers(app)
+    app.add_middleware(RateLimitHeaders)
     app.add_middleware(TracingMiddleware)
     app.include_router(images.router)
     app.include_router(edits.router)

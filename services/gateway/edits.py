@@ -87,7 +87,14 @@ async def create_edit(
         raise invalid("n", "Streaming returns one image; send one image with n=1, or turn off stream.")
     spec = spec.model_copy(update={"n": total, "edits": sources})
     return await run_job(
-        gateway, spec, stream=body.stream, response_format=body.response_format, prefer=prefer, kind="image_edit"
+        gateway,
+        request,
+        principal,
+        spec,
+        stream=body.stream,
+        response_format=body.response_format,
+        prefer=prefer,
+        kind="image_edit",
     )
 
 

@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import orjson
-from fastapi import APIRouter, Depends, Header, Query
+from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from libs import topics
@@ -38,15 +38,20 @@ async def create_generation(
     body: ImageGenerationRequest,
     gateway: GatewayDep,
     principal: PrincipalDep,
+    request: Request,
     prefer: Annotated[str | None, Header()] = None,
 ) -> Response:
     """Create images from a prompt (OpenAI's `images.generate`)."""
     spec = job_spec(body, principal, gateway)
-    return await run_job(gateway, spec, stream=body.stream, response_format=body.response_format, prefer=prefer)
+    return await run_job(
+        gateway, request, principal, spec, stream=body.stream, response_format=body.response_format, prefer=prefer
+    )
 
 
 async def run_job(
     gateway: Gateway,
+    request: Request,
+    principal: Principal,
     spec: JobSpec,
     *,
     stream: bool,
@@ -58,6 +63,8 @@ async def run_job(
 
     Args:
         gateway: The app's gateway.
+        request: The HTTP request (the rate-limit headers go into its scope).
+        principal: The caller; a tweak counts against the limits like a generation.
         spec: The validated job.
         stream: Answer with server-sent events.
         response_format: "b64_json" or "url".
@@ -65,6 +72,9 @@ async def run_job(
         kind: The stream's event prefix ("image_generation" or "image_edit").
     """
     job_id = f"job_{new_ulid().lower()}"
+    # Rollout, tier limits and rate limits (429 with OpenAI's headers); nothing leaves the process.
+    lane = gateway.limits.admit_generation(request.scope, principal, job_id, spec.n, spec.quality)
+    spec = spec.model_copy(update={"lane": lane})
     created = datetime.now(UTC)
     seeded = _queued(job_id, spec, created)
     await gateway.projection.seed(seeded)

@@ -128,7 +128,7 @@ def _on_verdict(state: JobState, verdict: SafetyVerdict) -> Decision:
             return NOTHING  # already queued: a redelivered verdict
         if not verdict.allowed:
             return _blocked(state, verdict)
-        lane = lane_for(state.spec.tier)
+        lane = lane_for(state.spec.lane or state.spec.tier)
         partition = lane.partition_for(state.job_id)
         spec = state.spec
         render = RenderJob(

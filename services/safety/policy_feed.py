@@ -7,24 +7,18 @@ empty topic means "publish the default"). So one group-less reader starts at the
 beginning, reads until its position reaches the end offsets, and the same reader then
 keeps following the topic, so no record falls between "loaded" and "live".
 
-The bus port has no way to ask for end offsets yet, hence `LogReader` here with two
-adapters: `KafkaLogReader` (exact, on aiokafka's end offsets) and `PortLogReader`
-(over any bus Consumer: caught up after an empty fetch, which is exact for the
-in-memory broker that unit tests use and only a heuristic on Kafka).
+The readers that know when they are caught up live in `libs.bus.logreader` (the
+gateway reads its compacted topics the same way); they are re-exported here.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Protocol
 
 from libs import topics
 from libs.bus import EventConsumer, EventPublisher
-from libs.bus.kafka import KafkaConsumer
-from libs.bus.ports import Consumer, Record, TopicPartition
+from libs.bus.logreader import KafkaLogReader, LogReader, PortLogReader, read_to_end
 from libs.events import Envelope
 from libs.events.schemas import SafetyPolicy
 from libs.runtime.dispatch import Dispatcher
@@ -34,109 +28,7 @@ log = logging.getLogger(__name__)
 
 LOAD_TIMEOUT_S = 60.0
 
-
-class LogReader(Consumer, Protocol):
-    """A consumer that reads a topic from its beginning and can tell when it is caught up."""
-
-    async def caught_up(self) -> bool:
-        """Whether every assigned partition has been read to its current end."""
-        ...
-
-
-class KafkaLogReader(KafkaConsumer):
-    """Reads every partition of the topics from the beginning, with no group and no commits."""
-
-    def __init__(self, bootstrap: str, topics: Sequence[str], *, client_id: str) -> None:
-        """Creates the reader (connects on start).
-
-        Args:
-            bootstrap: Kafka bootstrap servers.
-            topics: Topics to read.
-            client_id: Client id shown in broker logs.
-        """
-        super().__init__(bootstrap, group=None, topics=topics, client_id=client_id, auto_offset_reset="earliest")
-
-    async def caught_up(self) -> bool:
-        """See LogReader.caught_up (position against aiokafka's end offsets)."""
-        # The port has no end offsets (see the report on libs/bus); the adapter's client does.
-        client = self._consumer
-        assigned = list(client.assignment())
-        if not assigned:
-            return False  # metadata not in yet: nothing assigned, nothing read
-        ends: Mapping[object, int] = await client.end_offsets(assigned)
-        for tp in assigned:
-            if await client.position(tp) < ends[tp]:
-                return False
-        return True
-
-
-class PortLogReader:
-    """A LogReader over any bus Consumer: caught up once a fetch came back empty.
-
-    Its commits do nothing: a reader keeps no offsets, it starts from the beginning
-    every time (give it a group that has none, e.g. a fresh name).
-    """
-
-    def __init__(self, consumer: Consumer) -> None:
-        """Wraps a consumer that starts at the beginning of its topics."""
-        self._consumer = consumer
-        self._drained = False
-
-    async def start(self) -> None:
-        await self._consumer.start()
-
-    async def stop(self) -> None:
-        await self._consumer.stop()
-
-    async def getmany(self, timeout_ms: int, max_records: int | None = None) -> list[Record]:
-        records = await self._consumer.getmany(timeout_ms, max_records)
-        self._drained = not records and bool(self._consumer.assignment())
-        return records
-
-    async def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
-        return None
-
-    def assignment(self) -> set[TopicPartition]:
-        return self._consumer.assignment()
-
-    def pause(self, partitions: Sequence[TopicPartition]) -> None:
-        self._consumer.pause(partitions)
-
-    def resume(self, partitions: Sequence[TopicPartition]) -> None:
-        self._consumer.resume(partitions)
-
-    def paused(self) -> set[TopicPartition]:
-        return self._consumer.paused()
-
-    async def caught_up(self) -> bool:
-        """See LogReader.caught_up."""
-        return self._drained
-
-
-async def read_to_end(
-    reader: LogReader,
-    handle: Callable[[Record], Awaitable[None]],
-    *,
-    timeout_s: float = LOAD_TIMEOUT_S,
-    poll_ms: int = 200,
-) -> None:
-    """Feed every record of the reader's topics to `handle` until the reader is caught up.
-
-    Args:
-        reader: A started reader.
-        handle: Called with each record, in order.
-        timeout_s: How long to try before giving up.
-        poll_ms: Fetch timeout per poll.
-
-    Raises:
-        TimeoutError: The end was not reached in time (e.g. the broker is unreachable).
-    """
-    deadline = time.monotonic() + timeout_s
-    while not await reader.caught_up():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"did not reach the end of the policy topic within {timeout_s}s")
-        for record in await reader.getmany(poll_ms, 100):
-            await handle(record)
+__all__ = ["KafkaLogReader", "LogReader", "PolicyFeed", "PortLogReader", "read_to_end"]
 
 
 class PolicyFeed:

@@ -30,6 +30,7 @@ import yaml
 
 from infra.stack import Stack, StackError, load_profile
 from libs.cli.accounts import create_account
+from libs.cli.policy import set_policy as set_tier_policy
 from libs.cli.safety_policy import set_policy
 from libs.settings import DEV_SIGNING_KEY
 
@@ -160,6 +161,13 @@ def main(argv: list[str] | None = None) -> int:
         bench_policy = stack.profile.run_dir / "bench-policy.yaml"
         bench_policy.write_text(yaml.safe_dump(policy))
         set_policy(stack.profile.kafka_bootstrap, bench_policy, "bench")
+        # The bench measures the pipeline, not the pro tier's limits: lift them for its account.
+        set_tier_policy(
+            stack.profile.kafka_bootstrap,
+            changed_by="bench",
+            tier="pro",
+            changes={"requests_per_minute": 100_000, "images_per_day": 10**9, "concurrent_jobs": 10_000},
+        )
         account = asyncio.run(
             create_account(
                 stack.profile.kafka_bootstrap, f"bench-{uuid.uuid4().hex[:8]}@example.com", "pro", DEV_SIGNING_KEY

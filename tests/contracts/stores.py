@@ -48,6 +48,23 @@ class DocumentStoreContract:
         assert not await documents.insert(coll, "a", {"n": 2})
         assert await documents.get(coll, "a") == {"_id": "a", "n": 1}
 
+    async def test_insert_many_creates_only_the_new_ids(self, documents: DocumentStore) -> None:
+        coll = _collection()
+        assert await documents.insert(coll, "b", {"n": 0})
+        created = await documents.insert_many(coll, {"a": {"n": 1}, "b": {"n": 2}, "c": {"n": 3}})
+        assert created == {"a", "c"}
+        assert await documents.get(coll, "b") == {"_id": "b", "n": 0}
+        assert await documents.insert_many(coll, {}) == set()
+
+    async def test_get_many_returns_the_existing_ones(self, documents: DocumentStore) -> None:
+        coll = _collection()
+        await documents.insert_many(coll, {"a": {"n": 1}, "b": {"n": 2}})
+        assert await documents.get_many(coll, ["a", "b", "missing"]) == {
+            "a": {"_id": "a", "n": 1},
+            "b": {"_id": "b", "n": 2},
+        }
+        assert await documents.get_many(coll, []) == {}
+
     async def test_find_filters_sorts_and_limits(self, documents: DocumentStore) -> None:
         coll = _collection()
         for i, owner in enumerate(["ann", "bob", "ann", "ann"]):

@@ -23,7 +23,7 @@ def test_lanes_give_each_tier_its_own_partitions() -> None:
     assert set(specs[topics.RENDER_API].lanes) == {"api"}
 
 
-@pytest.mark.parametrize("name", [topics.POLICIES, topics.REVOCATIONS, topics.SAFETY_POLICY])
+@pytest.mark.parametrize("name", [topics.POLICIES, topics.REVOCATIONS, topics.ACCOUNT_TIERS, topics.SAFETY_POLICY])
 def test_latest_value_topics_are_compacted(name: str) -> None:
     spec = next(s for s in load_specs() if s.name == name)
     assert spec.config["cleanup.policy"] == "compact"

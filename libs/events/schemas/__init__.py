@@ -6,7 +6,18 @@ bumps VERSION and adds an upcaster next to the class, with a test reading the ol
 shape back (tests/unit/events).
 """
 
-from libs.events.schemas.accounts import TIERS, AccountCreated, AccountRejected, CreateAccount, Tier
+from libs.events.schemas.accounts import (
+    TIERS,
+    AccountCommandFailed,
+    AccountCreated,
+    AccountRejected,
+    ChangeTier,
+    CreateAccount,
+    KeyRevoked,
+    RevokeKeys,
+    Tier,
+    TierChanged,
+)
 from libs.events.schemas.images import (
     EditSource,
     GenerateImage,
@@ -22,16 +33,20 @@ from libs.events.schemas.images import (
     JobSpec,
     Usage,
 )
+from libs.events.schemas.policies import FEATURES, RolloutChanged, TierPolicy, TierPolicyChanged
 from libs.events.schemas.render import AbortRender, RenderJob, RenderProgressed, RenderStopped
 from libs.events.schemas.safety import CheckContent, CheckPrompt, PolicyCategory, SafetyPolicy, SafetyVerdict
 from libs.events.schemas.storage import ImageStored, StoreImage
 from libs.events.schemas.system import DeadLetter, ServiceHeartbeat
 
 __all__ = [
+    "FEATURES",
     "TIERS",
     "AbortRender",
+    "AccountCommandFailed",
     "AccountCreated",
     "AccountRejected",
+    "ChangeTier",
     "CheckContent",
     "CheckPrompt",
     "CreateAccount",
@@ -49,14 +64,20 @@ __all__ = [
     "JobProgressed",
     "JobQueued",
     "JobSpec",
+    "KeyRevoked",
     "PolicyCategory",
     "RenderJob",
     "RenderProgressed",
     "RenderStopped",
+    "RevokeKeys",
+    "RolloutChanged",
     "SafetyPolicy",
     "SafetyVerdict",
     "ServiceHeartbeat",
     "StoreImage",
     "Tier",
+    "TierChanged",
+    "TierPolicy",
+    "TierPolicyChanged",
     "Usage",
 ]

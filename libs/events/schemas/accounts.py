@@ -54,3 +54,70 @@ class AccountRejected(Event):
     email: str
     code: Literal["duplicate_email", "invalid_email"]
     message: str
+
+
+@REGISTRY.register
+class RevokeKeys(Event):
+    """CLI -> auth: revoke one API key of an account, or all of them (keyed by account id)."""
+
+    TYPE = "accounts.revoke_keys"
+
+    request_id: str
+    account_id: str
+    key_id: str | None = None
+    """The key to revoke; None revokes every key of the account."""
+    reason: str = ""
+    requested_by: str = "operator"
+
+
+@REGISTRY.register
+class KeyRevoked(Event):
+    """Auth: an API key no longer works (compacted revocations topic, keyed by key id)."""
+
+    TYPE = "accounts.key_revoked"
+
+    request_id: str
+    key_id: str
+    account_id: str
+    reason: str = ""
+    revoked_by: str = "operator"
+
+
+@REGISTRY.register
+class ChangeTier(Event):
+    """CLI -> auth: move an account to another tier (keyed by account id)."""
+
+    TYPE = "accounts.change_tier"
+
+    request_id: str
+    account_id: str
+    tier: Tier
+    requested_by: str = "operator"
+
+
+@REGISTRY.register
+class TierChanged(Event):
+    """Auth: an account's tier (compacted account-tier topic, keyed by account id).
+
+    Keys carry the tier they were issued with; gateways apply the latest of these over it.
+    """
+
+    TYPE = "accounts.tier_changed"
+
+    request_id: str
+    account_id: str
+    tier: Tier
+    previous: Tier
+    changed_by: str = "operator"
+
+
+@REGISTRY.register
+class AccountCommandFailed(Event):
+    """Auth: a revocation or tier change could not be applied."""
+
+    TYPE = "accounts.command_failed"
+
+    request_id: str
+    account_id: str
+    code: Literal["unknown_account", "unknown_key"]
+    message: str

@@ -63,6 +63,8 @@ class JobSpec(BaseModel):
     text_tokens: int = 0
     edits: list[EditSource] = []
     """For a tweak, the images it starts from; image i of the job starts from edits[i % len]."""
+    lane: str | None = None
+    """The render lane from the tier's policy; None: the tier's own lane."""
 
 
 @REGISTRY.register

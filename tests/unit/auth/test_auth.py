@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
@@ -81,6 +81,14 @@ class FlakyDocuments(InMemoryDocumentStore):
     async def put(self, collection: str, doc_id: str, doc: Mapping[str, Any]) -> None:
         self._maybe_fail()
         await super().put(collection, doc_id, doc)
+
+    async def get_many(self, collection: str, doc_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        self._maybe_fail()
+        return await super().get_many(collection, doc_ids)
+
+    async def insert_many(self, collection: str, docs: Mapping[str, Mapping[str, Any]]) -> set[str]:
+        self._maybe_fail()
+        return await super().insert_many(collection, docs)
 
 
 @asynccontextmanager

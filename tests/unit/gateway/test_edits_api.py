@@ -12,6 +12,7 @@ from PIL import Image
 
 from libs.model.interface import unpack_cells, unpack_tokens
 from tests.unit.gateway.conftest import GatewayUnderTest, key_for
+from tests.unit.gateway.test_limits import _set_policy
 
 
 def _png(width: int, height: int, transparent: tuple[slice, slice] | None = None, alpha: bool = True) -> bytes:
@@ -97,3 +98,12 @@ async def test_an_edit_streams_its_partial_images_as_image_edit_events(gateway: 
     )
     types = [event.type async for event in stream]
     assert types == ["image_edit.partial_image", "image_edit.partial_image", "image_edit.completed"]
+
+
+async def test_tweaks_count_against_the_daily_images_like_generations(gateway: GatewayUnderTest) -> None:
+    await _set_policy(gateway, "pro", images_per_day=3)
+    data, _ = await _generated(gateway)
+    await gateway.client.images.edit(image=("a.png", data), prompt="again", n=2, quality="low")
+    with pytest.raises(openai.RateLimitError) as caught:
+        await gateway.client.images.edit(image=("a.png", data), prompt="once more", quality="low")
+    assert caught.value.code == "insufficient_quota"

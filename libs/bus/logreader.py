@@ -1,0 +1,167 @@
+"""Readers that know when they have read a topic to its end.
+
+Why not a plain subscription: a consumer-group member resumes at its committed offset
+and a group-less one starts at the end, but a service that folds a compacted topic
+(the safety policy, the gateway's policies and revocations) must read the whole topic
+before it serves, and must know when it has. So one group-less reader starts at the
+beginning (or at a time), reads until its position reaches the end offsets, and the
+same reader then keeps following the topic, so no record falls between "loaded" and
+"live".
+
+The bus port has no way to ask for end offsets yet, hence `LogReader` with two
+adapters: `KafkaLogReader` (exact, on aiokafka's end offsets) and `PortLogReader`
+(over any bus Consumer: caught up after an empty fetch, which is exact for the
+in-memory broker that unit tests use and only a heuristic on Kafka).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Protocol
+
+from aiokafka import AIOKafkaConsumer
+from aiokafka import TopicPartition as KafkaTopicPartition
+
+from libs.bus.kafka import KafkaConsumer
+from libs.bus.ports import Consumer, Record, TopicPartition
+
+
+class LogReader(Consumer, Protocol):
+    """A consumer that reads a topic from its beginning and can tell when it is caught up."""
+
+    async def caught_up(self) -> bool:
+        """Whether every assigned partition has been read to its current end."""
+        ...
+
+
+class KafkaLogReader(KafkaConsumer):
+    """Reads every partition of the topics from the beginning, with no group and no commits."""
+
+    def __init__(
+        self,
+        bootstrap: str,
+        topics: Sequence[str],
+        *,
+        client_id: str,
+        since_ms: Mapping[str, int] | None = None,
+    ) -> None:
+        """Creates the reader (connects on start).
+
+        Args:
+            bootstrap: Kafka bootstrap servers.
+            topics: Topics to read.
+            client_id: Client id shown in broker logs.
+            since_ms: Per topic, a time (Unix ms) to start reading from instead of the
+                beginning: the first record at or after it (the end when there is none).
+        """
+        super().__init__(bootstrap, group=None, topics=topics, client_id=client_id, auto_offset_reset="earliest")
+        self._since_ms = dict(since_ms or {})
+
+    async def start(self) -> None:
+        """Connect; with start times, assign every partition and seek to its time."""
+        if not self._since_ms:
+            await super().start()
+            return
+        self._client = AIOKafkaConsumer(**self._options)
+        await self._client.start()
+        # The consumer tracks metadata only for subscribed topics; ask for these (aiokafka's
+        # client has no public call for that on a consumer that assigns by hand).
+        await self._client._client.set_topics(self._topics)
+        assigned = [
+            KafkaTopicPartition(topic, partition)
+            for topic in self._topics
+            for partition in sorted(self._client.partitions_for_topic(topic) or ())
+        ]
+        self._client.assign(assigned)
+        timed = [tp for tp in assigned if tp.topic in self._since_ms]
+        found = await self._client.offsets_for_times({tp: self._since_ms[tp.topic] for tp in timed})
+        ends = await self._client.end_offsets(timed) if timed else {}
+        for tp in assigned:
+            if tp in found:
+                hit = found[tp]
+                self._client.seek(tp, hit.offset if hit is not None else ends[tp])
+            else:
+                await self._client.seek_to_beginning(tp)
+
+    async def caught_up(self) -> bool:
+        """See LogReader.caught_up (position against aiokafka's end offsets)."""
+        # The port has no end offsets (see the report on libs/bus); the adapter's client does.
+        client = self._consumer
+        assigned = list(client.assignment())
+        if not assigned:
+            return False  # metadata not in yet: nothing assigned, nothing read
+        ends: Mapping[object, int] = await client.end_offsets(assigned)
+        for tp in assigned:
+            if await client.position(tp) < ends[tp]:
+                return False
+        return True
+
+
+class PortLogReader:
+    """A LogReader over any bus Consumer: caught up once a fetch came back empty.
+
+    Its commits do nothing: a reader keeps no offsets, it starts from the beginning
+    every time (give it a group that has none, e.g. a fresh name).
+    """
+
+    def __init__(self, consumer: Consumer) -> None:
+        """Wraps a consumer that starts at the beginning of its topics."""
+        self._consumer = consumer
+        self._drained = False
+
+    async def start(self) -> None:
+        await self._consumer.start()
+
+    async def stop(self) -> None:
+        await self._consumer.stop()
+
+    async def getmany(self, timeout_ms: int, max_records: int | None = None) -> list[Record]:
+        records = await self._consumer.getmany(timeout_ms, max_records)
+        self._drained = not records and bool(self._consumer.assignment())
+        return records
+
+    async def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
+        return None
+
+    def assignment(self) -> set[TopicPartition]:
+        return self._consumer.assignment()
+
+    def pause(self, partitions: Sequence[TopicPartition]) -> None:
+        self._consumer.pause(partitions)
+
+    def resume(self, partitions: Sequence[TopicPartition]) -> None:
+        self._consumer.resume(partitions)
+
+    def paused(self) -> set[TopicPartition]:
+        return self._consumer.paused()
+
+    async def caught_up(self) -> bool:
+        """See LogReader.caught_up."""
+        return self._drained
+
+
+async def read_to_end(
+    reader: LogReader,
+    handle: Callable[[Record], Awaitable[None]],
+    *,
+    timeout_s: float = 60.0,
+    poll_ms: int = 200,
+) -> None:
+    """Feed every record of the reader's topics to `handle` until the reader is caught up.
+
+    Args:
+        reader: A started reader.
+        handle: Called with each record, in order.
+        timeout_s: How long to try before giving up.
+        poll_ms: Fetch timeout per poll.
+
+    Raises:
+        TimeoutError: The end was not reached in time (e.g. the broker is unreachable).
+    """
+    deadline = time.monotonic() + timeout_s
+    while not await reader.caught_up():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"did not reach the end of the topics within {timeout_s}s")
+        for record in await reader.getmany(poll_ms, 100):
+            await handle(record)

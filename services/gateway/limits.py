@@ -1,0 +1,270 @@
+"""Policies, revocations and rate limits at the gateway, kept current from Kafka.
+
+Two feeds run in every replica, each a group-less reader that first reads to the end
+of its topics (before the app serves) and then follows them:
+
+- the access feed folds the compacted policy, revocation and account-tier topics into
+  `AccessState` (libs/access.py), so a change reaches every replica in one fetch
+  (`fetch_max_wait_ms` is 100 ms) and no request ever waits on a database or Kafka;
+- the usage feed folds every replica's admitted generations (the `GenerateImage`
+  commands, from 00:00 UTC today) and job ends (request events, from one job hold
+  ago) into `UsageLedger` (libs/ratelimit.py): the shared token buckets, images per
+  day and jobs in flight. libs/ratelimit.py states the error bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from starlette.datastructures import MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from libs import topics
+from libs.access import AccessState
+from libs.apikeys import Principal
+from libs.bus import EventConsumer, EventPublisher, Handler, Record
+from libs.bus.logreader import KafkaLogReader, LogReader, PortLogReader, read_to_end
+from libs.events import REGISTRY, DecodeError, Envelope
+from libs.events.schemas import GenerateImage
+from libs.events.schemas.policies import QUALITY_ORDER
+from libs.ratelimit import UsageLedger
+from libs.runtime.service import ConsumerFactory
+from services.gateway.errors import APIError, invalid
+
+log = logging.getLogger(__name__)
+
+FEATURE_GENERATION = "image_generation"
+SCOPE_HEADERS = "darkroom.ratelimit_headers"
+"""Where a route leaves the rate-limit headers for `RateLimitHeaders` to add."""
+_JOB_ENDS = frozenset({"images.job_completed", "images.job_blocked", "images.job_failed", "images.job_cancelled"})
+
+ReaderFactory = Callable[[str, Sequence[str], Mapping[str, int]], LogReader]
+"""(name, topics, start time in Unix ms per topic) -> a reader, not started."""
+
+
+def kafka_readers(bootstrap: str) -> ReaderFactory:
+    """Readers on Kafka that start at the given times (the beginning for other topics)."""
+
+    def make(name: str, names: Sequence[str], since_ms: Mapping[str, int]) -> LogReader:
+        return KafkaLogReader(bootstrap, names, client_id=f"darkroom-gateway-{name}", since_ms=since_ms)
+
+    return make
+
+
+def port_readers(consumer_factory: ConsumerFactory) -> ReaderFactory:
+    """Readers over any bus (unit tests): each its own group, from the beginning."""
+
+    def make(name: str, names: Sequence[str], since_ms: Mapping[str, int]) -> LogReader:
+        return PortLogReader(consumer_factory(f"gateway-{name}-{uuid.uuid4().hex}", names))
+
+    return make
+
+
+class Feed:
+    """A reader that is read to its end at start, then followed (see module docstring)."""
+
+    def __init__(
+        self, name: str, reader: LogReader, handler: Handler, publisher: EventPublisher, *, owned: bool = True
+    ) -> None:
+        """Wires the feed.
+
+        Args:
+            name: For logs and spans.
+            reader: The reader (not started).
+            handler: Called with every envelope, in order.
+            publisher: For dead letters.
+            owned: Whether the gateway is the consumer of these topics that answers for bad
+                records (dead-letters them). A feed that only looks over another service's
+                topic (the image commands, read by the requests service) skips them instead,
+                so a poison message is dead-lettered once, not once per gateway replica.
+        """
+        self.name = name
+        self._reader = reader
+        self._handler = handler
+        self._owned = owned
+        self._loop = EventConsumer(
+            reader,
+            handler,
+            publisher=publisher,
+            dead_letter_topic=topics.DEAD_LETTERS,
+            service="gateway",
+            group=f"gateway-{name}-reader",
+        )
+        self.loaded = False
+
+    async def load(self, timeout_s: float = 60.0) -> None:
+        """Start the reader and apply every record up to the current end."""
+        await self._reader.start()
+        await read_to_end(self._reader, self._process, timeout_s=timeout_s)
+        self.loaded = True
+        log.info("gateway %s feed loaded", self.name)
+
+    async def follow(self, stop: asyncio.Event) -> None:
+        """Apply records as they arrive, until `stop` is set."""
+        if self._owned:
+            await self._loop.run(stop)
+            return
+        while not stop.is_set():
+            for record in await self._reader.getmany(200, 500):
+                await self._process(record)
+
+    async def _process(self, record: Record) -> None:
+        if self._owned:
+            await self._loop.process(record)
+            return
+        try:
+            envelope = Envelope.from_bytes(record.value)
+        except DecodeError:
+            return  # the topic's own consumer dead-letters it
+        await self._handler(envelope, record)
+
+    async def close(self) -> None:
+        """Stop the reader."""
+        await self._reader.stop()
+
+
+class AccessHandler:
+    """Folds policy, revocation and tier records into an AccessState."""
+
+    def __init__(self, state: AccessState) -> None:
+        self.state = state
+        self.updated = asyncio.Event()
+
+    async def __call__(self, envelope: Envelope, record: Record) -> None:
+        if REGISTRY.get(envelope.type) is None:
+            log.warning("ignoring unknown record %s on %s", envelope.type, record.topic)
+            return
+        if self.state.apply(REGISTRY.decode(envelope)):
+            self.updated.set()
+
+
+class UsageHandler:
+    """Folds admitted generations and job ends into a UsageLedger."""
+
+    def __init__(self, ledger: UsageLedger, access: AccessState, clock: Callable[[], float]) -> None:
+        self.ledger = ledger
+        self._access = access
+        self._clock = clock
+        self._last_prune = 0.0
+
+    async def __call__(self, envelope: Envelope, record: Record) -> None:
+        now = self._clock()
+        if envelope.type == GenerateImage.TYPE:
+            try:
+                command = REGISTRY.decode_as(envelope, GenerateImage)
+            except DecodeError:
+                return  # the requests service dead-letters it; it admitted nothing
+            spec = command.spec
+            self.ledger.record_command(
+                command.job_id,
+                spec.account_id,
+                spec.tier,
+                self._access.policy(spec.tier),
+                spec.n,
+                command.created_at.timestamp(),
+                now,
+            )
+        elif envelope.type in _JOB_ENDS:
+            self.ledger.record_end(envelope.aggregate_id, now)
+        if now - self._last_prune > 60:
+            self._last_prune = now
+            self.ledger.prune(now)
+
+
+def usage_since(now: float, job_hold_s: float) -> dict[str, int]:
+    """Where the usage feed starts: commands from 00:00 UTC, job ends from one hold ago."""
+    midnight = datetime.fromtimestamp(now, UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    return {
+        topics.IMAGE_COMMANDS: int(min(midnight.timestamp(), now - job_hold_s) * 1000),
+        topics.REQUEST_EVENTS: int((now - job_hold_s) * 1000),
+    }
+
+
+@dataclass
+class Limits:
+    """The access state, the usage ledger and the clock one gateway decides with."""
+
+    access: AccessState
+    ledger: UsageLedger
+    clock: Callable[[], float] = time.time
+
+    def authorize(self, principal: Principal) -> Principal:
+        """Refuse a revoked key; apply the account's current tier.
+
+        Raises:
+            APIError: 401 for a revoked key.
+        """
+        if principal.key_id in self.access.revoked:
+            raise APIError(401, "This API key has been revoked.", code="invalid_api_key")
+        tier = self.access.tier_of(principal.account_id, principal.tier)
+        if tier != principal.tier:
+            return Principal(principal.account_id, tier, principal.key_id, principal.issued_at)
+        return principal
+
+    def admit_generation(self, scope: Scope, principal: Principal, job_id: str, n: int, quality: str) -> str:
+        """Decide a generation request: rollout, tier limits, then the rate limits.
+
+        Leaves the rate-limit headers in the request's scope for the response.
+
+        Args:
+            scope: The request's ASGI scope.
+            principal: The authorized caller (tier already current).
+            job_id: The job the request creates.
+            n: Images asked for.
+            quality: The resolved quality (low, medium, high).
+
+        Returns:
+            The lane the tier's jobs go to.
+
+        Raises:
+            APIError: 403 outside the rollout, 400 over the tier's n or quality, 429 over a limit.
+        """
+        tier = principal.tier
+        if not self.access.has_feature(principal.account_id, tier, FEATURE_GENERATION):
+            percent = self.access.rollout_percent(FEATURE_GENERATION, tier)
+            raise APIError(
+                403,
+                f"Image generation is being rolled out gradually and is not yet available to this account "
+                f"({percent:g}% of {tier} accounts have it so far). Please try again later.",
+                code="feature_not_available",
+            )
+        policy = self.access.policy(tier)
+        if n > policy.max_n:
+            raise invalid("n", f"The {tier} tier allows at most {policy.max_n} image(s) per request.", "tier_limit")
+        if QUALITY_ORDER.get(quality, 0) > QUALITY_ORDER[policy.max_quality]:
+            raise invalid("quality", f"The {tier} tier allows quality up to '{policy.max_quality}'.", "tier_limit")
+        decision = self.ledger.admit(job_id, principal.account_id, tier, policy, n, self.clock())
+        headers = decision.headers()
+        if not decision.allowed:
+            raise APIError(429, decision.message, code=decision.code, headers=headers)
+        scope[SCOPE_HEADERS] = headers
+        return policy.lane
+
+
+class RateLimitHeaders:
+    """Pure ASGI middleware: adds the headers a route left in the scope to its response."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                extra: dict[str, str] = scope.get(SCOPE_HEADERS) or {}
+                headers = MutableHeaders(scope=message)
+                for name, value in extra.items():
+                    if name not in headers:
+                        headers.append(name, value)
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
