@@ -27,6 +27,7 @@ from libs.stores.ports import BlobStore, DocumentStore
 from services.gateway import accounts, images
 from services.gateway.context import Gateway
 from services.gateway.errors import install_error_handlers
+from services.gateway.idempotency import IdempotencyKeys
 from services.gateway.live import JobProjection, LiveEvents
 from services.gateway.tracing import TracingMiddleware
 
@@ -82,6 +83,7 @@ def create_app(
         projection=projection,
         blobs=objects,
         signing_keys=parse_signing_keys(settings.signing_key),
+        idempotency=IdempotencyKeys(docs),
     )
 
     @asynccontextmanager

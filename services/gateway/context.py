@@ -12,6 +12,7 @@ from libs.bus import EventPublisher
 from libs.settings import GatewaySettings
 from libs.stores.ports import BlobStore
 from services.gateway.errors import APIError
+from services.gateway.idempotency import IdempotencyKeys
 from services.gateway.live import JobProjection, LiveEvents
 
 
@@ -25,6 +26,7 @@ class Gateway:
     projection: JobProjection
     blobs: BlobStore
     signing_keys: dict[str, str]
+    idempotency: IdempotencyKeys
 
     @property
     def signer(self) -> str:

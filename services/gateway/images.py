@@ -1,4 +1,4 @@
-"""The Images API: generations (one response, a stream, or an async job) and job status."""
+"""The Images API: generations (one response, a stream, or an async job), job status, cancellation."""
 
 from __future__ import annotations
 
@@ -6,21 +6,23 @@ import asyncio
 import base64
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import orjson
-from fastapi import APIRouter, Depends, Header, Query
+from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from libs import topics
 from libs.apikeys import Principal
 from libs.events import Envelope, new_ulid
-from libs.events.schemas import GenerateImage, JobSpec
+from libs.events.schemas import CancelJob, GenerateImage, JobSpec
 from libs.jobs import JobState, preview_passes
+from libs.stores.ports import StoreUnavailable
 from services.gateway.context import Gateway, get_gateway, get_principal
 from services.gateway.errors import APIError, invalid
+from services.gateway.idempotency import MAX_KEY_LENGTH
 from services.gateway.models import PASSES, RESOLVED_QUALITY, SIZES, ImageGenerationRequest, count_text_tokens
 
 router = APIRouter(prefix="/v1/images", tags=["images"])
@@ -29,41 +31,108 @@ GatewayDep = Annotated[Gateway, Depends(get_gateway)]
 PrincipalDep = Annotated[Principal, Depends(get_principal)]
 FALLBACK_POLL_S = 2.0
 """How often a waiting request also reads the read model, in case a live event was missed."""
+CANCEL_ON_DISCONNECT = "x-darkroom-cancel-on-disconnect"
+"""Request header: "true" cancels the job when the client leaves a synchronous or streaming call."""
+CANCEL_WAIT_S = 10.0
+"""How long a cancel request waits for the job to end before answering with its state."""
+_pending: set[asyncio.Task[None]] = set()
+"""Cancellations sent after a client left (kept referenced until they are published)."""
 
 
 @router.post("/generations", response_model=None)
 async def create_generation(
     body: ImageGenerationRequest,
+    request: Request,
     gateway: GatewayDep,
     principal: PrincipalDep,
     prefer: Annotated[str | None, Header()] = None,
+    idempotency_key: Annotated[str | None, Header()] = None,
 ) -> Response:
     """Create images from a prompt (OpenAI's `images.generate`)."""
-    spec = _spec(body, principal, gateway)
+    spec = _spec(body, principal, gateway, idempotency_key)
     job_id = f"job_{new_ulid().lower()}"
     created = datetime.now(UTC)
-    await gateway.projection.seed(JobState(job_id=job_id, spec=spec, created_at=created, total_passes=spec.passes))
+    if idempotency_key is not None:
+        job_id = await _claim(gateway, principal, idempotency_key, job_id)
+    existing = await gateway.projection.get(job_id) if idempotency_key is not None else None
+    if existing is not None:
+        spec, created = existing.spec, existing.created_at
+    else:
+        await gateway.projection.seed(JobState(job_id=job_id, spec=spec, created_at=created, total_passes=spec.passes))
+    cancel_on_disconnect = request.headers.get(CANCEL_ON_DISCONNECT, "").lower() in ("1", "true", "yes")
     with gateway.live.subscribe(job_id) as queue:
-        command = GenerateImage(job_id=job_id, spec=spec, created_at=created)
-        await gateway.publisher.publish(
-            topics.IMAGE_COMMANDS, Envelope.wrap(command, aggregate_id=job_id, tier=spec.tier)
-        )
+        if existing is None:
+            command = GenerateImage(job_id=job_id, spec=spec, created_at=created)
+            await gateway.publisher.publish(
+                topics.IMAGE_COMMANDS, Envelope.wrap(command, aggregate_id=job_id, tier=spec.tier)
+            )
         if prefer and "respond-async" in prefer.lower():
             state = await gateway.projection.get(job_id)
             return JSONResponse(await job_object(gateway, state or _queued(job_id, spec, created)), status_code=202)
         if body.stream:
             return StreamingResponse(
-                _stream(gateway, job_id, spec, created, queue, body),
+                _stream(gateway, job_id, spec, created, queue, body, cancel_on_disconnect),
                 media_type="text/event-stream",
                 headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
             )
-        state = await _wait_for_end(gateway, job_id, queue, gateway.settings.sync_wait_s)
+        left = request.is_disconnected if cancel_on_disconnect else None
+        state = await _wait_for_end(gateway, job_id, queue, gateway.settings.sync_wait_s, left)
     if state is None or not state.terminal:
+        if left is not None and await left():
+            await _cancel(gateway, job_id, principal.account_id, "client_disconnected")
         # Still running after the synchronous limit: hand the client the job instead of failing.
         return JSONResponse(await job_object(gateway, state or _queued(job_id, spec, created)), status_code=202)
     if state.status != "completed":
         raise _job_error(state)
     return JSONResponse(await _images_response(gateway, state, body.response_format))
+
+
+async def _claim(gateway: Gateway, principal: Principal, key: str, job_id: str) -> str:
+    """The job an Idempotency-Key names for this account: an earlier one, or `job_id`."""
+    if not 1 <= len(key) <= MAX_KEY_LENGTH:
+        raise invalid("Idempotency-Key", f"The Idempotency-Key header must be 1 to {MAX_KEY_LENGTH} characters.")
+    try:
+        return await gateway.idempotency.claim(principal.account_id, key, job_id)
+    except StoreUnavailable as exc:
+        raise APIError(503, "The service is temporarily unavailable; retry with the same key.") from exc
+
+
+@router.post("/jobs/{job_id}/cancel", response_model=None)
+@router.delete("/jobs/{job_id}", response_model=None)
+async def cancel_job(job_id: str, gateway: GatewayDep, principal: PrincipalDep) -> JSONResponse:
+    """Cancel a job: a queued job never starts, a rendering one stops at its next pass.
+
+    Answers the job object once it is cancelled (200), the current one if it is still
+    ending after a few seconds (202), or 409 when it had already ended otherwise.
+    """
+    state = await gateway.projection.get(job_id)
+    if state is None or state.spec.account_id != principal.account_id:
+        raise APIError(404, f"No job found with id '{job_id}'.", param="job_id", code="not_found")
+    if state.terminal and state.status != "cancelled":
+        raise APIError(409, f"The job {job_id} has already ended ({state.status}).", code="job_not_cancellable")
+    with gateway.live.subscribe(job_id) as queue:
+        if not state.terminal:
+            await _cancel(gateway, job_id, principal.account_id, "requested")
+        state = await _wait_for_end(gateway, job_id, queue, CANCEL_WAIT_S) or state
+    if state.terminal and state.status != "cancelled":
+        raise APIError(
+            409, f"The job {job_id} ended ({state.status}) before it could be cancelled.", code="job_not_cancellable"
+        )
+    return JSONResponse(await job_object(gateway, state), status_code=200 if state.terminal else 202)
+
+
+async def _cancel(gateway: Gateway, job_id: str, account_id: str, reason: str) -> None:
+    command = CancelJob(
+        job_id=job_id, account_id=account_id, reason="requested" if reason == "requested" else "client_disconnected"
+    )
+    await gateway.publisher.publish(topics.IMAGE_COMMANDS, Envelope.wrap(command, aggregate_id=job_id))
+
+
+def _cancel_later(gateway: Gateway, job_id: str, account_id: str) -> None:
+    """Sends a cancellation from code that is itself being cancelled (a stream whose client left)."""
+    task = asyncio.get_running_loop().create_task(_cancel(gateway, job_id, account_id, "client_disconnected"))
+    _pending.add(task)
+    task.add_done_callback(_pending.discard)
 
 
 @router.get("/jobs/{job_id}", response_model=None)
@@ -80,7 +149,9 @@ async def get_job(
     return JSONResponse(await job_object(gateway, state, response_format))
 
 
-def _spec(body: ImageGenerationRequest, principal: Principal, gateway: Gateway) -> JobSpec:
+def _spec(
+    body: ImageGenerationRequest, principal: Principal, gateway: Gateway, idempotency_key: str | None = None
+) -> JobSpec:
     models = gateway.settings.models
     model = body.model or models[0]
     if model not in models:
@@ -109,6 +180,7 @@ def _spec(body: ImageGenerationRequest, principal: Principal, gateway: Gateway) 
         seed=body.seed if body.seed is not None else secrets.randbits(31),
         user=body.user,
         text_tokens=count_text_tokens(body.prompt),
+        idempotency_key=idempotency_key,
     )
 
 
@@ -117,13 +189,21 @@ def _queued(job_id: str, spec: JobSpec, created: datetime) -> JobState:
 
 
 async def _wait_for_end(
-    gateway: Gateway, job_id: str, queue: asyncio.Queue[Envelope], timeout_s: float
+    gateway: Gateway,
+    job_id: str,
+    queue: asyncio.Queue[Envelope],
+    timeout_s: float,
+    left: Callable[[], Awaitable[bool]] | None = None,
 ) -> JobState | None:
-    """Wait until the job is terminal (or the timeout passes); returns its latest state."""
+    """Wait until the job is terminal, the timeout passes or (with `left`) the client left.
+
+    Returns:
+        The job's latest state.
+    """
     deadline = time.monotonic() + timeout_s
     while True:
         remaining = deadline - time.monotonic()
-        if remaining <= 0:
+        if remaining <= 0 or (left is not None and await left()):
             return await gateway.projection.get(job_id)
         try:
             envelope = await asyncio.wait_for(queue.get(), timeout=min(remaining, FALLBACK_POLL_S))
@@ -135,7 +215,7 @@ async def _wait_for_end(
                 return state
 
 
-_TERMINAL_TYPES = {"images.job_completed", "images.job_blocked", "images.job_failed"}
+_TERMINAL_TYPES = {"images.job_completed", "images.job_blocked", "images.job_failed", "images.job_cancelled"}
 
 
 async def _latest(gateway: Gateway, job_id: str, envelope: Envelope | None) -> JobState | None:
@@ -229,12 +309,32 @@ async def _stream(
     created: datetime,
     queue: asyncio.Queue[Envelope],
     body: ImageGenerationRequest,
+    cancel_on_disconnect: bool = False,
 ) -> AsyncIterator[bytes]:
     """Server-sent events: partial images at evenly spaced passes, then the final image.
 
     The generator holds its own subscription, since the route's `with` block has ended
-    by the time the response body is sent.
+    by the time the response body is sent. When the client leaves before the end, the
+    job goes on (it can be fetched later) unless it asked to cancel on disconnect.
     """
+    ended = False
+    try:
+        async for frame in _stream_frames(gateway, job_id, spec, created, queue, body):
+            yield frame
+        ended = True
+    finally:
+        if not ended and cancel_on_disconnect:
+            _cancel_later(gateway, job_id, spec.account_id)
+
+
+async def _stream_frames(
+    gateway: Gateway,
+    job_id: str,
+    spec: JobSpec,
+    created: datetime,
+    queue: asyncio.Queue[Envelope],
+    body: ImageGenerationRequest,
+) -> AsyncIterator[bytes]:
     common = {
         "created_at": int(created.timestamp()),
         "size": _size(spec),

@@ -8,20 +8,25 @@ shape back (tests/unit/events).
 
 from libs.events.schemas.accounts import TIERS, AccountCreated, AccountRejected, CreateAccount, Tier
 from libs.events.schemas.images import (
+    CancelJob,
+    ExpireRenderLease,
     GenerateImage,
     ImageRef,
     JobAccepted,
     JobBlocked,
+    JobCancelled,
     JobCompleted,
     JobContentCleared,
     JobFailed,
     JobImageStored,
     JobProgressed,
     JobQueued,
+    JobRenderStarted,
+    JobRequeued,
     JobSpec,
     Usage,
 )
-from libs.events.schemas.render import AbortRender, RenderJob, RenderProgressed, RenderStopped
+from libs.events.schemas.render import AbortRender, RenderJob, RenderProgressed, RenderStarted, RenderStopped
 from libs.events.schemas.safety import CheckContent, CheckPrompt, PolicyCategory, SafetyPolicy, SafetyVerdict
 from libs.events.schemas.storage import ImageStored, StoreImage
 from libs.events.schemas.system import DeadLetter, ServiceHeartbeat
@@ -31,25 +36,31 @@ __all__ = [
     "AbortRender",
     "AccountCreated",
     "AccountRejected",
+    "CancelJob",
     "CheckContent",
     "CheckPrompt",
     "CreateAccount",
     "DeadLetter",
+    "ExpireRenderLease",
     "GenerateImage",
     "ImageRef",
     "ImageStored",
     "JobAccepted",
     "JobBlocked",
+    "JobCancelled",
     "JobCompleted",
     "JobContentCleared",
     "JobFailed",
     "JobImageStored",
     "JobProgressed",
     "JobQueued",
+    "JobRenderStarted",
+    "JobRequeued",
     "JobSpec",
     "PolicyCategory",
     "RenderJob",
     "RenderProgressed",
+    "RenderStarted",
     "RenderStopped",
     "SafetyPolicy",
     "SafetyVerdict",

@@ -209,7 +209,9 @@ async def test_a_job_progresses_pass_by_pass_then_hands_its_images_to_storage() 
         assert {(e.aggregate_id, e.correlation_id, e.causation_id, e.tier) for e in sent} == {
             ("job-1", cause.correlation_id, cause.event_id, "pro")
         }
-        assert [e.sequence for e in sent] == [1, 2, 3, 4, 5, 6]
+        # RenderStarted first (sequence 0: it orders nothing), then passes and images in order.
+        assert [e.type for e in sent][:2] == ["render.render_started", "render.render_progressed"]
+        assert [e.sequence for e in sent] == [0, 1, 2, 3, 4, 5, 6]
         records = decoder.broker.records(topics.RENDER_PROGRESS) + decoder.broker.records(topics.STORAGE_BLOBS)
         assert {r.key for r in records} == {b"job-1"}
 
@@ -298,7 +300,7 @@ async def test_a_model_failure_stops_the_job_once_without_retries() -> None:
         await decoder.send(topics.RENDER_CONSUMER, JOB, JOB.job_id)
         await eventually(_now(lambda: decoder.handled() >= 1), 10, "the job handled")
 
-        [stopped] = decoder.stopped()
+        [stopped] = await eventually(_now(decoder.stopped), 10, "the render stopped")
         assert (stopped.pass_index, stopped.reason) == (1, "failed")
         assert "weights went missing" in stopped.message
         assert [p.pass_index for p in decoder.progress()] == [1]
@@ -322,7 +324,7 @@ async def test_the_api_pool_serves_the_api_topic_in_its_own_group_with_the_confi
     async with running_decoder(None, settings) as decoder:
         assert [(s.group, list(s.topics)) for s in decoder.runtime.subscriptions] == [
             ("decoder-api", [topics.RENDER_API]),
-            ("", [topics.RENDER_CONTROL]),
+            (f"decoder-control-{decoder.runtime.instance_id}", [topics.RENDER_CONTROL]),
         ]
         job = JOB.model_copy(update={"tier": "api", "n": 1})
         await decoder.send(topics.RENDER_API, job, job.job_id)
@@ -335,7 +337,7 @@ def test_the_consumer_pool_serves_the_lanes_in_its_own_group() -> None:
 
     assert [(s.group, list(s.topics)) for s in runtime.subscriptions] == [
         ("decoder-consumer", [topics.RENDER_CONSUMER]),
-        ("", [topics.RENDER_CONTROL]),
+        (f"decoder-control-{runtime.instance_id}", [topics.RENDER_CONTROL]),
     ]
 
 
