@@ -153,6 +153,13 @@ class DecoderHandlers:
         re-dispatched one from its checkpoint.
         """
         await self._free.acquire()
+        if job.job_id in self._aborted:
+            # Cancelled or blocked while it waited in its lane: it never starts.
+            self._free.release()
+            log.info("job %s aborted before it started", job.job_id)
+            stopped = RenderStopped(job_id=job.job_id, pass_index=job.resume_pass, reason="aborted")
+            await self._publish(topics.RENDER_PROGRESS, stopped, job, job.resume_pass + 1, envelope)
+            return
         try:
             states = self._initial_states(job)
         except Exception as exc:  # noqa: BLE001 - the job is invalid for the model: fail it, once

@@ -90,7 +90,7 @@ class RequestHandlers:
         self._records = RevisionLog(documents, COLLECTION)
         self._publisher = publisher
         self._policy = policy or Policy()
-        self.leases = leases or LeaseMonitor(lease_s=30.0)
+        self.leases = leases if leases is not None else LeaseMonitor(lease_s=30.0)
         self._published: OrderedDict[str, int] = OrderedDict()
         """Job id -> revision whose outbox this process has published (bounded, newest last)."""
 
@@ -166,7 +166,7 @@ class RequestHandlers:
             raise TransientError(f"job {job_id} changed concurrently; retrying on fresh state")
 
     async def _save_decision(
-        self, job_id: str, record: JobRecord, decision: Decision, cause: Envelope, event: Event
+        self, job_id: str, record: JobRecord, decision: Decision, cause: Envelope, received: Event
     ) -> JobRecord:
         state = record.state
         tier = state.spec.tier if state else None
@@ -184,8 +184,8 @@ class RequestHandlers:
                 OutboxItem(topic=message.topic, partition=message.partition, envelope=envelope.model_dump(mode="json"))
             )
         checkpoint = record.checkpoint
-        if isinstance(event, RenderProgressed) and any(isinstance(e, JobProgressed) for e in decision.events):
-            checkpoint = event.tokens
+        if isinstance(received, RenderProgressed) and any(isinstance(e, JobProgressed) for e in decision.events):
+            checkpoint = received.tokens
         updated = JobRecord(
             state=state, seen=[*record.seen, cause.event_id], outbox=outbox, checkpoint=checkpoint, rev=record.rev + 1
         )
