@@ -25,6 +25,11 @@ def claim_id(account_id: str, key: str) -> str:
     return hashlib.sha256(f"{account_id}\0{key}".encode()).hexdigest()
 
 
+def claim_document(account_id: str, job_id: str, created_at: datetime) -> dict[str, str]:
+    """The claim of a key: the job it names and when (the job's creation time)."""
+    return {"account_id": account_id, "job_id": job_id, "created_at": created_at.isoformat()}
+
+
 class IdempotencyKeys:
     """Claims of idempotency keys by job, in the gateway's own collection."""
 
@@ -35,6 +40,12 @@ class IdempotencyKeys:
     async def claim(self, account_id: str, key: str, job_id: str, now: datetime | None = None) -> str:
         """Claims the key for `job_id` unless a live claim exists.
 
+        Args:
+            account_id: The caller's account.
+            key: The Idempotency-Key header.
+            job_id: The job this request would create.
+            now: The new job's creation time (recorded, and compared with the TTL).
+
         Returns:
             The job the key names: `job_id` when this call claimed it, else the earlier job.
 
@@ -43,7 +54,7 @@ class IdempotencyKeys:
         """
         now = now or datetime.now(UTC)
         doc_id = claim_id(account_id, key)
-        doc = {"account_id": account_id, "job_id": job_id, "created_at": now.isoformat()}
+        doc = claim_document(account_id, job_id, now)
         if await self._docs.insert(KEYS, doc_id, doc):
             return job_id
         existing = await self._docs.get(KEYS, doc_id)

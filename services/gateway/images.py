@@ -53,7 +53,7 @@ async def create_generation(
     job_id = f"job_{new_ulid().lower()}"
     created = datetime.now(UTC)
     if idempotency_key is not None:
-        job_id = await _claim(gateway, principal, idempotency_key, job_id)
+        job_id = await _claim(gateway, principal, idempotency_key, job_id, created)
     existing = await gateway.projection.get(job_id) if idempotency_key is not None else None
     if existing is not None:
         spec, created = existing.spec, existing.created_at
@@ -87,12 +87,12 @@ async def create_generation(
     return JSONResponse(await _images_response(gateway, state, body.response_format))
 
 
-async def _claim(gateway: Gateway, principal: Principal, key: str, job_id: str) -> str:
+async def _claim(gateway: Gateway, principal: Principal, key: str, job_id: str, created: datetime) -> str:
     """The job an Idempotency-Key names for this account: an earlier one, or `job_id`."""
     if not 1 <= len(key) <= MAX_KEY_LENGTH:
         raise invalid("Idempotency-Key", f"The Idempotency-Key header must be 1 to {MAX_KEY_LENGTH} characters.")
     try:
-        return await gateway.idempotency.claim(principal.account_id, key, job_id)
+        return await gateway.idempotency.claim(principal.account_id, key, job_id, created)
     except StoreUnavailable as exc:
         raise APIError(503, "The service is temporarily unavailable; retry with the same key.") from exc
 
