@@ -22,7 +22,15 @@ from libs import topics
 from libs.bus import EventPublisher
 from libs.bus.memory import InMemoryBroker
 from libs.events import REGISTRY, Envelope, Event
-from libs.events.schemas import AbortRender, DeadLetter, RenderJob, RenderProgressed, RenderStopped, StoreImage
+from libs.events.schemas import (
+    AbortRender,
+    DeadLetter,
+    RenderJob,
+    RenderProgressed,
+    RenderStarted,
+    RenderStopped,
+    StoreImage,
+)
 from libs.model.interface import (
     ImageModel,
     NoOpModel,
@@ -353,3 +361,31 @@ async def test_the_model_check_passes_once_the_model_is_loaded() -> None:
 
     async with running_decoder(NoOpModel()) as decoder:
         assert await decoder.runtime.run_checks() == {"model": True}
+
+
+async def test_a_redispatched_job_resumes_from_its_checkpoint_and_ends_like_the_uninterrupted_one() -> None:
+    progress, stored = await _render(JOB, NoOpModel())
+    checkpoint = progress[1]  # after pass 2
+    resumed_job = JOB.model_copy(update={"attempt": 1, "resume_pass": 2, "resume_tokens": checkpoint.tokens})
+
+    async with running_decoder(NoOpModel()) as decoder:
+        await decoder.send(topics.RENDER_CONSUMER, resumed_job, JOB.job_id)
+        await eventually(_now(lambda: len(decoder.stored()) >= 2), 10, "stored images")
+        [started] = decoder.events(topics.RENDER_PROGRESS, RenderStarted)
+        assert isinstance(started, RenderStarted)
+        assert (started.attempt, started.pass_index, started.total_passes) == (1, 2, 4)
+        await eventually(_now(lambda: len(decoder.progress()) >= 2), 10, "the last pass reported")
+        assert [(p.pass_index, p.tokens) for p in decoder.progress()] == [
+            (p.pass_index, p.tokens) for p in progress[2:]
+        ]
+        assert [(s.tokens, s.data) for s in decoder.stored()] == [(s.tokens, s.data) for s in stored]
+
+
+async def test_a_resumed_job_without_its_checkpoints_fails_instead_of_rendering_something_else() -> None:
+    broken = JOB.model_copy(update={"attempt": 1, "resume_pass": 2, "resume_tokens": ["AAAA"]})
+    async with running_decoder(NoOpModel()) as decoder:
+        await decoder.send(topics.RENDER_CONSUMER, broken, JOB.job_id)
+        [stopped] = await eventually(_now(decoder.stopped), 10, "the render stopped")
+        assert (stopped.reason, stopped.pass_index) == ("failed", 2)
+        assert "2 images carries 1 checkpoints" in stopped.message
+        assert decoder.progress() == [] and decoder.stored() == []
