@@ -73,6 +73,9 @@ class Watch:
     def of(self, job_id: str, event_type: str | None = None) -> list[Envelope]:
         return [e for _, _, _, e in self.seen if e.aggregate_id == job_id and event_type in (None, e.type)]
 
+    def of_type(self, event_type: str) -> list[Envelope]:
+        return [e for _, _, _, e in self.seen if e.type == event_type]
+
     def payloads(self, job_id: str, event_type: str) -> list[dict[str, Any]]:
         return [e.payload for e in self.of(job_id, event_type)]
 

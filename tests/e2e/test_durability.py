@@ -135,3 +135,36 @@ async def test_an_idempotency_key_returns_the_same_job_for_the_same_account(runn
         # One command and one job for the three requests with the key.
         assert len(watch.of(first["id"], "images.generate_image")) == 1
         assert len(watch.of(first["id"], "images.job_accepted")) == 1
+
+
+async def test_a_client_that_leaves_cancels_only_when_it_asked_to(running: Stack, api_key: str) -> None:
+    marker = uuid.uuid4().hex[:8]
+    async with api(running, api_key) as http, watching(running) as watch:
+
+        def job_of(prompt: str) -> str | None:
+            for e in watch.of_type("images.job_accepted"):
+                if e.payload["spec"]["prompt"] == prompt:
+                    return e.aggregate_id
+            return None
+
+        async def leave_mid_render(prompt: str, seed: int, **headers: str) -> str:
+            body = SLOW | {"prompt": prompt, "seed": seed}
+            call = asyncio.create_task(http.post("/v1/images/generations", json=body, headers=headers))
+            await watch.until("the job rendering", lambda: job_of(prompt) is not None)
+            job_id = str(job_of(prompt))
+            await watch.until("a pass", lambda: watch.of(job_id, "render.render_progressed"))
+            call.cancel()  # the client goes away: its connection closes
+            await asyncio.gather(call, return_exceptions=True)
+            return job_id
+
+        stays = await leave_mid_render(f"a blue square on grass {marker} a", 31)
+        leaves = await leave_mid_render(
+            f"a blue square on grass {marker} b", 32, **{"x-darkroom-cancel-on-disconnect": "true"}
+        )
+
+        assert (await wait_done(http, leaves))["status"] == "cancelled"
+        [cancelled] = watch.payloads(leaves, "images.job_cancelled")
+        assert cancelled["reason"] == "client_disconnected"
+        # Without the header the job goes on, and the client can fetch it later.
+        assert (await wait_done(http, stays))["status"] == "completed"
+        assert watch.of(stays, "images.job_cancelled") == []
