@@ -125,7 +125,12 @@ def load_profile(name: str) -> Profile:
     offset = int(os.environ.get(f"{prefix}PORT_OFFSET", offset))
 
     def port(var: str, default: int) -> int:
-        return int(os.environ.get(f"{prefix}{var}_PORT", default + offset))
+        moved = default + offset
+        if moved > 65535:
+            # A large offset pushes the highest ports (FerretDB's 27017) past the last port:
+            # wrap them around above 1024 rather than fail.
+            moved = 1024 + (moved - 1024) % (65536 - 1024)
+        return int(os.environ.get(f"{prefix}{var}_PORT", moved))
 
     return Profile(
         name=name,

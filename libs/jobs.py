@@ -17,12 +17,15 @@ from libs.events.schemas import (
     ImageRef,
     JobAccepted,
     JobBlocked,
+    JobCancelled,
     JobCompleted,
     JobContentCleared,
     JobFailed,
     JobImageStored,
     JobProgressed,
     JobQueued,
+    JobRenderStarted,
+    JobRequeued,
     JobSpec,
     Usage,
 )
@@ -44,6 +47,8 @@ class JobState(BaseModel):
     pass_index: int = 0
     total_passes: int = 0
     lane: str = ""
+    attempt: int = 0
+    """Dispatches of the render so far minus one (re-dispatches after a lost decoder)."""
     stored: list[ImageRef] = []
     content_cleared: bool = False
     images: list[ImageRef] = []
@@ -83,6 +88,10 @@ def evolve(state: JobState | None, event: Event, sequence: int) -> JobState | No
     update: dict[str, object] = {"sequence": sequence}
     if isinstance(event, JobQueued):
         update |= {"status": "queued", "lane": event.lane}
+    elif isinstance(event, JobRenderStarted):
+        update |= {"status": "rendering", "attempt": event.attempt}
+    elif isinstance(event, JobRequeued):
+        update |= {"status": "queued", "attempt": event.attempt}
     elif isinstance(event, JobProgressed):
         update |= {"status": "rendering", "pass_index": event.pass_index, "total_passes": event.total_passes}
     elif isinstance(event, JobImageStored):
@@ -105,6 +114,8 @@ def evolve(state: JobState | None, event: Event, sequence: int) -> JobState | No
             "blocked_stage": event.stage,
             "blocked_category": event.category,
         }
+    elif isinstance(event, JobCancelled):
+        update |= {"status": "cancelled", "error_code": "job_cancelled", "error_message": "The job was cancelled."}
     elif isinstance(event, JobFailed):
         update |= {"status": "failed", "error_code": event.code, "error_message": event.message}
     else:

@@ -114,6 +114,12 @@ class RequestsSettings(MongoSettings):
 
     content_check_stride: int = 1
     """Check drawn content after every k-th pass (the last pass is always checked)."""
+    render_lease_s: float = 20.0
+    """Seconds a decoder may stay silent about a job it renders (it reports at the start and
+    after every pass) before the job is dispatched again from its last checkpoint."""
+    lease_check_s: float = 1.0
+    """How often expired leases are looked for: a lost job is re-dispatched within
+    render_lease_s + lease_check_s of its decoder's last report."""
 
 
 class DecoderSettings(ServiceSettings):

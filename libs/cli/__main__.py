@@ -6,6 +6,9 @@ darkroom schemas export [DIR]                write every event's JSON Schema
 darkroom accounts create|upgrade|revoke      accounts, tiers and API keys
 darkroom policy show|set                     tier limits and rollout flags, applied live
 darkroom jobs show JOB_ID                    any account's job (operators see all)
+darkroom dlq list                            messages parked on the dead-letter topic, with the reason
+darkroom dlq replay OFFSET... | --all        send parked messages back to their topic, unchanged
+darkroom rebuild                             drop the read models and rebuild them from the topics
 """
 
 from __future__ import annotations
@@ -138,6 +141,44 @@ def _operator() -> str:
     return operator_name()
 
 
+def _dlq(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from libs.cli.dlq import format_letters, read_letters, replay, select
+
+    try:
+        letters = asyncio.run(read_letters(args.bootstrap))
+        if args.action == "list":
+            shown = select(letters, service=args.service)
+            print(format_letters(shown[-args.limit :] if args.limit else shown), end="")
+            return 0
+        if not args.offsets and not args.all:
+            print("darkroom: `dlq replay` needs dead-letter offsets or --all", file=sys.stderr)
+            return 2
+        chosen = select(letters, args.offsets, args.service)
+        sent = asyncio.run(replay(args.bootstrap, chosen))
+    except (KeyError, TimeoutError, OSError) as exc:
+        print(f"darkroom: {exc.args[0] if isinstance(exc, KeyError) else exc}", file=sys.stderr)
+        return 1
+    print(f"replayed {sent} dead letter{'s' if sent != 1 else ''}")
+    return 0
+
+
+def _rebuild(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from libs.cli.rebuild import rebuild
+
+    try:
+        counts = asyncio.run(rebuild(args.bootstrap, args.mongo_url, args.mongo_database))
+    except (TimeoutError, OSError) as exc:
+        print(f"darkroom: {exc}", file=sys.stderr)
+        return 1
+    for collection, count in counts.items():
+        print(f"rebuilt {collection}: {count} documents")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse the command line and run one command; returns the exit code."""
     parser = argparse.ArgumentParser(
@@ -195,6 +236,24 @@ def main(argv: list[str] | None = None) -> int:
     export = schemas_cmd.add_parser("export", help="write JSON Schemas of every event")
     export.add_argument("directory", nargs="?", default="docs/schemas", type=Path)
 
+    dlq = commands.add_parser("dlq", help="the dead-letter topic")
+    dlq_cmd = dlq.add_subparsers(dest="action", required=True)
+    dlq_list = dlq_cmd.add_parser("list", help="list dead letters with their reason and origin")
+    dlq_list.add_argument("--limit", type=int, default=0, help="only the last N letters")
+    dlq_replay = dlq_cmd.add_parser("replay", help="send dead letters back to their original topic")
+    dlq_replay.add_argument("offsets", nargs="*", type=int, help="dead-letter offsets (as `dlq list` shows)")
+    dlq_replay.add_argument("--all", action="store_true", help="every letter (or every letter of --service)")
+    for sub in (dlq_list, dlq_replay):
+        sub.add_argument("--service", help="only letters parked by this service")
+        sub.add_argument("--bootstrap", default=default_bootstrap(), help="broker (default: %(default)s)")
+
+    rebuild = commands.add_parser("rebuild", help="drop the read models and rebuild them by replaying the topics")
+    rebuild.add_argument("--bootstrap", default=default_bootstrap(), help="broker (default: %(default)s)")
+    rebuild.add_argument(
+        "--mongo-url", default=os.environ.get("DARKROOM_MONGO_URL", "mongodb://127.0.0.1:27017/"), help="MongoDB"
+    )
+    rebuild.add_argument("--mongo-database", default=os.environ.get("DARKROOM_MONGO_DATABASE", "darkroom"))
+
     args, rest = parser.parse_known_args(argv)
     if args.command == "kafka":
         return _kafka(args, rest)
@@ -208,6 +267,10 @@ def main(argv: list[str] | None = None) -> int:
         return _jobs(args)
     if args.command == "safety":
         return _safety_policy(args)
+    if args.command == "dlq":
+        return _dlq(args)
+    if args.command == "rebuild":
+        return _rebuild(args)
     if args.command == "schemas":
         written = export_schemas(args.directory)
         print(f"wrote {len(written)} files to {args.directory}")

@@ -57,7 +57,7 @@ class InMemoryDocumentStore:
         docs = [
             copy.deepcopy(d)
             for d in self._collections.get(collection, {}).values()
-            if all(d.get(k) == v for k, v in (equals or {}).items())
+            if all(_field(d, k) == v for k, v in (equals or {}).items())
         ]
         for field, direction in reversed(list(sort)):
             docs.sort(key=lambda d: d.get(field), reverse=direction < 0)  # type: ignore[arg-type,return-value]
@@ -97,3 +97,13 @@ class InMemoryBlobStore:
 
     async def url(self, key: str, expires_s: int) -> str:
         return f"memory://{key}?expires={expires_s}"
+
+
+def _field(doc: Mapping[str, Any], path: str) -> Any:
+    """A field by dotted path ("state.status"), as MongoDB reads it; None when absent."""
+    value: Any = doc
+    for part in path.split("."):
+        if not isinstance(value, Mapping):
+            return None
+        value = value.get(part)
+    return value

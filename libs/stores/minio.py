@@ -48,7 +48,10 @@ class MinioBlobStore:
     async def _call(self, fn: Callable[[], T]) -> T:
         try:
             return await asyncio.to_thread(fn)
-        except S3Error:
+        except S3Error as exc:
+            # A server answering 5xx (starting up, overloaded) is away for now, like an unreachable one.
+            if exc.response is not None and exc.response.status >= 500:
+                raise StoreUnavailable(f"object store unavailable: {exc.code}") from exc
             raise
         except (MinioException, urllib3.exceptions.HTTPError, OSError) as exc:
             raise StoreUnavailable(f"object store unreachable: {exc}") from exc

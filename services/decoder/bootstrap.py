@@ -18,9 +18,16 @@ SERVICE = "decoder"
 POOL_TOPICS = {"consumer": topics.RENDER_CONSUMER, "api": topics.RENDER_API}
 """The render topic each decoder pool serves (its consumer group is `decoder-<pool>`)."""
 
-CONTROL_GROUP = ""
-"""No consumer group on the control topic: every decoder instance must see every abort,
-since any of them may be rendering the job (the runtime reads it from the latest offset)."""
+
+def control_group(instance_id: str) -> str:
+    """The control topic's consumer group of one decoder instance: a group of its own.
+
+    Every instance must see every abort, since any of them may be rendering the job or
+    hold it next in its lane. A group per instance gives each all partitions, and its
+    committed offsets mean an instance restarted under the same id reads the aborts
+    published while it was down; a new instance reads the topic's retained aborts.
+    """
+    return f"{SERVICE}-control-{instance_id}"
 
 
 def bootstrap(
@@ -61,7 +68,7 @@ def bootstrap(
         Subscription(
             group=f"{SERVICE}-{settings.pool}", topics=[POOL_TOPICS[settings.pool]], handler=jobs, max_records=1
         ),
-        Subscription(group=CONTROL_GROUP, topics=[topics.RENDER_CONTROL], handler=control),
+        Subscription(group=control_group(runtime.instance_id), topics=[topics.RENDER_CONTROL], handler=control),
     ]
 
     async def model_loaded() -> bool:
@@ -72,6 +79,7 @@ def bootstrap(
     runtime.on_start.append(runner.load)
 
     async def release_model_thread() -> None:
+        await handlers.close()
         runner.close()
 
     runtime.on_stop.append(release_model_thread)

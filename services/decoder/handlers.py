@@ -3,9 +3,11 @@
 The scheduler decides, the runner computes, and this module carries the decisions out and
 publishes what came of them:
 
+- when it takes a job, `RenderStarted` (its lease with the requests service begins);
 - after every pass, `RenderProgressed` on the progress topic (the checkpoint of every image,
   and previews on the job's preview passes);
-- after the last pass, one `StoreImage` per image on the storage topic;
+- after the last pass, one `StoreImage` per image on the storage topic, published before
+  that pass's progress: once every pass is reported, storage already holds the images;
 - when the job was aborted, `RenderStopped(aborted)` at the next pass boundary;
 - when the model fails, `RenderStopped(failed)`; the record is then acknowledged, because a
   deterministic failure retried would fail the same way forever.
@@ -13,22 +15,30 @@ publishes what came of them:
 Sequence numbers order the decoder's events of one job: progress after pass k has k, and
 what ends the render follows its last pass (`RenderStopped` after k passes has k + 1, image
 i of T passes has T + 1 + i). A redelivered job republishes the same numbers, so readers
-that keep the highest sequence ignore the repeats.
+that keep the highest sequence ignore the repeats. `RenderStarted` has 0: it orders nothing.
+
+A job is taken, not merely read: its render runs as a task of its own and the handler
+returns once `RenderStarted` is out, so the consumer commits the job's offset as the
+render begins. From then on the requests service's lease, not a Kafka redelivery, brings
+the job back if this decoder dies: it re-dispatches it with its last checkpoint, and the
+next decoder resumes there (`RenderJob.resume_pass`). One render runs at a time; the
+next job waits in the handler until the model is free.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import logging
 from collections.abc import Callable
 from datetime import UTC, datetime
 
 from libs import topics
-from libs.bus import EventPublisher
+from libs.bus import EventPublisher, TransientError
 from libs.events import Envelope, Event
-from libs.events.schemas import AbortRender, RenderJob, RenderProgressed, RenderStopped, StoreImage
+from libs.events.schemas import AbortRender, RenderJob, RenderProgressed, RenderStarted, RenderStopped, StoreImage
 from libs.imaging import CONTENT_TYPES
-from libs.model.interface import RenderState, pack_tokens
+from libs.model.interface import RenderState, pack_tokens, state_from_checkpoint, unpack_tokens
 from services.decoder.runner import ModelRunner
 from services.decoder.scheduler import AbortedJobs, Finish, RenderPlan, RunPass, Stop, next_step, plan_render
 
@@ -38,6 +48,9 @@ Clock = Callable[[], datetime]
 
 MAX_FAILURE_MESSAGE = 500
 """Characters of a model error kept in RenderStopped (the log has the traceback)."""
+
+MAX_PUBLISH_BACKOFF_S = 5.0
+"""A render's events wait out a Kafka outage, retried with backoff up to this interval."""
 
 
 def _b64(data: bytes) -> str:
@@ -125,6 +138,8 @@ class DecoderHandlers:
         self._decoder_id = decoder_id
         self._aborted = aborted if aborted is not None else AbortedJobs()
         self._clock = clock
+        self._free = asyncio.Semaphore(1)
+        self._renders: set[asyncio.Task[None]] = set()
 
     async def on_abort(self, abort: AbortRender, envelope: Envelope) -> None:
         """Remembers an abort; the job stops at its next pass boundary (or before its first)."""
@@ -132,22 +147,87 @@ class DecoderHandlers:
         self._aborted.add(abort.job_id)
 
     async def on_job(self, job: RenderJob, envelope: Envelope) -> None:
-        """Renders a job from scratch, or from the images a tweak starts from (see `render`)."""
-        try:
-            if job.edits:
-                states = await self._runner.start_tweak(job.prompt, job.seed, job.n, job.passes, job.edits)
-            else:
-                states = self._runner.start(job.prompt, job.seed, job.n, job.passes)
-        except Exception as exc:  # noqa: BLE001 - the job is invalid for the model: fail it, once
-            await self._fail(job, envelope, 0, exc)
+        """Takes a job: waits until the model is free, announces the render, starts it.
+
+        A tweak's first pass starts from the images it names (`RenderJob.edits`).
+
+        Returns once the render runs on its own task, so the job's offset is committed as
+        it begins (see the module docstring). A fresh job starts from an empty grid, a
+        re-dispatched one from its checkpoint.
+        """
+        await self._free.acquire()
+        if job.job_id in self._aborted:
+            # Cancelled or blocked while it waited in its lane: it never starts.
+            self._free.release()
+            log.info("job %s aborted before it started", job.job_id)
+            stopped = RenderStopped(job_id=job.job_id, pass_index=job.resume_pass, reason="aborted")
+            await self._publish(topics.RENDER_PROGRESS, stopped, job, job.resume_pass + 1, envelope)
             return
-        await self.render(job, envelope, states)
+        try:
+            states = await self._initial_states(job)
+        except Exception as exc:  # noqa: BLE001 - the job is invalid for the model: fail it, once
+            self._free.release()
+            await self._fail(job, envelope, job.resume_pass, exc)
+            return
+        started = RenderStarted(
+            job_id=job.job_id,
+            attempt=job.attempt,
+            pass_index=states[0].pass_index,
+            total_passes=job.passes,
+            decoder=self._decoder_id,
+        )
+        try:
+            await self._publish(topics.RENDER_PROGRESS, started, job, 0, envelope)
+        except BaseException:
+            self._free.release()
+            raise
+        log.info("job %s attempt %d starts at pass %d", job.job_id, job.attempt, started.pass_index)
+        task = asyncio.create_task(self._render_then_free(job, envelope, states), name=f"render-{job.job_id}")
+        self._renders.add(task)
+        task.add_done_callback(self._renders.discard)
+
+    async def close(self) -> None:
+        """Abandons the render in progress (its lease brings the job back to a decoder)."""
+        for task in list(self._renders):
+            task.cancel()
+        await asyncio.gather(*self._renders, return_exceptions=True)
+
+    async def _initial_states(self, job: RenderJob) -> list[RenderState]:
+        if job.resume_pass <= 0 and job.edits:
+            # A tweak starts from the images it names (a resumed one from its checkpoint).
+            return await self._runner.start_tweak(job.prompt, job.seed, job.n, job.passes, job.edits)
+        if job.resume_pass <= 0:
+            return self._runner.start(job.prompt, job.seed, job.n, job.passes)
+        if len(job.resume_tokens) != job.n:
+            raise ValueError(f"a resumed job of {job.n} images carries {len(job.resume_tokens)} checkpoints")
+        model = self._runner.model
+        return [
+            state_from_checkpoint(
+                model,
+                job.prompt,
+                job.seed + i,
+                job.passes,
+                job.resume_pass,
+                unpack_tokens(base64.b64decode(tokens), model.grid_size),
+            )
+            for i, tokens in enumerate(job.resume_tokens)
+        ]
+
+    async def _render_then_free(self, job: RenderJob, cause: Envelope, states: list[RenderState]) -> None:
+        try:
+            await self.render(job, cause, states)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # the lease re-dispatches the job; this decoder goes on
+            log.exception("render of job %s ended abnormally", job.job_id)
+        finally:
+            self._free.release()
 
     async def render(self, job: RenderJob, cause: Envelope, states: list[RenderState]) -> None:
         """Runs the remaining passes of a job's images and publishes what happens.
 
-        Returns once the render finished, stopped or failed. Publishing errors propagate
-        (the consumer loop retries the record); model errors end the render as failed.
+        Returns once the render finished, stopped or failed. Publishing waits out a Kafka
+        outage (retried with backoff); model errors end the render as failed.
 
         Args:
             job: The job.
@@ -168,28 +248,22 @@ class DecoderHandlers:
                     await self._publish(topics.RENDER_PROGRESS, stopped, job, done + 1, cause)
                     return
                 case Finish():
-                    await self._finish(job, cause, states, plan)
+                    log.info("job %s rendered: %d images", job.job_id, job.n)
                     return
                 case RunPass(pass_index=pass_index, preview=preview):
                     try:
                         states = await self._runner.step(states)
                         previews = await self._encode(job, states) if preview else []
+                        last = pass_index == plan.total_passes and job.job_id not in self._aborted
+                        images = await self._encode(job, states) if last else []
                     except Exception as exc:  # noqa: BLE001 - a model failure ends this job, not the service
                         await self._fail(job, cause, plan.completed, exc)
                         return
+                    for i, event in enumerate(store_events(job, states, images, self._clock()) if images else []):
+                        await self._publish(topics.STORAGE_BLOBS, event, job, plan.total_passes + 1 + i, cause)
                     progress = progress_event(job, pass_index, states, previews, self._decoder_id)
                     await self._publish(topics.RENDER_PROGRESS, progress, job, pass_index, cause)
                     plan = plan.advanced()
-
-    async def _finish(self, job: RenderJob, cause: Envelope, states: list[RenderState], plan: RenderPlan) -> None:
-        try:
-            images = await self._encode(job, states)
-        except Exception as exc:  # noqa: BLE001 - as for a failed pass
-            await self._fail(job, cause, plan.completed, exc)
-            return
-        for i, event in enumerate(store_events(job, states, images, self._clock())):
-            await self._publish(topics.STORAGE_BLOBS, event, job, plan.total_passes + 1 + i, cause)
-        log.info("job %s rendered: %d images", job.job_id, len(images))
 
     @staticmethod
     def _plan(job: RenderJob, states: list[RenderState]) -> RenderPlan:
@@ -213,4 +287,12 @@ class DecoderHandlers:
 
     async def _publish(self, topic: str, event: Event, job: RenderJob, sequence: int, cause: Envelope) -> None:
         envelope = Envelope.wrap(event, aggregate_id=job.job_id, sequence=sequence, caused_by=cause)
-        await self._publisher.publish(topic, envelope, key=job.job_id)
+        backoff = 0.05
+        while True:
+            try:
+                await self._publisher.publish(topic, envelope, key=job.job_id)
+                return
+            except TransientError as exc:
+                log.warning("job %s: %s not published yet: %s", job.job_id, event.TYPE, exc)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, MAX_PUBLISH_BACKOFF_S)

@@ -30,6 +30,7 @@ from services.gateway import accounts, edits, images
 from services.gateway.catalog import ImageCatalog
 from services.gateway.context import Gateway
 from services.gateway.errors import install_error_handlers
+from services.gateway.idempotency import IdempotencyKeys
 from services.gateway.limits import (
     AccessHandler,
     Feed,
@@ -131,6 +132,7 @@ def create_app(
         blobs=objects,
         signing_keys=parse_signing_keys(settings.signing_key),
         limits=limits,
+        idempotency=IdempotencyKeys(docs),
     )
 
     @asynccontextmanager

@@ -13,6 +13,7 @@ from libs.settings import GatewaySettings
 from libs.stores.ports import BlobStore
 from services.gateway.catalog import ImageCatalog
 from services.gateway.errors import APIError
+from services.gateway.idempotency import IdempotencyKeys
 from services.gateway.limits import Limits
 from services.gateway.live import JobProjection, LiveEvents
 
@@ -29,6 +30,7 @@ class Gateway:
     blobs: BlobStore
     signing_keys: dict[str, str]
     limits: Limits
+    idempotency: IdempotencyKeys
 
     @property
     def signer(self) -> str:

@@ -1,4 +1,4 @@
-"""The Images API: generations (one response, a stream, or an async job) and job status."""
+"""The Images API: generations (one response, a stream, or an async job), job status, cancellation."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import asyncio
 import base64
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -17,11 +17,13 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from libs import topics
 from libs.apikeys import Principal
 from libs.events import Envelope, new_ulid
-from libs.events.schemas import GenerateImage, JobSpec
+from libs.events.schemas import CancelJob, GenerateImage, JobSpec
 from libs.jobs import JobState, preview_passes
+from libs.stores.ports import StoreUnavailable
 from services.gateway.catalog import catalog_entries
 from services.gateway.context import Gateway, get_gateway, get_principal
 from services.gateway.errors import APIError, invalid
+from services.gateway.idempotency import MAX_KEY_LENGTH
 from services.gateway.live import JobFollower
 from services.gateway.models import PASSES, RESOLVED_QUALITY, SIZES, ImageGenerationRequest, count_text_tokens
 
@@ -31,6 +33,12 @@ GatewayDep = Annotated[Gateway, Depends(get_gateway)]
 PrincipalDep = Annotated[Principal, Depends(get_principal)]
 FALLBACK_POLL_S = 2.0
 """How often a waiting request also reads the read model, in case a live event was missed."""
+CANCEL_ON_DISCONNECT = "x-darkroom-cancel-on-disconnect"
+"""Request header: "true" cancels the job when the client leaves a synchronous or streaming call."""
+CANCEL_WAIT_S = 10.0
+"""How long a cancel request waits for the job to end before answering with its state."""
+_pending: set[asyncio.Task[None]] = set()
+"""Cancellations sent after a client left (kept referenced until they are published)."""
 
 
 @router.post("/generations", response_model=None)
@@ -40,9 +48,10 @@ async def create_generation(
     principal: PrincipalDep,
     request: Request,
     prefer: Annotated[str | None, Header()] = None,
+    idempotency_key: Annotated[str | None, Header()] = None,
 ) -> Response:
     """Create images from a prompt (OpenAI's `images.generate`)."""
-    spec = job_spec(body, principal, gateway)
+    spec = job_spec(body, principal, gateway, idempotency_key)
     return await run_job(
         gateway, request, principal, spec, stream=body.stream, response_format=body.response_format, prefer=prefer
     )
@@ -61,6 +70,9 @@ async def run_job(
 ) -> Response:
     """Start a job and answer as the client asked: one response, a stream, or the job (202).
 
+    With an Idempotency-Key (in the spec) an earlier job of the same key and account is
+    answered instead of a new one.
+
     Args:
         gateway: The app's gateway.
         request: The HTTP request (the rate-limit headers go into its scope).
@@ -72,28 +84,40 @@ async def run_job(
         kind: The stream's event prefix ("image_generation" or "image_edit").
     """
     job_id = f"job_{new_ulid().lower()}"
-    # Rollout, tier limits and rate limits (429 with OpenAI's headers); nothing leaves the process.
-    lane = gateway.limits.admit_generation(request.scope, principal, job_id, spec.n, spec.quality)
-    spec = spec.model_copy(update={"lane": lane})
     created = datetime.now(UTC)
-    seeded = _queued(job_id, spec, created)
-    await gateway.projection.seed(seeded)
+    if spec.idempotency_key is not None:
+        job_id = await _claim(gateway, principal, spec.idempotency_key, job_id, created)
+    existing = await gateway.projection.get(job_id) if spec.idempotency_key is not None else None
+    if existing is not None:
+        spec, created = existing.spec, existing.created_at
+    else:
+        # Rollout, tier limits and rate limits (429 with OpenAI's headers); nothing leaves the process.
+        lane = gateway.limits.admit_generation(request.scope, principal, job_id, spec.n, spec.quality)
+        spec = spec.model_copy(update={"lane": lane})
+    seeded = existing or _queued(job_id, spec, created)
+    if existing is None:
+        await gateway.projection.seed(seeded)
+    cancel_on_disconnect = request.headers.get(CANCEL_ON_DISCONNECT, "").lower() in ("1", "true", "yes")
     with gateway.live.subscribe(job_id) as queue:
-        command = GenerateImage(job_id=job_id, spec=spec, created_at=created)
-        await gateway.publisher.publish(
-            topics.IMAGE_COMMANDS, Envelope.wrap(command, aggregate_id=job_id, tier=spec.tier)
-        )
+        if existing is None:
+            command = GenerateImage(job_id=job_id, spec=spec, created_at=created)
+            await gateway.publisher.publish(
+                topics.IMAGE_COMMANDS, Envelope.wrap(command, aggregate_id=job_id, tier=spec.tier)
+            )
         if prefer and "respond-async" in prefer.lower():
             state = await gateway.projection.get(job_id)
             return JSONResponse(await job_object(gateway, state or seeded), status_code=202)
         if stream:
             return StreamingResponse(
-                _stream(gateway, job_id, spec, created, queue, kind),
+                _stream(gateway, seeded, queue, kind, cancel_on_disconnect),
                 media_type="text/event-stream",
                 headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
             )
-        state = await _wait_for_end(gateway, JobFollower(seeded), queue, gateway.settings.sync_wait_s)
+        left = request.is_disconnected if cancel_on_disconnect else None
+        state = await _wait_for_end(gateway, JobFollower(seeded), queue, gateway.settings.sync_wait_s, left)
     if not state.terminal:
+        if left is not None and await left():
+            await _cancel(gateway, job_id, principal.account_id, "client_disconnected")
         # Still running after the synchronous limit: hand the client the job instead of failing.
         return JSONResponse(await job_object(gateway, state), status_code=202)
     if state.status != "completed":
@@ -101,6 +125,54 @@ async def run_job(
     # The read model records the images too, a moment later; the client may ask for them now.
     await gateway.catalog.record(catalog_entries(state))
     return JSONResponse(await _images_response(gateway, state, response_format))
+
+
+async def _claim(gateway: Gateway, principal: Principal, key: str, job_id: str, created: datetime) -> str:
+    """The job an Idempotency-Key names for this account: an earlier one, or `job_id`."""
+    if not 1 <= len(key) <= MAX_KEY_LENGTH:
+        raise invalid("Idempotency-Key", f"The Idempotency-Key header must be 1 to {MAX_KEY_LENGTH} characters.")
+    try:
+        return await gateway.idempotency.claim(principal.account_id, key, job_id, created)
+    except StoreUnavailable as exc:
+        raise APIError(503, "The service is temporarily unavailable; retry with the same key.") from exc
+
+
+@router.post("/jobs/{job_id}/cancel", response_model=None)
+@router.delete("/jobs/{job_id}", response_model=None)
+async def cancel_job(job_id: str, gateway: GatewayDep, principal: PrincipalDep) -> JSONResponse:
+    """Cancel a job: a queued job never starts, a rendering one stops at its next pass.
+
+    Answers the job object once it is cancelled (200), the current one if it is still
+    ending after a few seconds (202), or 409 when it had already ended otherwise.
+    """
+    state = await gateway.projection.get(job_id)
+    if state is None or state.spec.account_id != principal.account_id:
+        raise APIError(404, f"No job found with id '{job_id}'.", param="job_id", code="not_found")
+    if state.terminal and state.status != "cancelled":
+        raise APIError(409, f"The job {job_id} has already ended ({state.status}).", code="job_not_cancellable")
+    with gateway.live.subscribe(job_id) as queue:
+        if not state.terminal:
+            await _cancel(gateway, job_id, principal.account_id, "requested")
+        state = await _wait_for_end(gateway, JobFollower(state), queue, CANCEL_WAIT_S)
+    if state.terminal and state.status != "cancelled":
+        raise APIError(
+            409, f"The job {job_id} ended ({state.status}) before it could be cancelled.", code="job_not_cancellable"
+        )
+    return JSONResponse(await job_object(gateway, state), status_code=200 if state.terminal else 202)
+
+
+async def _cancel(gateway: Gateway, job_id: str, account_id: str, reason: str) -> None:
+    command = CancelJob(
+        job_id=job_id, account_id=account_id, reason="requested" if reason == "requested" else "client_disconnected"
+    )
+    await gateway.publisher.publish(topics.IMAGE_COMMANDS, Envelope.wrap(command, aggregate_id=job_id))
+
+
+def _cancel_later(gateway: Gateway, job_id: str, account_id: str) -> None:
+    """Sends a cancellation from code that is itself being cancelled (a stream whose client left)."""
+    task = asyncio.get_running_loop().create_task(_cancel(gateway, job_id, account_id, "client_disconnected"))
+    _pending.add(task)
+    task.add_done_callback(_pending.discard)
 
 
 @router.get("/jobs/{job_id}", response_model=None)
@@ -117,7 +189,10 @@ async def get_job(
     return JSONResponse(await job_object(gateway, state, response_format))
 
 
-def job_spec(body: ImageGenerationRequest, principal: Principal, gateway: Gateway) -> JobSpec:
+def job_spec(
+    body: ImageGenerationRequest, principal: Principal, gateway: Gateway, idempotency_key: str | None = None
+) -> JobSpec:
+    """The job a request asks for, validated against the models and the API's rules."""
     models = gateway.settings.models
     model = body.model or models[0]
     if model not in models:
@@ -146,6 +221,7 @@ def job_spec(body: ImageGenerationRequest, principal: Principal, gateway: Gatewa
         seed=body.seed if body.seed is not None else secrets.randbits(31),
         user=body.user,
         text_tokens=count_text_tokens(body.prompt),
+        idempotency_key=idempotency_key,
     )
 
 
@@ -154,13 +230,21 @@ def _queued(job_id: str, spec: JobSpec, created: datetime) -> JobState:
 
 
 async def _wait_for_end(
-    gateway: Gateway, follower: JobFollower, queue: asyncio.Queue[Envelope], timeout_s: float
+    gateway: Gateway,
+    follower: JobFollower,
+    queue: asyncio.Queue[Envelope],
+    timeout_s: float,
+    left: Callable[[], Awaitable[bool]] | None = None,
 ) -> JobState:
-    """Wait until the job is terminal (or the timeout passes); returns its latest state."""
+    """Wait until the job is terminal, the timeout passes or (with `left`) the client left.
+
+    Returns:
+        The job's latest state.
+    """
     deadline = time.monotonic() + timeout_s
     while not follower.state.terminal:
         remaining = deadline - time.monotonic()
-        if remaining <= 0:
+        if remaining <= 0 or (left is not None and await left()):
             follower.catch_up(await gateway.projection.get(follower.state.job_id))
             break
         try:
@@ -263,17 +347,31 @@ def _sse(event: str, data: dict[str, Any]) -> bytes:
 
 async def _stream(
     gateway: Gateway,
-    job_id: str,
-    spec: JobSpec,
-    created: datetime,
+    seeded: JobState,
     queue: asyncio.Queue[Envelope],
     kind: str = "image_generation",
+    cancel_on_disconnect: bool = False,
 ) -> AsyncIterator[bytes]:
     """Server-sent events: partial images at evenly spaced passes, then the final image.
 
     The generator holds its own subscription, since the route's `with` block has ended
-    by the time the response body is sent.
+    by the time the response body is sent. When the client leaves before the end, the
+    job goes on (it can be fetched later) unless it asked to cancel on disconnect.
     """
+    ended = False
+    try:
+        async for frame in _stream_frames(gateway, seeded, queue, kind):
+            yield frame
+        ended = True
+    finally:
+        if not ended and cancel_on_disconnect:
+            _cancel_later(gateway, seeded.job_id, seeded.spec.account_id)
+
+
+async def _stream_frames(
+    gateway: Gateway, seeded: JobState, queue: asyncio.Queue[Envelope], kind: str
+) -> AsyncIterator[bytes]:
+    job_id, spec, created = seeded.job_id, seeded.spec, seeded.created_at
     common = {
         "created_at": int(created.timestamp()),
         "size": _size(spec),
@@ -283,7 +381,7 @@ async def _stream(
     }
     wanted = preview_passes(spec.passes, spec.partial_images)
     sent: set[int] = set()
-    follower = JobFollower(_queued(job_id, spec, created))
+    follower = JobFollower(seeded)
     with gateway.live.subscribe(job_id) as own:
         # Envelopes that reached the route's queue before this generator subscribed.
         pending = [queue.get_nowait() for _ in range(queue.qsize())]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from libs import topics
 from libs.bus.ports import Producer
 from libs.runtime.dispatch import Dispatcher
@@ -11,6 +13,7 @@ from libs.settings import RequestsSettings
 from libs.stores.ports import DocumentStore
 from services.requests.domain import Policy
 from services.requests.handlers import RequestHandlers, registered_inputs
+from services.requests.leases import LeaseMonitor
 
 SERVICE = "requests"
 
@@ -30,7 +33,12 @@ def bootstrap(
         producer=producer or kafka_producer(settings, SERVICE),
         consumer_factory=consumer_factory or kafka_consumer_factory(settings, SERVICE),
     )
-    handlers = RequestHandlers(docs, runtime.publisher, Policy(content_check_stride=settings.content_check_stride))
+    handlers = RequestHandlers(
+        docs,
+        runtime.publisher,
+        Policy(content_check_stride=settings.content_check_stride),
+        LeaseMonitor(settings.render_lease_s),
+    )
     dispatcher = Dispatcher(SERVICE)
     for event_type in registered_inputs():
         dispatcher.on(event_type, handlers.handle)
@@ -45,4 +53,9 @@ def bootstrap(
         )
     )
     runtime.checks["mongo"] = reachable(docs)
+
+    async def watch_leases(stop: asyncio.Event) -> None:
+        await handlers.watch_leases(stop, settings.lease_check_s)
+
+    runtime.background.append(watch_leases)
     return runtime

@@ -7,34 +7,48 @@ job's own stream and messages for other services. No I/O happens here; the
 handlers load and save state and publish.
 
 The flow: GenerateImage -> JobAccepted + CheckPrompt; prompt allowed -> JobQueued +
-RenderJob on the tier's lane; each pass -> JobProgressed (+ CheckContent on checked
-passes, always on the last); content blocked -> JobBlocked + AbortRender; every
-image stored and the last pass cleared -> JobCompleted.
+RenderJob on the tier's lane; a decoder starts -> JobRenderStarted (its lease begins);
+each pass -> JobProgressed (+ CheckContent on checked passes, always on the last);
+content blocked -> JobBlocked + AbortRender; every image stored and the last pass
+cleared -> JobCompleted.
+
+Durability: while a job renders, its decoder must report (start, then every pass)
+within the lease; the lease monitor proposes `ExpireRenderLease` when it does not, and
+if nothing happened since, the job is dispatched again (JobRequeued + RenderJob of the
+next attempt) carrying its last checkpoint, so the new decoder resumes from that pass.
+CancelJob -> JobCancelled (+ AbortRender once the render was dispatched).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from libs import topics
 from libs.events.envelope import Event
 from libs.events.schemas import (
     AbortRender,
+    CancelJob,
     CheckContent,
     CheckPrompt,
+    ExpireRenderLease,
     GenerateImage,
     ImageRef,
     ImageStored,
     JobAccepted,
     JobBlocked,
+    JobCancelled,
     JobCompleted,
     JobContentCleared,
     JobFailed,
     JobImageStored,
     JobProgressed,
     JobQueued,
+    JobRenderStarted,
+    JobRequeued,
     RenderJob,
     RenderProgressed,
+    RenderStarted,
     RenderStopped,
     SafetyVerdict,
     Usage,
@@ -82,13 +96,24 @@ def content_checked(pass_index: int, total_passes: int, policy: Policy) -> bool:
     return pass_index == total_passes or pass_index % max(1, policy.content_check_stride) == 0
 
 
-def decide(state: JobState | None, event: Event, policy: Policy = Policy()) -> Decision:
+def leased(state: JobState | None) -> bool:
+    """Whether a decoder holds the job's render and must keep reporting within the lease.
+
+    The last pass's progress is published only after the images went to storage, so
+    once every pass is reported nothing is left that a lost decoder could take with it.
+    """
+    return state is not None and state.status == "rendering" and state.pass_index < state.total_passes
+
+
+def decide(state: JobState | None, event: Event, policy: Policy = Policy(), checkpoint: Sequence[str] = ()) -> Decision:
     """Decide what an input means for a job.
 
     Args:
         state: The job's state, None before it was accepted.
         event: The input payload.
         policy: Tunables.
+        checkpoint: The token grids (base64, per image) of the job's last reported pass,
+            which a re-dispatched render resumes from.
 
     Returns:
         The decision (empty when the input changes nothing, e.g. a duplicate).
@@ -97,6 +122,12 @@ def decide(state: JobState | None, event: Event, policy: Policy = Policy()) -> D
         return _on_generate(state, event)
     if state is None or state.terminal:
         return NOTHING
+    if isinstance(event, CancelJob):
+        return _on_cancel(state, event)
+    if isinstance(event, RenderStarted):
+        return _on_started(state, event)
+    if isinstance(event, ExpireRenderLease):
+        return _on_lease_expired(state, event, checkpoint)
     if isinstance(event, SafetyVerdict):
         return _on_verdict(state, event)
     if isinstance(event, RenderProgressed):
@@ -129,27 +160,10 @@ def _on_verdict(state: JobState, verdict: SafetyVerdict) -> Decision:
         if not verdict.allowed:
             return _blocked(state, verdict)
         lane = lane_for(state.spec.lane or state.spec.tier)
-        partition = lane.partition_for(state.job_id)
-        spec = state.spec
-        render = RenderJob(
-            job_id=state.job_id,
-            tier=spec.tier,
-            account_id=spec.account_id,
-            prompt=spec.prompt,
-            model=spec.model,
-            seed=spec.seed,
-            n=spec.n,
-            passes=spec.passes,
-            size=spec.size,
-            output_format=spec.output_format,
-            output_compression=spec.output_compression,
-            background=spec.background,
-            preview_passes=preview_passes(spec.passes, spec.partial_images),
-            edits=spec.edits,
-        )
+        render = _render_job(state)
         return Decision(
-            events=[JobQueued(job_id=state.job_id, lane=lane.tier, topic=lane.topic, partition=partition)],
-            messages=[Message(lane.topic, render, partition)],
+            events=[JobQueued(job_id=state.job_id, lane=lane.tier, topic=render.topic, partition=render.partition)],
+            messages=[render],
         )
     if not verdict.allowed:
         decision = _blocked(state, verdict)
@@ -162,6 +176,62 @@ def _on_verdict(state: JobState, verdict: SafetyVerdict) -> Decision:
     )
     after = state.model_copy(update={"content_cleared": True})
     return Decision(events=[cleared, *_completion(after, after.stored)])
+
+
+def _render_job(state: JobState, attempt: int = 0, resume_pass: int = 0, tokens: Sequence[str] = ()) -> Message:
+    """The render job for the job's lane partition (the same partition on every attempt)."""
+    lane = lane_for(state.spec.lane or state.spec.tier)
+    spec = state.spec
+    render = RenderJob(
+        job_id=state.job_id,
+        tier=spec.tier,
+        account_id=spec.account_id,
+        prompt=spec.prompt,
+        model=spec.model,
+        seed=spec.seed,
+        n=spec.n,
+        passes=spec.passes,
+        size=spec.size,
+        output_format=spec.output_format,
+        output_compression=spec.output_compression,
+        background=spec.background,
+        preview_passes=preview_passes(spec.passes, spec.partial_images),
+        edits=spec.edits,
+        attempt=attempt,
+        resume_pass=resume_pass,
+        resume_tokens=list(tokens),
+    )
+    return Message(lane.topic, render, lane.partition_for(state.job_id))
+
+
+def _on_cancel(state: JobState, cancel: CancelJob) -> Decision:
+    if cancel.account_id != state.spec.account_id:
+        return NOTHING  # only the owner cancels (the gateway checked; this keeps the rule here too)
+    cancelled = JobCancelled(job_id=state.job_id, pass_index=state.pass_index, reason=cancel.reason)
+    if not state.lane:
+        return Decision(events=[cancelled])  # not dispatched yet: the prompt verdict will find it ended
+    abort = AbortRender(job_id=state.job_id, reason="cancelled")
+    return Decision(events=[cancelled], messages=[Message(topics.RENDER_CONTROL, abort)])
+
+
+def _on_started(state: JobState, started: RenderStarted) -> Decision:
+    if started.attempt != state.attempt or state.status != "queued" or not state.lane:
+        return NOTHING  # a stale attempt, a redelivery, or already reporting progress
+    event = JobRenderStarted(
+        job_id=state.job_id, attempt=started.attempt, pass_index=started.pass_index, decoder=started.decoder
+    )
+    return Decision(events=[event])
+
+
+def _on_lease_expired(state: JobState, expired: ExpireRenderLease, checkpoint: Sequence[str]) -> Decision:
+    if not leased(state) or (expired.attempt, expired.pass_index) != (state.attempt, state.pass_index):
+        return NOTHING  # the decoder reported since the proposal (or the job ended)
+    resume = state.pass_index if len(checkpoint) == state.spec.n else 0
+    attempt = state.attempt + 1
+    return Decision(
+        events=[JobRequeued(job_id=state.job_id, attempt=attempt, resume_pass=resume)],
+        messages=[_render_job(state, attempt, resume, checkpoint if resume else ())],
+    )
 
 
 def _blocked(state: JobState, verdict: SafetyVerdict) -> Decision:

@@ -17,6 +17,9 @@ usually costs one write and no read. A record cached here can only be stale if
 another process wrote the job since (after a rebalance); then the insert of the
 next revision fails, the cached record is dropped and the input is retried on
 what the store holds.
+The record also keeps the job's last checkpoint (the token grids of its last reported
+pass), which a re-dispatch after a lost decoder hands to the next decoder; and after
+each saved decision the lease monitor learns whether a decoder now holds the job.
 
 The outbox stays in the saved record (emptying it would cost a second write per
 input); the next decision's save replaces it. After a restart the memory is empty,
@@ -27,6 +30,7 @@ and sequence, so a message delivered twice changes nothing.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import OrderedDict
 from typing import Any
@@ -36,10 +40,12 @@ from pydantic import BaseModel, ConfigDict
 from libs import topics
 from libs.bus import EventPublisher, TransientError
 from libs.events import REGISTRY, Envelope, Event
+from libs.events.schemas import JobProgressed, RenderProgressed
 from libs.jobs import JobState, evolve
 from libs.stores.ports import DocumentStore, StoreUnavailable
 from libs.stores.revisions import RevisionLog
 from services.requests.domain import Decision, Policy, decide
+from services.requests.leases import LeaseMonitor
 
 log = logging.getLogger(__name__)
 COLLECTION = "request_jobs"
@@ -65,6 +71,8 @@ class JobRecord(BaseModel):
     state: JobState | None = None
     seen: list[str] = []
     outbox: list[OutboxItem] = []
+    checkpoint: list[str] = []
+    """Per image, the packed token grid (base64) of the last reported pass."""
     rev: int = 0
 
     @classmethod
@@ -77,10 +85,18 @@ class JobRecord(BaseModel):
 class RequestHandlers:
     """Handles every input of the requests service for one job at a time."""
 
-    def __init__(self, documents: DocumentStore, publisher: EventPublisher, policy: Policy | None = None) -> None:
+    def __init__(
+        self,
+        documents: DocumentStore,
+        publisher: EventPublisher,
+        policy: Policy | None = None,
+        leases: LeaseMonitor | None = None,
+    ) -> None:
+        self._documents = documents
         self._records = RevisionLog(documents, COLLECTION)
         self._publisher = publisher
         self._policy = policy or Policy()
+        self.leases = leases if leases is not None else LeaseMonitor(lease_s=30.0)
         self._published: OrderedDict[str, int] = OrderedDict()
         """Job id -> revision whose outbox this process has published (bounded, newest last)."""
         self._partly_sent: dict[tuple[str, int], set[int]] = {}
@@ -96,11 +112,51 @@ class RequestHandlers:
             await self._flush(job_id, record)
         if envelope.event_id in record.seen:
             return
-        decision = decide(record.state, event, self._policy)
+        decision = decide(record.state, event, self._policy, record.checkpoint)
         if decision.empty:
             return
-        record = await self._save_decision(job_id, record, decision, envelope)
+        record = await self._save_decision(job_id, record, decision, envelope, event)
+        self.leases.track(record.state)
         await self._flush(job_id, record)
+
+    async def arm_leases(self) -> int:
+        """Tracks every job the store holds as rendering (after a restart); returns how many."""
+        try:
+            docs = await self._documents.find(COLLECTION, {"state.status": "rendering"})
+            job_ids = {str(doc["state"]["job_id"]) for doc in docs}
+            for job_id in sorted(job_ids):
+                self.leases.track((await self._load(job_id)).state)
+        except StoreUnavailable as exc:
+            raise TransientError(str(exc)) from exc
+        return len(job_ids)
+
+    async def watch_leases(self, stop: asyncio.Event, interval_s: float = 1.0) -> None:
+        """Proposes a re-dispatch for every job whose decoder stopped reporting, until stopped.
+
+        First tracks the jobs the store holds as rendering, retrying while it is away, so the
+        jobs a previous process was watching are watched again.
+        """
+        while not stop.is_set():
+            try:
+                armed = await self.arm_leases()
+                log.info("watching %d rendering jobs", armed)
+                break
+            except TransientError as exc:
+                log.warning("rendering jobs not loaded yet: %s", exc)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=interval_s)
+        while not stop.is_set():
+            for expired in self.leases.expired():
+                log.warning("job %s: no report from its decoder since pass %d", expired.job_id, expired.pass_index)
+                envelope = Envelope.wrap(expired, aggregate_id=expired.job_id)
+                try:
+                    await self._publisher.publish(topics.IMAGE_COMMANDS, envelope, key=expired.job_id)
+                except Exception as exc:  # noqa: BLE001 - proposed again once the broker is back
+                    log.warning("lease expiry of %s not published, retrying: %r", expired.job_id, exc)
+                    record = await self._load(expired.job_id)
+                    self.leases.track(record.state)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=interval_s)
 
     async def _load(self, job_id: str) -> JobRecord:
         cached = self._recent.get(job_id)
@@ -132,7 +188,9 @@ class RequestHandlers:
             raise TransientError(f"job {job_id} changed concurrently; retrying on fresh state")
         self._remember(job_id, record)
 
-    async def _save_decision(self, job_id: str, record: JobRecord, decision: Decision, cause: Envelope) -> JobRecord:
+    async def _save_decision(
+        self, job_id: str, record: JobRecord, decision: Decision, cause: Envelope, received: Event
+    ) -> JobRecord:
         state = record.state
         tier = state.spec.tier if state else None
         sequence = state.sequence if state else 0
@@ -148,7 +206,12 @@ class RequestHandlers:
             outbox.append(
                 OutboxItem(topic=message.topic, partition=message.partition, envelope=envelope.model_dump(mode="json"))
             )
-        updated = JobRecord(state=state, seen=[*record.seen, cause.event_id], outbox=outbox, rev=record.rev + 1)
+        checkpoint = record.checkpoint
+        if isinstance(received, RenderProgressed) and any(isinstance(e, JobProgressed) for e in decision.events):
+            checkpoint = received.tokens
+        updated = JobRecord(
+            state=state, seen=[*record.seen, cause.event_id], outbox=outbox, checkpoint=checkpoint, rev=record.rev + 1
+        )
         await self._save(job_id, updated)
         return updated
 
@@ -184,7 +247,10 @@ def registered_inputs() -> list[type[Event]]:
     """The payload classes the requests service acts on."""
     names = [
         "images.generate_image",
+        "images.cancel_job",
+        "images.expire_render_lease",
         "safety.verdict",
+        "render.render_started",
         "render.render_progressed",
         "render.render_stopped",
         "storage.image_stored",

@@ -7,12 +7,16 @@ fails the tests.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import uuid
 from collections.abc import Iterator
 
 import pytest
 
 from infra.stack import SERVICES, Profile, Stack, StackError, kafka_ok, load_profile
+from libs.cli.accounts import create_account
+from libs.settings import DEV_SIGNING_KEY
 from tests.e2e.otlp import OtlpReceiver
 
 
@@ -53,3 +57,13 @@ def running(stack: Stack) -> Stack:
     stack.up_infra()
     stack.up_services()
     return stack
+
+
+@pytest.fixture(scope="module")
+def api_key(stack: Stack) -> str:
+    """The API key of a new pro account (one per test module)."""
+    stack.up_infra()
+    stack.up_services()
+    email = f"e2e-{uuid.uuid4().hex[:10]}@example.com"
+    account = asyncio.run(create_account(stack.profile.kafka_bootstrap, email, "pro", DEV_SIGNING_KEY))
+    return str(account["api_key"])

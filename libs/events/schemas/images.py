@@ -65,6 +65,8 @@ class JobSpec(BaseModel):
     """For a tweak, the images it starts from; image i of the job starts from edits[i % len]."""
     lane: str | None = None
     """The render lane from the tier's policy; None: the tier's own lane."""
+    idempotency_key: str | None = None
+    """The client's Idempotency-Key header, when it sent one."""
 
 
 @REGISTRY.register
@@ -76,6 +78,32 @@ class GenerateImage(Event):
     job_id: str
     spec: JobSpec
     created_at: datetime
+
+
+@REGISTRY.register
+class CancelJob(Event):
+    """Gateway -> requests: the owner asks to cancel a job (keyed by job id)."""
+
+    TYPE = "images.cancel_job"
+
+    job_id: str
+    account_id: str
+    reason: Literal["requested", "client_disconnected"] = "requested"
+
+
+@REGISTRY.register
+class ExpireRenderLease(Event):
+    """Requests -> requests: a rendering job's decoder stopped reporting; re-dispatch it.
+
+    Proposed by the lease monitor and decided like any other input, against the job's
+    durable state, so a stale or repeated proposal changes nothing.
+    """
+
+    TYPE = "images.expire_render_lease"
+
+    job_id: str
+    attempt: int
+    pass_index: int
 
 
 @REGISTRY.register
@@ -99,6 +127,31 @@ class JobQueued(Event):
     lane: str
     topic: str
     partition: int
+
+
+@REGISTRY.register
+class JobRenderStarted(Event):
+    """Requests: a decoder started (or resumed) the render."""
+
+    TYPE = "images.job_render_started"
+
+    job_id: str
+    attempt: int
+    pass_index: int
+    decoder: str = ""
+
+
+@REGISTRY.register
+class JobRequeued(Event):
+    """Requests: the decoder stopped reporting; the job is dispatched again from its checkpoint."""
+
+    TYPE = "images.job_requeued"
+
+    job_id: str
+    attempt: int
+    """The new attempt."""
+    resume_pass: int
+    reason: Literal["lease_expired"] = "lease_expired"
 
 
 @REGISTRY.register
@@ -185,6 +238,17 @@ class JobBlocked(Event):
     pass_index: int = 0
     policy_version: int = 0
     message: str
+
+
+@REGISTRY.register
+class JobCancelled(Event):
+    """Requests: the owner cancelled the job before it ended; nothing more is rendered."""
+
+    TYPE = "images.job_cancelled"
+
+    job_id: str
+    pass_index: int = 0
+    reason: Literal["requested", "client_disconnected"] = "requested"
 
 
 @REGISTRY.register

@@ -37,6 +37,12 @@ class RenderJob(Event):
     """Completed-pass counts after which progress carries preview images (for streams)."""
     edits: list[EditSource] = []
     """For a tweak, what image i starts from (edits[i % len]); empty for a fresh render."""
+    attempt: int = 0
+    """0 for the first dispatch; each re-dispatch after a lost decoder counts one up."""
+    resume_pass: int = 0
+    """Passes already completed: a re-dispatched job resumes from its last checkpoint."""
+    resume_tokens: list[str] = []
+    """Per image, the checkpoint's packed token grid (base64), when resume_pass > 0."""
 
 
 @REGISTRY.register
@@ -47,6 +53,20 @@ class AbortRender(Event):
 
     job_id: str
     reason: Literal["blocked", "cancelled"]
+
+
+@REGISTRY.register
+class RenderStarted(Event):
+    """Decoder: a decoder took the job and starts (or resumes) its passes: its lease begins."""
+
+    TYPE = "render.render_started"
+
+    job_id: str
+    attempt: int
+    pass_index: int
+    """Passes already completed when the render starts (above 0 when resumed)."""
+    total_passes: int
+    decoder: str = ""
 
 
 @REGISTRY.register

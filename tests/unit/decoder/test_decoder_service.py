@@ -28,6 +28,7 @@ from libs.events.schemas import (
     EditSource,
     RenderJob,
     RenderProgressed,
+    RenderStarted,
     RenderStopped,
     StoreImage,
 )
@@ -218,7 +219,9 @@ async def test_a_job_progresses_pass_by_pass_then_hands_its_images_to_storage() 
         assert {(e.aggregate_id, e.correlation_id, e.causation_id, e.tier) for e in sent} == {
             ("job-1", cause.correlation_id, cause.event_id, "pro")
         }
-        assert [e.sequence for e in sent] == [1, 2, 3, 4, 5, 6]
+        # RenderStarted first (sequence 0: it orders nothing), then passes and images in order.
+        assert [e.type for e in sent][:2] == ["render.render_started", "render.render_progressed"]
+        assert [e.sequence for e in sent] == [0, 1, 2, 3, 4, 5, 6]
         records = decoder.broker.records(topics.RENDER_PROGRESS) + decoder.broker.records(topics.STORAGE_BLOBS)
         assert {r.key for r in records} == {b"job-1"}
 
@@ -307,7 +310,7 @@ async def test_a_model_failure_stops_the_job_once_without_retries() -> None:
         await decoder.send(topics.RENDER_CONSUMER, JOB, JOB.job_id)
         await eventually(_now(lambda: decoder.handled() >= 1), 10, "the job handled")
 
-        [stopped] = decoder.stopped()
+        [stopped] = await eventually(_now(decoder.stopped), 10, "the render stopped")
         assert (stopped.pass_index, stopped.reason) == (1, "failed")
         assert "weights went missing" in stopped.message
         assert [p.pass_index for p in decoder.progress()] == [1]
@@ -331,7 +334,7 @@ async def test_the_api_pool_serves_the_api_topic_in_its_own_group_with_the_confi
     async with running_decoder(None, settings) as decoder:
         assert [(s.group, list(s.topics)) for s in decoder.runtime.subscriptions] == [
             ("decoder-api", [topics.RENDER_API]),
-            ("", [topics.RENDER_CONTROL]),
+            (f"decoder-control-{decoder.runtime.instance_id}", [topics.RENDER_CONTROL]),
         ]
         job = JOB.model_copy(update={"tier": "api", "n": 1})
         await decoder.send(topics.RENDER_API, job, job.job_id)
@@ -344,7 +347,7 @@ def test_the_consumer_pool_serves_the_lanes_in_its_own_group() -> None:
 
     assert [(s.group, list(s.topics)) for s in runtime.subscriptions] == [
         ("decoder-consumer", [topics.RENDER_CONSUMER]),
-        ("", [topics.RENDER_CONTROL]),
+        (f"decoder-control-{runtime.instance_id}", [topics.RENDER_CONTROL]),
     ]
 
 
@@ -414,3 +417,31 @@ async def test_a_tweak_without_a_source_image_fails_once() -> None:
         [stopped] = decoder.stopped()
         assert stopped.reason == "failed" and "token grid or an image" in (stopped.message or "")
         assert decoder.stored() == []
+
+
+async def test_a_redispatched_job_resumes_from_its_checkpoint_and_ends_like_the_uninterrupted_one() -> None:
+    progress, stored = await _render(JOB, NoOpModel())
+    checkpoint = progress[1]  # after pass 2
+    resumed_job = JOB.model_copy(update={"attempt": 1, "resume_pass": 2, "resume_tokens": checkpoint.tokens})
+
+    async with running_decoder(NoOpModel()) as decoder:
+        await decoder.send(topics.RENDER_CONSUMER, resumed_job, JOB.job_id)
+        await eventually(_now(lambda: len(decoder.stored()) >= 2), 10, "stored images")
+        [started] = decoder.events(topics.RENDER_PROGRESS, RenderStarted)
+        assert isinstance(started, RenderStarted)
+        assert (started.attempt, started.pass_index, started.total_passes) == (1, 2, 4)
+        await eventually(_now(lambda: len(decoder.progress()) >= 2), 10, "the last pass reported")
+        assert [(p.pass_index, p.tokens) for p in decoder.progress()] == [
+            (p.pass_index, p.tokens) for p in progress[2:]
+        ]
+        assert [(s.tokens, s.data) for s in decoder.stored()] == [(s.tokens, s.data) for s in stored]
+
+
+async def test_a_resumed_job_without_its_checkpoints_fails_instead_of_rendering_something_else() -> None:
+    broken = JOB.model_copy(update={"attempt": 1, "resume_pass": 2, "resume_tokens": ["AAAA"]})
+    async with running_decoder(NoOpModel()) as decoder:
+        await decoder.send(topics.RENDER_CONSUMER, broken, JOB.job_id)
+        [stopped] = await eventually(_now(decoder.stopped), 10, "the render stopped")
+        assert (stopped.reason, stopped.pass_index) == ("failed", 2)
+        assert "2 images carries 1 checkpoints" in stopped.message
+        assert decoder.progress() == [] and decoder.stored() == []

@@ -24,10 +24,12 @@ from libs.bus import EventPublisher
 from libs.bus.memory import InMemoryBroker
 from libs.events import REGISTRY, Envelope, Event
 from libs.events.schemas import (
+    CancelJob,
     GenerateImage,
     ImageRef,
     JobAccepted,
     JobBlocked,
+    JobCancelled,
     JobCompleted,
     JobProgressed,
     RenderProgressed,
@@ -51,6 +53,10 @@ class FakePipeline:
     blobs: InMemoryBlobStore
     hold: asyncio.Event = field(default_factory=asyncio.Event)
     """Jobs wait for this before completing (set by default)."""
+    cancelled: set[str] = field(default_factory=set)
+    """Jobs a CancelJob named: they end cancelled once `hold` is set."""
+    generated: list[str] = field(default_factory=list)
+    """Job ids of every GenerateImage received, in order."""
 
     commands: list[GenerateImage] = field(default_factory=list)
     """Every command the gateway sent, in order."""
@@ -65,7 +71,11 @@ class FakePipeline:
         jobs: set[asyncio.Task[None]] = set()
         while not stop.is_set():
             for record in await consumer.getmany(timeout_ms=50):
-                command = REGISTRY.decode_as(Envelope.from_bytes(record.value), GenerateImage)
+                command = REGISTRY.decode(Envelope.from_bytes(record.value))
+                if isinstance(command, CancelJob):
+                    self.cancelled.add(command.job_id)
+                    continue
+                assert isinstance(command, GenerateImage)
                 self.commands.append(command)
                 task = asyncio.create_task(self._job(publisher, command))
                 jobs.add(task)
@@ -81,11 +91,15 @@ class FakePipeline:
             seq += 1
             await publisher.publish(topic, Envelope.wrap(event, aggregate_id=job, sequence=seq))
 
+        self.generated.append(job)
         await emit(JobAccepted(job_id=job, spec=spec, created_at=command.created_at))
         if "forbidden" in spec.prompt:
             await emit(JobBlocked(job_id=job, stage="prompt", category="test", message="blocked by the test policy"))
             return
         await self.hold.wait()
+        if job in self.cancelled:
+            await emit(JobCancelled(job_id=job))
+            return
         data = encode(np.full((spec.size, spec.size, 3), 200, np.uint8), spec.output_format)
         shown = preview_passes(spec.passes, spec.partial_images)
         for k in range(1, spec.passes + 1):

@@ -8,25 +8,31 @@ from libs import topics
 from libs.events.envelope import Event
 from libs.events.schemas import (
     AbortRender,
+    CancelJob,
     CheckContent,
     CheckPrompt,
+    ExpireRenderLease,
     GenerateImage,
     ImageStored,
     JobBlocked,
+    JobCancelled,
     JobCompleted,
     JobContentCleared,
     JobFailed,
     JobImageStored,
     JobQueued,
+    JobRenderStarted,
+    JobRequeued,
     JobSpec,
     RenderJob,
     RenderProgressed,
+    RenderStarted,
     RenderStopped,
     SafetyVerdict,
 )
 from libs.jobs import JobState, evolve, preview_passes
 from libs.lanes import lane_for
-from services.requests.domain import Decision, Policy, decide
+from services.requests.domain import Decision, Policy, decide, leased
 
 JOB = "job_1"
 
@@ -198,3 +204,95 @@ def test_preview_passes_are_evenly_spaced_and_inside_the_render() -> None:
     assert preview_passes(12, 3) == [3, 6, 9]
     assert preview_passes(4, 3) == [1, 2, 3]
     assert preview_passes(8, 0) == []
+
+
+# --- durability: decoder leases, re-dispatch from a checkpoint, cancellation -----------------
+
+
+def _started(attempt: int = 0, pass_index: int = 0) -> RenderStarted:
+    return RenderStarted(job_id=JOB, attempt=attempt, pass_index=pass_index, total_passes=4, decoder="d1")
+
+
+def test_a_decoder_taking_the_job_starts_its_lease() -> None:
+    state, [*_, decision] = _run(None, _generate(), _prompt_ok(), _started())
+    assert [type(e) for e in decision.events] == [JobRenderStarted]
+    assert state is not None and state.status == "rendering" and leased(state)
+    # A redelivered start, or a stale attempt's, changes nothing.
+    assert decide(state, _started()).empty
+    assert decide(state, _started(attempt=3)).empty
+
+
+def test_a_silent_decoder_loses_the_job_to_a_resume_from_the_last_checkpoint() -> None:
+    state, _ = _run(None, _generate(), _prompt_ok(), _started(), _progress(1), _progress(2))
+    assert state is not None and leased(state)
+    checkpoint = ["AAAA", "BBBB"]
+
+    decision = decide(state, ExpireRenderLease(job_id=JOB, attempt=0, pass_index=2), checkpoint=checkpoint)
+
+    [requeued] = decision.events
+    [message] = decision.messages
+    assert isinstance(requeued, JobRequeued) and (requeued.attempt, requeued.resume_pass) == (1, 2)
+    assert isinstance(message.event, RenderJob)
+    assert (message.event.attempt, message.event.resume_pass, message.event.resume_tokens) == (1, 2, checkpoint)
+    lane = lane_for("pro")
+    assert message.topic == lane.topic and message.partition == lane.partition_for(JOB)
+    after = _apply(state, decision)
+    assert after is not None and (after.status, after.attempt, after.pass_index) == ("queued", 1, 2)
+    assert not leased(after)
+
+    # The next decoder resumes at pass 2 and goes on; the old attempt's reports are stale.
+    resumed, [decision] = _run(after, _started(attempt=1, pass_index=2))
+    assert [type(e) for e in decision.events] == [JobRenderStarted] and leased(resumed)
+    assert decide(resumed, _started(attempt=0)).empty
+
+
+def test_an_expiry_raced_by_a_report_changes_nothing() -> None:
+    state, _ = _run(None, _generate(), _prompt_ok(), _started(), _progress(1), _progress(2))
+    assert decide(state, ExpireRenderLease(job_id=JOB, attempt=0, pass_index=1), checkpoint=["A", "B"]).empty
+    assert decide(state, ExpireRenderLease(job_id=JOB, attempt=1, pass_index=2), checkpoint=["A", "B"]).empty
+
+
+def test_an_expiry_before_any_checkpoint_restarts_the_render_from_the_beginning() -> None:
+    state, _ = _run(None, _generate(), _prompt_ok(), _started())
+    decision = decide(state, ExpireRenderLease(job_id=JOB, attempt=0, pass_index=0))
+    [message] = decision.messages
+    assert isinstance(message.event, RenderJob) and (message.event.resume_pass, message.event.resume_tokens) == (0, [])
+
+
+def test_every_pass_reported_ends_the_lease() -> None:
+    state, _ = _run(None, _generate(), _prompt_ok(), _started(), *[_progress(k) for k in range(1, 5)])
+    assert state is not None and state.status == "rendering" and not leased(state)
+
+
+def test_cancelling_a_dispatched_job_aborts_its_render() -> None:
+    state, _ = _run(None, _generate(), _prompt_ok(), _started(), _progress(1))
+    decision = decide(state, CancelJob(job_id=JOB, account_id="acct_1"))
+    [cancelled] = decision.events
+    [message] = decision.messages
+    assert isinstance(cancelled, JobCancelled) and cancelled.pass_index == 1
+    assert message.topic == topics.RENDER_CONTROL
+    assert message.event == AbortRender(job_id=JOB, reason="cancelled")
+    after = _apply(state, decision)
+    assert after is not None and after.status == "cancelled" and after.terminal and not leased(after)
+    # Nothing the decoder or safety still sends changes a cancelled job.
+    assert decide(after, _progress(2)).empty
+    assert decide(after, CancelJob(job_id=JOB, account_id="acct_1")).empty
+
+
+def test_a_job_cancelled_before_its_prompt_verdict_is_never_dispatched() -> None:
+    state, [_, decision, verdict] = _run(None, _generate(), CancelJob(job_id=JOB, account_id="acct_1"), _prompt_ok())
+    assert [type(e) for e in decision.events] == [JobCancelled] and decision.messages == []
+    assert verdict.empty and state is not None and state.status == "cancelled"
+
+
+def test_only_the_owner_cancels() -> None:
+    state, _ = _run(None, _generate(), _prompt_ok())
+    assert decide(state, CancelJob(job_id=JOB, account_id="someone_else")).empty
+
+
+def test_a_completed_job_cannot_be_cancelled() -> None:
+    inputs: list[Event] = [_generate(n=1), _prompt_ok(), _started(), *[_progress(k) for k in range(1, 5)]]
+    inputs += [SafetyVerdict(job_id=JOB, stage="content", allowed=True, policy_version=1, pass_index=4), _stored(0)]
+    state, _ = _run(None, *inputs)
+    assert state is not None and state.status == "completed"
+    assert decide(state, CancelJob(job_id=JOB, account_id="acct_1")).empty

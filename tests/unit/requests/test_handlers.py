@@ -10,10 +10,22 @@ from libs import topics
 from libs.bus import EventPublisher, TransientError
 from libs.bus.memory import InMemoryBroker
 from libs.events import REGISTRY, Envelope, Event
-from libs.events.schemas import CheckPrompt, GenerateImage, JobAccepted, JobQueued, JobSpec, RenderJob, SafetyVerdict
+from libs.events.schemas import (
+    CheckPrompt,
+    ExpireRenderLease,
+    GenerateImage,
+    JobAccepted,
+    JobQueued,
+    JobSpec,
+    RenderJob,
+    RenderProgressed,
+    RenderStarted,
+    SafetyVerdict,
+)
 from libs.stores.memory import InMemoryDocumentStore
 from libs.stores.revisions import revision_id
 from services.requests.handlers import COLLECTION, RequestHandlers
+from services.requests.leases import LeaseMonitor
 
 JOB = "job_h"
 
@@ -177,3 +189,34 @@ async def test_a_job_another_replica_moved_on_is_decided_again_on_what_the_store
     queued = {e.event_id for e in _events(broker, topics.REQUEST_EVENTS) if e.type == JobQueued.TYPE}
     assert len(queued) == 1, "one JobQueued (a replica taking over publishes the last outbox once more)"
     assert await docs.get(COLLECTION, revision_id(JOB, 3)) is None, "nothing was decided twice"
+
+
+async def test_a_job_whose_decoder_went_silent_is_dispatched_again_from_its_checkpoint() -> None:
+    broker = InMemoryBroker({topics.RENDER_CONSUMER: 12})
+    clock = [0.0]
+    leases = LeaseMonitor(lease_s=20, clock=lambda: clock[0])
+    handlers = RequestHandlers(InMemoryDocumentStore(), EventPublisher(broker.producer()), leases=leases)
+    created = datetime(2026, 1, 1, tzinfo=UTC)
+    inputs: list[Event] = [
+        GenerateImage(job_id=JOB, spec=_spec(), created_at=created),
+        SafetyVerdict(job_id=JOB, stage="prompt", allowed=True, policy_version=1),
+        RenderStarted(job_id=JOB, attempt=0, pass_index=0, total_passes=4),
+        RenderProgressed(job_id=JOB, pass_index=1, total_passes=4, tokens=["AAAA"]),
+        RenderProgressed(job_id=JOB, pass_index=2, total_passes=4, tokens=["BBBB"]),
+    ]
+    for event in inputs:
+        await handlers.handle(event, _envelope(event))
+    assert JOB in leases and leases.expired() == []
+
+    clock[0] = 20.0
+    [expired] = leases.expired()
+    assert (expired.attempt, expired.pass_index) == (0, 2)
+    await handlers.handle(expired, _envelope(expired))
+    # A second proposal for the same report (another replica, a redelivery) changes nothing.
+    await handlers.handle(ExpireRenderLease(job_id=JOB, attempt=0, pass_index=2), _envelope(expired))
+
+    renders = [REGISTRY.decode_as(e, RenderJob) for e in _events(broker, topics.RENDER_CONSUMER)]
+    assert [(r.attempt, r.resume_pass, r.resume_tokens) for r in renders] == [(0, 0, []), (1, 2, ["BBBB"])]
+    requeued = [e for e in _events(broker, topics.REQUEST_EVENTS) if e.type == "images.job_requeued"]
+    assert [(e.payload["attempt"], e.payload["resume_pass"]) for e in requeued] == [(1, 2)]
+    assert JOB not in leases  # queued again: no decoder holds it until one starts it

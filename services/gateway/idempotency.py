@@ -1,0 +1,65 @@
+"""Idempotency keys: the same `Idempotency-Key` from the same account names the same job.
+
+A client that retries a create (a timeout, a dropped connection) sends the key again and
+gets the job the first request made instead of a second render. A key holds for
+`KEY_TTL` after its first use; the claim is an insert keyed by a hash of the account and
+the key, so two concurrent requests with the same key make one job between them. The
+key is also recorded in the job's specification, so a rebuild of the read models from
+the request events restores the claims (`libs.projections`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import UTC, datetime, timedelta
+
+from libs.stores.ports import DocumentStore
+
+KEYS = "gateway_idempotency"
+KEY_TTL = timedelta(hours=24)
+MAX_KEY_LENGTH = 255
+
+
+def claim_id(account_id: str, key: str) -> str:
+    """The claim document's id: a hash, so keys of any content make safe ids."""
+    return hashlib.sha256(f"{account_id}\0{key}".encode()).hexdigest()
+
+
+def claim_document(account_id: str, job_id: str, created_at: datetime) -> dict[str, str]:
+    """The claim of a key: the job it names and when (the job's creation time)."""
+    return {"account_id": account_id, "job_id": job_id, "created_at": created_at.isoformat()}
+
+
+class IdempotencyKeys:
+    """Claims of idempotency keys by job, in the gateway's own collection."""
+
+    def __init__(self, documents: DocumentStore, ttl: timedelta = KEY_TTL) -> None:
+        self._docs = documents
+        self._ttl = ttl
+
+    async def claim(self, account_id: str, key: str, job_id: str, now: datetime | None = None) -> str:
+        """Claims the key for `job_id` unless a live claim exists.
+
+        Args:
+            account_id: The caller's account.
+            key: The Idempotency-Key header.
+            job_id: The job this request would create.
+            now: The new job's creation time (recorded, and compared with the TTL).
+
+        Returns:
+            The job the key names: `job_id` when this call claimed it, else the earlier job.
+
+        Raises:
+            StoreUnavailable: The document store is away.
+        """
+        now = now or datetime.now(UTC)
+        doc_id = claim_id(account_id, key)
+        doc = claim_document(account_id, job_id, now)
+        if await self._docs.insert(KEYS, doc_id, doc):
+            return job_id
+        existing = await self._docs.get(KEYS, doc_id)
+        if existing is not None and now - datetime.fromisoformat(str(existing["created_at"])) < self._ttl:
+            return str(existing["job_id"])
+        # Expired (or deleted meanwhile): the key starts over with this job.
+        await self._docs.put(KEYS, doc_id, doc)
+        return job_id

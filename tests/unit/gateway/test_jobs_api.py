@@ -1,0 +1,111 @@
+"""Cancelling jobs and Idempotency-Key, against the in-memory gateway and its fake pipeline."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from libs.stores.memory import InMemoryDocumentStore
+from services.gateway.idempotency import IdempotencyKeys
+from tests.helpers import eventually
+from tests.unit.gateway.conftest import GatewayUnderTest, key_for
+
+
+def _auth(key: str) -> dict[str, str]:
+    return {"authorization": f"Bearer {key}"}
+
+
+async def _create(gateway: GatewayUnderTest, key: str | None = None, **headers: str) -> dict[str, Any]:
+    response = await gateway.http.post(
+        "/v1/images/generations",
+        json={"prompt": "a red circle", "seed": 1},
+        headers=_auth(key or gateway.api_key) | {"prefer": "respond-async"} | headers,
+    )
+    assert response.status_code == 202, response.text
+    job: dict[str, Any] = response.json()
+    return job
+
+
+async def _status(gateway: GatewayUnderTest, job_id: str, wanted: str) -> dict[str, Any]:
+    async def check() -> dict[str, Any] | None:
+        job: dict[str, Any] = (
+            await gateway.http.get(f"/v1/images/jobs/{job_id}", headers=_auth(gateway.api_key))
+        ).json()
+        return job if job["status"] == wanted else None
+
+    return await eventually(check, 10, f"{job_id} {wanted}")
+
+
+async def test_delete_and_cancel_end_a_job_as_cancelled(gateway: GatewayUnderTest) -> None:
+    gateway.pipeline.hold.clear()
+    job = await _create(gateway)
+    cancel = asyncio.create_task(gateway.http.delete(f"/v1/images/jobs/{job['id']}", headers=_auth(gateway.api_key)))
+
+    async def asked() -> bool:
+        return job["id"] in gateway.pipeline.cancelled
+
+    await eventually(asked, 10, "the cancel command")
+    gateway.pipeline.hold.set()
+    response = await cancel
+
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert (body["id"], body["status"]) == (job["id"], "cancelled")
+    assert body["error"]["code"] == "job_cancelled"
+    assert (await _status(gateway, job["id"], "cancelled"))["status"] == "cancelled"
+    again = await gateway.http.post(f"/v1/images/jobs/{job['id']}/cancel", headers=_auth(gateway.api_key))
+    assert again.status_code == 200 and again.json()["status"] == "cancelled"
+
+
+async def test_only_the_owner_cancels_and_an_ended_job_stays_as_it_ended(gateway: GatewayUnderTest) -> None:
+    job = await _create(gateway)
+    await _status(gateway, job["id"], "completed")
+
+    other = await gateway.http.post(f"/v1/images/jobs/{job['id']}/cancel", headers=_auth(key_for("acct_other")))
+    assert other.status_code == 404 and other.json()["error"]["code"] == "not_found"
+    ended = await gateway.http.delete(f"/v1/images/jobs/{job['id']}", headers=_auth(gateway.api_key))
+    assert ended.status_code == 409
+    assert set(ended.json()["error"]) == {"message", "type", "param", "code"}
+    assert ended.json()["error"]["code"] == "job_not_cancellable"
+    assert job["id"] not in gateway.pipeline.cancelled
+
+
+async def test_an_idempotency_key_names_one_job_per_account(gateway: GatewayUnderTest) -> None:
+    first = await _create(gateway, **{"idempotency-key": "order-42"})
+    second = await _create(gateway, **{"idempotency-key": "order-42"})
+    other = await _create(gateway, key_for("acct_other"), **{"idempotency-key": "order-42"})
+    fresh = await _create(gateway, **{"idempotency-key": "order-43"})
+
+    assert second["id"] == first["id"]
+    assert len({first["id"], other["id"], fresh["id"]}) == 3
+    await _status(gateway, first["id"], "completed")
+    assert gateway.pipeline.generated.count(first["id"]) == 1
+
+    sync = await gateway.http.post(
+        "/v1/images/generations",
+        json={"prompt": "a red circle", "seed": 1},
+        headers=_auth(gateway.api_key) | {"idempotency-key": "order-42"},
+    )
+    assert sync.status_code == 200 and len(sync.json()["data"]) == 1
+    assert gateway.pipeline.generated.count(first["id"]) == 1
+
+
+async def test_an_overlong_idempotency_key_is_a_400(gateway: GatewayUnderTest) -> None:
+    response = await gateway.http.post(
+        "/v1/images/generations",
+        json={"prompt": "a red circle"},
+        headers=_auth(gateway.api_key) | {"idempotency-key": "k" * 256},
+    )
+    assert response.status_code == 400
+    assert response.json()["error"]["param"] == "Idempotency-Key"
+
+
+async def test_a_key_names_its_job_for_24_hours_then_starts_over() -> None:
+    keys = IdempotencyKeys(InMemoryDocumentStore())
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    assert await keys.claim("acct", "k", "job_1", t0) == "job_1"
+    assert await keys.claim("acct", "k", "job_2", t0 + timedelta(hours=23, minutes=59)) == "job_1"
+    assert await keys.claim("other", "k", "job_3", t0) == "job_3"
+    assert await keys.claim("acct", "k", "job_4", t0 + timedelta(hours=24)) == "job_4"
+    assert await keys.claim("acct", "k", "job_5", t0 + timedelta(hours=25)) == "job_4"

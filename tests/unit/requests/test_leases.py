@@ -1,0 +1,62 @@
+"""The lease monitor: deadlines renewed by reports, proposals once they pass."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from libs.events.schemas import ExpireRenderLease, JobSpec
+from libs.jobs import JobState
+from services.requests.leases import LeaseMonitor
+
+
+def _state(status: str = "rendering", pass_index: int = 1, attempt: int = 0) -> JobState:
+    spec = JobSpec(
+        account_id="a",
+        tier="pro",
+        prompt="p",
+        model="m",
+        n=1,
+        size=256,
+        quality="low",
+        passes=4,
+        output_format="png",
+        output_compression=100,
+        background="auto",
+        moderation="auto",
+        seed=1,
+    )
+    return JobState.model_validate(
+        {
+            "job_id": "job",
+            "spec": spec,
+            "created_at": datetime(2026, 1, 1, tzinfo=UTC),
+            "status": status,
+            "pass_index": pass_index,
+            "total_passes": 4,
+            "attempt": attempt,
+        }
+    )
+
+
+def test_a_report_renews_the_deadline_and_silence_proposes_once() -> None:
+    now = [0.0]
+    leases = LeaseMonitor(lease_s=20, clock=lambda: now[0])
+    leases.track(_state(pass_index=1))
+    now[0] = 15.0
+    leases.track(_state(pass_index=2))
+    now[0] = 30.0
+    assert leases.expired() == []
+    now[0] = 35.0
+    assert leases.expired() == [ExpireRenderLease(job_id="job", attempt=0, pass_index=2)]
+    assert leases.expired() == [] and "job" not in leases
+
+
+def test_a_job_no_decoder_holds_is_not_watched() -> None:
+    leases = LeaseMonitor(lease_s=20, clock=lambda: 0.0)
+    leases.track(_state(pass_index=1))
+    for state in (_state("queued"), _state("completed", 4), _state("cancelled"), _state("rendering", 4)):
+        leases.track(_state(pass_index=1))
+        leases.track(state)
+        assert "job" not in leases, state.status
+    leases.track(None)
+    assert len(leases) == 0
