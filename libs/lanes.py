@@ -45,3 +45,8 @@ def lane_for(tier: str) -> Lane:
         KeyError: The tier has no lane.
     """
     return lanes()[tier]
+
+
+def pool_group(topic: str) -> str:
+    """The consumer group of the decoder pool that serves a render topic."""
+    return {topics.RENDER_CONSUMER: "decoder-consumer", topics.RENDER_API: "decoder-api"}[topic]

@@ -9,6 +9,7 @@ darkroom jobs show JOB_ID                    any account's job (operators see al
 darkroom dlq list                            messages parked on the dead-letter topic, with the reason
 darkroom dlq replay OFFSET... | --all        send parked messages back to their topic, unchanged
 darkroom rebuild                             drop the read models and rebuild them from the topics
+darkroom lanes                               render jobs waiting in and taken from each tier's lane
 """
 
 from __future__ import annotations
@@ -141,6 +142,18 @@ def _operator() -> str:
     return operator_name()
 
 
+def _lanes(args: argparse.Namespace) -> int:
+    from libs.cli.lanes import format_reports, lane_reports
+
+    try:
+        reports = asyncio.run(lane_reports(args.bootstrap))
+    except (TimeoutError, OSError) as exc:
+        print(f"darkroom: {exc}", file=sys.stderr)
+        return 1
+    print(format_reports(reports), end="")
+    return 0
+
+
 def _dlq(args: argparse.Namespace) -> int:
     import asyncio
 
@@ -254,6 +267,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     rebuild.add_argument("--mongo-database", default=os.environ.get("DARKROOM_MONGO_DATABASE", "darkroom"))
 
+    lanes = commands.add_parser("lanes", help="render jobs waiting in and taken from each tier's lane")
+    lanes.add_argument("--bootstrap", default=default_bootstrap(), help="broker (default: %(default)s)")
+
     args, rest = parser.parse_known_args(argv)
     if args.command == "kafka":
         return _kafka(args, rest)
@@ -271,6 +287,8 @@ def main(argv: list[str] | None = None) -> int:
         return _dlq(args)
     if args.command == "rebuild":
         return _rebuild(args)
+    if args.command == "lanes":
+        return _lanes(args)
     if args.command == "schemas":
         written = export_schemas(args.directory)
         print(f"wrote {len(written)} files to {args.directory}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from libs import topics
 from libs.bus.ports import Producer
 from libs.events.schemas import AbortRender, RenderJob
+from libs.lanes import pool_group
 from libs.model.interface import ImageModel
 from libs.runtime.dispatch import Dispatcher
 from libs.runtime.service import ConsumerFactory, ServiceRuntime, Subscription
@@ -66,7 +67,10 @@ def bootstrap(
         # One render job per fetch: a job holds the loop for seconds, and records fetched
         # but not yet rendered would wait behind it (and past the poll interval).
         Subscription(
-            group=f"{SERVICE}-{settings.pool}", topics=[POOL_TOPICS[settings.pool]], handler=jobs, max_records=1
+            group=pool_group(POOL_TOPICS[settings.pool]),
+            topics=[POOL_TOPICS[settings.pool]],
+            handler=jobs,
+            max_records=1,
         ),
         Subscription(group=control_group(runtime.instance_id), topics=[topics.RENDER_CONTROL], handler=control),
     ]
