@@ -1,13 +1,14 @@
-"""Small helpers for tests: polling instead of sleeping."""
+"""Small helpers for tests: polling instead of sleeping, and a valid job spec."""
 
 from __future__ import annotations
 
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from libs.bus.ports import Consumer, Record
+from libs.events.schemas import JobSpec
 
 T = TypeVar("T")
 
@@ -33,3 +34,23 @@ async def eventually(check: Callable[[], Awaitable[T | None]], timeout_s: float 
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout_s}s waiting for {what or check.__name__}")
         await asyncio.sleep(0.1)
+
+
+def job_spec(**changes: Any) -> JobSpec:
+    """A valid job spec: one low-quality 256x256 PNG of a pro account; `changes` override fields."""
+    fields: dict[str, Any] = {
+        "account_id": "acct",
+        "tier": "pro",
+        "prompt": "a red circle",
+        "model": "darkroom-mini",
+        "n": 1,
+        "size": 256,
+        "quality": "low",
+        "passes": 4,
+        "output_format": "png",
+        "output_compression": 100,
+        "background": "auto",
+        "moderation": "auto",
+        "seed": 1,
+    }
+    return JobSpec.model_validate(fields | changes)

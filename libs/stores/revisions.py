@@ -12,10 +12,10 @@ The latest revision is found by reading upwards from the last one this process s
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any
 
+from libs.recent import RecentMap
 from libs.stores.ports import Document, DocumentStore
 
 _MEMORY = 100_000
@@ -32,11 +32,11 @@ class RevisionLog:
     def __init__(self, documents: DocumentStore, collection: str) -> None:
         self._docs = documents
         self._collection = collection
-        self._known: OrderedDict[str, int] = OrderedDict()
+        self._known: RecentMap[str, int] = RecentMap(_MEMORY)
 
     async def latest(self, doc_id: str) -> tuple[int, Document | None]:
         """The latest revision number and its document ((0, None) when there is none)."""
-        revision = self._known.get(doc_id, 0)
+        revision = self._known.get(doc_id) or 0
         current = await self._docs.get(self._collection, revision_id(doc_id, revision))
         while True:
             following = await self._docs.get(self._collection, revision_id(doc_id, revision + 1))
@@ -44,21 +44,15 @@ class RevisionLog:
                 break
             revision, current = revision + 1, following
         if current is not None:
-            self._remember(doc_id, revision)
+            self._known.put(doc_id, revision)
         return revision, _strip(current)
 
     async def append(self, doc_id: str, revision: int, doc: Mapping[str, Any]) -> bool:
         """Write revision `revision` (the latest plus one); False if another writer took it."""
         written = await self._docs.insert(self._collection, revision_id(doc_id, revision), doc)
         if written:
-            self._remember(doc_id, revision)
+            self._known.put(doc_id, revision)
         return written
-
-    def _remember(self, doc_id: str, revision: int) -> None:
-        self._known[doc_id] = revision
-        self._known.move_to_end(doc_id)
-        while len(self._known) > _MEMORY:
-            self._known.popitem(last=False)
 
 
 def _strip(doc: Document | None) -> Document | None:

@@ -16,6 +16,7 @@ from typing import Annotated, Any
 
 import numpy as np
 from fastapi import APIRouter, Depends, Header, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
@@ -58,14 +59,8 @@ async def create_edit(
     try:
         body = ImageEditRequest.model_validate(fields)
     except ValidationError as exc:
-        error = exc.errors()[0]
-        param = str(error["loc"][0]) if error["loc"] else None
-        if error["type"] == "missing":
-            raise APIError(
-                400, f"Missing required parameter: '{param}'.", param=param, code="missing_required_parameter"
-            ) from exc
-        message = str(error["msg"]).removeprefix("Value error, ")
-        raise APIError(400, f"Invalid value for '{param}': {message}", param=param, code="invalid_value") from exc
+        # Answered like a JSON body's validation error (services.gateway.errors).
+        raise RequestValidationError(exc.errors()) from exc
     if not uploads and body.image_id is None:
         raise APIError(400, "Missing required parameter: 'image'.", param="image", code="missing_required_parameter")
     spec = job_spec(body, principal, gateway)

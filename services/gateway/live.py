@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections import OrderedDict
 from collections.abc import Iterator
 from typing import Any
 
@@ -24,6 +23,7 @@ from libs.bus import Record, TransientError
 from libs.events import REGISTRY, Envelope
 from libs.events.schemas import JobCompleted
 from libs.jobs import JobState, evolve
+from libs.recent import RecentMap
 from libs.stores.ports import DocumentStore, StoreUnavailable
 from libs.stores.revisions import RevisionLog
 from services.gateway.catalog import ImageCatalog, catalog_entries
@@ -100,8 +100,8 @@ class JobProjection:
     def __init__(self, documents: DocumentStore, catalog: ImageCatalog | None = None) -> None:
         self._states = RevisionLog(documents, JOBS)
         self._catalog = catalog or ImageCatalog(documents)
-        self._recent: OrderedDict[str, JobState] = OrderedDict()
-        """The latest state this replica wrote per job (bounded, newest last)."""
+        self._recent: RecentMap[str, JobState] = RecentMap(CACHED_STATES)
+        """The latest state this replica wrote per job."""
 
     async def __call__(self, envelope: Envelope, record: Record) -> None:
         if REGISTRY.get(envelope.type) is None:
@@ -122,15 +122,9 @@ class JobProjection:
                 await self._catalog.record(catalog_entries(state))
             if state is not None:
                 await self._states.append(state.job_id, envelope.sequence, state.model_dump(mode="json"))
-                self._remember(state)
+                self._recent.put(state.job_id, state)
         except StoreUnavailable as exc:
             raise TransientError(str(exc)) from exc
-
-    def _remember(self, state: JobState) -> None:
-        self._recent[state.job_id] = state
-        self._recent.move_to_end(state.job_id)
-        while len(self._recent) > CACHED_STATES:
-            self._recent.popitem(last=False)
 
     async def get(self, job_id: str) -> JobState | None:
         """The job's state as far as the read model knows."""
@@ -141,4 +135,4 @@ class JobProjection:
         """Record a job the gateway just created (revision 0), so status reads never 404."""
         data: dict[str, Any] = state.model_dump(mode="json")
         await self._states.append(state.job_id, 0, data)
-        self._remember(state)
+        self._recent.put(state.job_id, state)

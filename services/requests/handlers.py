@@ -32,7 +32,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections import OrderedDict
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
@@ -42,6 +41,7 @@ from libs.bus import EventPublisher, TransientError
 from libs.events import REGISTRY, Envelope, Event
 from libs.events.schemas import JobProgressed, RenderProgressed
 from libs.jobs import JobState, evolve
+from libs.recent import RecentMap
 from libs.stores.ports import DocumentStore, StoreUnavailable
 from libs.stores.revisions import RevisionLog
 from services.requests.domain import Decision, Policy, decide
@@ -97,12 +97,12 @@ class RequestHandlers:
         self._publisher = publisher
         self._policy = policy or Policy()
         self.leases = leases if leases is not None else LeaseMonitor(lease_s=30.0)
-        self._published: OrderedDict[str, int] = OrderedDict()
-        """Job id -> revision whose outbox this process has published (bounded, newest last)."""
+        self._published: RecentMap[str, int] = RecentMap(PUBLISHED_MEMORY)
+        """Job id -> revision whose outbox this process has published."""
         self._partly_sent: dict[tuple[str, int], set[int]] = {}
         """(job id, revision) -> indexes of its outbox items published so far, while it is being flushed."""
-        self._recent: OrderedDict[str, JobRecord] = OrderedDict()
-        """Job id -> the latest record this process wrote or read (bounded, newest last)."""
+        self._recent: RecentMap[str, JobRecord] = RecentMap(RECORD_MEMORY)
+        """Job id -> the latest record this process wrote or read."""
 
     async def handle(self, event: Event, envelope: Envelope) -> None:
         """Dispatcher entry point for every input payload (each has a job_id)."""
@@ -167,14 +167,8 @@ class RequestHandlers:
         except StoreUnavailable as exc:
             raise TransientError(str(exc)) from exc
         record = JobRecord.from_doc(doc, rev)
-        self._remember(job_id, record)
+        self._recent.put(job_id, record)
         return record
-
-    def _remember(self, job_id: str, record: JobRecord) -> None:
-        self._recent[job_id] = record
-        self._recent.move_to_end(job_id)
-        while len(self._recent) > RECORD_MEMORY:
-            self._recent.popitem(last=False)
 
     async def _save(self, job_id: str, record: JobRecord) -> None:
         # Revision N+1 is created by insert: a concurrent writer that took it first makes
@@ -184,9 +178,9 @@ class RequestHandlers:
         except StoreUnavailable as exc:
             raise TransientError(str(exc)) from exc
         if not written:
-            self._recent.pop(job_id, None)
+            self._recent.pop(job_id)
             raise TransientError(f"job {job_id} changed concurrently; retrying on fresh state")
-        self._remember(job_id, record)
+        self._recent.put(job_id, record)
 
     async def _save_decision(
         self, job_id: str, record: JobRecord, decision: Decision, cause: Envelope, received: Event
@@ -237,10 +231,7 @@ class RequestHandlers:
             if isinstance(outcome, BaseException):
                 raise outcome
         del self._partly_sent[(job_id, record.rev)]
-        self._published[job_id] = record.rev
-        self._published.move_to_end(job_id)
-        while len(self._published) > PUBLISHED_MEMORY:
-            self._published.popitem(last=False)
+        self._published.put(job_id, record.rev)
 
 
 def registered_inputs() -> list[type[Event]]:

@@ -22,7 +22,6 @@ import asyncio
 import json
 import os
 import random
-import shutil
 import statistics
 import sys
 import time
@@ -31,13 +30,13 @@ from typing import Any
 
 import aiohttp
 
-from infra.stack import Stack, StackError, load_profile
 from libs.access import DEFAULT_POLICIES, AccessState
 from libs.apikeys import mint, new_key_id, parse_signing_keys, verify
 from libs.events.schemas import KeyRevoked, TierPolicyChanged
 from libs.ratelimit import UsageLedger
 from services.gateway.limits import Limits
 from tests.bench.pipeline import percentile
+from tests.bench.stack import fresh_bench_stack
 
 
 async def signups(base_url: str, total: int, concurrency: int) -> dict[str, Any]:
@@ -139,16 +138,8 @@ def main(argv: list[str] | None = None) -> int:
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, set(range(os.cpu_count() or 1)))
 
-    stack = Stack(load_profile("bench"))
-    stack.down()
-    shutil.rmtree(stack.profile.run_dir, ignore_errors=True)
-    print("bench stack: starting")
-    try:
-        stack.up_infra()
-        stack.up_services()
-    except StackError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        stack.down()
+    stack = fresh_bench_stack()
+    if stack is None:
         return 1
     runs: list[dict[str, Any]] = []
     try:

@@ -17,7 +17,6 @@ import argparse
 import asyncio
 import json
 import os
-import shutil
 import statistics
 import sys
 import time
@@ -28,11 +27,11 @@ from typing import Any
 import httpx
 import yaml
 
-from infra.stack import Stack, StackError, load_profile
 from libs.cli.accounts import create_account
 from libs.cli.policy import set_policy as set_tier_policy
 from libs.cli.safety_policy import set_policy
 from libs.settings import DEV_SIGNING_KEY
+from tests.bench.stack import fresh_bench_stack
 
 DEFAULT_POLICY = Path(__file__).resolve().parents[2] / "services" / "safety" / "default_policy.yaml"
 
@@ -138,17 +137,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="leave the bench stack running")
     args = parser.parse_args(argv)
 
-    stack = Stack(load_profile("bench"))
-    stack.down()
-    shutil.rmtree(stack.profile.run_dir, ignore_errors=True)
     os.environ["DARKROOM_MODEL"] = "noop"  # the decoders' model; every other service is real
-    print("bench stack: starting (decoders on NoOpModel)")
-    try:
-        stack.up_infra()
-        stack.up_services()
-    except StackError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        stack.down()
+    stack = fresh_bench_stack("decoders on NoOpModel")
+    if stack is None:
         return 1
     results: list[dict[str, Any]] = []
     try:

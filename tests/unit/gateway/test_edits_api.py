@@ -107,3 +107,12 @@ async def test_tweaks_count_against_the_daily_images_like_generations(gateway: G
     with pytest.raises(openai.RateLimitError) as caught:
         await gateway.client.images.edit(image=("a.png", data), prompt="once more", quality="low")
     assert caught.value.code == "insufficient_quota"
+
+
+async def test_an_invalid_form_field_is_a_400_naming_it(gateway: GatewayUnderTest) -> None:
+    with pytest.raises(openai.BadRequestError) as caught:
+        await gateway.client.images.edit(image=("a.png", _png(256, 256)), prompt="x", extra_body={"strength": "lots"})
+    assert caught.value.body["param"] == "strength"  # type: ignore[index]
+    with pytest.raises(openai.BadRequestError) as caught:
+        await gateway.client.images.edit(image=("a.png", _png(256, 256)), prompt="x", n=9)
+    assert caught.value.body["param"] == "n"  # type: ignore[index]

@@ -21,10 +21,10 @@ from libs.apikeys import verify
 from libs.bus import EventPublisher
 from libs.bus.memory import InMemoryBroker
 from libs.events import Envelope, Event
-from libs.events.schemas import GenerateImage, JobSpec, KeyRevoked, RolloutChanged, Tier, TierChanged, TierPolicyChanged
+from libs.events.schemas import GenerateImage, KeyRevoked, RolloutChanged, Tier, TierChanged, TierPolicyChanged
 from libs.ratelimit import UsageLedger
 from services.gateway.limits import Feed, Limits, UsageHandler, port_readers
-from tests.helpers import eventually
+from tests.helpers import eventually, job_spec
 from tests.unit.gateway.conftest import SIGNING, GatewayUnderTest, key_for
 
 ASYNC = {"Prefer": "respond-async"}
@@ -188,21 +188,7 @@ async def test_the_usage_feed_skips_garbage_on_the_command_topic_and_counts_the_
     await producer.send(topics.IMAGE_COMMANDS, b"not json", key=b"x")
     bad = Envelope(type="images.generate_image", aggregate_id="job_bad", payload={"job_id": 1})
     await producer.send(topics.IMAGE_COMMANDS, bad.to_bytes(), key=b"x")
-    spec = JobSpec(
-        account_id="acct_a",
-        tier="free",
-        prompt="p",
-        model="darkroom-mini",
-        n=1,
-        size=256,
-        quality="low",
-        passes=4,
-        output_format="png",
-        output_compression=100,
-        background="auto",
-        moderation="auto",
-        seed=1,
-    )
+    spec = job_spec(account_id="acct_a", tier="free", prompt="p")
     good = GenerateImage(job_id="job_1", spec=spec, created_at=datetime.now(UTC))
     await producer.send(topics.IMAGE_COMMANDS, Envelope.wrap(good, aggregate_id="job_1").to_bytes(), key=b"job_1")
     limits = Limits(AccessState(), UsageLedger())

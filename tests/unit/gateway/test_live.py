@@ -6,28 +6,15 @@ from datetime import UTC, datetime
 
 from libs.bus import Record
 from libs.events import Envelope, Event
-from libs.events.schemas import JobAccepted, JobBlocked, JobProgressed, JobQueued, JobSpec, RenderProgressed
+from libs.events.schemas import JobAccepted, JobBlocked, JobProgressed, JobQueued, RenderProgressed
 from libs.jobs import JobState
 from libs.stores.memory import InMemoryDocumentStore
 from services.gateway.live import JobFollower, JobProjection
+from tests.helpers import job_spec
 
 JOB = "job_live"
 CREATED = datetime(2026, 1, 1, tzinfo=UTC)
-SPEC = JobSpec(
-    account_id="acct",
-    tier="pro",
-    prompt="a red circle",
-    model="darkroom-mini",
-    n=1,
-    size=256,
-    quality="low",
-    passes=4,
-    output_format="png",
-    output_compression=100,
-    background="auto",
-    moderation="auto",
-    seed=1,
-)
+SPEC = job_spec()
 
 
 def _seeded() -> JobState:

@@ -26,26 +26,13 @@ from libs.stores.memory import InMemoryDocumentStore
 from libs.stores.revisions import revision_id
 from services.requests.handlers import COLLECTION, RequestHandlers
 from services.requests.leases import LeaseMonitor
+from tests.helpers import job_spec
 
 JOB = "job_h"
 
 
 def _spec() -> JobSpec:
-    return JobSpec(
-        account_id="acct",
-        tier="plus",
-        prompt="a cat",
-        model="darkroom-mini",
-        n=1,
-        size=256,
-        quality="low",
-        passes=4,
-        output_format="png",
-        output_compression=100,
-        background="auto",
-        moderation="auto",
-        seed=1,
-    )
+    return job_spec(tier="plus", prompt="a cat")
 
 
 def _envelope(event: Event) -> Envelope:

@@ -4,27 +4,14 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from libs.events.schemas import ExpireRenderLease, JobSpec
+from libs.events.schemas import ExpireRenderLease
 from libs.jobs import JobState
 from services.requests.leases import LeaseMonitor
+from tests.helpers import job_spec
 
 
 def _state(status: str = "rendering", pass_index: int = 1, attempt: int = 0) -> JobState:
-    spec = JobSpec(
-        account_id="a",
-        tier="pro",
-        prompt="p",
-        model="m",
-        n=1,
-        size=256,
-        quality="low",
-        passes=4,
-        output_format="png",
-        output_compression=100,
-        background="auto",
-        moderation="auto",
-        seed=1,
-    )
+    spec = job_spec(account_id="a", prompt="p", model="m")
     return JobState.model_validate(
         {
             "job_id": "job",
