@@ -409,7 +409,8 @@ def load_model(name_or_path: str | None = None, device: str = "cpu") -> ImageMod
 
     Args:
         name_or_path: None or "builtin" (also "darkroom-mini", "default"): the built-in model
-            from libs/model/weights/. "noop": NoOpModel. "world": WorldModel (draws the
+            from libs/model/weights/. "noop": NoOpModel; "noop:S" (S a number): NoOpModel
+            sleeping S seconds per pass, a stand-in of fixed cost. "world": WorldModel (draws the
             prompt's scene procedurally, through the built-in VQ). A directory path: a built-in-format
             model saved there (model.json plus weight files). "package.module:factory": an
             operator's own model; `factory(device=device)` must return an ImageModel.
@@ -426,6 +427,14 @@ def load_model(name_or_path: str | None = None, device: str = "cpu") -> ImageMod
         return _load_builtin(DEFAULT_WEIGHTS_DIR, device)
     if name_or_path == "noop":
         return NoOpModel()
+    if name_or_path.startswith("noop:"):
+        try:
+            pass_seconds = float(name_or_path.removeprefix("noop:"))
+        except ValueError:
+            raise ValueError(f"{name_or_path!r}: the stand-in's cost is seconds per pass, e.g. noop:0.15") from None
+        if not 0 <= pass_seconds <= 60:
+            raise ValueError(f"{name_or_path!r}: seconds per pass must be between 0 and 60")
+        return NoOpModel(pass_seconds)
     if name_or_path == "world":
         from libs.model.world_model import WorldModel
 

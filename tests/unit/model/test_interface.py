@@ -122,6 +122,11 @@ def test_noop_model_resumes_exactly() -> None:
 
 def test_registry_names() -> None:
     assert isinstance(load_model("noop"), NoOpModel)
+    stand_in = load_model("noop:0.25")
+    assert isinstance(stand_in, NoOpModel) and stand_in.pass_seconds == 0.25
+    for bad in ("noop:fast", "noop:-1"):
+        with pytest.raises(ValueError, match="seconds per pass"):
+            load_model(bad)
     # An operator's own model: "package.module:factory".
     model = load_model("tests.unit.model.test_interface:_noop_factory")
     assert isinstance(model, NoOpModel) and model.pass_seconds == 0.001
