@@ -40,6 +40,9 @@ log = logging.getLogger(__name__)
 _tracer = trace.get_tracer("darkroom.bus")
 
 Handler = Callable[[Envelope, Record], Awaitable[None]]
+BeforePoll = Callable[[Consumer], Awaitable[None]]
+"""Runs before every fetch with the group member (e.g. a decoder waits for room, then
+pauses the lanes it must not serve yet)."""
 
 
 @dataclass(frozen=True)
@@ -67,8 +70,10 @@ class EventConsumer:
         poll_timeout_ms: int = 200,
         max_records: int = 100,
         concurrency: int = 1,
+        before_poll: BeforePoll | None = None,
     ) -> None:
         self._consumer = consumer
+        self._before_poll = before_poll
         self._handler = handler
         self._publisher = publisher
         self._dlq = dead_letter_topic
@@ -89,6 +94,10 @@ class EventConsumer:
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until `stop` is set, then commit what was handled and return."""
         while not stop.is_set():
+            if self._before_poll is not None:
+                await self._before_poll(self._consumer)
+                if stop.is_set():
+                    break
             records = await self._consumer.getmany(self._poll_timeout_ms, self._max_records)
             if self._concurrency > 1 and len(records) > 1:
                 await self._process_by_key(records)

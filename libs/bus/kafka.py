@@ -161,3 +161,15 @@ class KafkaConsumer:
 
     def paused(self) -> set[TopicPartition]:
         return {TopicPartition(tp.topic, tp.partition) for tp in self._consumer.paused()}
+
+    async def waiting(self, partitions: Sequence[TopicPartition]) -> dict[TopicPartition, int]:
+        counts: dict[TopicPartition, int] = {}
+        assigned = self._consumer.assignment()
+        for tp in partitions:
+            ktp = KafkaTopicPartition(tp.topic, tp.partition)
+            if ktp not in assigned:
+                continue
+            # The highwater comes with every fetch response, so this costs no request.
+            end = self._consumer.highwater(ktp)
+            counts[tp] = 0 if end is None else max(0, end - await self._consumer.position(ktp))
+        return counts

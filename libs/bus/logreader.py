@@ -136,6 +136,9 @@ class PortLogReader:
     def paused(self) -> set[TopicPartition]:
         return self._consumer.paused()
 
+    async def waiting(self, partitions: Sequence[TopicPartition]) -> dict[TopicPartition, int]:
+        return await self._consumer.waiting(partitions)
+
     async def caught_up(self) -> bool:
         """See LogReader.caught_up."""
         return self._drained

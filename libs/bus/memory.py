@@ -187,3 +187,11 @@ class InMemoryConsumer:
 
     def paused(self) -> set[TopicPartition]:
         return set(self._paused)
+
+    async def waiting(self, partitions: Sequence[TopicPartition]) -> dict[TopicPartition, int]:
+        assigned = self.assignment()
+        return {
+            tp: len(self._broker._partitions(tp.topic)[tp.partition]) - self._position(tp)
+            for tp in partitions
+            if tp in assigned
+        }

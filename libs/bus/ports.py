@@ -101,3 +101,12 @@ class Consumer(Protocol):
     def paused(self) -> set[TopicPartition]:
         """The partitions currently paused."""
         ...
+
+    async def waiting(self, partitions: Sequence[TopicPartition]) -> dict[TopicPartition, int]:
+        """Records of these assigned partitions that `getmany` has not returned yet.
+
+        As far as this member knows: the end offset the broker last reported minus the
+        position, without a request to the broker. A partition not fetched yet, or paused
+        since, may show fewer than are there.
+        """
+        ...

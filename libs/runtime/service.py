@@ -26,9 +26,10 @@ from typing import Any
 
 from libs import topics
 from libs.bus import EventConsumer, EventPublisher, Handler, RetryPolicy
+from libs.bus.consumer import BeforePoll
 from libs.bus.ports import Consumer, Producer
 from libs.events import Envelope
-from libs.events.schemas import ServiceHeartbeat
+from libs.events.schemas import LaneLoad, ServiceHeartbeat
 from libs.runtime.health import HealthServer
 from libs.settings import ServiceSettings
 
@@ -51,6 +52,8 @@ class Subscription:
     """Records fetched per poll; 1 for handlers that hold the loop for long (renders)."""
     concurrency: int = 1
     """Records of one poll handled at once, by key (see libs.bus.consumer)."""
+    before_poll: BeforePoll | None = None
+    """Runs before every fetch (see libs.bus.consumer.BeforePoll)."""
 
 
 @dataclass
@@ -70,6 +73,8 @@ class ServiceRuntime:
     started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     consumers: list[EventConsumer] = field(default_factory=list)
     last_check: dict[str, bool] = field(default_factory=dict)
+    lane_report: Callable[[], dict[str, LaneLoad]] | None = None
+    """What this instance knows of the lanes, sent with every heartbeat."""
 
     def __post_init__(self) -> None:
         if not self.instance_id:
@@ -124,6 +129,7 @@ class ServiceRuntime:
                     retry=sub.retry,
                     max_records=sub.max_records,
                     concurrency=sub.concurrency,
+                    before_poll=sub.before_poll,
                 )
             )
         self._health = HealthServer(self.health_report, self.settings.health_host, self.settings.health_port)
@@ -173,6 +179,7 @@ class ServiceRuntime:
                 started_at=self.started_at,
                 healthy=all(checks.values()),
                 checks=checks,
+                lanes=self.lane_report() if self.lane_report is not None else {},
             )
             try:
                 await asyncio.wait_for(

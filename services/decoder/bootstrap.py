@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from libs import topics
-from libs.bus.ports import Producer
+from libs.bus.ports import Producer, Record
+from libs.events import Envelope
 from libs.events.schemas import AbortRender, RenderJob
 from libs.lanes import pool_group
 from libs.model.interface import ImageModel
@@ -12,6 +13,7 @@ from libs.runtime.service import ConsumerFactory, ServiceRuntime, Subscription
 from libs.runtime.wiring import kafka_consumer_factory, kafka_producer
 from libs.settings import DecoderSettings
 from services.decoder.handlers import DecoderHandlers
+from services.decoder.lanes import LaneGate
 from services.decoder.runner import ModelRunner, model_loader
 
 SERVICE = "decoder"
@@ -61,16 +63,24 @@ def bootstrap(
 
     jobs = Dispatcher(SERVICE)
     jobs.on(RenderJob, handlers.on_job)
+    gate = LaneGate(handlers.wait_for_room)
+
+    async def take(envelope: Envelope, record: Record) -> None:
+        await jobs(envelope, record)
+        gate.took(record)
+
     control = Dispatcher(SERVICE)
     control.on(AbortRender, handlers.on_abort)
     runtime.subscriptions += [
-        # One render job per fetch: a job holds the loop for seconds, and records fetched
-        # but not yet rendered would wait behind it (and past the poll interval).
+        # One render job per fetch, fetched only once the model has room for it and from
+        # the lanes that come first (services.decoder.lanes): a job fetched early would
+        # wait in memory while a paid one arrives.
         Subscription(
             group=pool_group(POOL_TOPICS[settings.pool]),
             topics=[POOL_TOPICS[settings.pool]],
-            handler=jobs,
+            handler=take,
             max_records=1,
+            before_poll=gate.before_poll,
         ),
         Subscription(group=control_group(runtime.instance_id), topics=[topics.RENDER_CONTROL], handler=control),
     ]
@@ -79,6 +89,7 @@ def bootstrap(
         return runner.loaded
 
     runtime.checks["model"] = model_loaded
+    runtime.lane_report = gate.report
     # Loaded before the consumers start, so no job is taken before the model can render it.
     runtime.on_start.append(runner.load)
 

@@ -141,6 +141,11 @@ class DecoderHandlers:
         self._free = asyncio.Semaphore(1)
         self._renders: set[asyncio.Task[None]] = set()
 
+    async def wait_for_room(self) -> None:
+        """Returns once the model is free for another job (the next fetch then picks one)."""
+        async with self._free:
+            pass
+
     async def on_abort(self, abort: AbortRender, envelope: Envelope) -> None:
         """Remembers an abort; the job stops at its next pass boundary (or before its first)."""
         log.info("abort of job %s (%s)", abort.job_id, abort.reason)

@@ -11,7 +11,7 @@ from typing import Protocol
 
 import pytest
 
-from libs.bus.ports import Consumer, Producer, TopicPartition
+from libs.bus.ports import Consumer, Producer, Record, TopicPartition
 from tests.helpers import consume
 
 
@@ -98,6 +98,23 @@ class BusContract:
             finally:
                 await consumer.stop()
             assert sorted(r.value for r in records) == [b"0", b"1", b"2"]
+
+    async def test_waiting_counts_the_records_not_returned_yet(self, bus: BusUnderTest, producer: Producer) -> None:
+        topic = await bus.new_topic(2)
+        consumer = bus.consumer("g-waiting", [topic])
+        await consumer.start()
+        try:
+            for value in (b"a", b"b", b"c"):
+                await producer.send(topic, value, partition=1)
+            first: list[Record] = []
+            while not first:
+                first = await consumer.getmany(timeout_ms=200, max_records=1)
+            busy, idle = TopicPartition(topic, 1), TopicPartition(topic, 0)
+            assert await consumer.waiting([busy, idle]) == {busy: 2, idle: 0}
+            await consume(consumer, 2)
+            assert await consumer.waiting([busy]) == {busy: 0}
+        finally:
+            await consumer.stop()
 
     async def test_a_paused_partition_waits_until_resumed(self, bus: BusUnderTest, producer: Producer) -> None:
         topic = await bus.new_topic(2)

@@ -4,8 +4,23 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from pydantic import BaseModel, ConfigDict
+
 from libs.events.envelope import Event
 from libs.events.registry import REGISTRY
+
+
+class LaneLoad(BaseModel):
+    """One instance's view of one lane, counted since the instance started."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    paused: bool = False
+    """A decoder holds the lane back because a higher-priority lane has jobs waiting."""
+    taken: int = 0
+    """Jobs a decoder took from the lane."""
+    rejected: int = 0
+    """Jobs a gateway turned away because the lane was full."""
 
 
 @REGISTRY.register
@@ -19,6 +34,9 @@ class ServiceHeartbeat(Event):
     started_at: datetime
     healthy: bool = True
     checks: dict[str, bool] = {}
+    lanes: dict[str, LaneLoad] = {}
+    """Per lane, what this instance knows: a decoder whether it holds the lane back and
+    how many jobs it took from it, a gateway how many jobs it turned away (503)."""
 
 
 @REGISTRY.register
