@@ -100,6 +100,11 @@ class GatewaySettings(SigningSettings, MinioSettings, MongoSettings):
     url_expiry_s: int = 3600
     models: tuple[str, ...] = ("darkroom-mini",)
     """Model names the API accepts; the first is the default."""
+    lane_max_waiting: str = ""
+    """Per-lane bounds on waiting jobs that override infra/topics.yaml, e.g. "free=500,plus=2000";
+    beyond a bound new jobs are refused with 503 and retry-after."""
+    lane_poll_s: float = 1.0
+    """Seconds between readings of the lanes' offsets."""
 
     def secrets(self) -> dict[str, str]:
         return {**MinioSettings.secrets(self), **SigningSettings.secrets(self)}

@@ -9,7 +9,7 @@ darkroom jobs show JOB_ID                    any account's job (operators see al
 darkroom dlq list                            messages parked on the dead-letter topic, with the reason
 darkroom dlq replay OFFSET... | --all        send parked messages back to their topic, unchanged
 darkroom rebuild                             drop the read models and rebuild them from the topics
-darkroom lanes                               render jobs waiting in and taken from each tier's lane
+darkroom lanes                               per lane: jobs waiting, bound, taken, jobs/s, paused, refused
 """
 
 from __future__ import annotations
@@ -267,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     rebuild.add_argument("--mongo-database", default=os.environ.get("DARKROOM_MONGO_DATABASE", "darkroom"))
 
-    lanes = commands.add_parser("lanes", help="render jobs waiting in and taken from each tier's lane")
+    lanes = commands.add_parser("lanes", help="per lane: jobs waiting, bound, taken, jobs/s, paused, refused (503)")
     lanes.add_argument("--bootstrap", default=default_bootstrap(), help="broker (default: %(default)s)")
 
     args, rest = parser.parse_known_args(argv)

@@ -1,89 +1,161 @@
-"""`darkroom lanes`: what waits in each tier's lane, read from Kafka's own offsets.
+"""`darkroom lanes`: each lane's backlog, whether it is held back, its throughput and refusals.
 
-A decoder commits a render job's offset when it takes the job (the render then runs
-under a lease), so the jobs of a lane still waiting for a decoder are its partitions'
-end offsets minus the pool group's committed offsets; `taken` counts the jobs the
-pool has taken since the topic began.
+- waiting and taken come from Kafka's own offsets (`libs.bus.offsets`): the render
+  jobs no decoder has taken yet (the pool group's lag) and those taken so far;
+- paused, throughput and rejected come from the heartbeats of the last few seconds:
+  a decoder reports per lane whether it holds it back and how many jobs it took
+  (throughput is the growth of that count per second, summed over decoders), a
+  gateway how many jobs it refused because the lane was full.
 """
 
 from __future__ import annotations
 
-import asyncio
+import time
 from dataclasses import dataclass
+from datetime import datetime
 
 from aiokafka import AIOKafkaConsumer
-from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.errors import GroupCoordinatorNotAvailableError
-from aiokafka.structs import OffsetAndMetadata, TopicPartition
+from aiokafka.structs import TopicPartition
 
+from libs import topics
+from libs.bus.offsets import KafkaLaneOffsets
+from libs.events import REGISTRY, DecodeError, Envelope
+from libs.events.schemas import LaneLoad, ServiceHeartbeat
 from libs.lanes import lanes, pool_group
 
 CLIENT_ID = "darkroom-lanes"
-COORDINATOR_ATTEMPTS = 20
+HEARTBEAT_WINDOW_S = 12.0
+"""Heartbeats this recent count (services beat every 2 s)."""
 
 
 @dataclass(frozen=True)
 class LaneReport:
-    """One tier's lane as Kafka sees it now."""
+    """One lane now."""
 
     tier: str
     topic: str
     group: str
     partitions: tuple[int, ...]
     waiting: int
-    """Render jobs on the lane that no decoder has taken yet."""
+    """Render jobs on the lane that no decoder has taken yet (the pool group's lag)."""
     taken: int
     """Render jobs the pool has taken from the lane (committed offsets over the retained log)."""
+    max_waiting: int | None = None
+    """The lane's declared bound (a gateway setting may override it)."""
+    paused: bool = False
+    """Some live decoder holds the lane back for higher-priority lanes."""
+    throughput_per_s: float | None = None
+    """Jobs taken per second over the heartbeat window; None without two decoder heartbeats."""
+    rejected: int = 0
+    """Jobs the live gateways refused (503) because the lane was full, since they started."""
 
 
-async def lane_reports(bootstrap: str) -> list[LaneReport]:
-    """Every lane's waiting and taken jobs, from end and committed offsets."""
+@dataclass(frozen=True)
+class Sighting:
+    """One heartbeat's lane figures."""
+
+    instance: str
+    service: str
+    at: datetime
+    lanes: dict[str, LaneLoad]
+
+
+async def lane_reports(bootstrap: str, window_s: float = HEARTBEAT_WINDOW_S) -> list[LaneReport]:
+    """Every lane's figures, from offsets and the heartbeats of the last `window_s` seconds."""
+    reader = KafkaLaneOffsets(bootstrap, client_id=CLIENT_ID)
+    await reader.start()
+    try:
+        counts = await reader.read()
+    finally:
+        await reader.stop()
+    sightings = await recent_sightings(bootstrap, window_s)
+    return [
+        fold(lane.tier, lane.topic, lane.partitions, counts[lane.tier].waiting, counts[lane.tier].taken, sightings)
+        for lane in lanes().values()
+    ]
+
+
+def fold(
+    tier: str, topic: str, partitions: tuple[int, ...], waiting: int, taken: int, sightings: list[Sighting]
+) -> LaneReport:
+    """A lane's report from its counts and the heartbeats seen (oldest first)."""
+    latest: dict[str, Sighting] = {}
+    first: dict[str, Sighting] = {}
+    for s in sightings:
+        if tier in s.lanes:
+            first.setdefault(s.instance, s)
+            latest[s.instance] = s
+    decoders = [i for i, s in latest.items() if s.service == "decoder"]
+    throughput: float | None = None
+    for instance in decoders:
+        a, b = first[instance], latest[instance]
+        seconds = (b.at - a.at).total_seconds()
+        if seconds > 0:
+            throughput = (throughput or 0.0) + (b.lanes[tier].taken - a.lanes[tier].taken) / seconds
+    return LaneReport(
+        tier=tier,
+        topic=topic,
+        group=pool_group(topic),
+        partitions=partitions,
+        waiting=waiting,
+        taken=taken,
+        max_waiting=lanes()[tier].max_waiting,
+        paused=any(latest[i].lanes[tier].paused for i in decoders),
+        throughput_per_s=throughput,
+        rejected=sum(s.lanes[tier].rejected for s in latest.values() if s.service == "gateway"),
+    )
+
+
+async def recent_sightings(bootstrap: str, window_s: float) -> list[Sighting]:
+    """The lane figures of every heartbeat of the last `window_s` seconds, oldest first."""
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, client_id=CLIENT_ID, enable_auto_commit=False)
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, client_id=CLIENT_ID)
     await consumer.start()
     try:
-        await admin.start()
-        reports = []
-        for lane in lanes().values():
-            tps = [TopicPartition(lane.topic, p) for p in lane.partitions]
-            ends = await consumer.end_offsets(tps)
-            begins = await consumer.beginning_offsets(tps)
-            group = pool_group(lane.topic)
-            committed = await _committed(admin, group, tps)
-            waiting = taken = 0
-            for tp in tps:
-                meta = committed.get(tp)
-                position = meta.offset if meta is not None and meta.offset >= 0 else begins[tp]
-                waiting += max(0, ends[tp] - position)
-                taken += max(0, position - begins[tp])
-            reports.append(LaneReport(lane.tier, lane.topic, group, lane.partitions, waiting, taken))
-        return reports
+        parts = consumer.partitions_for_topic(topics.HEARTBEATS) or {0}
+        tps = [TopicPartition(topics.HEARTBEATS, p) for p in sorted(parts)]
+        consumer.assign(tps)
+        since = int((time.time() - window_s) * 1000)
+        starts = await consumer.offsets_for_times(dict.fromkeys(tps, since))
+        ends = await consumer.end_offsets(tps)
+        for tp in tps:
+            start = starts.get(tp)
+            consumer.seek(tp, start.offset if start is not None else ends[tp])
+        sightings: list[Sighting] = []
+        while [tp for tp in tps if await consumer.position(tp) < ends[tp]]:
+            batches = await consumer.getmany(timeout_ms=500)
+            for records in batches.values():
+                for record in records:
+                    sighting = _sighting(record.value)
+                    if sighting is not None:
+                        sightings.append(sighting)
+        return sorted(sightings, key=lambda s: s.at)
     finally:
         await consumer.stop()
-        await admin.close()
 
 
-async def _committed(
-    admin: AIOKafkaAdminClient, group: str, tps: list[TopicPartition]
-) -> dict[TopicPartition, OffsetAndMetadata]:
-    # A broker that never had a consumer group creates its offsets topic on the first
-    # coordinator lookup, and answers "not available" until it has.
-    for _ in range(COORDINATOR_ATTEMPTS - 1):
-        try:
-            offsets: dict[TopicPartition, OffsetAndMetadata] = await admin.list_consumer_group_offsets(
-                group, partitions=tps
-            )
-            return offsets
-        except GroupCoordinatorNotAvailableError:
-            await asyncio.sleep(0.5)
-    offsets = await admin.list_consumer_group_offsets(group, partitions=tps)
-    return offsets
+def _sighting(raw: bytes | None) -> Sighting | None:
+    try:
+        envelope = Envelope.from_bytes(raw or b"")
+        beat = REGISTRY.decode_as(envelope, ServiceHeartbeat)
+    except (DecodeError, ValueError):
+        return None
+    if not beat.lanes:
+        return None
+    return Sighting(beat.instance_id, beat.service, envelope.time, beat.lanes)
 
 
 def format_reports(reports: list[LaneReport]) -> str:
     """A table for the terminal."""
-    lines = [f"{'lane':6} {'topic':24} {'group':17} {'partitions':12} {'waiting':>8} {'taken':>8}"]
+    lines = [
+        f"{'lane':6} {'topic':24} {'group':17} {'partitions':11} {'waiting':>8} {'bound':>6} "
+        f"{'taken':>8} {'jobs/s':>7} {'paused':>6} {'rejected':>8}"
+    ]
     for r in reports:
         parts = f"{r.partitions[0]}-{r.partitions[-1]}"
-        lines.append(f"{r.tier:6} {r.topic:24} {r.group:17} {parts:12} {r.waiting:8d} {r.taken:8d}")
+        bound = "-" if r.max_waiting is None else str(r.max_waiting)
+        rate = "-" if r.throughput_per_s is None else f"{r.throughput_per_s:.2f}"
+        lines.append(
+            f"{r.tier:6} {r.topic:24} {r.group:17} {parts:11} {r.waiting:8d} {bound:>6} "
+            f"{r.taken:8d} {rate:>7} {'yes' if r.paused else 'no':>6} {r.rejected:8d}"
+        )
     return "\n".join(lines) + "\n"

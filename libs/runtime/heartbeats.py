@@ -8,7 +8,7 @@ from typing import Any
 
 from libs.bus import Record
 from libs.events import REGISTRY, Envelope
-from libs.events.schemas import ServiceHeartbeat
+from libs.events.schemas import LaneLoad, ServiceHeartbeat
 
 SERVICES = ("gateway", "auth", "requests", "decoder", "safety", "storage")
 
@@ -36,6 +36,19 @@ class HeartbeatMonitor:
         """Seconds since this instance's last heartbeat, or None if never seen."""
         beat = self._beats.get(instance_id)
         return None if beat is None else time.monotonic() - beat.received_at
+
+    def lane_loads(self) -> dict[str, dict[str, LaneLoad]]:
+        """Per fresh instance that reports lanes, its view of them (see ServiceHeartbeat.lanes)."""
+        now = time.monotonic()
+        return {
+            instance: beat.heartbeat.lanes
+            for instance, beat in self._beats.items()
+            if beat.heartbeat.lanes and now - beat.received_at <= self.stale_after_s
+        }
+
+    def paused_lanes(self) -> set[str]:
+        """The lanes some live decoder holds back for higher-priority ones."""
+        return {lane for loads in self.lane_loads().values() for lane, load in loads.items() if load.paused}
 
     def report(self) -> dict[str, dict[str, Any]]:
         """Per service: healthy if a fresh, healthy heartbeat came from any instance."""

@@ -14,12 +14,14 @@ from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 
 from libs import topics
 from libs.access import AccessState
 from libs.apikeys import parse_signing_keys
+from libs.bus.offsets import KafkaLaneOffsets, LaneOffsets
 from libs.bus.ports import Producer
+from libs.lanes import parse_max_waiting
 from libs.ratelimit import UsageLedger
 from libs.runtime.heartbeats import HeartbeatMonitor
 from libs.runtime.service import ConsumerFactory, ServiceRuntime, Subscription
@@ -31,6 +33,7 @@ from services.gateway.catalog import ImageCatalog
 from services.gateway.context import Gateway
 from services.gateway.errors import install_error_handlers
 from services.gateway.idempotency import IdempotencyKeys
+from services.gateway.lanes import LaneMonitor, prometheus_text
 from services.gateway.limits import (
     AccessHandler,
     Feed,
@@ -57,6 +60,7 @@ def create_app(
     blobs: BlobStore | None = None,
     readers: ReaderFactory | None = None,
     limits: Limits | None = None,
+    lane_offsets: LaneOffsets | None = None,
 ) -> FastAPI:
     """Build the gateway application.
 
@@ -69,6 +73,8 @@ def create_app(
         readers: Makes the readers of the policy and usage feeds; Kafka's when omitted
             (readers over `consumer_factory` when that is given).
         limits: The access state, usage ledger and clock (fresh ones when omitted).
+        lane_offsets: Reads the lanes' waiting and taken jobs; Kafka's offsets when omitted
+            and Kafka is wired, else none (every job admitted, no wait estimates).
 
     Returns:
         The FastAPI app, whose lifespan starts and stops the Kafka side.
@@ -123,6 +129,19 @@ def create_app(
         runtime.background.append(feed.follow)
         runtime.on_stop.append(feed.close)
     runtime.checks |= {"mongo": reachable(docs), "minio": reachable(objects)}
+    if lane_offsets is None and consumer_factory is None:
+        kafka_lanes = KafkaLaneOffsets(settings.kafka_bootstrap, client_id=f"darkroom-{SERVICE}-lanes")
+        runtime.on_start.append(kafka_lanes.start)
+        runtime.on_stop.append(kafka_lanes.stop)
+        lane_offsets = kafka_lanes
+    lane_monitor = LaneMonitor(
+        lane_offsets,
+        bounds=parse_max_waiting(settings.lane_max_waiting),
+        paused=monitor.paused_lanes,
+        interval_s=settings.lane_poll_s,
+    )
+    runtime.background.append(lane_monitor.follow)
+    runtime.lane_report = lane_monitor.report
     gateway = Gateway(
         settings=settings,
         publisher=runtime.publisher,
@@ -133,6 +152,7 @@ def create_app(
         signing_keys=parse_signing_keys(settings.signing_key),
         limits=limits,
         idempotency=IdempotencyKeys(docs),
+        lanes=lane_monitor,
     )
 
     @asynccontextmanager
@@ -174,6 +194,11 @@ def create_app(
             "services": services,
         }
         return JSONResponse(body, status_code=200 if healthy else 503)
+
+    @app.get("/metrics", tags=["operations"], response_class=PlainTextResponse)
+    async def metrics() -> PlainTextResponse:
+        """The lanes' figures for Prometheus: waiting, taken, drain rate, paused, refused."""
+        return PlainTextResponse(prometheus_text(lane_monitor.figures()), media_type="text/plain; version=0.0.4")
 
     return app
 

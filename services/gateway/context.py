@@ -14,6 +14,7 @@ from libs.stores.ports import BlobStore
 from services.gateway.catalog import ImageCatalog
 from services.gateway.errors import APIError
 from services.gateway.idempotency import IdempotencyKeys
+from services.gateway.lanes import LaneMonitor
 from services.gateway.limits import Limits
 from services.gateway.live import JobProjection, LiveEvents
 
@@ -31,6 +32,7 @@ class Gateway:
     signing_keys: dict[str, str]
     limits: Limits
     idempotency: IdempotencyKeys
+    lanes: LaneMonitor
 
     @property
     def signer(self) -> str:

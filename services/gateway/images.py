@@ -91,8 +91,11 @@ async def run_job(
     if existing is not None:
         spec, created = existing.spec, existing.created_at
     else:
-        # Rollout, tier limits and rate limits (429 with OpenAI's headers); nothing leaves the process.
-        lane = gateway.limits.admit_generation(request.scope, principal, job_id, spec.n, spec.quality)
+        # Rollout, tier limits, room in the lane (503 with retry-after) and rate limits (429 with
+        # OpenAI's headers); nothing leaves the process.
+        lane = gateway.limits.admit_generation(
+            request.scope, principal, job_id, spec.n, spec.quality, lane_open=gateway.lanes.admit
+        )
         spec = spec.model_copy(update={"lane": lane})
     seeded = existing or _queued(job_id, spec, created)
     if existing is None:
@@ -325,7 +328,11 @@ async def _images_response(gateway: Gateway, state: JobState, response_format: s
 
 
 async def job_object(gateway: Gateway, state: JobState, response_format: str = "b64_json") -> dict[str, Any]:
-    """The `image.job` object of a job, in any state."""
+    """The `image.job` object of a job, in any state.
+
+    A job waiting in its lane is `queued`, or `deferred` when it waits behind
+    higher-priority lanes (see services.gateway.lanes); both carry `estimated_wait_s`.
+    """
     body: dict[str, Any] = {
         "id": state.job_id,
         "object": "image.job",
@@ -334,6 +341,12 @@ async def job_object(gateway: Gateway, state: JobState, response_format: str = "
         "model": state.spec.model,
         "progress": {"pass": state.pass_index, "total_passes": state.total_passes},
     }
+    if state.status == "queued" and state.lane:
+        # Waiting for a decoder: how long, and whether behind higher-priority lanes.
+        if gateway.lanes.deferred(state.lane):
+            body["status"] = "deferred"
+        wait = gateway.lanes.estimated_wait_s(state.lane)
+        body["estimated_wait_s"] = None if wait is None else round(wait, 1)
     if state.status == "completed":
         body |= await _images_response(gateway, state, response_format)
     elif state.status in ("blocked", "failed", "cancelled"):

@@ -207,8 +207,16 @@ class Limits:
             return Principal(principal.account_id, tier, principal.key_id, principal.issued_at)
         return principal
 
-    def admit_generation(self, scope: Scope, principal: Principal, job_id: str, n: int, quality: str) -> str:
-        """Decide a generation request: rollout, tier limits, then the rate limits.
+    def admit_generation(
+        self,
+        scope: Scope,
+        principal: Principal,
+        job_id: str,
+        n: int,
+        quality: str,
+        lane_open: Callable[[str], None] | None = None,
+    ) -> str:
+        """Decide a generation request: rollout, tier limits, room in the lane, then the rate limits.
 
         Leaves the rate-limit headers in the request's scope for the response.
 
@@ -218,12 +226,15 @@ class Limits:
             job_id: The job the request creates.
             n: Images asked for.
             quality: The resolved quality (low, medium, high).
+            lane_open: Raises when the tier's lane takes no more jobs; checked before the
+                rate limits, so a refused request spends none of the account's allowance.
 
         Returns:
             The lane the tier's jobs go to.
 
         Raises:
-            APIError: 403 outside the rollout, 400 over the tier's n or quality, 429 over a limit.
+            APIError: 403 outside the rollout, 400 over the tier's n or quality, what
+                `lane_open` raises (503 when the lane is full), 429 over a limit.
         """
         tier = principal.tier
         if not self.access.has_feature(principal.account_id, tier, FEATURE_GENERATION):
@@ -239,6 +250,8 @@ class Limits:
             raise invalid("n", f"The {tier} tier allows at most {policy.max_n} image(s) per request.", "tier_limit")
         if QUALITY_ORDER.get(quality, 0) > QUALITY_ORDER[policy.max_quality]:
             raise invalid("quality", f"The {tier} tier allows quality up to '{policy.max_quality}'.", "tier_limit")
+        if lane_open is not None:
+            lane_open(policy.lane)
         decision = self.ledger.admit(job_id, principal.account_id, tier, policy, n, self.clock())
         headers = decision.headers()
         if not decision.allowed:

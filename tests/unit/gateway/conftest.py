@@ -22,6 +22,7 @@ from libs import topics
 from libs.apikeys import mint, new_key_id
 from libs.bus import EventPublisher
 from libs.bus.memory import InMemoryBroker
+from libs.bus.offsets import LaneCounts
 from libs.events import REGISTRY, Envelope, Event
 from libs.events.schemas import (
     CancelJob,
@@ -32,11 +33,13 @@ from libs.events.schemas import (
     JobCancelled,
     JobCompleted,
     JobProgressed,
+    JobQueued,
     RenderProgressed,
     Usage,
 )
 from libs.imaging import encode
 from libs.jobs import preview_passes
+from libs.lanes import lane_for
 from libs.model.interface import pack_tokens
 from libs.settings import GatewaySettings
 from libs.stores.memory import InMemoryBlobStore, InMemoryDocumentStore
@@ -96,6 +99,8 @@ class FakePipeline:
         if "forbidden" in spec.prompt:
             await emit(JobBlocked(job_id=job, stage="prompt", category="test", message="blocked by the test policy"))
             return
+        lane = lane_for(spec.lane or spec.tier)
+        await emit(JobQueued(job_id=job, lane=lane.tier, topic=lane.topic, partition=lane.partition_for(job)))
         await self.hold.wait()
         if job in self.cancelled:
             await emit(JobCancelled(job_id=job))
@@ -133,12 +138,23 @@ class FakePipeline:
 
 
 @dataclass
+class FakeLaneOffsets:
+    """Lane counts the test sets (in place of Kafka's offsets)."""
+
+    counts: dict[str, LaneCounts] = field(default_factory=dict)
+
+    async def read(self) -> dict[str, LaneCounts]:
+        return dict(self.counts)
+
+
+@dataclass
 class GatewayUnderTest:
     app: FastAPI
     client: AsyncOpenAI
     http: httpx.AsyncClient
     pipeline: FakePipeline
     api_key: str
+    lanes: FakeLaneOffsets
 
 
 def key_for(account: str, tier: str = "pro") -> str:
@@ -152,12 +168,14 @@ async def gateway() -> AsyncIterator[GatewayUnderTest]:
     settings = GatewaySettings(
         signing_key="k1=unit-test-signing-key", sync_wait_s=5, stream_keepalive_s=0.2, reply_timeout_s=1
     )
+    lanes = FakeLaneOffsets()
     app = create_app(
         settings,
         producer=broker.producer(),
         consumer_factory=broker.consumer,
         documents=InMemoryDocumentStore(),
         blobs=blobs,
+        lane_offsets=lanes,
     )
     pipeline = FakePipeline(broker, blobs)
     stop = asyncio.Event()
@@ -167,7 +185,7 @@ async def gateway() -> AsyncIterator[GatewayUnderTest]:
         api_key = key_for("acct_owner")
         client = AsyncOpenAI(base_url="http://gateway/v1", api_key=api_key, http_client=http, max_retries=0)
         try:
-            yield GatewayUnderTest(app, client, http, pipeline, api_key)
+            yield GatewayUnderTest(app, client, http, pipeline, api_key, lanes)
         finally:
             stop.set()
             await task

@@ -1,0 +1,126 @@
+"""Bounded lanes on the API: 503 with retry-after when full, deferred jobs, /metrics."""
+
+from __future__ import annotations
+
+import asyncio
+
+import openai
+import pytest
+
+from libs.bus.offsets import LaneCounts
+from services.gateway.errors import APIError
+from services.gateway.lanes import DEFERRED_AFTER_S, LaneMonitor, prometheus_text
+from tests.unit.gateway.conftest import GatewayUnderTest, key_for
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Source:
+    def __init__(self) -> None:
+        self.counts: dict[str, LaneCounts] = {}
+
+    async def read(self) -> dict[str, LaneCounts]:
+        return dict(self.counts)
+
+
+async def test_drain_rate_and_wait_come_from_the_taken_jobs_over_time() -> None:
+    clock, source = Clock(), Source()
+    monitor = LaneMonitor(source, clock=clock)
+    source.counts = {"free": LaneCounts(waiting=40, taken=100)}
+    await monitor.refresh()
+    assert monitor.drain_per_s("free") == 0 and monitor.estimated_wait_s("free") is None
+    clock.now += 10
+    source.counts = {"free": LaneCounts(waiting=40, taken=120)}
+    await monitor.refresh()
+    assert monitor.drain_per_s("free") == pytest.approx(2.0)
+    assert monitor.estimated_wait_s("free") == pytest.approx(20.0)
+    assert monitor.deferred("free"), "a free backlog of 20 s is deferred"
+    assert not monitor.deferred("pro"), "paid lanes are never deferred"
+
+
+async def test_a_full_lane_refuses_with_the_time_it_needs_to_drain() -> None:
+    clock, source = Clock(), Source()
+    monitor = LaneMonitor(source, bounds={"free": 10}, clock=clock)
+    source.counts = {"free": LaneCounts(waiting=8, taken=0)}
+    await monitor.refresh()
+    clock.now += 4
+    source.counts = {"free": LaneCounts(waiting=8, taken=2)}  # 0.5 jobs/s
+    await monitor.refresh()
+    monitor.admit("free")
+    monitor.admit("free")  # 10 waiting now, counting this gateway's own admissions
+    with pytest.raises(APIError) as refused:
+        monitor.admit("free")
+    assert refused.value.status == 503 and refused.value.code == "lane_full"
+    assert refused.value.headers["retry-after"] == "2"  # 1 job over the bound at 0.5 jobs/s
+    assert monitor.report()["free"].rejected == 1
+    monitor.admit("pro")  # other lanes are not affected
+
+
+async def test_a_full_lane_that_drains_nothing_still_says_when_to_retry() -> None:
+    source = Source()
+    monitor = LaneMonitor(source, bounds={"free": 0})
+    with pytest.raises(APIError) as refused:
+        monitor.admit("free")
+    assert int(refused.value.headers["retry-after"]) >= 1
+
+
+def test_paused_lanes_are_deferred_and_metrics_list_every_lane() -> None:
+    monitor = LaneMonitor(None, paused=lambda: {"free"})
+    monitor.admit("free")
+    assert monitor.deferred("free") and DEFERRED_AFTER_S > 0
+    text = prometheus_text(monitor.figures())
+    assert 'darkroom_lane_paused{lane="free"} 1' in text
+    assert 'darkroom_lane_waiting{lane="free"} 1' in text
+    assert "# TYPE darkroom_lane_rejected_total counter" in text
+    assert 'darkroom_lane_max_waiting{lane="api"}' in text
+
+
+async def test_the_api_answers_503_with_retry_after_and_takes_no_job(gateway: GatewayUnderTest) -> None:
+    lanes = gateway.app.state.gateway.lanes
+    gateway.lanes.counts = {"free": LaneCounts(waiting=5000, taken=0)}
+    await lanes.refresh()
+    free = openai.AsyncOpenAI(
+        base_url="http://gateway/v1", api_key=key_for("acct_free", "free"), http_client=gateway.http, max_retries=0
+    )
+    with pytest.raises(openai.InternalServerError) as refused:
+        await free.images.generate(prompt="a red circle")
+    assert refused.value.status_code == 503
+    assert int(refused.value.response.headers["retry-after"]) >= 1
+    assert refused.value.body["code"] == "lane_full"  # type: ignore[index]
+    await asyncio.sleep(0.2)
+    assert gateway.pipeline.commands == []
+    # A paid tier's lane has room: its jobs go on.
+    image = await gateway.client.images.generate(prompt="a red circle")
+    assert image.data
+
+
+async def test_a_waiting_free_job_is_deferred_with_an_estimate(gateway: GatewayUnderTest) -> None:
+    gateway.pipeline.hold.clear()
+    free_key = key_for("acct_free", "free")
+    created = await gateway.http.post(
+        "/v1/images/generations",
+        json={"prompt": "a blue square"},
+        headers={"authorization": f"Bearer {free_key}", "prefer": "respond-async"},
+    )
+    assert created.status_code == 202
+    job_id = created.json()["id"]
+    monitor = gateway.app.state.gateway.lanes
+    monitor._paused = lambda: {"free"}  # what the decoders' heartbeats would say
+    gateway.lanes.counts = {"free": LaneCounts(waiting=12, taken=0)}
+    await monitor.refresh()
+    for _ in range(50):
+        job = await gateway.http.get(f"/v1/images/jobs/{job_id}", headers={"authorization": f"Bearer {free_key}"})
+        if job.json()["status"] != "queued":
+            break
+        await asyncio.sleep(0.02)
+    body = job.json()
+    assert body["status"] == "deferred" and "estimated_wait_s" in body
+    metrics = await gateway.http.get("/metrics")
+    assert metrics.status_code == 200 and 'darkroom_lane_waiting{lane="free"} 12' in metrics.text
+    gateway.pipeline.hold.set()
