@@ -26,6 +26,41 @@ ACCOUNT_TIERS = "darkroom.accounts.tiers"
 HEARTBEATS = "darkroom.system.heartbeats"
 DEAD_LETTERS = "darkroom.system.dlq"
 
+# API traffic's own copies of every topic a job travels through, so a surge of consumer
+# jobs never sits in front of an api job in a partition or a consumer group. Publishers
+# route by the envelope's tier (`route`); each service's runtime runs a second consumer
+# group, "<group>-api", on these (libs.runtime.service).
+IMAGE_COMMANDS_API = "darkroom.images.commands.api"
+REQUEST_EVENTS_API = "darkroom.requests.events.api"
+RENDER_PROGRESS_API = "darkroom.render.progress.api"
+SAFETY_CHECKS_API = "darkroom.safety.checks.api"
+SAFETY_VERDICTS_API = "darkroom.safety.verdicts.api"
+STORAGE_BLOBS_API = "darkroom.storage.blobs.api"
+STORAGE_EVENTS_API = "darkroom.storage.events.api"
+
+API_TIER = "api"
+API_VARIANTS = {
+    IMAGE_COMMANDS: IMAGE_COMMANDS_API,
+    REQUEST_EVENTS: REQUEST_EVENTS_API,
+    RENDER_PROGRESS: RENDER_PROGRESS_API,
+    SAFETY_CHECKS: SAFETY_CHECKS_API,
+    SAFETY_VERDICTS: SAFETY_VERDICTS_API,
+    STORAGE_BLOBS: STORAGE_BLOBS_API,
+    STORAGE_EVENTS: STORAGE_EVENTS_API,
+}
+"""A job-path topic -> the copy that carries api-tier jobs."""
+
+
+def route(topic: str, tier: str | None) -> str:
+    """The topic a message of this tier goes to: the api copy for api-tier jobs."""
+    return API_VARIANTS.get(topic, topic) if tier == API_TIER else topic
+
+
+def with_api_copies(names: list[str] | tuple[str, ...]) -> list[str]:
+    """The topics and, after them, the api copies of those that have one (for readers of all traffic)."""
+    return [*names, *(API_VARIANTS[t] for t in names if t in API_VARIANTS)]
+
+
 ALL_TOPICS = (
     IMAGE_COMMANDS,
     REQUEST_EVENTS,
@@ -46,4 +81,5 @@ ALL_TOPICS = (
     ACCOUNT_TIERS,
     HEARTBEATS,
     DEAD_LETTERS,
+    *API_VARIANTS.values(),
 )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 
@@ -19,8 +21,17 @@ class EventPublisher:
     lands on one partition, in order.
     """
 
-    def __init__(self, producer: Producer) -> None:
+    def __init__(self, producer: Producer, route: Callable[[str, str | None], str] | None = None) -> None:
+        """Wraps a producer.
+
+        Args:
+            producer: Sends the bytes.
+            route: Picks the topic a message really goes to from the topic asked for and the
+                envelope's tier (services route api-tier jobs to their own topics with
+                `libs.topics.route`); None sends every message where it is asked to go.
+        """
         self._producer = producer
+        self._route = route
 
     @property
     def producer(self) -> Producer:
@@ -46,6 +57,8 @@ class EventPublisher:
         Returns:
             Where the message landed.
         """
+        if self._route is not None:
+            topic = self._route(topic, envelope.tier)
         with _tracer.start_as_current_span(
             f"{topic} publish",
             kind=SpanKind.PRODUCER,

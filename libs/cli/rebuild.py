@@ -63,12 +63,12 @@ class Rebuilder:
             event = REGISTRY.decode(envelope)
         except DecodeError:
             return  # what the services dead-lettered, the rebuild skips too
-        if record.topic == topics.REQUEST_EVENTS:
+        if record.topic in (topics.REQUEST_EVENTS, topics.REQUEST_EVENTS_API):
             if isinstance(event, JobAccepted):
                 await self._accepted(event)
             await self._jobs(envelope, record)
             self.counts[JOBS] += 1
-        elif record.topic == topics.STORAGE_BLOBS and isinstance(event, StoreImage):
+        elif record.topic in (topics.STORAGE_BLOBS, topics.STORAGE_BLOBS_API) and isinstance(event, StoreImage):
             try:
                 plan = plan_storage(event)
             except InvalidImage:
@@ -97,7 +97,8 @@ async def rebuild(bootstrap: str, mongo_url: str, database: str, timeout_s: floa
     """
     documents = MongoDocumentStore(mongo_url, database)
     rebuilder = Rebuilder(documents)
-    reader = KafkaLogReader(bootstrap, [topics.REQUEST_EVENTS, topics.STORAGE_BLOBS], client_id=CLIENT_ID)
+    replayed = topics.with_api_copies([topics.REQUEST_EVENTS, topics.STORAGE_BLOBS])
+    reader = KafkaLogReader(bootstrap, replayed, client_id=CLIENT_ID)
     try:
         await rebuilder.drop()
         await reader.start()

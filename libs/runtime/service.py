@@ -40,6 +40,22 @@ BackgroundTask = Callable[[asyncio.Event], Coroutine[object, object, None]]
 ConsumerFactory = Callable[[str, Sequence[str]], Consumer]
 
 
+def member_groups(group: str, names: Sequence[str]) -> list[tuple[str, list[str]]]:
+    """The consumer-group members a subscription runs: one per traffic, same handler.
+
+    A group on job-path topics gets a second member, group "<group>-api" on the api
+    copies (libs.topics.API_VARIANTS), so api-tier jobs never wait in a partition or a
+    fetch behind consumer traffic. A group-less reader (a live view of every message)
+    reads both in one member.
+    """
+    copies = [topics.API_VARIANTS[t] for t in names if t in topics.API_VARIANTS]
+    if not copies:
+        return [(group, list(names))]
+    if not group:
+        return [(group, [*names, *copies])]
+    return [(group, list(names)), (f"{group}-api", copies)]
+
+
 @dataclass
 class Subscription:
     """A consumer group of this service on some topics, with its handler."""
@@ -79,7 +95,8 @@ class ServiceRuntime:
     def __post_init__(self) -> None:
         if not self.instance_id:
             self.instance_id = self.settings.instance_id or f"{self.name}-{socket.gethostname()}-{os.getpid()}"
-        self.publisher = EventPublisher(self.producer)
+        # api-tier jobs travel on their own topics (libs.topics.API_VARIANTS).
+        self.publisher = EventPublisher(self.producer, route=topics.route)
         self._stop = asyncio.Event()
         self._members: list[Consumer] = []
         self._tasks: list[asyncio.Task[None]] = []
@@ -115,23 +132,24 @@ class ServiceRuntime:
         for hook in self.on_start:
             await hook()
         for sub in self.subscriptions:
-            member = self.consumer_factory(sub.group, sub.topics)
-            await member.start()
-            self._members.append(member)
-            self.consumers.append(
-                EventConsumer(
-                    member,
-                    sub.handler,
-                    publisher=self.publisher,
-                    dead_letter_topic=topics.DEAD_LETTERS,
-                    service=self.name,
-                    group=sub.group,
-                    retry=sub.retry,
-                    max_records=sub.max_records,
-                    concurrency=sub.concurrency,
-                    before_poll=sub.before_poll,
+            for group, names in member_groups(sub.group, sub.topics):
+                member = self.consumer_factory(group, names)
+                await member.start()
+                self._members.append(member)
+                self.consumers.append(
+                    EventConsumer(
+                        member,
+                        sub.handler,
+                        publisher=self.publisher,
+                        dead_letter_topic=topics.DEAD_LETTERS,
+                        service=self.name,
+                        group=group,
+                        retry=sub.retry,
+                        max_records=sub.max_records,
+                        concurrency=sub.concurrency,
+                        before_poll=sub.before_poll,
+                    )
                 )
-            )
         self._health = HealthServer(self.health_report, self.settings.health_host, self.settings.health_port)
         if self.settings.health_port:
             await self._health.start()

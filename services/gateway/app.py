@@ -115,7 +115,7 @@ def create_app(
         AccessHandler(limits.access),
         runtime.publisher,
     )
-    usage_topics = [topics.IMAGE_COMMANDS, topics.REQUEST_EVENTS]
+    usage_topics = topics.with_api_copies([topics.IMAGE_COMMANDS, topics.REQUEST_EVENTS])
     usage_feed = Feed(
         "usage",
         readers("usage", usage_topics, usage_since(limits.clock(), limits.ledger.job_hold_s)),

@@ -120,7 +120,7 @@ async def run_job(
         state = await _wait_for_end(gateway, JobFollower(seeded), queue, gateway.settings.sync_wait_s, left)
     if not state.terminal:
         if left is not None and await left():
-            await _cancel(gateway, job_id, principal.account_id, "client_disconnected")
+            await _cancel(gateway, job_id, principal.account_id, "client_disconnected", spec.tier)
         # Still running after the synchronous limit: hand the client the job instead of failing.
         return JSONResponse(await job_object(gateway, state), status_code=202)
     if state.status != "completed":
@@ -155,7 +155,7 @@ async def cancel_job(job_id: str, gateway: GatewayDep, principal: PrincipalDep) 
         raise APIError(409, f"The job {job_id} has already ended ({state.status}).", code="job_not_cancellable")
     with gateway.live.subscribe(job_id) as queue:
         if not state.terminal:
-            await _cancel(gateway, job_id, principal.account_id, "requested")
+            await _cancel(gateway, job_id, principal.account_id, "requested", state.spec.tier)
         state = await _wait_for_end(gateway, JobFollower(state), queue, CANCEL_WAIT_S)
     if state.terminal and state.status != "cancelled":
         raise APIError(
@@ -164,16 +164,18 @@ async def cancel_job(job_id: str, gateway: GatewayDep, principal: PrincipalDep) 
     return JSONResponse(await job_object(gateway, state), status_code=200 if state.terminal else 202)
 
 
-async def _cancel(gateway: Gateway, job_id: str, account_id: str, reason: str) -> None:
+async def _cancel(gateway: Gateway, job_id: str, account_id: str, reason: str, tier: str) -> None:
     command = CancelJob(
         job_id=job_id, account_id=account_id, reason="requested" if reason == "requested" else "client_disconnected"
     )
-    await gateway.publisher.publish(topics.IMAGE_COMMANDS, Envelope.wrap(command, aggregate_id=job_id))
+    # On the job's own command stream (api-tier jobs have theirs), after its GenerateImage.
+    await gateway.publisher.publish(topics.IMAGE_COMMANDS, Envelope.wrap(command, aggregate_id=job_id, tier=tier))
 
 
-def _cancel_later(gateway: Gateway, job_id: str, account_id: str) -> None:
+def _cancel_later(gateway: Gateway, job_id: str, account_id: str, tier: str) -> None:
     """Sends a cancellation from code that is itself being cancelled (a stream whose client left)."""
-    task = asyncio.get_running_loop().create_task(_cancel(gateway, job_id, account_id, "client_disconnected"))
+    cancel = _cancel(gateway, job_id, account_id, "client_disconnected", tier)
+    task = asyncio.get_running_loop().create_task(cancel)
     _pending.add(task)
     task.add_done_callback(_pending.discard)
 
@@ -378,7 +380,7 @@ async def _stream(
         ended = True
     finally:
         if not ended and cancel_on_disconnect:
-            _cancel_later(gateway, seeded.job_id, seeded.spec.account_id)
+            _cancel_later(gateway, seeded.job_id, seeded.spec.account_id, seeded.spec.tier)
 
 
 async def _stream_frames(

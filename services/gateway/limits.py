@@ -178,11 +178,15 @@ class UsageHandler:
 
 
 def usage_since(now: float, job_hold_s: float) -> dict[str, int]:
-    """Where the usage feed starts: commands from 00:00 UTC, job ends from one hold ago."""
+    """Where the usage feed starts: commands from 00:00 UTC, job ends from one hold ago (both traffics)."""
     midnight = datetime.fromtimestamp(now, UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    commands = int(min(midnight.timestamp(), now - job_hold_s) * 1000)
+    ends = int((now - job_hold_s) * 1000)
     return {
-        topics.IMAGE_COMMANDS: int(min(midnight.timestamp(), now - job_hold_s) * 1000),
-        topics.REQUEST_EVENTS: int((now - job_hold_s) * 1000),
+        topics.IMAGE_COMMANDS: commands,
+        topics.IMAGE_COMMANDS_API: commands,
+        topics.REQUEST_EVENTS: ends,
+        topics.REQUEST_EVENTS_API: ends,
     }
 
 

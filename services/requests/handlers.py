@@ -148,7 +148,7 @@ class RequestHandlers:
         while not stop.is_set():
             for expired in self.leases.expired():
                 log.warning("job %s: no report from its decoder since pass %d", expired.job_id, expired.pass_index)
-                envelope = Envelope.wrap(expired, aggregate_id=expired.job_id)
+                envelope = Envelope.wrap(expired, aggregate_id=expired.job_id, tier=self.leases.tier_of(expired.job_id))
                 try:
                     await self._publisher.publish(topics.IMAGE_COMMANDS, envelope, key=expired.job_id)
                 except Exception as exc:  # noqa: BLE001 - proposed again once the broker is back

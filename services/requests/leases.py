@@ -41,6 +41,7 @@ class LeaseMonitor:
         self._lease_s = lease_s
         self._clock = clock
         self._leases: dict[str, Lease] = {}
+        self._tiers: dict[str, str] = {}
 
     def track(self, state: JobState | None) -> None:
         """Starts or renews the job's lease after a report, or ends it (queued, done, ended)."""
@@ -48,8 +49,14 @@ class LeaseMonitor:
             return
         if leased(state):
             self._leases[state.job_id] = Lease(state.attempt, state.pass_index, self._clock() + self._lease_s)
+            self._tiers[state.job_id] = state.spec.tier
         else:
             self._leases.pop(state.job_id, None)
+            self._tiers.pop(state.job_id, None)
+
+    def tier_of(self, job_id: str) -> str | None:
+        """The tier of a job this monitor tracks or proposed to expire (its traffic's topics)."""
+        return self._tiers.get(job_id)
 
     def expired(self) -> list[ExpireRenderLease]:
         """Proposals for the jobs whose deadline passed; each is proposed once per report."""

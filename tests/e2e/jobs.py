@@ -19,17 +19,20 @@ from libs.bus.kafka import KafkaConsumer
 from libs.bus.ports import Record
 from libs.events import DecodeError, Envelope
 
-JOB_TOPICS = [
-    topics.IMAGE_COMMANDS,
-    topics.REQUEST_EVENTS,
-    topics.RENDER_CONSUMER,
-    topics.RENDER_CONTROL,
-    topics.RENDER_PROGRESS,
-    topics.SAFETY_CHECKS,
-    topics.SAFETY_VERDICTS,
-    topics.STORAGE_BLOBS,
-    topics.STORAGE_EVENTS,
-]
+JOB_TOPICS = topics.with_api_copies(
+    [
+        topics.IMAGE_COMMANDS,
+        topics.REQUEST_EVENTS,
+        topics.RENDER_CONSUMER,
+        topics.RENDER_API,
+        topics.RENDER_CONTROL,
+        topics.RENDER_PROGRESS,
+        topics.SAFETY_CHECKS,
+        topics.SAFETY_VERDICTS,
+        topics.STORAGE_BLOBS,
+        topics.STORAGE_EVENTS,
+    ]
+)
 SLOW = {"prompt": "a blue square on grass", "n": 4, "size": "512x512", "quality": "high"}
 """A render slow enough to kill mid-way."""
 JOB_TIMEOUT_S = 180.0

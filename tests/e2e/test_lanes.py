@@ -45,10 +45,11 @@ async def test_a_flood_in_the_consumer_lanes_does_not_hold_up_api_jobs(running: 
             return str((await http.get(f"/v1/images/jobs/{job_id}")).json()["status"])
 
     statuses = await asyncio.gather(*(status(key, job_id) for key, job_id in flood))
-    unfinished = [s for s in statuses if s != "completed"]
+    unfinished = [s for s in statuses if s not in ("completed", "blocked")]
     assert len(unfinished) >= len(flood) // 3, f"the api job waited behind the consumer flood: {statuses}"
 
-    # The flood itself is only delayed: every job of it completes.
+    # The flood itself is only delayed: every job of it is rendered to its end (the built-in
+    # model's drawing may still be blocked by the content check: that too is an end).
     for key, job_id in flood:
         async with api(running, key) as http:
-            assert (await wait_done(http, job_id))["status"] == "completed"
+            assert (await wait_done(http, job_id))["status"] in ("completed", "blocked")

@@ -32,7 +32,7 @@ def test_latest_value_topics_are_compacted(name: str) -> None:
 def test_messages_stay_small_except_where_bytes_must_travel() -> None:
     for spec in load_specs():
         limit = int(spec.config["max.message.bytes"])
-        if spec.name in (topics.STORAGE_BLOBS, topics.DEAD_LETTERS):
+        if spec.name in (topics.STORAGE_BLOBS, topics.STORAGE_BLOBS_API, topics.DEAD_LETTERS):
             assert limit <= 10 * 1024 * 1024
         else:
             assert limit <= 1024 * 1024, spec.name
@@ -43,3 +43,14 @@ def test_overlapping_lanes_are_rejected(tmp_path: Path) -> None:
     bad.write_text("topics:\n  t:\n    partitions: 2\n    lanes:\n      a: [0, 1]\n      b: [1]\n")
     with pytest.raises(ValueError, match="two lanes"):
         load_specs(bad)
+
+
+def test_every_job_path_topic_has_an_api_copy_declared_alike() -> None:
+    specs = {s.name: s for s in load_specs()}
+    for topic, copy in topics.API_VARIANTS.items():
+        assert copy in specs and copy != topic
+        assert specs[copy].config["retention.ms"] == specs[topic].config["retention.ms"]
+        assert specs[copy].config["max.message.bytes"] == specs[topic].config["max.message.bytes"]
+    assert topics.route(topics.SAFETY_CHECKS, "api") == topics.SAFETY_CHECKS_API
+    assert topics.route(topics.SAFETY_CHECKS, "free") == topics.SAFETY_CHECKS
+    assert topics.route(topics.HEARTBEATS, "api") == topics.HEARTBEATS

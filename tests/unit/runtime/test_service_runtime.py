@@ -10,7 +10,7 @@ from libs import topics
 from libs.bus.memory import InMemoryBroker
 from libs.events import REGISTRY, Envelope
 from libs.events.schemas import DeadLetter, ServiceHeartbeat
-from libs.runtime.service import run_service
+from libs.runtime.service import member_groups, run_service
 from libs.settings import StorageSettings
 from libs.stores.memory import InMemoryBlobStore, InMemoryDocumentStore
 from services.storage.bootstrap import bootstrap
@@ -109,3 +109,13 @@ async def test_the_health_endpoint_answers_over_http() -> None:
     finally:
         await server.stop()
         stop.set()
+
+
+def test_job_path_groups_get_a_member_for_api_traffic() -> None:
+    assert member_groups("requests", [topics.IMAGE_COMMANDS, topics.SAFETY_VERDICTS]) == [
+        ("requests", [topics.IMAGE_COMMANDS, topics.SAFETY_VERDICTS]),
+        ("requests-api", [topics.IMAGE_COMMANDS_API, topics.SAFETY_VERDICTS_API]),
+    ]
+    # A live reader without a group reads both traffics; other topics are left alone.
+    assert member_groups("", [topics.REQUEST_EVENTS]) == [("", [topics.REQUEST_EVENTS, topics.REQUEST_EVENTS_API])]
+    assert member_groups("decoder-api", [topics.RENDER_API]) == [("decoder-api", [topics.RENDER_API])]
