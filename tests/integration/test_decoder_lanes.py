@@ -11,11 +11,11 @@ import asyncio
 import uuid
 
 from libs import topics
-from libs.bus.kafka import KafkaProducer
+from libs.bus.kafka import KafkaConsumer, KafkaProducer
 from libs.bus.memory import InMemoryBroker
 from libs.events import REGISTRY, Envelope
 from libs.events.schemas import RenderJob, RenderStarted
-from libs.lanes import lane_for
+from libs.lanes import lane_for, lane_of
 from libs.model.interface import NoOpModel
 from libs.runtime.service import run_service
 from libs.runtime.wiring import kafka_consumer_factory
@@ -107,3 +107,26 @@ async def test_paid_jobs_waiting_with_free_ones_are_served_first(kafka_bootstrap
         await producer.stop()
         stop.set()
         await asyncio.wait_for(service, 30)
+
+
+async def test_every_decoder_of_the_pool_gets_paid_and_free_partitions(kafka_bootstrap: str) -> None:
+    """Another decoder process adds throughput to every consumer tier, not to one of them."""
+    group = f"decoder-spread-{uuid.uuid4().hex[:6]}"
+    members = [KafkaConsumer(kafka_bootstrap, group=group, topics=[topics.RENDER_CONSUMER]) for _ in range(3)]
+    for member in members:
+        await member.start()
+    try:
+
+        async def balanced() -> bool:
+            for member in members:
+                await member.getmany(timeout_ms=100)
+            sizes = [len(m.assignment()) for m in members]
+            return sum(sizes) == 12 and min(sizes) > 0
+
+        await eventually(balanced, 60, "three members share the render topic")
+        for member in members:
+            tiers = {lane.tier for tp in member.assignment() if (lane := lane_of(tp)) is not None}
+            assert tiers == {"pro", "plus", "free"}, member.assignment()
+    finally:
+        for member in members:
+            await member.stop()
