@@ -99,8 +99,10 @@ class Profile:
             "DARKROOM_MINIO_ACCESS_KEY": DEV_MINIO_USER,
             "DARKROOM_MINIO_SECRET_KEY": DEV_MINIO_PASSWORD,
             "DARKROOM_GATEWAY_PORT": str(self.gateway_port),
-            # The gateway serves /healthz on its API port; the others on a port of their own.
-            "DARKROOM_HEALTH_PORT": "0" if service == "gateway" else str(self.health_port(service)),
+            # The gateway serves /healthz on its API port; the others on a port of their own. An
+            # extra instance has none (its service's port is taken): the gateway's /healthz
+            # counts it among the service's instances by its heartbeats.
+            "DARKROOM_HEALTH_PORT": "0" if service == "gateway" or instance else str(self.health_port(service)),
             "DARKROOM_INSTANCE_ID": instance or f"{service}-{self.name}-1",
             "DARKROOM_OTLP_ENDPOINT": self.otlp_endpoint,
             "PYTHONPATH": str(paths.ROOT),
@@ -462,13 +464,18 @@ class Stack:
         )
 
     def start_service(self, name: str, instance: str = "") -> None:
-        """Start a service process by its name in SERVICE_PROCESSES (or a named extra instance)."""
+        """Start a service process by its name in SERVICE_PROCESSES (or a named extra instance).
+
+        The profile's `process_env` entries for `name` apply to every instance of it; entries
+        for `instance` apply to that instance only, after them.
+        """
         package, extra = SERVICE_PROCESSES[name]
+        settings = {var: value for process, var, value in self.profile.process_env if process == name}
+        if instance:
+            settings |= {var: value for process, var, value in self.profile.process_env if process == instance}
         self.proc(instance or name).start(
             [sys.executable, "-m", f"services.{package}"],
-            env=self.profile.service_env(name, instance)
-            | extra
-            | {var: value for process, var, value in self.profile.process_env if process == name},
+            env=self.profile.service_env(name, instance) | extra | settings,
         )
 
     def create_topics(self) -> None:

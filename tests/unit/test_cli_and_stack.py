@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from infra.stack import SERVICES, load_profile
+from infra.stack import SERVICES, Process, Stack, load_profile
 from libs.cli.__main__ import main as cli
 from libs.cli.kafka_tools import tool_command
 from libs.cli.schemas import render_schemas
@@ -63,3 +64,26 @@ def test_ports_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> Non
     assert env["DARKROOM_GATEWAY_PORT"] == "8123"
     assert env["DARKROOM_HEALTH_PORT"] != "0"
     assert load_profile("dev").service_env("gateway")["DARKROOM_HEALTH_PORT"] == "0"
+
+
+def test_an_extra_instance_has_its_own_id_no_health_port_and_its_own_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    profile = replace(
+        load_profile("bench"),
+        process_env=(("decoder", "DARKROOM_MODEL", "noop:0.1"), ("decoder-2", "DARKROOM_LOG_LEVEL", "DEBUG")),
+    )
+    started: dict[str, dict[str, str]] = {}
+
+    def record(process: Process, argv: list[str], env: dict[str, str], cwd: Path | None = None) -> int:
+        started[process.name] = env
+        return 0
+
+    monkeypatch.setattr(Process, "start", record)
+    stack = Stack(profile, say=lambda _: None)
+    stack.start_service("decoder")
+    stack.start_service("decoder", instance="decoder-2")
+    first, second = started["decoder"], started["decoder-2"]
+    assert first["DARKROOM_HEALTH_PORT"] == str(profile.health_port("decoder"))
+    assert second["DARKROOM_HEALTH_PORT"] == "0"  # the first instance holds the service's port
+    assert second["DARKROOM_INSTANCE_ID"] == "decoder-2" != first["DARKROOM_INSTANCE_ID"]
+    assert first["DARKROOM_MODEL"] == second["DARKROOM_MODEL"] == "noop:0.1"
+    assert second["DARKROOM_LOG_LEVEL"] == "DEBUG" and "DARKROOM_LOG_LEVEL" not in first
