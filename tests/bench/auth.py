@@ -35,8 +35,8 @@ from libs.apikeys import mint, new_key_id, parse_signing_keys, verify
 from libs.events.schemas import KeyRevoked, TierPolicyChanged
 from libs.ratelimit import UsageLedger
 from services.gateway.limits import Limits
-from tests.bench.pipeline import percentile
 from tests.bench.stack import fresh_bench_stack
+from tests.bench.stats import percentile
 
 
 async def signups(base_url: str, total: int, concurrency: int) -> dict[str, Any]:

@@ -21,29 +21,15 @@ import statistics
 import sys
 import time
 import uuid
-from pathlib import Path
 from typing import Any
 
 import httpx
-import yaml
 
 from libs.cli.accounts import create_account
 from libs.cli.policy import set_policy as set_tier_policy
-from libs.cli.safety_policy import set_policy
 from libs.settings import DEV_SIGNING_KEY
-from tests.bench.stack import fresh_bench_stack
-
-DEFAULT_POLICY = Path(__file__).resolve().parents[2] / "services" / "safety" / "default_policy.yaml"
-
-
-def percentile(values: list[float], q: float) -> float:
-    """The q-th percentile (0-100) by linear interpolation."""
-    ordered = sorted(values)
-    if not ordered:
-        return float("nan")
-    k = (len(ordered) - 1) * q / 100
-    lo, hi = int(k), min(int(k) + 1, len(ordered) - 1)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
+from tests.bench.stack import cpu_seconds, fresh_bench_stack, let_stand_in_grids_through
+from tests.bench.stats import percentile
 
 
 async def run_level(base_url: str, api_key: str, concurrency: int, jobs: int) -> dict[str, Any]:
@@ -89,19 +75,6 @@ async def run_level(base_url: str, api_key: str, concurrency: int, jobs: int) ->
     }
 
 
-def cpu_seconds(run_dir: Path) -> dict[str, float]:
-    """CPU time (user + system) each component of the stack has used so far, by name."""
-    used: dict[str, float] = {}
-    for pid_file in sorted((run_dir / "pids").glob("*.pid")):
-        pid = pid_file.read_text().split()[0]
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except (FileNotFoundError, IndexError):
-            continue
-        used[pid_file.stem] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    return used
-
-
 def model_pass_times(passes: int = 8, repeats: int = 3) -> dict[str, Any]:
     """Time per pass (and per image) of the built-in model on this machine's CPU."""
     import torch
@@ -143,15 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     results: list[dict[str, Any]] = []
     try:
-        # NoOpModel's grids are random token soup, which is no drawing at all; a policy without
-        # content classes keeps the content checks running (they are pipeline cost) but lets
-        # such grids through, so every job completes.
-        policy = yaml.safe_load(DEFAULT_POLICY.read_text())
-        for category in policy["categories"]:
-            category["content_classes"] = []
-        bench_policy = stack.profile.run_dir / "bench-policy.yaml"
-        bench_policy.write_text(yaml.safe_dump(policy))
-        set_policy(stack.profile.kafka_bootstrap, bench_policy, "bench")
+        let_stand_in_grids_through(stack)
         # The bench measures the pipeline, not the pro tier's limits: lift them for its account.
         set_tier_policy(
             stack.profile.kafka_bootstrap,
