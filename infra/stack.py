@@ -505,16 +505,18 @@ class Stack:
         )
 
     def down(self) -> list[str]:
+        """Stop every process of the profile: services, extra instances, then the infrastructure.
+
+        Extra instances (e.g. a second decoder or gateway, found in pids/) stop before Kafka,
+        MinIO and FerretDB, so they shut down cleanly instead of waiting on a broker that is gone.
+        """
+        pid_dir = self.profile.run_dir / "pids"
+        extras = sorted(p.stem for p in pid_dir.glob("*.pid")) if pid_dir.exists() else []
+        extras = [name for name in extras if name not in SERVICES and name not in INFRA]
         stopped = []
-        for name in [*reversed(SERVICES), *reversed(INFRA)]:
+        for name in [*reversed(SERVICES), *extras, *reversed(INFRA)]:
             if self.proc(name).stop():
                 stopped.append(name)
-        # Extra instances started by tests (e.g. a second gateway) live in pids/ too.
-        pid_dir = self.profile.run_dir / "pids"
-        if pid_dir.exists():
-            for pid_file in sorted(pid_dir.glob("*.pid")):
-                if self.proc(pid_file.stem).stop():
-                    stopped.append(pid_file.stem)
         return stopped
 
     def status(self) -> dict[str, tuple[int | None, bool]]:

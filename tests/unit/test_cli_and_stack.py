@@ -87,3 +87,20 @@ def test_an_extra_instance_has_its_own_id_no_health_port_and_its_own_settings(mo
     assert second["DARKROOM_INSTANCE_ID"] == "decoder-2" != first["DARKROOM_INSTANCE_ID"]
     assert first["DARKROOM_MODEL"] == second["DARKROOM_MODEL"] == "noop:0.1"
     assert second["DARKROOM_LOG_LEVEL"] == "DEBUG" and "DARKROOM_LOG_LEVEL" not in first
+
+
+def test_down_stops_extra_instances_before_the_infrastructure(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    profile = replace(load_profile("bench"), run_dir=tmp_path)
+    (tmp_path / "pids").mkdir()
+    for name in ("kafka", "decoder", "decoder-2", "gateway"):
+        (tmp_path / "pids" / f"{name}.pid").write_text("1 1\n")
+    order: list[str] = []
+
+    def stop(process: Process, timeout_s: float = 20.0, sig: int = 15) -> bool:
+        order.append(process.name)
+        return (tmp_path / "pids" / f"{process.name}.pid").exists()
+
+    monkeypatch.setattr(Process, "stop", stop)
+    stopped = Stack(profile, say=lambda _: None).down()
+    assert stopped == ["gateway", "decoder", "decoder-2", "kafka"]
+    assert order.index("decoder-2") < order.index("ferretdb")
