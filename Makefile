@@ -5,7 +5,7 @@ STACK := $(PY) -m infra.stack
 
 .DEFAULT_GOAL := help
 
-.PHONY: help setup up down status logs test test-unit test-integration test-e2e lint typecheck check schemas bench-pipeline bench-auth train-model eval-model
+.PHONY: help setup up down status logs test test-unit test-integration test-e2e lint typecheck check schemas bench-pipeline bench-auth surge train-model eval-model
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -53,6 +53,9 @@ bench-pipeline: ## pipeline overhead (no-op model) at 1/10/50 concurrent jobs, a
 
 bench-auth: ## sign-ups per second end to end, and what key checks and rate limits add per request (one core)
 	@$(PY) -m tests.bench.auth
+
+surge: ## a scaled viral launch against a private stack: latency per tier, lanes, rejections (ARGS=--quick: < 3 min)
+	@$(PY) -m tests.bench.surge $(ARGS)
 
 train-model: ## train the built-in model from scratch (90 minutes on 2 CPU cores; faster on a GPU)
 	@$(PY) -m libs.model.train --out libs/model/weights --minutes 90
