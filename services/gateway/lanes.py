@@ -193,34 +193,41 @@ class LaneMonitor:
         return {name: LaneLoad(rejected=self._rejected[name]) for name in self._lanes}
 
 
-METRICS = (
-    ("waiting", "gauge", "Render jobs waiting in the lane for a decoder (the pool's consumer lag)."),
-    ("taken_total", "counter", "Render jobs decoders took from the lane over the retained log."),
-    ("drain_per_second", "gauge", "Jobs taken from the lane per second, over the last 20 seconds."),
-    ("paused", "gauge", "1 while a decoder holds the lane back for higher-priority lanes."),
-    ("rejected_total", "counter", "Jobs this gateway refused (503) because the lane was full."),
-    ("max_waiting", "gauge", "Jobs the lane may hold waiting before new ones are refused."),
-    ("estimated_wait_seconds", "gauge", "Seconds the lane's backlog takes to drain at the current rate."),
+METRICS: tuple[tuple[str, str, str, Callable[[LaneFigures], float | None]], ...] = (
+    (
+        "waiting",
+        "gauge",
+        "Render jobs waiting in the lane for a decoder (the pool's lag).",
+        lambda f: f.waiting,
+    ),
+    ("taken_total", "counter", "Render jobs decoders took from the lane over the retained log.", lambda f: f.taken),
+    (
+        "drain_per_second",
+        "gauge",
+        f"Jobs taken from the lane per second, over the last {DRAIN_WINDOW_S:.0f} seconds.",
+        lambda f: f.drain_per_s,
+    ),
+    ("paused", "gauge", "1 while a decoder holds the lane back for higher-priority lanes.", lambda f: int(f.paused)),
+    ("rejected_total", "counter", "Jobs this gateway refused (503) because the lane was full.", lambda f: f.rejected),
+    ("max_waiting", "gauge", "Jobs the lane may hold waiting before new ones are refused.", lambda f: f.max_waiting),
+    (
+        "estimated_wait_seconds",
+        "gauge",
+        "Seconds the lane's backlog takes to drain at the current rate.",
+        lambda f: f.estimated_wait_s,
+    ),
 )
+"""Each exported metric: name (after darkroom_lane_), type, help text, and its value for a lane."""
 
 
 def prometheus_text(figures: list[LaneFigures]) -> str:
     """The lanes' figures in Prometheus' text exposition format."""
-    values: dict[str, Callable[[LaneFigures], float | None]] = {
-        "waiting": lambda f: f.waiting,
-        "taken_total": lambda f: f.taken,
-        "drain_per_second": lambda f: f.drain_per_s,
-        "paused": lambda f: 1 if f.paused else 0,
-        "rejected_total": lambda f: f.rejected,
-        "max_waiting": lambda f: f.max_waiting,
-        "estimated_wait_seconds": lambda f: f.estimated_wait_s,
-    }
     lines: list[str] = []
-    for name, kind, text in METRICS:
+    for name, kind, text, value_of in METRICS:
         metric = f"darkroom_lane_{name}"
         lines += [f"# HELP {metric} {text}", f"# TYPE {metric} {kind}"]
         for f in figures:
-            value = values[name](f)
+            value = value_of(f)
             if value is not None:
                 number = str(value) if isinstance(value, int) else f"{value:.4f}".rstrip("0").rstrip(".")
                 lines.append(f'{metric}{{lane="{f.lane}"}} {number}')

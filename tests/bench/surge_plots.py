@@ -11,6 +11,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 from matplotlib.axes import Axes
+from matplotlib.figure import Figure
 
 from tests.bench.surge_load import TIERS
 from tests.bench.surge_report import bucket_counts, windowed_percentile
@@ -50,11 +51,7 @@ def plot_latency(report: Mapping[str, Any], path: Path) -> None:
     ax.set_xlabel("submitted at (s from the start of the load)")
     ax.set_ylabel("latency to images (s)")
     ax.set_title("Latency per tier (dots: completed requests)", pad=16)
-    ax.legend(loc="upper left", fontsize=8)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, [ax], path)
 
 
 def plot_backlog(report: Mapping[str, Any], path: Path) -> None:
@@ -75,11 +72,7 @@ def plot_backlog(report: Mapping[str, Any], path: Path) -> None:
     ax.set_xlabel("s from the start of the load")
     ax.set_ylabel("jobs waiting")
     ax.set_title(f"Backlog per lane (source: {', '.join(sources) or 'none'})", pad=16)
-    ax.legend(loc="upper left", fontsize=8)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, [ax], path)
 
 
 def plot_throughput(report: Mapping[str, Any], path: Path) -> None:
@@ -106,11 +99,7 @@ def plot_throughput(report: Mapping[str, Any], path: Path) -> None:
     bottom.set_title("Rejections and sign-ups", pad=16)
     for ax in (top, bottom):
         _phases(ax, report)
-        ax.legend(loc="upper left", fontsize=8)
-        ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, [top, bottom], path)
 
 
 def plot_all(report: Mapping[str, Any], folder: Path) -> list[Path]:
@@ -119,3 +108,13 @@ def plot_all(report: Mapping[str, Any], folder: Path) -> list[Path]:
     for draw, path in zip((plot_latency, plot_backlog, plot_throughput), paths, strict=True):
         draw(report, path)
     return paths
+
+
+def _save(fig: Figure, axes: list[Axes], path: Path) -> None:
+    """Legends and grids on every panel, then the PNG; the figure is released."""
+    for ax in axes:
+        ax.legend(loc="upper left", fontsize=8)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
