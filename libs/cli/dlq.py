@@ -18,10 +18,10 @@ from datetime import datetime
 
 from libs import topics
 from libs.bus.kafka import KafkaProducer
+from libs.bus.logreader import KafkaLogReader, read_to_end
 from libs.bus.ports import Record
 from libs.events import REGISTRY, DecodeError, Envelope
 from libs.events.schemas import DeadLetter
-from services.safety.policy_feed import KafkaLogReader, read_to_end
 
 CLIENT_ID = "darkroom-cli"
 READ_TIMEOUT_S = 30.0

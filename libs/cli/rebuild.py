@@ -24,6 +24,7 @@ from __future__ import annotations
 from collections import Counter
 
 from libs import topics
+from libs.bus.logreader import KafkaLogReader, read_to_end
 from libs.bus.ports import Record
 from libs.events import REGISTRY, DecodeError, Envelope
 from libs.events.schemas import JobAccepted, StoreImage
@@ -34,7 +35,6 @@ from services.gateway.catalog import IMAGE_HASHES
 from services.gateway.catalog import IMAGES as CATALOG_IMAGES
 from services.gateway.idempotency import KEYS, claim_document, claim_id
 from services.gateway.live import JOBS, JobProjection
-from services.safety.policy_feed import KafkaLogReader, read_to_end
 from services.storage.domain import IMAGES, InvalidImage, plan_storage
 
 CLIENT_ID = "darkroom-rebuild"

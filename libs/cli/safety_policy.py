@@ -22,6 +22,7 @@ from pathlib import Path
 from libs import topics
 from libs.bus import EventPublisher
 from libs.bus.kafka import KafkaProducer
+from libs.bus.logreader import KafkaLogReader, LogReader, read_to_end
 from libs.bus.ports import Record
 from libs.events import REGISTRY, DecodeError, Envelope
 from libs.events.schemas import SafetyPolicy
@@ -33,7 +34,6 @@ from services.safety.domain import (
     policy_key,
     policy_to_yaml,
 )
-from services.safety.policy_feed import KafkaLogReader, LogReader, read_to_end
 
 log = logging.getLogger(__name__)
 

@@ -9,6 +9,7 @@ import pytest
 
 from libs import topics
 from libs.bus import EventPublisher
+from libs.bus.logreader import PortLogReader
 from libs.bus.memory import InMemoryBroker
 from libs.cli.safety_policy import format_policy, publish_policy, read_policy, set_policy
 from libs.events import REGISTRY, Envelope, new_ulid
@@ -17,7 +18,6 @@ from libs.runtime.service import run_service
 from libs.settings import SafetySettings
 from services.safety.bootstrap import build
 from services.safety.domain import InvalidPolicy
-from services.safety.policy_feed import PortLogReader
 from tests.helpers import eventually
 from tests.unit.safety.test_service import FakeClassifier
 
