@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from libs.model.interface import DEFAULT_WEIGHTS_DIR
-from libs.model.world import ANCHORS, FORBIDDEN_SHAPE, INTERNAL_SIZE, POSITIONS, RADIUS, Scene, downsample
+from libs.model.world import FORBIDDEN_SHAPE, INTERNAL_SIZE, Scene, downsample, object_cells
 
 FILENAME: Final = "safety.pt"
 CATEGORY: Final = FORBIDDEN_SHAPE
@@ -76,19 +76,8 @@ def target_maps(scenes: Sequence[Scene], grid: int = 16) -> torch.Tensor:
     Returns:
         (len(scenes), grid, grid) float32.
     """
-    cell = INTERNAL_SIZE / grid
-    centres = (torch.arange(grid, dtype=torch.float32) + 0.5) * cell
-    out = torch.zeros(len(scenes), grid, grid)
-    for i, scene in enumerate(scenes):
-        for obj in scene.objects:
-            if obj.shape != FORBIDDEN_SHAPE:
-                continue
-            row, col = divmod(POSITIONS.index(obj.position), 3)
-            cx, cy = ANCHORS[col] + obj.dx, ANCHORS[row] + obj.dy
-            reach = max(RADIUS[obj.size] * 0.7, cell * 0.75)
-            d2 = (centres[None, :] - cx) ** 2 + (centres[:, None] - cy) ** 2
-            out[i] = torch.maximum(out[i], (d2 <= reach**2).float())
-    return out
+    cells = object_cells(scenes, grid, lambda radius, cell: max(radius * 0.7, cell * 0.75), FORBIDDEN_SHAPE)
+    return torch.from_numpy(cells)
 
 
 class SafetyClassifier:

@@ -37,7 +37,7 @@ from libs.model.builtin import MaskGITImageModel, SamplingConfig, autocast_dtype
 from libs.model.maskgit import CaptionTokenizer, MaskGIT, MaskGITConfig, random_mask
 from libs.model.safety_classifier import FILENAME, SafetyClassifier, SafetyNet, detector_loss, target_maps
 from libs.model.vq import VQConfig, VQTokenizer, images_to_tensor, tensor_to_images
-from libs.model.world import Scene, World, caption_vocabulary, render_scene
+from libs.model.world import Scene, World, caption_vocabulary, object_cells, render_scene
 
 STAGES = ("vq", "generator", "safety", "attributes")
 BUDGET_SHARE = {"vq": 0.25, "generator": 0.52, "safety": 0.08, "attributes": 0.15}
@@ -58,6 +58,9 @@ class TrainPlan:
     gen_batch: int = 32
     gen_lr: float = 8e-4
     caption_drop: float = 0.1
+    gen_object_weight: float = 3.0
+    """Loss weight of masked cells that an object covers, relative to background cells (see
+    train_generator); plans written before it existed replay with 1.0."""
     safety_steps: int = 600
     safety_batch: int = 64
     attr_steps: int = 1500
@@ -195,13 +198,28 @@ def train_generator(
     device: torch.device,
     log: Logger,
     deadline: float,
+    init: MaskGIT | None = None,
 ) -> MaskGIT:
     """Trains MaskGIT on (token grid, caption) pairs; captions are re-drawn per step from 8
-    phrasings per scene, and dropped with probability plan.caption_drop (for guidance)."""
+    phrasings per scene, and dropped with probability plan.caption_drop (for guidance).
+
+    Objects cover a few cells of a grid dominated by (textured) background, so an unweighted
+    loss learns backgrounds first and objects barely at all: the sampler, which commits the most
+    confident cells first, then fills the grid with background and no object ever forms. Masked
+    cells an object covers weigh plan.gen_object_weight times more. That both spends the
+    gradient on objects and, because the weight depends on the target, raises the predicted
+    probability of object tokens where an object may be, so one can nucleate during sampling;
+    once it has, the rest of the grid is confidently background again.
+
+    Args:
+        init: A generator to continue from (its weights are copied); None starts afresh.
+    """
     torch.manual_seed(plan.seed + 2)
     gen = torch.Generator().manual_seed(plan.seed + 2)
     cfg = MaskGITConfig(**{**plan.generator, "vocab_size": tokenizer.vocab_size, "max_text_len": tokenizer.max_len})
     model = MaskGIT(cfg).to(device)
+    if init is not None:
+        model.load_state_dict(init.state_dict())
     decay: list[nn.Parameter] = []
     no_decay: list[nn.Parameter] = []
     for name, p in model.named_parameters():
@@ -212,6 +230,8 @@ def train_generator(
         betas=(0.9, 0.95),
     )
     n, cells = tokens.shape
+    grid = cfg.grid_size
+    occupied = torch.from_numpy(object_cells(scenes, grid, lambda radius, cell: radius + cell / 2)).reshape(n, cells)
     mask_token = cfg.codebook_size
     bar = tqdm(range(plan.gen_steps), desc="generator", unit="step", mininterval=2)
     for step in bar:
@@ -222,22 +242,27 @@ def train_generator(
         variants = torch.randint(0, 8, (plan.gen_batch,), generator=gen)
         drop = (torch.rand(plan.gen_batch, generator=gen) < plan.caption_drop).tolist()
         texts = [world.caption(scenes[int(i)], int(i), int(v)).text for i, v in zip(idx, variants, strict=True)]
-        text = torch.from_numpy(tokenizer.batch(texts, drop)).to(device)
+        encoded = tokenizer.batch(texts, drop)
+        # Padding is masked out of attention, so the batch is cut to its longest caption.
+        width = int(np.flatnonzero((encoded != CaptionTokenizer.PAD).any(0)).max()) + 1
+        text = torch.from_numpy(encoded[:, :width]).to(device)
         target = tokens[idx].to(device)
         masked = random_mask(plan.gen_batch, cells, gen).to(device)
         inp = torch.where(masked, torch.full_like(target, mask_token), target)
         with amp(device):
             logits: torch.Tensor = model(inp, text)
         sel = logits[masked].float()
-        loss = F.cross_entropy(sel, target[masked], label_smoothing=0.1)
+        weight = 1.0 + (plan.gen_object_weight - 1.0) * occupied[idx].to(device)[masked]
+        per_cell = F.cross_entropy(sel, target[masked], label_smoothing=0.1, reduction="none")
+        loss = (per_cell * weight).sum() / weight.sum()
         opt.zero_grad(set_to_none=True)
         backward(loss)
         nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         if step % 20 == 0:
             acc = float((sel.argmax(-1) == target[masked]).float().mean())
-            log.log("generator", step, float(loss), acc, lr)
-            bar.set_postfix(loss=f"{float(loss):.3f}", acc=f"{acc:.3f}")
+            log.log("generator", step, float(loss.detach()), acc, lr)
+            bar.set_postfix(loss=f"{float(loss.detach()):.3f}", acc=f"{acc:.3f}")
         if time.monotonic() > deadline:
             tqdm.write(f"generator: deadline reached at step {step}")
             break
@@ -439,7 +464,7 @@ def train_safety(
             labels = m.flatten(1).amax(1) > 0
             acc = float(((logits.detach().cpu() > 0) == labels).float().mean())
             log.log("safety", step, float(loss), acc, lr)
-            bar.set_postfix(loss=f"{float(loss):.3f}", acc=f"{acc:.3f}")
+            bar.set_postfix(loss=f"{float(loss.detach()):.3f}", acc=f"{acc:.3f}")
         if time.monotonic() > deadline:
             tqdm.write(f"safety: deadline reached at step {step}")
             break
@@ -505,16 +530,9 @@ def _timed(fn: Callable[[], None], repeats: int = 3) -> float:
     return (time.monotonic() - t) / repeats
 
 
-def calibrate(plan: TrainPlan, minutes: float, device: torch.device) -> TrainPlan:
-    """Sets step counts so the stages fit `minutes`, from timings of throwaway networks.
-
-    Uses its own random state (restored afterwards), so the training run itself is unaffected.
-    """
-    state = torch.random.get_rng_state()
-    x = torch.rand(plan.vq_batch, 3, 64, 64, device=device) * 2 - 1
-    vq = VQTokenizer(VQConfig.from_json(plan.vq)).to(device)
-    vq_opt = torch.optim.AdamW(vq.parameters())
-    t_vq = _timed(lambda: (vq_step(vq, vq_opt, x, device), None)[1])
+def generator_step_seconds(plan: TrainPlan, device: torch.device) -> float:
+    """Seconds per generator training step, timed on a throwaway network (the caller keeps the
+    random state)."""
     tok = CaptionTokenizer(caption_vocabulary())
     cfg = MaskGITConfig(**{**plan.generator, "vocab_size": tok.vocab_size, "max_text_len": tok.max_len})
     model = MaskGIT(cfg).to(device)
@@ -530,7 +548,20 @@ def calibrate(plan: TrainPlan, minutes: float, device: torch.device) -> TrainPla
         backward(loss)
         g_opt.step()
 
-    t_gen = _timed(gen_step) * 1.1  # caption building and masking on top
+    return _timed(gen_step) * 1.1  # caption building and masking on top
+
+
+def calibrate(plan: TrainPlan, minutes: float, device: torch.device) -> TrainPlan:
+    """Sets step counts so the stages fit `minutes`, from timings of throwaway networks.
+
+    Uses its own random state (restored afterwards), so the training run itself is unaffected.
+    """
+    state = torch.random.get_rng_state()
+    x = torch.rand(plan.vq_batch, 3, 64, 64, device=device) * 2 - 1
+    vq = VQTokenizer(VQConfig.from_json(plan.vq)).to(device)
+    vq_opt = torch.optim.AdamW(vq.parameters())
+    t_vq = _timed(lambda: (vq_step(vq, vq_opt, x, device), None)[1])
+    t_gen = generator_step_seconds(plan, device)
     cls_x = torch.rand(plan.attr_batch, 3, 64, 64, device=device)
     nets: dict[str, nn.Module] = {"safety": SafetyNet().to(device), "attributes": AttributeNet().to(device)}
     t_cls = {}
@@ -675,6 +706,50 @@ def retrain_classifiers(
         AttributeClassifier(attr_net.cpu()).save(out / "attributes.pt")
 
 
+def retrain_generator(plan: TrainPlan, out: Path, device: torch.device, minutes: float, warm_start: bool) -> None:
+    """Retrains only the generator on top of the VQ saved in `out` (same training scenes, so the
+    same token grids), from scratch or continuing from the saved generator, and records how in
+    model.json (metadata.generator_retrained) and generator_plan.json."""
+    model = MaskGITImageModel.load(out, device=str(device), precision="float32")
+    (out / "generator_plan.json").write_text(json.dumps(asdict(plan), indent=2) + "\n")
+    log = Logger(out / "train_log_generator.tsv")
+    t0 = time.monotonic()
+    deadline = t0 + minutes * 60 * 1.1
+    world = World(plan.seed, "train")
+    images, scenes = render_dataset(world, plan.scenes, "render train")
+    tokens = encode_all_keep_prior(model.vq, images, device)
+    init = model.generator if warm_start else None
+    generator = train_generator(plan, tokens, scenes, world, model.tokenizer, device, log, deadline, init)
+    log.close()
+    command = (
+        f"python -m libs.model.train --out {out} --plan {out / 'generator_plan.json'} --only generator"
+        f" --threads {torch.get_num_threads()}" + (" --warm-start" if warm_start else "")
+    )
+    metadata = {
+        **model.metadata,
+        "generator_retrained": {
+            "command": command,
+            "steps": plan.gen_steps,
+            "warm_start": warm_start,
+            "minutes": round((time.monotonic() - t0) / 60, 1),
+        },
+    }
+    retrained = MaskGITImageModel(
+        model.vq.cpu(), generator.cpu(), model.tokenizer, model.sampling, name=model.name, metadata=metadata
+    )
+    retrained.save(out)
+
+
+def plan_for_generator(plan: TrainPlan, minutes: float, device: torch.device) -> TrainPlan:
+    """The generator's step count for a generator-only run of `minutes` (rendering and encoding
+    the training scenes come off the top)."""
+    state = torch.random.get_rng_state()
+    t_gen = generator_step_seconds(plan, device)
+    torch.random.set_rng_state(state)
+    left = max(60.0, minutes * 60 - 0.0105 * plan.scenes)
+    return replace(plan, gen_steps=max(50, int(left / t_gen)))
+
+
 @torch.no_grad()
 def encode_all_keep_prior(vq: VQTokenizer, images: np.ndarray, device: torch.device) -> torch.Tensor:
     """encode_all without changing the prior (which must describe the training split only)."""
@@ -682,6 +757,12 @@ def encode_all_keep_prior(vq: VQTokenizer, images: np.ndarray, device: torch.dev
     tokens = encode_all(vq, images, device)
     vq.prior_latent.copy_(prior)
     return tokens
+
+
+def load_plan(path: Path) -> TrainPlan:
+    """Reads a train_plan.json. Plans written before the object weight existed trained the
+    generator with an unweighted loss, so they replay with a weight of 1."""
+    return TrainPlan(**{"gen_object_weight": 1.0, **json.loads(path.read_text())})
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -695,18 +776,26 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--short-run", action="store_true", help="mark the weights as a short run")
-    parser.add_argument("--only", help="comma-separated classifier stages to retrain on the saved weights")
+    parser.add_argument(
+        "--only", help="retrain just these stages on the saved weights: generator, or safety and/or attributes"
+    )
+    parser.add_argument("--warm-start", action="store_true", help="with --only generator: continue from the saved one")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     if args.plan is not None:
-        plan = TrainPlan(**json.loads(args.plan.read_text()))
+        plan = load_plan(args.plan)
+    elif args.only == "generator":
+        plan = plan_for_generator(TrainPlan(seed=args.seed), args.minutes, device)
     else:
         plan = TrainPlan(seed=args.seed)
         if args.scenes is not None:
             plan = replace(plan, scenes=args.scenes, attribute_scenes=min(plan.attribute_scenes, args.scenes))
         plan = calibrate(plan, args.minutes, device)
     print(json.dumps(asdict(plan)))
+    if args.only == "generator":
+        retrain_generator(plan, args.out, device, args.minutes, args.warm_start)
+        return
     if args.only:
         retrain_classifiers(plan, args.out, args.only.split(","), device, args.minutes)
         return

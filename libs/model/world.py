@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -523,6 +523,38 @@ def render_scene(scene: Scene, size: int = INTERNAL_SIZE) -> np.ndarray:
         img = img * 0.9 + np.asarray((252, 248, 240), np.float32) * 0.1 + paper
     out = np.clip(img + 0.5, 0, 255).astype(np.uint8)
     return upsample(out, size, nearest=scene.style == "pixel art")
+
+
+def object_cells(
+    scenes: Sequence[Scene],
+    grid: int,
+    reach: Callable[[float, float], float],
+    shape: str | None = None,
+) -> np.ndarray:
+    """Which cells of a grid laid over the 64x64 image each scene's objects occupy.
+
+    Args:
+        scenes: The scenes.
+        grid: Cells per side.
+        reach: (object radius, cell width) -> how far from an object's centre (in pixels) a
+            cell's centre may lie to count as occupied.
+        shape: Only objects of this shape (None: every object).
+
+    Returns:
+        (len(scenes), grid, grid) float32, 1.0 in occupied cells.
+    """
+    cell = INTERNAL_SIZE / grid
+    centres = (np.arange(grid, dtype=np.float32) + 0.5) * cell
+    out = np.zeros((len(scenes), grid, grid), np.float32)
+    for i, scene in enumerate(scenes):
+        for obj in scene.objects:
+            if shape is not None and obj.shape != shape:
+                continue
+            row, col = divmod(POSITIONS.index(obj.position), 3)
+            cx, cy = ANCHORS[col] + obj.dx, ANCHORS[row] + obj.dy
+            d2 = (centres[None, :] - cx) ** 2 + (centres[:, None] - cy) ** 2
+            out[i][d2 <= reach(RADIUS[obj.size], cell) ** 2] = 1.0
+    return out
 
 
 def upsample(img: np.ndarray, size: int, nearest: bool = False) -> np.ndarray:

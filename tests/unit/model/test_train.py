@@ -1,0 +1,106 @@
+"""Training pieces that decide what the generator learns: which cells objects cover (the
+weighted loss), continuing from saved weights, a generator-only retrain and old plans."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from libs.model.builtin import MaskGITImageModel
+from libs.model.maskgit import MaskGITConfig
+from libs.model.train import Logger, TrainPlan, load_plan, retrain_generator, train_generator
+from libs.model.vq import VQConfig
+from libs.model.world import SHAPES, SIZES, Scene, SceneObject, World, object_cells, render_scene
+
+TINY_VQ = VQConfig(channels=(8, 8, 8), res_blocks=1, codebook_size=32, code_dim=8)
+TINY_GEN = MaskGITConfig(codebook_size=32, dim=32, depth=1, heads=2, mlp_ratio=2)
+
+
+def _around(radius: float, cell: float) -> float:
+    return radius + cell / 2
+
+
+def _touched_cells(scene: Scene) -> np.ndarray:
+    """Cells where the object visibly changed the image."""
+    image = render_scene(scene).astype(np.int32)
+    plain = render_scene(Scene((), scene.background, scene.style, scene.texture_seed)).astype(np.int32)
+    return np.abs(image - plain).sum(-1).reshape(16, 4, 16, 4).max(axis=(1, 3)) > 30
+
+
+def test_object_cells_cover_most_of_the_drawn_object_and_little_else() -> None:
+    for shape in SHAPES:
+        for size in SIZES:
+            scene = Scene((SceneObject(shape, "red", size, "centre"),), "gray", "flat", 0)
+            cells = object_cells([scene], 16, _around)[0] > 0
+            touched = _touched_cells(scene)
+            assert (cells & touched).sum() >= 0.75 * touched.sum(), (shape, size)
+            assert (cells & ~touched).sum() <= 16, (shape, size)
+
+
+def test_object_cells_follow_the_position() -> None:
+    scene = Scene((SceneObject("square", "red", "large", "top left"),), "gray", "flat", 0)
+    cells = object_cells([scene], 16, _around)[0]
+    assert cells[:6, :6].sum() >= 16 and cells[8:, :].sum() == 0 and cells[:, 8:].sum() == 0
+
+
+def test_object_cells_can_select_one_shape() -> None:
+    scene = Scene(
+        (SceneObject("skull", "white", "small", "left"), SceneObject("star", "blue", "small", "right")),
+        "gray",
+        "flat",
+        0,
+    )
+    both, skull = object_cells([scene], 16, _around)[0], object_cells([scene], 16, _around, "skull")[0]
+    assert skull.sum() > 0 and both.sum() > skull.sum()
+    assert skull[:, 8:].sum() == 0
+
+
+def _tiny_plan(**changes: object) -> TrainPlan:
+    base = TrainPlan(scenes=24, gen_steps=2, gen_batch=4, vq=TINY_VQ.to_json(), generator=TINY_GEN.to_json())
+    return TrainPlan(**{**asdict(base), **changes})
+
+
+def test_train_generator_continues_from_the_given_weights(tmp_path: Path) -> None:
+    world = World(0, "train")
+    scenes = [world.scene(i) for i in range(8)]
+    tokens = torch.randint(0, 32, (8, 256))
+    saved = MaskGITImageModel.untrained(TINY_VQ, TINY_GEN, seed=3)
+    log = Logger(tmp_path / "log.tsv")
+    far = float("inf")
+    plan = _tiny_plan(gen_steps=1, gen_lr=0.0)  # lr 0: weights stay where they started
+    continued = train_generator(
+        plan, tokens, scenes, world, saved.tokenizer, torch.device("cpu"), log, far, saved.generator
+    )
+    fresh = train_generator(plan, tokens, scenes, world, saved.tokenizer, torch.device("cpu"), log, far)
+    log.close()
+    start = saved.generator.state_dict()
+    assert all(torch.equal(v, start[k]) for k, v in continued.state_dict().items())
+    assert not torch.equal(fresh.state_dict()["head.weight"], start["head.weight"])
+
+
+def test_generator_only_retrain_keeps_the_tokenizer_and_records_how(tmp_path: Path) -> None:
+    torch.set_num_threads(1)
+    MaskGITImageModel.untrained(TINY_VQ, TINY_GEN, seed=3).save(tmp_path)
+    vq_before = (tmp_path / "vq.pt").read_bytes()
+    generator_before = (tmp_path / "generator.pt").read_bytes()
+    retrain_generator(_tiny_plan(), tmp_path, torch.device("cpu"), minutes=5, warm_start=True)
+    assert (tmp_path / "vq.pt").read_bytes() == vq_before
+    assert (tmp_path / "generator.pt").read_bytes() != generator_before
+    how = json.loads((tmp_path / "model.json").read_text())["metadata"]["generator_retrained"]
+    assert how["warm_start"] is True and how["steps"] == 2
+    assert "--only generator" in how["command"] and "--warm-start" in how["command"]
+    replayed = load_plan(tmp_path / "generator_plan.json")
+    assert replayed == _tiny_plan()
+    MaskGITImageModel.load(tmp_path).render("a red circle", seed=0, total_passes=2)
+
+
+def test_plans_from_before_the_object_weight_replay_unweighted(tmp_path: Path) -> None:
+    old = asdict(TrainPlan())
+    del old["gen_object_weight"]
+    (tmp_path / "plan.json").write_text(json.dumps(old))
+    assert load_plan(tmp_path / "plan.json").gen_object_weight == 1.0
+    assert TrainPlan().gen_object_weight > 1.0
