@@ -1,11 +1,9 @@
 """The weights shipped in libs/model/weights/: they load through the registry, tokenize and
-render, and the classifiers load. Quality checks that only a full training run can pass are
-expected failures (xfail, reported by pytest) while the shipped weights come from a short run, as
-recorded in model.json (metadata.short_run); they become hard assertions once full-run weights are committed."""
+render, the classifiers load and meet their targets on VQ round trips. The read-back of a
+generated image is an expected failure (xfail, reported by pytest) while the shipped generator
+draws backgrounds only (docs/model-card.md)."""
 
 from __future__ import annotations
-
-import json
 
 import numpy as np
 import pytest
@@ -18,12 +16,6 @@ from libs.model.interface import DEFAULT_WEIGHTS_DIR, ImageModel, load_model
 from libs.model.safety_classifier import load_safety_classifier
 from libs.model.world import Caption, ObjectClaim, World
 from libs.model.world_model import WorldModel
-
-META = json.loads((DEFAULT_WEIGHTS_DIR / "model.json").read_text())
-SHORT_RUN = bool(META.get("metadata", {}).get("short_run", False))
-needs_full_run = pytest.mark.xfail(
-    SHORT_RUN, reason="shipped weights are from a short training run (model.json short_run)", strict=False
-)
 
 
 @pytest.fixture(scope="module")
@@ -95,9 +87,6 @@ def test_safety_classifier_finds_large_skulls_in_vq_round_trips(model: MaskGITIm
     assert _round_trip_fires(model, large + plain) == [True] * len(large) + [False] * len(plain)
 
 
-@pytest.mark.xfail(
-    reason="the short-run VQ turns small skulls into blobs; see docs/model-card.md, Skull detector", strict=False
-)
 def test_safety_classifier_meets_the_recall_target(model: MaskGITImageModel) -> None:
     assert all(_round_trip_fires(model, _skull_scenes("small", 4)))
 
@@ -121,10 +110,17 @@ def test_safety_classifier_blocks_a_world_model_skull_render_only(model: MaskGIT
         assert fired[-1] is forbidden and (any(fired) is forbidden)
 
 
-@needs_full_run
+@pytest.mark.xfail(
+    reason="the shipped generator (the full run's, unweighted loss) draws backgrounds, not objects;"
+    " see docs/model-card.md, What is still missing",
+    strict=False,
+)
 def test_one_prompt_is_read_back_correctly(model: MaskGITImageModel) -> None:
+    # The model gets shape and colour right on about 60% of held-out prompts (docs/model-card.md),
+    # so one seed proves little either way; most of six seeds must draw what was asked.
     reader = AttributeClassifier.load(DEFAULT_WEIGHTS_DIR)
     claim = ObjectClaim(shape="heart", colour="red", size="large", position="centre")
     caption = Caption("a large red heart in the centre on a gray background", (claim,), "gray", None)
-    image = model.render(caption.text, seed=1)
-    assert satisfies(reader.read([image])[0], caption, (*ATTRIBUTES, "background"))
+    images = [model.render(caption.text, seed=seed) for seed in range(1, 7)]
+    correct = [satisfies(reading, caption, (*ATTRIBUTES, "background")) for reading in reader.read(images)]
+    assert sum(correct) >= 4, correct
