@@ -42,6 +42,10 @@ from libs.model.world import Scene, World, caption_vocabulary, object_cells, ren
 STAGES = ("vq", "generator", "safety", "attributes")
 BUDGET_SHARE = {"vq": 0.25, "generator": 0.52, "safety": 0.08, "attributes": 0.15}
 """Fractions of the time left after data rendering."""
+RENDER_S_PER_SCENE = 0.0065
+"""Seconds to render one 64x64 scene on the reference CPU."""
+ENCODE_S_PER_SCENE = 0.004
+"""Seconds to VQ-encode one training scene (and make its previews) on the reference CPU."""
 
 
 @dataclass
@@ -464,7 +468,7 @@ def train_safety(
             labels = m.flatten(1).amax(1) > 0
             acc = float(((logits.detach().cpu() > 0) == labels).float().mean())
             log.log("safety", step, float(loss), acc, lr)
-            bar.set_postfix(loss=f"{float(loss.detach()):.3f}", acc=f"{acc:.3f}")
+            bar.set_postfix(loss=f"{float(loss):.3f}", acc=f"{acc:.3f}")
         if time.monotonic() > deadline:
             tqdm.write(f"safety: deadline reached at step {step}")
             break
@@ -579,8 +583,8 @@ def calibrate(plan: TrainPlan, minutes: float, device: torch.device) -> TrainPla
 
         t_cls[key] = _timed(cls_step) * 1.2
     torch.random.set_rng_state(state)
-    # Fixed costs: rendering (~6.5 ms/scene on the reference CPU), encoding and previews.
-    render_s = 0.0065 * (plan.scenes + plan.attribute_scenes) + 0.004 * plan.scenes
+    # Fixed costs: rendering, encoding and previews.
+    render_s = RENDER_S_PER_SCENE * (plan.scenes + plan.attribute_scenes) + ENCODE_S_PER_SCENE * plan.scenes
     left = max(60.0, minutes * 60 - render_s)
     return replace(
         plan,
@@ -746,7 +750,7 @@ def plan_for_generator(plan: TrainPlan, minutes: float, device: torch.device) ->
     state = torch.random.get_rng_state()
     t_gen = generator_step_seconds(plan, device)
     torch.random.set_rng_state(state)
-    left = max(60.0, minutes * 60 - 0.0105 * plan.scenes)
+    left = max(60.0, minutes * 60 - (RENDER_S_PER_SCENE + ENCODE_S_PER_SCENE) * plan.scenes)
     return replace(plan, gen_steps=max(50, int(left / t_gen)))
 
 

@@ -116,11 +116,8 @@ def test_safety_classifier_blocks_a_world_model_skull_render_only(model: MaskGIT
     strict=False,
 )
 def test_one_prompt_is_read_back_correctly(model: MaskGITImageModel) -> None:
-    # The model gets shape and colour right on about 60% of held-out prompts (docs/model-card.md),
-    # so one seed proves little either way; most of six seeds must draw what was asked.
     reader = AttributeClassifier.load(DEFAULT_WEIGHTS_DIR)
     claim = ObjectClaim(shape="heart", colour="red", size="large", position="centre")
     caption = Caption("a large red heart in the centre on a gray background", (claim,), "gray", None)
-    images = [model.render(caption.text, seed=seed) for seed in range(1, 7)]
-    correct = [satisfies(reading, caption, (*ATTRIBUTES, "background")) for reading in reader.read(images)]
-    assert sum(correct) >= 4, correct
+    image = model.render(caption.text, seed=1)
+    assert satisfies(reader.read([image])[0], caption, (*ATTRIBUTES, "background"))
