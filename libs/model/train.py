@@ -67,6 +67,10 @@ class TrainPlan:
     train_generator); plans written before it existed replay with 1.0."""
     safety_steps: int = 600
     safety_batch: int = 64
+    safety_generated: int = 1200
+    """Renders of harmless prompts by the just-trained generator whose every-pass previews the
+    detector learns as negatives (see generated_previews); plans written before it existed
+    replay with 0."""
     attr_steps: int = 1500
     attr_batch: int = 64
     vq: dict[str, Any] = field(default_factory=lambda: VQConfig().to_json())
@@ -339,6 +343,7 @@ def train_classifier(
 def train_classifiers(
     plan: TrainPlan,
     vq: VQTokenizer,
+    model: MaskGITImageModel,
     images: np.ndarray,
     scenes: list[Scene],
     tokens: torch.Tensor,
@@ -347,13 +352,21 @@ def train_classifiers(
     log: Logger,
     deadline: float,
 ) -> tuple[SafetyNet | None, AttributeNet | None]:
-    """The safety detector (on real renders, their VQ round trips and partial previews of the
-    same scenes) and the attribute classifier, each only when named in `stages`."""
+    """The safety detector (on real renders, their VQ round trips, partial previews of the same
+    scenes and previews of the model's own renders of harmless prompts) and the attribute
+    classifier, each only when named in `stages`. `model` renders those prompts: the weights as
+    saved, so the detector sees what the service will draw."""
     safety_net: SafetyNet | None = None
     if "safety" in stages:
         k = min(plan.scenes, SAFETY_SCENES)
         data = (images[:k], scenes[:k], tokens[:k])
-        safety_net = train_safety(vq, *data, plan.safety_steps, plan.safety_batch, plan.seed, device, log, deadline)
+        negatives = None
+        if plan.safety_generated > 0:
+            texts = harmless_captions(World(plan.seed + 13, "train"), plan.safety_generated)
+            negatives = np.concatenate(generated_previews(model, texts, plan.seed + 13))
+        safety_net = train_safety(
+            vq, *data, plan.safety_steps, plan.safety_batch, plan.seed, device, log, deadline, negatives
+        )
     attr_net: AttributeNet | None = None
     if "attributes" in stages:
         attr_net = fit_attribute_classifier(
@@ -373,6 +386,50 @@ grids, and the detector must stay quiet on those too."""
 SAFETY_VISIBLE = 0.75
 """A preview counts as showing its skull (image-level label) when this fraction of the skull's
 target cells is committed; below that (and above 0) the image label is ignored."""
+GENERATED_POOL = 3
+"""train_safety's pool index of the generated negatives (after renders, round trips, previews)."""
+SAFETY_GENERATED_PASSES = (4, 8)
+"""Pass counts of the generated negatives, alternating: the service's default and the API's
+shortest common render see different half-committed grids."""
+
+
+def harmless_captions(world: World, count: int) -> list[str]:
+    """Captions of the first `count` scenes of `world` without the forbidden object."""
+    texts: list[str] = []
+    i = 0
+    while len(texts) < count:
+        scene = world.scene(i)
+        if not scene.has_forbidden:
+            texts.append(world.caption(scene, i).text)
+        i += 1
+    return texts
+
+
+@torch.no_grad()
+def generated_previews(model: MaskGITImageModel, texts: Sequence[str], seed: int, batch: int = 32) -> list[np.ndarray]:
+    """Renders each text (seed + index, pass counts alternating over SAFETY_GENERATED_PASSES)
+    with the model's sampling settings, and returns each render's 64x64 previews after every
+    pass, as the safety service sees them: one (passes, 64, 64, 3) uint8 array per text.
+
+    The generator's half-committed grids are not like any VQ round trip or masked preview of a
+    real scene (stray dark blobs where no object was asked for), so a detector that never saw
+    them may take them for the forbidden object.
+    """
+    kinds = len(SAFETY_GENERATED_PASSES)
+    out: list[np.ndarray] = [np.empty(0, np.uint8)] * len(texts)
+    for k, passes in enumerate(SAFETY_GENERATED_PASSES):
+        chosen = list(range(k, len(texts), kinds))
+        for start in tqdm(range(0, len(chosen), batch), desc=f"render negatives ({passes} passes)", mininterval=2):
+            rows = chosen[start : start + batch]
+            states = [model.start(texts[i], seed + i, passes) for i in rows]
+            trail: list[list[np.ndarray]] = [[] for _ in rows]
+            while not states[0].done:
+                states = model.step(states)
+                for j, img in enumerate(model.preview_batch([s.tokens for s in states], 64)):
+                    trail[j].append(img)
+            for i, images in zip(rows, trail, strict=True):
+                out[i] = np.stack(images)
+    return out
 
 
 @torch.no_grad()
@@ -417,10 +474,12 @@ def train_safety(
     device: torch.device,
     log: Logger,
     deadline: float,
+    negatives: np.ndarray | None = None,
 ) -> SafetyNet:
     """Trains the skull detector on what the safety service shows it: real renders, their VQ
-    round trips and partial previews (random 0-90% of cells masked), one pool each, drawn with
-    equal probability.
+    round trips, partial previews (random 0-90% of cells masked) and, when given, `negatives`
+    (images without the forbidden object: generated_previews of harmless prompts), one pool
+    each, drawn with equal probability.
 
     Previews are supervised only where they show something: a skull cell that is still masked
     carries no cell target, and a preview that shows only part of its skull (below
@@ -440,6 +499,9 @@ def train_safety(
     ones_cell, ones_image = torch.ones_like(maps), torch.ones(n)
     cell_w = [ones_cell, ones_cell, pv_cell_w]
     image_w = [ones_image, ones_image, pv_image_w]
+    if negatives is not None:
+        pools.append(negatives)
+    no_skull = torch.zeros_like(maps[0])
 
     net = SafetyNet().to(device)
     opt = torch.optim.AdamW(net.parameters(), lr=2e-3, weight_decay=1e-4)
@@ -451,10 +513,14 @@ def train_safety(
         idx = torch.randint(0, n, (batch,), generator=gen)
         which = torch.randint(0, len(pools), (batch,), generator=gen)
         flip = torch.rand(batch, generator=gen) < 0.5
-        imgs = np.stack([pools[w][i] for w, i in zip(which.tolist(), idx.tolist(), strict=True)])
-        m = maps[idx]
-        cw = torch.stack([cell_w[w][i] for w, i in zip(which.tolist(), idx.tolist(), strict=True)])
-        iw = torch.stack([image_w[w][i] for w, i in zip(which.tolist(), idx.tolist(), strict=True)])
+        picks = list(zip(which.tolist(), idx.tolist(), strict=True))
+        if negatives is not None:
+            neg_idx = torch.randint(0, len(negatives), (batch,), generator=gen).tolist()
+            picks = [(w, neg_idx[j] if w == GENERATED_POOL else i) for j, (w, i) in enumerate(picks)]
+        imgs = np.stack([pools[w][i] for w, i in picks])
+        m = torch.stack([no_skull if w == GENERATED_POOL else maps[i] for w, i in picks])
+        cw = torch.stack([ones_cell[0] if w == GENERATED_POOL else cell_w[w][i] for w, i in picks])
+        iw = torch.stack([ones_image[0] if w == GENERATED_POOL else image_w[w][i] for w, i in picks])
         x = images_to_tensor(imgs, "cpu")
         x[flip] = x[flip].flip(-1)
         m[flip] = m[flip].flip(-1)
@@ -467,8 +533,9 @@ def train_safety(
         if step % 20 == 0:
             labels = m.flatten(1).amax(1) > 0
             acc = float(((logits.detach().cpu() > 0) == labels).float().mean())
-            log.log("safety", step, float(loss), acc, lr)
-            bar.set_postfix(loss=f"{float(loss):.3f}", acc=f"{acc:.3f}")
+            value = float(loss.detach())
+            log.log("safety", step, value, acc, lr)
+            bar.set_postfix(loss=f"{value:.3f}", acc=f"{acc:.3f}")
         if time.monotonic() > deadline:
             tqdm.write(f"safety: deadline reached at step {step}")
             break
@@ -479,19 +546,25 @@ def train_safety(
 SAFETY_FP_TARGET = 0.005
 """The threshold is the lowest one whose false-positive rate on the calibration scenes' round
 trips and previews is at most this (half the 1% budget the model card allows, for margin)."""
+SAFETY_GENERATED_FP_TARGET = 0.01
+"""... and at which at most this share of the calibration renders of harmless prompts would be
+blocked (fires on any pass's preview): what a user of the service sees as a false block."""
+SAFETY_CALIBRATION_RENDERS = 300
 
 
 @torch.no_grad()
 def choose_safety_threshold(
-    vq: VQTokenizer, net: SafetyNet, seed: int, device: torch.device, count: int = 600
+    model: MaskGITImageModel, net: SafetyNet, seed: int, device: torch.device, count: int = 600
 ) -> tuple[float, dict[str, float]]:
     """Picks the detector's threshold on held-out calibration scenes (World(seed + 11,
     "heldout"), disjoint from the evaluation's World(7, "heldout")), from the scores of their VQ
-    round trips and of partial previews of the scenes without a skull.
+    round trips, of partial previews of the scenes without a skull, and of every pass's preview
+    of the model's renders of SAFETY_CALIBRATION_RENDERS harmless held-out prompts.
 
     Returns:
         (threshold, calibration figures: recall and false positives at that threshold).
     """
+    vq = model.vq
     world = World(seed + 11, "heldout")
     images, scenes = render_dataset(world, count, "render calibration")
     tokens = encode_all_keep_prior(vq, images, device)
@@ -502,22 +575,33 @@ def choose_safety_threshold(
     clf = SafetyClassifier(net.cpu().eval())
     rec_s = np.array(clf.score_batch(list(rec)))
     pv_s = np.array(clf.score_batch(list(previews)))
+    trails = generated_previews(model, harmless_captions(world, SAFETY_CALIBRATION_RENDERS), seed + 11)
+    render_max = np.array([max(clf.score_batch(list(t))) for t in trails])
     negatives = np.concatenate([rec_s[~truth], pv_s[~truth]])
     grid = np.round(np.arange(0.05, 0.96, 0.01), 2)
-    ok = [float(t) for t in grid if float((negatives >= t).mean()) <= SAFETY_FP_TARGET]
+    ok = [
+        float(t)
+        for t in grid
+        if float((negatives >= t).mean()) <= SAFETY_FP_TARGET
+        and float((render_max >= t).mean()) <= SAFETY_GENERATED_FP_TARGET
+    ]
     threshold = ok[0] if ok else 0.95
     figures = {
         "calibration_scenes": float(count),
         "calibration_vq_recall": float((rec_s[truth] >= threshold).mean()),
         "calibration_vq_false_positive": float((rec_s[~truth] >= threshold).mean()),
         "calibration_preview_false_positive": float((pv_s[~truth] >= threshold).mean()),
+        "calibration_generated_renders": float(len(trails)),
+        "calibration_generated_renders_blocked": float((render_max >= threshold).mean()),
     }
     return threshold, figures
 
 
-def save_safety(vq: VQTokenizer, net: SafetyNet, seed: int, device: torch.device, out: Path, command: str) -> None:
+def save_safety(
+    model: MaskGITImageModel, net: SafetyNet, seed: int, device: torch.device, out: Path, command: str
+) -> None:
     """Chooses the threshold (choose_safety_threshold) and writes safety.pt with it."""
-    threshold, figures = choose_safety_threshold(vq, net, seed, device)
+    threshold, figures = choose_safety_threshold(model, net, seed, device)
     print(json.dumps({"safety_threshold": threshold, **figures}))
     SafetyClassifier(net.cpu(), threshold, metadata={"command": command, **figures}).save(out / FILENAME)
 
@@ -612,8 +696,13 @@ def run(plan: TrainPlan, out: Path, device: torch.device, minutes: float, short_
     tokens = encode_all(vq, images, device)
     tokenizer = CaptionTokenizer(caption_vocabulary())
     generator = train_generator(plan, tokens, scenes, world, tokenizer, device, log, deadline)
+    model = MaskGITImageModel(vq.cpu(), generator.cpu(), tokenizer, SamplingConfig(**plan.sampling))
+    model.save(out)
+    saved = MaskGITImageModel.load(out, device=str(device))
+    vq.to(device)
 
-    safety_net, attr_net = train_classifiers(plan, vq, images, scenes, tokens, STAGES, device, log, deadline)
+    classifiers = train_classifiers(plan, vq, saved, images, scenes, tokens, STAGES, device, log, deadline)
+    safety_net, attr_net = classifiers
     log.close()
 
     elapsed = time.monotonic() - t0
@@ -631,10 +720,10 @@ def run(plan: TrainPlan, out: Path, device: torch.device, minutes: float, short_
             f" --threads {torch.get_num_threads()}" + (" --short-run" if short_run else "")
         ),
     }
-    model = MaskGITImageModel(vq.cpu(), generator.cpu(), tokenizer, SamplingConfig(**plan.sampling), metadata=metadata)
+    model.metadata = metadata
     model.save(out)
     assert safety_net is not None and attr_net is not None
-    save_safety(vq, safety_net, plan.seed, device, out, str(metadata["command"]))
+    save_safety(saved, safety_net, plan.seed, device, out, str(metadata["command"]))
     AttributeClassifier(attr_net.cpu()).save(out / "attributes.pt")
     summary = {**describe(model), **metadata}
     (out / "train_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -690,22 +779,24 @@ def retrain_classifiers(
     unknown = set(stages) - {"safety", "attributes"}
     if unknown:
         raise ValueError(f"--only accepts safety and attributes, not {sorted(unknown)}")
-    model = MaskGITImageModel.load(out, device=str(device), precision="float32")
+    model = MaskGITImageModel.load(out, device=str(device))
     vq = model.vq
-    log = Logger(out / f"train_log_{'_'.join(stages)}.tsv")
+    name = "_".join(stages)
+    (out / f"{name}_plan.json").write_text(json.dumps(asdict(plan), indent=2) + "\n")
+    log = Logger(out / f"train_log_{name}.tsv")
     deadline = time.monotonic() + minutes * 60 * 1.1
     world = World(plan.seed, "train")
     count = min(plan.scenes, SAFETY_SCENES) if "safety" in stages else 0
     images, scenes = render_dataset(world, count, "render train")
     tokens = encode_all_keep_prior(vq, images, device) if count else torch.zeros(0, 256, dtype=torch.long)
-    safety_net, attr_net = train_classifiers(plan, vq, images, scenes, tokens, stages, device, log, deadline)
+    safety_net, attr_net = train_classifiers(plan, vq, model, images, scenes, tokens, stages, device, log, deadline)
     log.close()
     if safety_net is not None:
         command = (
-            f"python -m libs.model.train --out {out} --plan <plan with safety_steps={plan.safety_steps}>"
-            f" --only safety --threads {torch.get_num_threads()}"
+            f"python -m libs.model.train --out {out} --plan {out / f'{name}_plan.json'} --only {','.join(stages)}"
+            f" --threads {torch.get_num_threads()}"
         )
-        save_safety(vq, safety_net, plan.seed, device, out, command)
+        save_safety(model, safety_net, plan.seed, device, out, command)
     if attr_net is not None:
         AttributeClassifier(attr_net.cpu()).save(out / "attributes.pt")
 
@@ -765,8 +856,9 @@ def encode_all_keep_prior(vq: VQTokenizer, images: np.ndarray, device: torch.dev
 
 def load_plan(path: Path) -> TrainPlan:
     """Reads a train_plan.json. Plans written before the object weight existed trained the
-    generator with an unweighted loss, so they replay with a weight of 1."""
-    return TrainPlan(**{"gen_object_weight": 1.0, **json.loads(path.read_text())})
+    generator with an unweighted loss, so they replay with a weight of 1; plans from before the
+    generated negatives replay without them."""
+    return TrainPlan(**{"gen_object_weight": 1.0, "safety_generated": 0, **json.loads(path.read_text())})
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -12,7 +12,19 @@ import torch
 
 from libs.model.builtin import MaskGITImageModel
 from libs.model.maskgit import MaskGITConfig
-from libs.model.train import Logger, TrainPlan, load_plan, retrain_generator, train_generator
+from libs.model.safety_classifier import load_safety_classifier
+from libs.model.train import (
+    SAFETY_CALIBRATION_RENDERS,
+    SAFETY_GENERATED_PASSES,
+    Logger,
+    TrainPlan,
+    generated_previews,
+    harmless_captions,
+    load_plan,
+    retrain_classifiers,
+    retrain_generator,
+    train_generator,
+)
 from libs.model.vq import VQConfig
 from libs.model.world import SHAPES, SIZES, Scene, SceneObject, World, object_cells, render_scene
 
@@ -98,9 +110,47 @@ def test_generator_only_retrain_keeps_the_tokenizer_and_records_how(tmp_path: Pa
     MaskGITImageModel.load(tmp_path).render("a red circle", seed=0, total_passes=2)
 
 
-def test_plans_from_before_the_object_weight_replay_unweighted(tmp_path: Path) -> None:
+def test_plans_from_before_the_object_weight_and_the_generated_negatives_replay_without_them(tmp_path: Path) -> None:
     old = asdict(TrainPlan())
     del old["gen_object_weight"]
+    del old["safety_generated"]
     (tmp_path / "plan.json").write_text(json.dumps(old))
-    assert load_plan(tmp_path / "plan.json").gen_object_weight == 1.0
-    assert TrainPlan().gen_object_weight > 1.0
+    replayed = load_plan(tmp_path / "plan.json")
+    assert replayed.gen_object_weight == 1.0 and replayed.safety_generated == 0
+    assert TrainPlan().gen_object_weight > 1.0 and TrainPlan().safety_generated > 0
+
+
+def test_harmless_captions_never_ask_for_the_forbidden_object() -> None:
+    world = World(5, "train")
+    texts = harmless_captions(world, 200)
+    assert len(texts) == 200 and len(set(texts)) > 150
+    assert not any("skull" in t for t in texts)
+    skulls = sum(world.scene(i).has_forbidden for i in range(400))
+    assert skulls > 0  # the world does draw skulls: the filter had something to remove
+
+
+def test_generated_previews_keep_every_pass_of_every_render_in_order() -> None:
+    torch.set_num_threads(1)
+    model = MaskGITImageModel.untrained(TINY_VQ, TINY_GEN, seed=3)
+    texts = ["a red circle", "a blue star on the left", "a green square", "a small heart"]
+    trails = generated_previews(model, texts, seed=9, batch=3)
+    passes = [SAFETY_GENERATED_PASSES[i % len(SAFETY_GENERATED_PASSES)] for i in range(len(texts))]
+    assert [t.shape for t in trails] == [(p, 64, 64, 3) for p in passes]
+    assert all(t.dtype == np.uint8 for t in trails)
+    # Render i is seed + i with its own pass count, whatever batch it landed in.
+    state = model.start(texts[2], 9 + 2, passes[2])
+    while not state.done:
+        state = model.step([state])[0]
+    np.testing.assert_array_equal(trails[2][-1], model.preview(state.tokens, 64))
+
+
+def test_safety_retrain_learns_from_and_calibrates_on_the_models_own_renders(tmp_path: Path) -> None:
+    torch.set_num_threads(1)
+    MaskGITImageModel.untrained(TINY_VQ, TINY_GEN, seed=3).save(tmp_path)
+    plan = _tiny_plan(scenes=16, safety_steps=2, safety_batch=8, safety_generated=4)
+    retrain_classifiers(plan, tmp_path, ["safety"], torch.device("cpu"), minutes=5)
+    detector = load_safety_classifier(tmp_path)
+    assert detector.metadata["calibration_generated_renders"] == SAFETY_CALIBRATION_RENDERS
+    assert 0.0 <= detector.metadata["calibration_generated_renders_blocked"] <= 1.0
+    assert "--only safety" in detector.metadata["command"]
+    assert load_plan(tmp_path / "safety_plan.json") == plan
