@@ -803,11 +803,18 @@ def retrain_classifiers(
 
 def retrain_generator(plan: TrainPlan, out: Path, device: torch.device, minutes: float, warm_start: bool) -> None:
     """Retrains only the generator on top of the VQ saved in `out` (same training scenes, so the
-    same token grids), from scratch or continuing from the saved generator, and records how in
-    model.json (metadata.generator_retrained) and generator_plan.json."""
+    same token grids), from scratch or continuing from the saved generator.
+
+    Retrains stack up, so each is numbered: the k-th writes generator_plan_k.json and
+    train_log_generator_k.tsv, and appends how it ran to model.json's
+    metadata.generator_retrained (a list, oldest first).
+    """
     model = MaskGITImageModel.load(out, device=str(device), precision="float32")
-    (out / "generator_plan.json").write_text(json.dumps(asdict(plan), indent=2) + "\n")
-    log = Logger(out / "train_log_generator.tsv")
+    before = model.metadata.get("generator_retrained", [])
+    history = [before] if isinstance(before, dict) else list(before)
+    k = len(history) + 1
+    (out / f"generator_plan_{k}.json").write_text(json.dumps(asdict(plan), indent=2) + "\n")
+    log = Logger(out / f"train_log_generator_{k}.tsv")
     t0 = time.monotonic()
     deadline = t0 + minutes * 60 * 1.1
     world = World(plan.seed, "train")
@@ -817,18 +824,16 @@ def retrain_generator(plan: TrainPlan, out: Path, device: torch.device, minutes:
     generator = train_generator(plan, tokens, scenes, world, model.tokenizer, device, log, deadline, init)
     log.close()
     command = (
-        f"python -m libs.model.train --out {out} --plan {out / 'generator_plan.json'} --only generator"
+        f"python -m libs.model.train --out {out} --plan {out / f'generator_plan_{k}.json'} --only generator"
         f" --threads {torch.get_num_threads()}" + (" --warm-start" if warm_start else "")
     )
-    metadata = {
-        **model.metadata,
-        "generator_retrained": {
-            "command": command,
-            "steps": plan.gen_steps,
-            "warm_start": warm_start,
-            "minutes": round((time.monotonic() - t0) / 60, 1),
-        },
+    record = {
+        "command": command,
+        "steps": plan.gen_steps,
+        "warm_start": warm_start,
+        "minutes": round((time.monotonic() - t0) / 60, 1),
     }
+    metadata = {**model.metadata, "generator_retrained": [*history, record]}
     retrained = MaskGITImageModel(
         model.vq.cpu(), generator.cpu(), model.tokenizer, model.sampling, name=model.name, metadata=metadata
     )

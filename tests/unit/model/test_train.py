@@ -102,12 +102,20 @@ def test_generator_only_retrain_keeps_the_tokenizer_and_records_how(tmp_path: Pa
     retrain_generator(_tiny_plan(), tmp_path, torch.device("cpu"), minutes=5, warm_start=True)
     assert (tmp_path / "vq.pt").read_bytes() == vq_before
     assert (tmp_path / "generator.pt").read_bytes() != generator_before
-    how = json.loads((tmp_path / "model.json").read_text())["metadata"]["generator_retrained"]
+    (how,) = json.loads((tmp_path / "model.json").read_text())["metadata"]["generator_retrained"]
     assert how["warm_start"] is True and how["steps"] == 2
     assert "--only generator" in how["command"] and "--warm-start" in how["command"]
-    replayed = load_plan(tmp_path / "generator_plan.json")
-    assert replayed == _tiny_plan()
+    assert "generator_plan_1.json" in how["command"]
+    assert load_plan(tmp_path / "generator_plan_1.json") == _tiny_plan()
     MaskGITImageModel.load(tmp_path).render("a red circle", seed=0, total_passes=2)
+
+    # A second retrain is numbered after the first and keeps its record.
+    retrain_generator(_tiny_plan(gen_steps=1), tmp_path, torch.device("cpu"), minutes=5, warm_start=False)
+    first, second = json.loads((tmp_path / "model.json").read_text())["metadata"]["generator_retrained"]
+    assert first == how
+    assert second["steps"] == 1 and second["warm_start"] is False
+    assert load_plan(tmp_path / "generator_plan_2.json") == _tiny_plan(gen_steps=1)
+    assert (tmp_path / "train_log_generator_2.tsv").exists()
 
 
 def test_plans_from_before_the_object_weight_and_the_generated_negatives_replay_without_them(tmp_path: Path) -> None:
