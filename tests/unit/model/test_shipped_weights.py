@@ -1,7 +1,6 @@
 """The weights shipped in libs/model/weights/: they load through the registry, tokenize and
-render, the classifiers load and meet their targets on VQ round trips. The read-back of a
-generated image is an expected failure (xfail, reported by pytest) while the shipped generator
-draws backgrounds only (docs/model-card.md)."""
+render, the classifiers load and meet their targets on VQ round trips, and the attribute reader
+finds the object a prompt asks for in the generated image."""
 
 from __future__ import annotations
 
@@ -110,11 +109,6 @@ def test_safety_classifier_blocks_a_world_model_skull_render_only(model: MaskGIT
         assert fired[-1] is forbidden and (any(fired) is forbidden)
 
 
-@pytest.mark.xfail(
-    reason="the shipped generator (the full run's, unweighted loss) draws backgrounds, not objects;"
-    " see docs/model-card.md, What is still missing",
-    strict=False,
-)
 def test_one_prompt_is_read_back_correctly(model: MaskGITImageModel) -> None:
     reader = AttributeClassifier.load(DEFAULT_WEIGHTS_DIR)
     claim = ObjectClaim(shape="heart", colour="red", size="large", position="centre")
