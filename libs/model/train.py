@@ -389,8 +389,9 @@ target cells is committed; below that (and above 0) the image label is ignored."
 GENERATED_POOL = 3
 """train_safety's pool index of the generated negatives (after renders, round trips, previews)."""
 SAFETY_GENERATED_PASSES = (4, 8)
-"""Pass counts of the generated negatives, alternating: the service's default and the API's
-shortest common render see different half-committed grids."""
+"""Pass counts of the generated negatives, alternating: the API's `low` (4) and `medium`/`auto`
+(8) qualities, whose renders leave different half-committed grids. `high` (12) is not among
+them, and the detector's false blocks on it are not measured."""
 
 
 def harmless_captions(world: World, count: int) -> list[str]:
