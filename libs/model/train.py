@@ -391,7 +391,8 @@ GENERATED_POOL = 3
 SAFETY_GENERATED_PASSES = (4, 8)
 """Pass counts of the generated negatives, alternating: the API's `low` (4) and `medium`/`auto`
 (8) qualities, whose renders leave different half-committed grids. `high` (12) is not among
-them, and the detector's false blocks on it are not measured."""
+them: on the shipped weights it blocks 2 of 200 harmless renders at 12 passes, against 0 and 1
+at 4 and 8 (docs/model-card.md)."""
 
 
 def harmless_captions(world: World, count: int) -> list[str]:
