@@ -208,6 +208,31 @@ class MaskGITImageModel(GridRenderStart):
     def _autocast(self) -> torch.autocast:
         return torch.autocast(self.device.type, dtype=self._amp or torch.bfloat16, enabled=self._amp is not None)
 
+    @torch.no_grad()
+    def render_batches(
+        self, prompts: list[str], seeds: list[int], total_passes: int, batch: int = 32, every_pass: bool = False
+    ) -> list[np.ndarray]:
+        """Whole renders of many prompts, `batch` at a time (for training and evaluation).
+
+        Returns:
+            Per prompt, a (k, 64, 64, 3) uint8 array: the preview after every pass (k =
+            total_passes) when `every_pass`, else the final image alone (k = 1).
+        """
+        out: list[np.ndarray] = []
+        for start in range(0, len(prompts), batch):
+            states = [
+                self.start(p, s, total_passes)
+                for p, s in zip(prompts[start : start + batch], seeds[start : start + batch], strict=True)
+            ]
+            trail: list[list[np.ndarray]] = [[] for _ in states]
+            while not states[0].done:
+                states = self.step(states)
+                if every_pass or states[0].done:
+                    for j, img in enumerate(self.preview_batch([s.tokens for s in states], INTERNAL_SIZE)):
+                        trail[j].append(img)
+            out += [np.stack(t) for t in trail]
+        return out
+
     def render(self, prompt: str, seed: int, total_passes: int = 8, size: int = INTERNAL_SIZE) -> np.ndarray:
         """Convenience: a whole render, returned as an image."""
         state = self.start(prompt, seed, total_passes)

@@ -43,7 +43,7 @@ from libs.model.attributes import (
     scene_read_correctly,
 )
 from libs.model.builtin import MaskGITImageModel
-from libs.model.interface import DEFAULT_WEIGHTS_DIR, RenderState
+from libs.model.interface import DEFAULT_WEIGHTS_DIR
 from libs.model.safety_classifier import SafetyClassifier, load_safety_classifier
 from libs.model.vq import images_to_tensor, tensor_to_images
 from libs.model.world import Caption, Scene, World
@@ -149,23 +149,11 @@ def generate(
     batch: int,
     keep_previews: bool = False,
 ) -> tuple[list[np.ndarray], list[list[np.ndarray]]]:
-    """Renders prompts (seed = index) in batches; returns final 64x64 images and, optionally,
-    each render's previews after every pass."""
-    finals: list[np.ndarray] = []
-    previews: list[list[np.ndarray]] = []
-    for start in range(0, len(texts), batch):
-        states: list[RenderState] = [
-            model.start(t, 1000 + start + j, passes) for j, t in enumerate(texts[start : start + batch])
-        ]
-        trail: list[list[np.ndarray]] = [[] for _ in states]
-        while not states[0].done:
-            states = model.step(states)
-            if keep_previews:
-                for j, img in enumerate(model.preview_batch([s.tokens for s in states], 64)):
-                    trail[j].append(img)
-        finals += model.preview_batch([s.tokens for s in states], 64)
-        previews += trail
-    return finals, previews
+    """Renders prompts (seed = 1000 + index) in batches; returns final 64x64 images and,
+    optionally, each render's previews after every pass."""
+    seeds = [1000 + i for i in range(len(texts))]
+    trails = model.render_batches(list(texts), seeds, passes, batch, every_pass=keep_previews)
+    return [t[-1] for t in trails], [list(t) for t in trails] if keep_previews else []
 
 
 def adherence_figures(

@@ -419,18 +419,13 @@ def generated_previews(model: MaskGITImageModel, texts: Sequence[str], seed: int
     """
     kinds = len(SAFETY_GENERATED_PASSES)
     out: list[np.ndarray] = [np.empty(0, np.uint8)] * len(texts)
-    for k, passes in enumerate(SAFETY_GENERATED_PASSES):
-        chosen = list(range(k, len(texts), kinds))
-        for start in tqdm(range(0, len(chosen), batch), desc=f"render negatives ({passes} passes)", mininterval=2):
-            rows = chosen[start : start + batch]
-            states = [model.start(texts[i], seed + i, passes) for i in rows]
-            trail: list[list[np.ndarray]] = [[] for _ in rows]
-            while not states[0].done:
-                states = model.step(states)
-                for j, img in enumerate(model.preview_batch([s.tokens for s in states], 64)):
-                    trail[j].append(img)
-            for i, images in zip(rows, trail, strict=True):
-                out[i] = np.stack(images)
+    for k, passes in tqdm(list(enumerate(SAFETY_GENERATED_PASSES)), desc="render negatives"):
+        rows = list(range(k, len(texts), kinds))
+        trails = model.render_batches(
+            [texts[i] for i in rows], [seed + i for i in rows], passes, batch, every_pass=True
+        )
+        for i, trail in zip(rows, trails, strict=True):
+            out[i] = trail
     return out
 
 
