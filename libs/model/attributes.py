@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from libs.model.safety_classifier import target_maps
 from libs.model.world import (
     ANCHORS,
     BACKGROUNDS,
@@ -31,6 +32,7 @@ from libs.model.world import (
     STYLES,
     Caption,
     Scene,
+    SceneObject,
     downsample,
 )
 
@@ -150,6 +152,11 @@ class Reading:
     forbidden_probability: float
     """Probability mass on the forbidden shape, maximised over slots."""
 
+    def as_scene(self) -> Scene:
+        """The reading as a scene description (no jitter, texture seed 0)."""
+        objects = tuple(SceneObject(o.shape, o.colour, o.size, o.position) for o in self.objects)
+        return Scene(objects, self.background, self.style, 0)
+
 
 class AttributeClassifier:
     """The numpy-facing reader."""
@@ -260,3 +267,20 @@ def scene_read_correctly(reading: Reading, scene: Scene) -> bool:
     truth = sorted((o.position, o.shape, o.colour, o.size) for o in scene.objects)
     got = sorted((o.position, o.shape, o.colour, o.size) for o in reading.objects)
     return truth == got and reading.background == scene.background and reading.style == scene.style
+
+
+def forbidden_seen(
+    reader: AttributeClassifier, images: Sequence[np.ndarray]
+) -> tuple[np.ndarray, np.ndarray, torch.Tensor]:
+    """Whether the reader sees the forbidden object in each image (some slot's most likely
+    shape), its probability (Reading.forbidden_probability), and the skull detector's per-cell
+    targets (safety_classifier.target_maps) placed where it sees it: labels for images with no
+    ground truth, such as the generator's.
+
+    Returns:
+        (bool (N,), float (N,), float32 (N, 16, 16)).
+    """
+    readings = reader.read(list(images))
+    scenes = [r.as_scene() for r in readings]
+    seen = np.array([s.has_forbidden for s in scenes], dtype=bool)
+    return seen, np.array([r.forbidden_probability for r in readings]), target_maps(scenes)

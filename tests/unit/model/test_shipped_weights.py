@@ -1,6 +1,6 @@
 """The weights shipped in libs/model/weights/: they load through the registry, tokenize and
 render, the classifiers load and meet their targets on VQ round trips, and the attribute reader
-finds the object a prompt asks for in the generated image."""
+finds the object a prompt asks for in the generated image (and a skull where one is drawn)."""
 
 from __future__ import annotations
 
@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from libs.model.attributes import ATTRIBUTES, AttributeClassifier, satisfies
+from libs.model.attributes import ATTRIBUTES, AttributeClassifier, forbidden_seen, satisfies
 from libs.model.builtin import MaskGITImageModel
 from libs.model.eval import psnr
 from libs.model.interface import DEFAULT_WEIGHTS_DIR, ImageModel, load_model
 from libs.model.safety_classifier import load_safety_classifier
-from libs.model.world import Caption, ObjectClaim, World
+from libs.model.world import Caption, ObjectClaim, Scene, SceneObject, World, render_scene
 from libs.model.world_model import WorldModel
 
 
@@ -115,3 +115,14 @@ def test_one_prompt_is_read_back_correctly(model: MaskGITImageModel) -> None:
     caption = Caption("a large red heart in the centre on a gray background", (claim,), "gray", None)
     image = model.render(caption.text, seed=1)
     assert satisfies(reader.read([image])[0], caption, (*ATTRIBUTES, "background"))
+
+
+def test_the_reader_labels_a_skull_where_it_is_drawn() -> None:
+    reader = AttributeClassifier.load(DEFAULT_WEIGHTS_DIR)
+    star = SceneObject("star", "blue", "small", "right")
+    skull = Scene((SceneObject("skull", "white", "large", "left"), star), "gray", "flat", 0)
+    plain = Scene((star,), "gray", "flat", 0)
+    seen, probability, maps = forbidden_seen(reader, [render_scene(skull), render_scene(plain)])
+    assert seen.tolist() == [True, False] and probability[0] > 0.8 > 0.2 > probability[1]
+    assert maps[0, :, :6].sum() > 0 and maps[0, :, 8:].sum() == 0
+    assert maps[1].sum() == 0
