@@ -32,7 +32,13 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from libs.model.attributes import AttributeClassifier, AttributeNet, attribute_loss, scene_targets
+from libs.model.attributes import (
+    AttributeClassifier,
+    AttributeNet,
+    attribute_loss,
+    forbidden_seen,
+    scene_targets,
+)
 from libs.model.builtin import MaskGITImageModel, SamplingConfig, autocast_dtype, describe
 from libs.model.maskgit import CaptionTokenizer, MaskGIT, MaskGITConfig, random_mask
 from libs.model.safety_classifier import FILENAME, SafetyClassifier, SafetyNet, detector_loss, target_maps
@@ -71,6 +77,14 @@ class TrainPlan:
     """Renders of harmless prompts by the just-trained generator whose every-pass previews the
     detector learns as negatives (see generated_previews); plans written before it existed
     replay with 0."""
+    safety_generated_skulls: int = 0
+    """Renders of skull prompts by the generator; with safety_reader_labels, those in which the
+    attribute reader is sure it sees a skull become positives (see label_generated)."""
+    safety_reader_labels: bool = False
+    """Label the generated renders with the attribute reader (label_generated) instead of
+    taking every render of a harmless prompt as a negative. Off: tried with 600 skull renders,
+    it made the detector worse on every figure (docs/model-card.md, "Labelling generated
+    renders with the reader"). The attributes stage runs before the safety stage for it."""
     attr_steps: int = 1500
     attr_batch: int = 64
     vq: dict[str, Any] = field(default_factory=lambda: VQConfig().to_json())
@@ -331,8 +345,9 @@ def train_classifier(
         backward(loss)
         opt.step()
         if step % 20 == 0:
-            log.log(name, step, float(loss), metric, lr)
-            bar.set_postfix(loss=f"{float(loss):.3f}", acc=f"{metric:.3f}")
+            value = float(loss.detach())
+            log.log(name, step, value, metric, lr)
+            bar.set_postfix(loss=f"{value:.3f}", acc=f"{metric:.3f}")
         if time.monotonic() > deadline:
             tqdm.write(f"{name}: deadline reached at step {step}")
             break
@@ -351,26 +366,36 @@ def train_classifiers(
     device: torch.device,
     log: Logger,
     deadline: float,
+    reader: AttributeClassifier | None = None,
 ) -> tuple[SafetyNet | None, AttributeNet | None]:
-    """The safety detector (on real renders, their VQ round trips, partial previews of the same
-    scenes and previews of the model's own renders of harmless prompts) and the attribute
-    classifier, each only when named in `stages`. `model` renders those prompts: the weights as
-    saved, so the detector sees what the service will draw."""
-    safety_net: SafetyNet | None = None
-    if "safety" in stages:
-        k = min(plan.scenes, SAFETY_SCENES)
-        data = (images[:k], scenes[:k], tokens[:k])
-        negatives = None
-        if plan.safety_generated > 0:
-            texts = harmless_captions(World(plan.seed + 13, "train"), plan.safety_generated)
-            negatives = np.concatenate(generated_previews(model, texts, plan.seed + 13))
-        safety_net = train_safety(
-            vq, *data, plan.safety_steps, plan.safety_batch, plan.seed, device, log, deadline, negatives
-        )
+    """The attribute classifier and the safety detector (on real renders, their VQ round trips,
+    partial previews of the same scenes and the model's own renders), each only when named in
+    `stages`. `model` renders the prompts: the weights as saved, so the detector sees what the
+    service will draw. The reader comes first: with plan.safety_reader_labels it labels those
+    renders (the one just trained, else `reader`)."""
     attr_net: AttributeNet | None = None
     if "attributes" in stages:
         attr_net = fit_attribute_classifier(
             vq, plan.seed + 100, plan.attribute_scenes, plan.attr_steps, plan.attr_batch, device, log, deadline
+        )
+        reader = AttributeClassifier(attr_net.cpu())
+    safety_net: SafetyNet | None = None
+    if "safety" in stages:
+        k = min(plan.scenes, SAFETY_SCENES)
+        data = (images[:k], scenes[:k], tokens[:k])
+        generated = None
+        if plan.safety_generated > 0:
+            if plan.safety_reader_labels and reader is None:
+                raise ValueError("labelling the generated renders needs the attribute reader (attributes.pt)")
+            world = World(plan.seed + 13, "train")
+            harmless = generated_previews(model, harmless_captions(world, plan.safety_generated), plan.seed + 13)
+            skull_texts = skull_captions(world, plan.safety_generated_skulls)
+            skull_seed = plan.seed + 13 + plan.safety_generated
+            skulls = generated_previews(model, skull_texts, skull_seed) if skull_texts else []
+            generated = label_generated(harmless, skulls, reader if plan.safety_reader_labels else None)
+            tqdm.write(f"safety: generated examples {generated.describe()}")
+        safety_net = train_safety(
+            vq, *data, plan.safety_steps, plan.safety_batch, plan.seed, device, log, deadline, generated
         )
     return safety_net, attr_net
 
@@ -405,6 +430,80 @@ def harmless_captions(world: World, count: int) -> list[str]:
             texts.append(world.caption(scene, i).text)
         i += 1
     return texts
+
+
+def skull_captions(world: World, count: int) -> list[str]:
+    """Captions of the first `count` scenes of `world` with the forbidden object."""
+    texts: list[str] = []
+    i = 0
+    while len(texts) < count:
+        scene = world.scene(i)
+        if scene.has_forbidden:
+            texts.append(world.caption(scene, i).text)
+        i += 1
+    return texts
+
+
+@dataclass(frozen=True)
+class GeneratedExamples:
+    """The detector's pool of images the generator made, with per-cell skull targets (all zero
+    for a negative)."""
+
+    images: np.ndarray
+    """(N, 64, 64, 3) uint8."""
+    maps: torch.Tensor
+    """(N, 16, 16) float32."""
+    positives: int
+    dropped_renders: int
+
+    def describe(self) -> str:
+        """One line for the training log."""
+        return f"{len(self.images)} images, {self.positives} with a skull, {self.dropped_renders} renders dropped"
+
+
+READER_SURE = 0.8
+"""label_generated: a generated render is a positive when the reader sees a skull with at least
+this probability ..."""
+READER_CLEAR = 0.2
+"""... and a harmless render a negative when the skull's probability stays below this in every
+slot; renders in between are dropped (the reader is less sure on generated images than on the
+real renders it learned from)."""
+
+
+def label_generated(
+    harmless: Sequence[np.ndarray], skulls: Sequence[np.ndarray], reader: AttributeClassifier | None
+) -> GeneratedExamples:
+    """Turns generated renders (each an every-pass preview trail) into detector examples.
+
+    Without a reader, every preview of every harmless render is a negative and the skull
+    renders are unused (how plans before safety_reader_labels trained). With one, the reader
+    reads each render's final image:
+    - a harmless render in which it is clear there is no skull (READER_CLEAR) gives all its
+      previews as negatives;
+    - a render (harmless or skull prompt) in which it is sure it sees one (READER_SURE) gives
+      its final image as a positive, with the targets where the reader placed the skull: the
+      generator draws stray skulls, and a detector taught they are harmless misses the ones it
+      draws on request;
+    - every other render is dropped.
+    """
+    if reader is None:
+        every = np.concatenate(list(harmless))
+        return GeneratedExamples(every, torch.zeros(len(every), 16, 16), 0, 0)
+    finals = [t[-1] for t in harmless] + [t[-1] for t in skulls]
+    seen, probability, maps = forbidden_seen(reader, finals)
+    sure = seen & (probability >= READER_SURE)
+    images: list[np.ndarray] = []
+    targets: list[torch.Tensor] = []
+    for i, trail in enumerate(harmless):
+        if probability[i] < READER_CLEAR:
+            images.append(trail)
+            targets.append(torch.zeros(len(trail), 16, 16))
+    positive = np.flatnonzero(sure)
+    images.append(np.stack([finals[i] for i in positive]) if len(positive) else np.zeros((0, 64, 64, 3), np.uint8))
+    targets.append(maps[torch.from_numpy(positive)] if len(positive) else torch.zeros(0, 16, 16))
+    negative = int((probability[: len(harmless)] < READER_CLEAR).sum())
+    dropped = len(finals) - negative - len(positive)
+    return GeneratedExamples(np.concatenate(images), torch.cat(targets), len(positive), dropped)
 
 
 @torch.no_grad()
@@ -471,12 +570,11 @@ def train_safety(
     device: torch.device,
     log: Logger,
     deadline: float,
-    negatives: np.ndarray | None = None,
+    generated: GeneratedExamples | None = None,
 ) -> SafetyNet:
     """Trains the skull detector on what the safety service shows it: real renders, their VQ
-    round trips, partial previews (random 0-90% of cells masked) and, when given, `negatives`
-    (images without the forbidden object: generated_previews of harmless prompts), one pool
-    each, drawn with equal probability.
+    round trips, partial previews (random 0-90% of cells masked) and, when given, `generated`
+    (the model's own renders, label_generated), one pool each, drawn with equal probability.
 
     Previews are supervised only where they show something: a skull cell that is still masked
     carries no cell target, and a preview that shows only part of its skull (below
@@ -496,9 +594,10 @@ def train_safety(
     ones_cell, ones_image = torch.ones_like(maps), torch.ones(n)
     cell_w = [ones_cell, ones_cell, pv_cell_w]
     image_w = [ones_image, ones_image, pv_image_w]
-    if negatives is not None:
-        pools.append(negatives)
-    no_skull = torch.zeros_like(maps[0])
+    pool_maps = [maps, maps, maps]
+    if generated is not None:
+        pools.append(generated.images)
+        pool_maps.append(generated.maps)
 
     net = SafetyNet().to(device)
     opt = torch.optim.AdamW(net.parameters(), lr=2e-3, weight_decay=1e-4)
@@ -511,11 +610,11 @@ def train_safety(
         which = torch.randint(0, len(pools), (batch,), generator=gen)
         flip = torch.rand(batch, generator=gen) < 0.5
         picks = list(zip(which.tolist(), idx.tolist(), strict=True))
-        if negatives is not None:
-            neg_idx = torch.randint(0, len(negatives), (batch,), generator=gen).tolist()
-            picks = [(w, neg_idx[j] if w == GENERATED_POOL else i) for j, (w, i) in enumerate(picks)]
+        if generated is not None:
+            gen_idx = torch.randint(0, len(generated.images), (batch,), generator=gen).tolist()
+            picks = [(w, gen_idx[j] if w == GENERATED_POOL else i) for j, (w, i) in enumerate(picks)]
         imgs = np.stack([pools[w][i] for w, i in picks])
-        m = torch.stack([no_skull if w == GENERATED_POOL else maps[i] for w, i in picks])
+        m = torch.stack([pool_maps[w][i] for w, i in picks])
         cw = torch.stack([ones_cell[0] if w == GENERATED_POOL else cell_w[w][i] for w, i in picks])
         iw = torch.stack([ones_image[0] if w == GENERATED_POOL else image_w[w][i] for w, i in picks])
         x = images_to_tensor(imgs, "cpu")
@@ -551,12 +650,21 @@ SAFETY_CALIBRATION_RENDERS = 300
 
 @torch.no_grad()
 def choose_safety_threshold(
-    model: MaskGITImageModel, net: SafetyNet, seed: int, device: torch.device, count: int = 600
+    model: MaskGITImageModel,
+    net: SafetyNet,
+    seed: int,
+    device: torch.device,
+    count: int = 600,
+    reader: AttributeClassifier | None = None,
 ) -> tuple[float, dict[str, float]]:
     """Picks the detector's threshold on held-out calibration scenes (World(seed + 11,
     "heldout"), disjoint from the evaluation's World(7, "heldout")), from the scores of their VQ
     round trips, of partial previews of the scenes without a skull, and of every pass's preview
     of the model's renders of SAFETY_CALIBRATION_RENDERS harmless held-out prompts.
+
+    With a `reader`, a harmless render in which it sees a skull (a stray one the generator drew)
+    is not counted as a false block: the bound applies to the renders it sees none in, and the
+    share of the others blocked is reported.
 
     Returns:
         (threshold, calibration figures: recall and false positives at that threshold).
@@ -574,13 +682,14 @@ def choose_safety_threshold(
     pv_s = np.array(clf.score_batch(list(previews)))
     trails = generated_previews(model, harmless_captions(world, SAFETY_CALIBRATION_RENDERS), seed + 11)
     render_max = np.array([max(clf.score_batch(list(t))) for t in trails])
+    drawn = forbidden_seen(reader, [t[-1] for t in trails])[0] if reader else np.zeros(len(trails), bool)
     negatives = np.concatenate([rec_s[~truth], pv_s[~truth]])
     grid = np.round(np.arange(0.05, 0.96, 0.01), 2)
     ok = [
         float(t)
         for t in grid
         if float((negatives >= t).mean()) <= SAFETY_FP_TARGET
-        and float((render_max >= t).mean()) <= SAFETY_GENERATED_FP_TARGET
+        and float((render_max[~drawn] >= t).mean()) <= SAFETY_GENERATED_FP_TARGET
     ]
     threshold = ok[0] if ok else 0.95
     figures = {
@@ -591,14 +700,27 @@ def choose_safety_threshold(
         "calibration_generated_renders": float(len(trails)),
         "calibration_generated_renders_blocked": float((render_max >= threshold).mean()),
     }
+    if reader is not None:
+        figures["calibration_generated_renders_reader_skull"] = float(drawn.sum())
+        figures["calibration_generated_clean_renders_blocked"] = float((render_max[~drawn] >= threshold).mean())
+        figures["calibration_generated_skull_renders_blocked"] = (
+            float((render_max[drawn] >= threshold).mean()) if drawn.any() else float("nan")
+        )
     return threshold, figures
 
 
 def save_safety(
-    model: MaskGITImageModel, net: SafetyNet, seed: int, device: torch.device, out: Path, command: str
+    model: MaskGITImageModel,
+    net: SafetyNet,
+    seed: int,
+    device: torch.device,
+    out: Path,
+    command: str,
+    reader: AttributeClassifier | None = None,
 ) -> None:
-    """Chooses the threshold (choose_safety_threshold) and writes safety.pt with it."""
-    threshold, figures = choose_safety_threshold(model, net, seed, device)
+    """Chooses the threshold (choose_safety_threshold, with the reader's labels when given) and
+    writes safety.pt with it."""
+    threshold, figures = choose_safety_threshold(model, net, seed, device, reader=reader)
     print(json.dumps({"safety_threshold": threshold, **figures}))
     SafetyClassifier(net.cpu(), threshold, metadata={"command": command, **figures}).save(out / FILENAME)
 
@@ -720,8 +842,10 @@ def run(plan: TrainPlan, out: Path, device: torch.device, minutes: float, short_
     model.metadata = metadata
     model.save(out)
     assert safety_net is not None and attr_net is not None
-    save_safety(saved, safety_net, plan.seed, device, out, str(metadata["command"]))
-    AttributeClassifier(attr_net.cpu()).save(out / "attributes.pt")
+    reader = AttributeClassifier(attr_net.cpu())
+    labels = reader if plan.safety_reader_labels else None
+    save_safety(saved, safety_net, plan.seed, device, out, str(metadata["command"]), labels)
+    reader.save(out / "attributes.pt")
     summary = {**describe(model), **metadata}
     (out / "train_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
@@ -752,6 +876,7 @@ def fit_attribute_classifier(
         acc = float((out["shape"].argmax(-1) == tgt["shape"]).all(1).float().mean())
         return attribute_loss(out, tgt), acc
 
+    torch.manual_seed(seed)  # the initial weights do not depend on which stage ran before
     net = train_classifier(
         "attributes",
         AttributeNet(),
@@ -772,7 +897,9 @@ def retrain_classifiers(
     plan: TrainPlan, out: Path, stages: Sequence[str], device: torch.device, minutes: float
 ) -> None:
     """Retrains only the named classifier stages on top of the VQ already saved in `out` (the
-    generator is untouched), e.g. after a classifier's architecture changed."""
+    generator is untouched), e.g. after a classifier's architecture changed. A safety retrain
+    whose plan labels the generated renders with the reader uses the saved attributes.pt, or
+    the reader trained in the same run."""
     unknown = set(stages) - {"safety", "attributes"}
     if unknown:
         raise ValueError(f"--only accepts safety and attributes, not {sorted(unknown)}")
@@ -786,16 +913,25 @@ def retrain_classifiers(
     count = min(plan.scenes, SAFETY_SCENES) if "safety" in stages else 0
     images, scenes = render_dataset(world, count, "render train")
     tokens = encode_all_keep_prior(vq, images, device) if count else torch.zeros(0, 256, dtype=torch.long)
-    safety_net, attr_net = train_classifiers(plan, vq, model, images, scenes, tokens, stages, device, log, deadline)
+    reader = None
+    if "safety" in stages and "attributes" not in stages and plan.safety_reader_labels:
+        if not (out / "attributes.pt").exists():
+            raise ValueError(f"{out / 'attributes.pt'} is missing: retrain with --only attributes,safety")
+        reader = AttributeClassifier.load(out / "attributes.pt")
+    safety_net, attr_net = train_classifiers(
+        plan, vq, model, images, scenes, tokens, stages, device, log, deadline, reader
+    )
     log.close()
+    if attr_net is not None:
+        reader = AttributeClassifier(attr_net.cpu())
     if safety_net is not None:
         command = (
             f"python -m libs.model.train --out {out} --plan {out / f'{name}_plan.json'} --only {','.join(stages)}"
             f" --threads {torch.get_num_threads()}"
         )
-        save_safety(model, safety_net, plan.seed, device, out, command)
-    if attr_net is not None:
-        AttributeClassifier(attr_net.cpu()).save(out / "attributes.pt")
+        save_safety(model, safety_net, plan.seed, device, out, command, reader if plan.safety_reader_labels else None)
+    if attr_net is not None and reader is not None:
+        reader.save(out / "attributes.pt")
 
 
 def retrain_generator(plan: TrainPlan, out: Path, device: torch.device, minutes: float, warm_start: bool) -> None:
@@ -859,8 +995,10 @@ def encode_all_keep_prior(vq: VQTokenizer, images: np.ndarray, device: torch.dev
 def load_plan(path: Path) -> TrainPlan:
     """Reads a train_plan.json. Plans written before the object weight existed trained the
     generator with an unweighted loss, so they replay with a weight of 1; plans from before the
-    generated negatives replay without them."""
-    return TrainPlan(**{"gen_object_weight": 1.0, "safety_generated": 0, **json.loads(path.read_text())})
+    generated negatives replay without them, and plans from before the reader's labels without
+    those (every harmless render a negative, no skull renders)."""
+    old = {"gen_object_weight": 1.0, "safety_generated": 0, "safety_generated_skulls": 0, "safety_reader_labels": False}
+    return TrainPlan(**{**old, **json.loads(path.read_text())})
 
 
 def main(argv: list[str] | None = None) -> None:

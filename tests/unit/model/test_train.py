@@ -4,12 +4,14 @@ weighted loss), continuing from saved weights, a generator-only retrain and old 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
+from libs.model.attributes import Reading, ReadObject
 from libs.model.builtin import MaskGITImageModel
 from libs.model.maskgit import MaskGITConfig
 from libs.model.safety_classifier import load_safety_classifier
@@ -20,6 +22,7 @@ from libs.model.train import (
     TrainPlan,
     generated_previews,
     harmless_captions,
+    label_generated,
     load_plan,
     retrain_classifiers,
     retrain_generator,
@@ -118,14 +121,16 @@ def test_generator_only_retrain_keeps_the_tokenizer_and_records_how(tmp_path: Pa
     assert (tmp_path / "train_log_generator_2.tsv").exists()
 
 
-def test_plans_from_before_the_object_weight_and_the_generated_negatives_replay_without_them(tmp_path: Path) -> None:
+def test_plans_from_before_the_object_weight_and_the_generated_renders_replay_without_them(tmp_path: Path) -> None:
     old = asdict(TrainPlan())
-    del old["gen_object_weight"]
-    del old["safety_generated"]
+    for name in ("gen_object_weight", "safety_generated", "safety_generated_skulls", "safety_reader_labels"):
+        del old[name]
     (tmp_path / "plan.json").write_text(json.dumps(old))
     replayed = load_plan(tmp_path / "plan.json")
     assert replayed.gen_object_weight == 1.0 and replayed.safety_generated == 0
-    assert TrainPlan().gen_object_weight > 1.0 and TrainPlan().safety_generated > 0
+    assert replayed.safety_generated_skulls == 0 and replayed.safety_reader_labels is False
+    new = TrainPlan()
+    assert new.gen_object_weight > 1.0 and new.safety_generated > 0
 
 
 def test_harmless_captions_never_ask_for_the_forbidden_object() -> None:
@@ -155,10 +160,65 @@ def test_generated_previews_keep_every_pass_of_every_render_in_order() -> None:
 def test_safety_retrain_learns_from_and_calibrates_on_the_models_own_renders(tmp_path: Path) -> None:
     torch.set_num_threads(1)
     MaskGITImageModel.untrained(TINY_VQ, TINY_GEN, seed=3).save(tmp_path)
-    plan = _tiny_plan(scenes=16, safety_steps=2, safety_batch=8, safety_generated=4)
+    plan = _tiny_plan(scenes=16, safety_steps=2, safety_batch=8, safety_generated=4, safety_reader_labels=False)
     retrain_classifiers(plan, tmp_path, ["safety"], torch.device("cpu"), minutes=5)
     detector = load_safety_classifier(tmp_path)
     assert detector.metadata["calibration_generated_renders"] == SAFETY_CALIBRATION_RENDERS
     assert 0.0 <= detector.metadata["calibration_generated_renders_blocked"] <= 1.0
     assert "--only safety" in detector.metadata["command"]
     assert load_plan(tmp_path / "safety_plan.json") == plan
+
+
+def test_a_safety_retrain_that_labels_renders_needs_the_reader(tmp_path: Path) -> None:
+    torch.set_num_threads(1)
+    MaskGITImageModel.untrained(TINY_VQ, TINY_GEN, seed=3).save(tmp_path)
+    labels = {"safety_generated_skulls": 2, "safety_reader_labels": True}
+    plan = _tiny_plan(scenes=16, safety_steps=2, safety_batch=8, safety_generated=4, **labels)
+    with pytest.raises(ValueError, match=r"attributes\.pt"):
+        retrain_classifiers(plan, tmp_path, ["safety"], torch.device("cpu"), minutes=5)
+    # Trained in the same run, the reader labels the renders and the calibration.
+    plan = replace(plan, attribute_scenes=16, attr_steps=2, attr_batch=8)
+    retrain_classifiers(plan, tmp_path, ["attributes", "safety"], torch.device("cpu"), minutes=5)
+    detector = load_safety_classifier(tmp_path)
+    assert 0 <= detector.metadata["calibration_generated_renders_reader_skull"] <= SAFETY_CALIBRATION_RENDERS
+    assert 0.0 <= detector.metadata["calibration_generated_clean_renders_blocked"] <= 1.0
+    assert (tmp_path / "attributes.pt").exists()
+    assert load_plan(tmp_path / "attributes_safety_plan.json") == plan
+
+
+class _ReaderSeeing:
+    """A stand-in reader: the top-left pixel of an image sets the skull's probability (in
+    percent); at 50 or more it reads a large skull on the left, else a blue star on the right."""
+
+    def read(self, images: list[np.ndarray]) -> list[Reading]:
+        def objects(p: float) -> tuple[ReadObject, ...]:
+            if p >= 0.5:
+                return (ReadObject("skull", "white", "large", "left"),)
+            return (ReadObject("star", "blue", "small", "right"),)
+
+        chances = [float(im[0, 0, 0]) / 100 for im in images]
+        return [Reading(objects(p), "gray", "flat", p) for p in chances]
+
+
+def _trail(passes: int, skull_percent: int) -> np.ndarray:
+    trail = np.zeros((passes, 64, 64, 3), np.uint8)
+    trail[-1, 0, 0] = skull_percent
+    return trail
+
+
+def test_generated_renders_are_labelled_by_what_the_reader_sees() -> None:
+    harmless = [_trail(4, 0), _trail(8, 95), _trail(4, 10), _trail(8, 40), _trail(8, 60)]
+    skulls = [_trail(4, 90), _trail(8, 0)]
+    labelled = label_generated(harmless, skulls, _ReaderSeeing())  # type: ignore[arg-type]
+    # Negatives: every preview of the two clearly clean harmless renders; positives: the two
+    # finals in which the reader is sure of a skull; the unsure ones (40, 60) and the skull
+    # render without one are dropped.
+    assert len(labelled.images) == 4 + 4 + 2 and labelled.positives == 2 and labelled.dropped_renders == 3
+    assert labelled.maps[:8].sum() == 0
+    for m in labelled.maps[8:]:
+        assert m[:, :6].sum() > 0 and m[:, 8:].sum() == 0
+    np.testing.assert_array_equal(labelled.images[8], harmless[1][-1])
+
+    # Without a reader every harmless preview is a negative and the skull renders go unused.
+    plain = label_generated(harmless, skulls, None)
+    assert len(plain.images) == 32 and plain.maps.sum() == 0 and plain.positives == 0
