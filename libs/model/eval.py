@@ -9,11 +9,15 @@ Figures:
   single-object prompts; shape and colour together (also for shape-colour pairs never seen in
   training); both objects fully correct in two-object prompts (every attribute the caption
   states).
+- Single-object prompts whose image holds the asked-for object and nothing else (stricter
+  than the issue's figure, which forgives stray objects).
 - The forbidden-object classifier: recall and false positives on final images (real renders,
   VQ round trips, generated images judged by their prompt), and the first pass at which it fires
   on the previews of renders that end up blocked; on WorldModel renders (which draw what the
   prompt says) of skull and other prompts, the pass at which it fires and any false alarm; on
   the model's own renders of harmless prompts (4, 8 and 12 passes), how many it would block.
+  Generated images have no ground truth, so these figures are also split by whether the
+  attribute reader sees a skull in the final image.
     python -m libs.model.eval --only-safety --n 300   # just the detector's figures (~2 min)
 - Time per pass and per full image at 256x256 on the CPU (and on the GPU when present).
 
