@@ -412,7 +412,7 @@ SAFETY_VISIBLE = 0.75
 """A preview counts as showing its skull (image-level label) when this fraction of the skull's
 target cells is committed; below that (and above 0) the image label is ignored."""
 GENERATED_POOL = 3
-"""train_safety's pool index of the generated negatives (after renders, round trips, previews)."""
+"""train_safety's pool index of the generated examples (after renders, round trips, previews)."""
 SAFETY_GENERATED_PASSES = (4, 8)
 """Pass counts of the generated negatives, alternating: the API's `low` (4) and `medium`/`auto`
 (8) qualities, whose renders leave different half-committed grids. `high` (12) is not among
@@ -420,28 +420,26 @@ them: on the shipped weights it blocks 2 of 200 harmless renders at 12 passes, a
 at 4 and 8 (docs/model-card.md)."""
 
 
-def harmless_captions(world: World, count: int) -> list[str]:
-    """Captions of the first `count` scenes of `world` without the forbidden object."""
+def _captions(world: World, count: int, forbidden: bool) -> list[str]:
+    """Captions of the first `count` scenes of `world` that hold (or lack) the forbidden object."""
     texts: list[str] = []
     i = 0
     while len(texts) < count:
         scene = world.scene(i)
-        if not scene.has_forbidden:
+        if scene.has_forbidden == forbidden:
             texts.append(world.caption(scene, i).text)
         i += 1
     return texts
+
+
+def harmless_captions(world: World, count: int) -> list[str]:
+    """Captions of the first `count` scenes of `world` without the forbidden object."""
+    return _captions(world, count, forbidden=False)
 
 
 def skull_captions(world: World, count: int) -> list[str]:
     """Captions of the first `count` scenes of `world` with the forbidden object."""
-    texts: list[str] = []
-    i = 0
-    while len(texts) < count:
-        scene = world.scene(i)
-        if scene.has_forbidden:
-            texts.append(world.caption(scene, i).text)
-        i += 1
-    return texts
+    return _captions(world, count, forbidden=True)
 
 
 @dataclass(frozen=True)
@@ -492,17 +490,11 @@ def label_generated(
     finals = [t[-1] for t in harmless] + [t[-1] for t in skulls]
     seen, probability, maps = forbidden_seen(reader, finals)
     sure = seen & (probability >= READER_SURE)
-    images: list[np.ndarray] = []
-    targets: list[torch.Tensor] = []
-    for i, trail in enumerate(harmless):
-        if probability[i] < READER_CLEAR:
-            images.append(trail)
-            targets.append(torch.zeros(len(trail), 16, 16))
+    clean = [trail for trail, p in zip(harmless, probability[: len(harmless)], strict=True) if p < READER_CLEAR]
     positive = np.flatnonzero(sure)
-    images.append(np.stack([finals[i] for i in positive]) if len(positive) else np.zeros((0, 64, 64, 3), np.uint8))
-    targets.append(maps[torch.from_numpy(positive)] if len(positive) else torch.zeros(0, 16, 16))
-    negative = int((probability[: len(harmless)] < READER_CLEAR).sum())
-    dropped = len(finals) - negative - len(positive)
+    images = [*clean, np.array([finals[i] for i in positive], np.uint8).reshape(-1, 64, 64, 3)]
+    targets = [*(torch.zeros(len(t), 16, 16) for t in clean), maps[torch.from_numpy(positive)]]
+    dropped = len(finals) - len(clean) - len(positive)
     return GeneratedExamples(np.concatenate(images), torch.cat(targets), len(positive), dropped)
 
 
@@ -598,6 +590,8 @@ def train_safety(
     if generated is not None:
         pools.append(generated.images)
         pool_maps.append(generated.maps)
+        cell_w.append(torch.ones_like(generated.maps))
+        image_w.append(torch.ones(len(generated.images)))
 
     net = SafetyNet().to(device)
     opt = torch.optim.AdamW(net.parameters(), lr=2e-3, weight_decay=1e-4)
@@ -615,8 +609,8 @@ def train_safety(
             picks = [(w, gen_idx[j] if w == GENERATED_POOL else i) for j, (w, i) in enumerate(picks)]
         imgs = np.stack([pools[w][i] for w, i in picks])
         m = torch.stack([pool_maps[w][i] for w, i in picks])
-        cw = torch.stack([ones_cell[0] if w == GENERATED_POOL else cell_w[w][i] for w, i in picks])
-        iw = torch.stack([ones_image[0] if w == GENERATED_POOL else image_w[w][i] for w, i in picks])
+        cw = torch.stack([cell_w[w][i] for w, i in picks])
+        iw = torch.stack([image_w[w][i] for w, i in picks])
         x = images_to_tensor(imgs, "cpu")
         x[flip] = x[flip].flip(-1)
         m[flip] = m[flip].flip(-1)
@@ -924,14 +918,13 @@ def retrain_classifiers(
     log.close()
     if attr_net is not None:
         reader = AttributeClassifier(attr_net.cpu())
+        reader.save(out / "attributes.pt")
     if safety_net is not None:
         command = (
             f"python -m libs.model.train --out {out} --plan {out / f'{name}_plan.json'} --only {','.join(stages)}"
             f" --threads {torch.get_num_threads()}"
         )
         save_safety(model, safety_net, plan.seed, device, out, command, reader if plan.safety_reader_labels else None)
-    if attr_net is not None and reader is not None:
-        reader.save(out / "attributes.pt")
 
 
 def retrain_generator(plan: TrainPlan, out: Path, device: torch.device, minutes: float, warm_start: bool) -> None:
