@@ -391,8 +391,8 @@ class Stack:
                     "kafka.tools.StorageTool",
                     "format",
                     "--ignore-formatted",
-                    "-t",
-                    cluster_file.read_text().strip(),
+                    # One "=" form: a random id may start with "-", which would read as a flag.
+                    f"--cluster-id={cluster_file.read_text().strip()}",
                     "-c",
                     str(props),
                 ],
