@@ -6,6 +6,10 @@ gets the job the first request made instead of a second render. A key holds for
 the key, so two concurrent requests with the same key make one job between them. The
 key is also recorded in the job's specification, so a rebuild of the read models from
 the request events restores the claims (`libs.projections`).
+
+A key names one request: reused with another body it is refused (`same_request`), not
+answered with a job the client did not ask for. A request with a key and no seed gets a
+seed derived from the key (`key_seed`), so its retries describe the same job.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import hashlib
 from datetime import UTC, datetime, timedelta
 
+from libs.events.schemas.images import JobSpec
 from libs.stores.ports import DocumentStore
 
 KEYS = "gateway_idempotency"
@@ -23,6 +28,20 @@ MAX_KEY_LENGTH = 255
 def claim_id(account_id: str, key: str) -> str:
     """The claim document's id: a hash, so keys of any content make safe ids."""
     return hashlib.sha256(f"{account_id}\0{key}".encode()).hexdigest()
+
+
+def key_seed(account_id: str, key: str) -> int:
+    """The seed of a keyed request that names none: the same for every retry of it."""
+    return int.from_bytes(hashlib.sha256(f"seed\0{account_id}\0{key}".encode()).digest()[:4], "big") >> 1
+
+
+_SET_BY_THE_SERVICE = {"lane", "tier"}
+"""Spec fields the service decides (admission's lane, the account's tier at the time), not the body."""
+
+
+def same_request(earlier: JobSpec, retry: JobSpec) -> bool:
+    """Whether a retry with an earlier job's key asks for that job (every field the body sets)."""
+    return earlier.model_dump(exclude=_SET_BY_THE_SERVICE) == retry.model_dump(exclude=_SET_BY_THE_SERVICE)
 
 
 def claim_document(account_id: str, job_id: str, created_at: datetime) -> dict[str, str]:

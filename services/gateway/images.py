@@ -23,7 +23,7 @@ from libs.stores.ports import StoreUnavailable
 from services.gateway.catalog import catalog_entries
 from services.gateway.context import Gateway, get_gateway, get_principal
 from services.gateway.errors import APIError, invalid
-from services.gateway.idempotency import MAX_KEY_LENGTH
+from services.gateway.idempotency import MAX_KEY_LENGTH, key_seed, same_request
 from services.gateway.live import JobFollower
 from services.gateway.models import PASSES, RESOLVED_QUALITY, SIZES, ImageGenerationRequest, count_text_tokens
 
@@ -71,7 +71,7 @@ async def run_job(
     """Start a job and answer as the client asked: one response, a stream, or the job (202).
 
     With an Idempotency-Key (in the spec) an earlier job of the same key and account is
-    answered instead of a new one.
+    answered instead of a new one; a key reused with another body is a 422.
 
     Args:
         gateway: The app's gateway.
@@ -89,6 +89,13 @@ async def run_job(
         job_id = await _claim(gateway, principal, spec.idempotency_key, job_id, created)
     existing = await gateway.projection.get(job_id) if spec.idempotency_key is not None else None
     if existing is not None:
+        if not same_request(existing.spec, spec):
+            raise APIError(
+                422,
+                "This Idempotency-Key was already used with other parameters; use a new key for a new request.",
+                param="Idempotency-Key",
+                code="idempotency_key_reused",
+            )
         spec, created = existing.spec, existing.created_at
     else:
         # Rollout, tier limits, room in the lane (503 with retry-after) and rate limits (429 with
@@ -223,11 +230,20 @@ def job_spec(
         background="opaque" if body.background == "opaque" else "auto",
         moderation=body.moderation,
         partial_images=body.partial_images if body.stream else 0,
-        seed=body.seed if body.seed is not None else secrets.randbits(31),
+        seed=_seed(body.seed, principal, idempotency_key),
         user=body.user,
         text_tokens=count_text_tokens(body.prompt),
         idempotency_key=idempotency_key,
     )
+
+
+def _seed(asked: int | None, principal: Principal, idempotency_key: str | None) -> int:
+    """The body's seed; else, with an Idempotency-Key, the key's (retries compare equal); else random."""
+    if asked is not None:
+        return asked
+    if idempotency_key is not None:
+        return key_seed(principal.account_id, idempotency_key)
+    return secrets.randbits(31)
 
 
 def _queued(job_id: str, spec: JobSpec, created: datetime) -> JobState:

@@ -130,6 +130,11 @@ async def test_an_idempotency_key_returns_the_same_job_for_the_same_account(runn
         # A synchronous retry with the key answers with the same job's images.
         sync = await http.post("/v1/images/generations", json=body, headers={"idempotency-key": key})
         assert sync.status_code == 200, sync.text
+        # The key names that request alone: another body with it is refused.
+        changed = await http.post(
+            "/v1/images/generations", json=body | {"prompt": "a blue heart"}, headers={"idempotency-key": key}
+        )
+        assert changed.status_code == 422 and changed.json()["error"]["code"] == "idempotency_key_reused"
         done = await wait_done(http, first["id"])
         assert sync.json()["data"][0]["b64_json"] == done["data"][0]["b64_json"]
         # One command and one job for the three requests with the key.

@@ -91,6 +91,40 @@ async def test_an_idempotency_key_names_one_job_per_account(gateway: GatewayUnde
     assert gateway.pipeline.generated.count(first["id"]) == 1
 
 
+async def test_a_key_reused_with_another_body_is_refused_and_starts_nothing(gateway: GatewayUnderTest) -> None:
+    first = await _create(gateway, **{"idempotency-key": "order-7"})
+    other = await gateway.http.post(
+        "/v1/images/generations",
+        json={"prompt": "a blue square", "seed": 1},
+        headers=_auth(gateway.api_key) | {"prefer": "respond-async", "idempotency-key": "order-7"},
+    )
+
+    assert other.status_code == 422
+    assert other.json()["error"]["param"] == "Idempotency-Key"
+    assert other.json()["error"]["code"] == "idempotency_key_reused"
+    await _status(gateway, first["id"], "completed")
+    assert gateway.pipeline.generated.count(first["id"]) == 1
+    assert len(gateway.pipeline.generated) == 1
+
+
+async def test_retries_of_a_keyed_request_without_a_seed_name_one_job(gateway: GatewayUnderTest) -> None:
+    async def create(key: str) -> dict[str, Any]:
+        response = await gateway.http.post(
+            "/v1/images/generations",
+            json={"prompt": "a red circle"},
+            headers=_auth(gateway.api_key) | {"prefer": "respond-async", "idempotency-key": key},
+        )
+        assert response.status_code == 202, response.text
+        job: dict[str, Any] = response.json()
+        return job
+
+    first = await create("no-seed-1")
+    again = await create("no-seed-1")
+    other = await create("no-seed-2")
+
+    assert again["id"] == first["id"] != other["id"]
+
+
 async def test_an_overlong_idempotency_key_is_a_400(gateway: GatewayUnderTest) -> None:
     response = await gateway.http.post(
         "/v1/images/generations",
