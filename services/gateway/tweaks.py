@@ -10,6 +10,8 @@ with a new prompt. Which cells:
 
 An upload that is not a darkroom image travels to the decoder as a small PNG (RGB,
 256x256) for the model's VQ encoder; the grid has the same cells at any image size.
+Images are square, so a wider or taller upload is cut to its centred square (`centred_square`)
+rather than squashed, and its mask is cut the same way.
 """
 
 from __future__ import annotations
@@ -47,22 +49,30 @@ class Upload:
     """The image as RGB, UPLOAD_SIDE x UPLOAD_SIDE, PNG-encoded (for the encoder)."""
 
 
+def centred_square(width: int, height: int) -> tuple[int, int, int, int]:
+    """The (left, top, right, bottom) box of the largest square centred in a width x height image."""
+    side = min(width, height)
+    left, top = (width - side) // 2, (height - side) // 2
+    return left, top, left + side, top + side
+
+
 def read_upload(data: bytes, param: str = "image") -> Upload:
-    """Reads an uploaded PNG, JPEG or WEBP.
+    """Reads an uploaded PNG, JPEG or WEBP; a non-square one is cut to its centred square.
 
     Raises:
         TweakInputError: empty, too large, or not an image.
     """
     image = _open(data, param)
     width, height = image.size
-    rgb = image.convert("RGB").resize((UPLOAD_SIDE, UPLOAD_SIDE), Image.Resampling.LANCZOS)
+    square = image.convert("RGB").crop(centred_square(width, height))
+    rgb = square.resize((UPLOAD_SIDE, UPLOAD_SIDE), Image.Resampling.LANCZOS)
     out = io.BytesIO()
     rgb.save(out, format="PNG")
     return Upload(width=width, height=height, rgb_png=out.getvalue())
 
 
 def cells_from_mask(data: bytes, width: int, height: int) -> np.ndarray:
-    """The grid cells under a mask's fully transparent pixels.
+    """The grid cells under a mask's fully transparent pixels (in the image's centred square).
 
     Args:
         data: The mask file (PNG with an alpha channel).
@@ -74,7 +84,7 @@ def cells_from_mask(data: bytes, width: int, height: int) -> np.ndarray:
 
     Raises:
         TweakInputError: the mask is not an image, has another size than the image,
-            has no alpha channel, or no transparent pixel.
+            has no alpha channel, or no transparent pixel in the centred square.
     """
     mask = _open(data, "mask")
     if mask.size != (width, height):
@@ -85,16 +95,18 @@ def cells_from_mask(data: bytes, width: int, height: int) -> np.ndarray:
         raise TweakInputError(
             "mask", "The mask needs an alpha channel: its transparent pixels mark the area to change."
         )
-    alpha = np.asarray(mask.convert("RGBA"))[:, :, 3]
-    rows = np.linspace(0, height, GRID_SIZE + 1).astype(int)
-    cols = np.linspace(0, width, GRID_SIZE + 1).astype(int)
+    left, top, right, bottom = centred_square(width, height)
+    alpha = np.asarray(mask.convert("RGBA"))[top:bottom, left:right, 3]
+    side = right - left
+    rows = cols = np.linspace(0, side, GRID_SIZE + 1).astype(int)
     cells = np.zeros((GRID_SIZE, GRID_SIZE), bool)
     for r in range(GRID_SIZE):
         for c in range(GRID_SIZE):
             block = alpha[rows[r] : max(rows[r + 1], rows[r] + 1), cols[c] : max(cols[c + 1], cols[c] + 1)]
             cells[r, c] = bool((block == 0).any())
     if not cells.any():
-        raise TweakInputError("mask", "The mask has no transparent pixels, so there is nothing to change.")
+        where = "" if width == height else f" in the image's centred {side}x{side} square, the part that is tweaked"
+        raise TweakInputError("mask", f"The mask has no transparent pixels{where}, so there is nothing to change.")
     return cells
 
 

@@ -66,6 +66,34 @@ async def test_an_uploaded_image_goes_to_the_encoder_and_strength_sets_the_cells
     assert int(unpack_cells(base64.b64decode(source.remask)).sum()) == 64
 
 
+async def test_a_wide_upload_and_its_mask_are_cut_to_the_centred_square(gateway: GatewayUnderTest) -> None:
+    # 400x200 with a red square in the middle (x 100-300) and blue side bands.
+    pixels = np.zeros((200, 400, 3), np.uint8)
+    pixels[:, :100] = pixels[:, 300:] = (0, 0, 255)
+    pixels[:, 100:300] = (255, 0, 0)
+    image = io.BytesIO()
+    Image.fromarray(pixels).save(image, format="PNG")
+    # Transparent over x 200-400: the right half of the centred square, and the band beyond it.
+    mask = _png(400, 200, (slice(0, 200), slice(200, 400)))
+
+    await gateway.client.images.edit(image=("wide.png", image.getvalue()), mask=("m.png", mask), prompt="x")
+
+    [source] = gateway.pipeline.commands[-1].spec.edits
+    sent = np.asarray(Image.open(io.BytesIO(base64.b64decode(source.image_png or ""))).convert("RGB"))
+    assert sent.shape == (256, 256, 3)
+    assert (sent[:, :, 0] > 200).all() and (sent[:, :, 2] < 50).all()  # the red centre, not squashed bands
+    cells = unpack_cells(base64.b64decode(source.remask))
+    assert cells[:, 8:].all() and not cells[:, :8].any()
+
+
+async def test_a_mask_transparent_only_outside_the_centred_square_is_a_400(gateway: GatewayUnderTest) -> None:
+    mask = _png(400, 200, (slice(0, 200), slice(0, 90)))
+    with pytest.raises(openai.BadRequestError) as caught:
+        await gateway.client.images.edit(image=("a.png", _png(400, 200)), mask=("m.png", mask), prompt="x")
+    assert caught.value.body["param"] == "mask"  # type: ignore[index]
+    assert "centred 200x200 square" in caught.value.body["message"]  # type: ignore[index]
+
+
 async def test_an_image_id_of_another_account_is_not_found(gateway: GatewayUnderTest) -> None:
     _, image_id = await _generated(gateway)
     stranger = openai.AsyncOpenAI(
