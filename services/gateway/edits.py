@@ -45,12 +45,14 @@ async def create_edit(
     gateway: GatewayDep,
     principal: PrincipalDep,
     prefer: Annotated[str | None, Header()] = None,
+    idempotency_key: Annotated[str | None, Header()] = None,
 ) -> Response:
     """Tweak images with a new prompt (multipart, as the openai SDK sends `images.edit`).
 
     Each image given is tweaked `n` times (at most 4 images in all). The mask applies
     to the first image; without one, `strength` (default 0.6) sets the share of cells
-    drawn again.
+    drawn again. An Idempotency-Key works as for generations: the images and cells are
+    part of the request it names.
     """
     form = await request.form()
     uploads = [f for key in ("image", "image[]") for f in form.getlist(key) if isinstance(f, UploadFile)]
@@ -63,7 +65,7 @@ async def create_edit(
         raise RequestValidationError(exc.errors()) from exc
     if not uploads and body.image_id is None:
         raise APIError(400, "Missing required parameter: 'image'.", param="image", code="missing_required_parameter")
-    spec = job_spec(body, principal, gateway)
+    spec = job_spec(body, principal, gateway, idempotency_key)
     try:
         sources = [await _source_for_id(gateway, principal, body.image_id, spec.seed)] if body.image_id else []
         for i, upload in enumerate(uploads):

@@ -94,6 +94,22 @@ async def test_a_mask_transparent_only_outside_the_centred_square_is_a_400(gatew
     assert "centred 200x200 square" in caught.value.body["message"]  # type: ignore[index]
 
 
+async def test_an_idempotency_key_names_one_tweak_and_only_with_the_same_upload(gateway: GatewayUnderTest) -> None:
+    key = {"Idempotency-Key": "tweak-1"}
+    first = await gateway.client.images.edit(image=("a.png", _png(256, 256)), prompt="x", extra_headers=key)
+    commands = len(gateway.pipeline.commands)
+    again = await gateway.client.images.edit(image=("a.png", _png(256, 256)), prompt="x", extra_headers=key)
+    assert again.data and first.data and again.data[0].b64_json == first.data[0].b64_json
+    assert len(gateway.pipeline.commands) == commands
+
+    other = io.BytesIO()
+    Image.new("RGB", (256, 256), (10, 200, 30)).save(other, format="PNG")
+    with pytest.raises(openai.UnprocessableEntityError) as caught:
+        await gateway.client.images.edit(image=("b.png", other.getvalue()), prompt="x", extra_headers=key)
+    assert caught.value.body["code"] == "idempotency_key_reused"  # type: ignore[index]
+    assert len(gateway.pipeline.commands) == commands
+
+
 async def test_an_image_id_of_another_account_is_not_found(gateway: GatewayUnderTest) -> None:
     _, image_id = await _generated(gateway)
     stranger = openai.AsyncOpenAI(
