@@ -33,7 +33,7 @@ from libs.stores.mongo import MongoDocumentStore
 from libs.stores.ports import DocumentStore
 from services.gateway.catalog import IMAGE_HASHES
 from services.gateway.catalog import IMAGES as CATALOG_IMAGES
-from services.gateway.idempotency import KEYS, claim_document, claim_id
+from services.gateway.idempotency import KEYS, claim_document, claim_id, request_fingerprint
 from services.gateway.live import JOBS, JobProjection
 from services.storage.domain import IMAGES, InvalidImage, plan_storage
 
@@ -82,7 +82,8 @@ class Rebuilder:
         await self._jobs.seed(seeded)
         if spec.idempotency_key is not None:
             doc_id = claim_id(spec.account_id, spec.idempotency_key)
-            await self._docs.put(KEYS, doc_id, claim_document(spec.account_id, accepted.job_id, accepted.created_at))
+            claim = claim_document(spec.account_id, accepted.job_id, accepted.created_at, request_fingerprint(spec))
+            await self._docs.put(KEYS, doc_id, claim)
             self.counts[KEYS] += 1
 
 

@@ -23,7 +23,7 @@ from libs.stores.ports import StoreUnavailable
 from services.gateway.catalog import catalog_entries
 from services.gateway.context import Gateway, get_gateway, get_principal
 from services.gateway.errors import APIError, invalid
-from services.gateway.idempotency import MAX_KEY_LENGTH, key_seed, same_request
+from services.gateway.idempotency import MAX_KEY_LENGTH, KeyReused, key_seed, request_fingerprint
 from services.gateway.live import JobFollower
 from services.gateway.models import PASSES, RESOLVED_QUALITY, SIZES, ImageGenerationRequest, count_text_tokens
 
@@ -86,16 +86,9 @@ async def run_job(
     job_id = f"job_{new_ulid().lower()}"
     created = datetime.now(UTC)
     if spec.idempotency_key is not None:
-        job_id = await _claim(gateway, principal, spec.idempotency_key, job_id, created)
+        job_id = await _claim(gateway, principal, spec, job_id, created)
     existing = await gateway.projection.get(job_id) if spec.idempotency_key is not None else None
     if existing is not None:
-        if not same_request(existing.spec, spec):
-            raise APIError(
-                422,
-                "This Idempotency-Key was already used with other parameters; use a new key for a new request.",
-                param="Idempotency-Key",
-                code="idempotency_key_reused",
-            )
         spec, created = existing.spec, existing.created_at
     else:
         # Rollout, tier limits, room in the lane (503 with retry-after) and rate limits (429 with
@@ -137,12 +130,20 @@ async def run_job(
     return JSONResponse(await _images_response(gateway, state, response_format))
 
 
-async def _claim(gateway: Gateway, principal: Principal, key: str, job_id: str, created: datetime) -> str:
-    """The job an Idempotency-Key names for this account: an earlier one, or `job_id`."""
+async def _claim(gateway: Gateway, principal: Principal, spec: JobSpec, job_id: str, created: datetime) -> str:
+    """The job the spec's Idempotency-Key names for this account: an earlier one, or `job_id`."""
+    key = spec.idempotency_key or ""
     if not 1 <= len(key) <= MAX_KEY_LENGTH:
         raise invalid("Idempotency-Key", f"The Idempotency-Key header must be 1 to {MAX_KEY_LENGTH} characters.")
     try:
-        return await gateway.idempotency.claim(principal.account_id, key, job_id, created)
+        return await gateway.idempotency.claim(principal.account_id, key, job_id, request_fingerprint(spec), created)
+    except KeyReused as exc:
+        raise APIError(
+            422,
+            "This Idempotency-Key was already used with other parameters; use a new key for a new request.",
+            param="Idempotency-Key",
+            code="idempotency_key_reused",
+        ) from exc
     except StoreUnavailable as exc:
         raise APIError(503, "The service is temporarily unavailable; retry with the same key.") from exc
 

@@ -6,8 +6,10 @@ import asyncio
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
+
 from libs.stores.memory import InMemoryDocumentStore
-from services.gateway.idempotency import IdempotencyKeys
+from services.gateway.idempotency import IdempotencyKeys, KeyReused
 from tests.helpers import eventually
 from tests.unit.gateway.conftest import GatewayUnderTest, key_for
 
@@ -138,8 +140,17 @@ async def test_an_overlong_idempotency_key_is_a_400(gateway: GatewayUnderTest) -
 async def test_a_key_names_its_job_for_24_hours_then_starts_over() -> None:
     keys = IdempotencyKeys(InMemoryDocumentStore())
     t0 = datetime(2026, 1, 1, tzinfo=UTC)
-    assert await keys.claim("acct", "k", "job_1", t0) == "job_1"
-    assert await keys.claim("acct", "k", "job_2", t0 + timedelta(hours=23, minutes=59)) == "job_1"
-    assert await keys.claim("other", "k", "job_3", t0) == "job_3"
-    assert await keys.claim("acct", "k", "job_4", t0 + timedelta(hours=24)) == "job_4"
-    assert await keys.claim("acct", "k", "job_5", t0 + timedelta(hours=25)) == "job_4"
+    assert await keys.claim("acct", "k", "job_1", "req", t0) == "job_1"
+    assert await keys.claim("acct", "k", "job_2", "req", t0 + timedelta(hours=23, minutes=59)) == "job_1"
+    assert await keys.claim("other", "k", "job_3", "req", t0) == "job_3"
+    assert await keys.claim("acct", "k", "job_4", "req", t0 + timedelta(hours=24)) == "job_4"
+    assert await keys.claim("acct", "k", "job_5", "req", t0 + timedelta(hours=25)) == "job_4"
+
+
+async def test_a_live_claim_refuses_another_request_and_an_expired_one_does_not() -> None:
+    keys = IdempotencyKeys(InMemoryDocumentStore())
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    assert await keys.claim("acct", "k", "job_1", "req-a", t0) == "job_1"
+    with pytest.raises(KeyReused):
+        await keys.claim("acct", "k", "job_2", "req-b", t0 + timedelta(hours=1))
+    assert await keys.claim("acct", "k", "job_3", "req-b", t0 + timedelta(hours=24)) == "job_3"
