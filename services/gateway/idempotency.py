@@ -5,7 +5,7 @@ gets the job the first request made instead of a second render. A key holds for
 `KEY_TTL` after its first use; the claim is an insert keyed by a hash of the account and
 the key, so two concurrent requests with the same key make one job between them. The
 key is also recorded in the job's specification, so a rebuild of the read models from
-the request events restores the claims (`libs.projections`).
+the request events restores the claims (`darkroom rebuild`, libs/cli/rebuild.py).
 
 A key names one request: the claim records a fingerprint of the job the request asks for
 (`request_fingerprint`), and a request with the key that asks for another job is refused
