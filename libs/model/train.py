@@ -367,18 +367,22 @@ def train_classifiers(
     log: Logger,
     deadline: float,
     reader: AttributeClassifier | None = None,
-) -> tuple[SafetyNet | None, AttributeNet | None]:
+) -> tuple[SafetyNet | None, AttributeClassifier | None]:
     """The attribute classifier and the safety detector (on real renders, their VQ round trips,
     partial previews of the same scenes and the model's own renders), each only when named in
     `stages`. `model` renders the prompts: the weights as saved, so the detector sees what the
     service will draw. The reader comes first: with plan.safety_reader_labels it labels those
-    renders (the one just trained, else `reader`)."""
-    attr_net: AttributeNet | None = None
+    renders (the one just trained, else `reader`).
+
+    Returns:
+        The detector and the reader, each None when its stage was not named.
+    """
+    trained_reader: AttributeClassifier | None = None
     if "attributes" in stages:
         attr_net = fit_attribute_classifier(
             vq, plan.seed + 100, plan.attribute_scenes, plan.attr_steps, plan.attr_batch, device, log, deadline
         )
-        reader = AttributeClassifier(attr_net.cpu())
+        trained_reader = reader = AttributeClassifier(attr_net.cpu())
     safety_net: SafetyNet | None = None
     if "safety" in stages:
         k = min(plan.scenes, SAFETY_SCENES)
@@ -397,7 +401,7 @@ def train_classifiers(
         safety_net = train_safety(
             vq, *data, plan.safety_steps, plan.safety_batch, plan.seed, device, log, deadline, generated
         )
-    return safety_net, attr_net
+    return safety_net, trained_reader
 
 
 # ---------------------------------------------------------------------------------------------
@@ -814,8 +818,7 @@ def run(plan: TrainPlan, out: Path, device: torch.device, minutes: float, short_
     saved = MaskGITImageModel.load(out, device=str(device))
     vq.to(device)
 
-    classifiers = train_classifiers(plan, vq, saved, images, scenes, tokens, STAGES, device, log, deadline)
-    safety_net, attr_net = classifiers
+    safety_net, reader = train_classifiers(plan, vq, saved, images, scenes, tokens, STAGES, device, log, deadline)
     log.close()
 
     elapsed = time.monotonic() - t0
@@ -835,8 +838,7 @@ def run(plan: TrainPlan, out: Path, device: torch.device, minutes: float, short_
     }
     model.metadata = metadata
     model.save(out)
-    assert safety_net is not None and attr_net is not None
-    reader = AttributeClassifier(attr_net.cpu())
+    assert safety_net is not None and reader is not None
     labels = reader if plan.safety_reader_labels else None
     save_safety(saved, safety_net, plan.seed, device, out, str(metadata["command"]), labels)
     reader.save(out / "attributes.pt")
@@ -912,12 +914,12 @@ def retrain_classifiers(
         if not (out / "attributes.pt").exists():
             raise ValueError(f"{out / 'attributes.pt'} is missing: retrain with --only attributes,safety")
         reader = AttributeClassifier.load(out / "attributes.pt")
-    safety_net, attr_net = train_classifiers(
+    safety_net, trained_reader = train_classifiers(
         plan, vq, model, images, scenes, tokens, stages, device, log, deadline, reader
     )
     log.close()
-    if attr_net is not None:
-        reader = AttributeClassifier(attr_net.cpu())
+    if trained_reader is not None:
+        reader = trained_reader
         reader.save(out / "attributes.pt")
     if safety_net is not None:
         command = (
