@@ -13,6 +13,9 @@ A key names one request: the claim records a fingerprint of the job the request 
 the client did not ask for. A request with a key and no seed gets a seed derived from the
 key (`key_seed`), so its retries ask for the same job. Claims written before fingerprints
 existed (they expire within `KEY_TTL`) name their job for any body.
+
+A request refused at admission (a rate limit, a full lane) made no job, so its claim is
+released (`release`) and the key is free for any request, as if it had never been sent.
 """
 
 from __future__ import annotations
@@ -97,3 +100,19 @@ class IdempotencyKeys:
         # Expired (or deleted meanwhile): the key starts over with this job.
         await self._docs.put(KEYS, doc_id, doc)
         return job_id
+
+    async def release(self, account_id: str, key: str, job_id: str) -> bool:
+        """Drops the key's claim if it still names `job_id`: the request that claimed it was
+        refused before its job existed.
+
+        Returns:
+            Whether a claim was dropped.
+
+        Raises:
+            StoreUnavailable: The document store is away.
+        """
+        doc_id = claim_id(account_id, key)
+        existing = await self._docs.get(KEYS, doc_id)
+        if existing is None or existing.get("job_id") != job_id:
+            return False
+        return await self._docs.delete(KEYS, doc_id)

@@ -83,19 +83,25 @@ async def run_job(
         prefer: The Prefer header (`respond-async` answers 202 with the job at once).
         kind: The stream's event prefix ("image_generation" or "image_edit").
     """
-    job_id = f"job_{new_ulid().lower()}"
+    new_job_id = f"job_{new_ulid().lower()}"
     created = datetime.now(UTC)
+    job_id = new_job_id
     if spec.idempotency_key is not None:
-        job_id = await _claim(gateway, principal, spec, job_id, created)
+        job_id = await _claim(gateway, principal, spec, new_job_id, created)
     existing = await gateway.projection.get(job_id) if spec.idempotency_key is not None else None
     if existing is not None:
         spec, created = existing.spec, existing.created_at
     else:
         # Rollout, tier limits, room in the lane (503 with retry-after) and rate limits (429 with
         # OpenAI's headers); nothing leaves the process.
-        lane = gateway.limits.admit_generation(
-            request.scope, principal, job_id, spec.n, spec.quality, lane_open=gateway.lanes.admit
-        )
+        try:
+            lane = gateway.limits.admit_generation(
+                request.scope, principal, job_id, spec.n, spec.quality, lane_open=gateway.lanes.admit
+            )
+        except APIError:
+            if spec.idempotency_key is not None and job_id == new_job_id:
+                await _release(gateway, principal, spec.idempotency_key, job_id)
+            raise
         spec = spec.model_copy(update={"lane": lane})
     seeded = existing or _queued(job_id, spec, created)
     if existing is None:
@@ -146,6 +152,25 @@ async def _claim(gateway: Gateway, principal: Principal, spec: JobSpec, job_id: 
         ) from exc
     except StoreUnavailable as exc:
         raise APIError(503, "The service is temporarily unavailable; retry with the same key.") from exc
+
+
+async def _release(gateway: Gateway, principal: Principal, key: str, job_id: str) -> None:
+    """Frees the key this request claimed: it was refused, and no job of it exists.
+
+    A retry of the same request that took the claim's job meanwhile and was admitted has
+    started that job; its claim is put back so later retries still find it. (A retry admitted
+    after this check starts the job without a claim: one more retry could then start a second
+    job, the same as with no key at all.)"""
+    try:
+        if await gateway.idempotency.release(principal.account_id, key, job_id):
+            started = await gateway.projection.get(job_id)
+            if started is not None:
+                fingerprint = request_fingerprint(started.spec)
+                await gateway.idempotency.claim(principal.account_id, key, job_id, fingerprint, started.created_at)
+    except StoreUnavailable:
+        # The refusal stands; the claim stays and names a job that never started, which a
+        # retry of the same request still takes.
+        pass
 
 
 @router.post("/jobs/{job_id}/cancel", response_model=None)

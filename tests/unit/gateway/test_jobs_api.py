@@ -154,3 +154,15 @@ async def test_a_live_claim_refuses_another_request_and_an_expired_one_does_not(
     with pytest.raises(KeyReused):
         await keys.claim("acct", "k", "job_2", "req-b", t0 + timedelta(hours=1))
     assert await keys.claim("acct", "k", "job_3", "req-b", t0 + timedelta(hours=24)) == "job_3"
+
+
+async def test_a_released_claim_frees_the_key_and_only_its_own_job_releases_it() -> None:
+    keys = IdempotencyKeys(InMemoryDocumentStore())
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    assert await keys.claim("acct", "k", "job_1", "req-a", t0) == "job_1"
+    assert not await keys.release("acct", "k", "job_0")
+    with pytest.raises(KeyReused):
+        await keys.claim("acct", "k", "job_2", "req-b", t0)
+    assert await keys.release("acct", "k", "job_1")
+    assert not await keys.release("acct", "k", "job_1")
+    assert await keys.claim("acct", "k", "job_2", "req-b", t0) == "job_2"

@@ -79,6 +79,21 @@ async def test_over_the_limit_is_a_rate_limit_error_with_openai_headers(gateway:
     assert "x-should-retry" not in headers
 
 
+async def test_a_keyed_request_refused_by_the_rate_limit_frees_its_key(gateway: GatewayUnderTest) -> None:
+    await _set_policy(gateway, "pro", requests_per_minute=1)
+    await gateway.client.images.generate(prompt="one", quality="low")
+    keyed = {"idempotency-key": "order-9"}
+    with pytest.raises(openai.RateLimitError):
+        await gateway.client.images.generate(prompt="two", quality="low", extra_headers=keyed)
+
+    # The refused request made no job, so the key is free for another body, not a 422.
+    await _set_policy(gateway, "pro", requests_per_minute=10)
+    first = await gateway.client.images.generate(prompt="three", quality="low", extra_headers=keyed)
+    again = await gateway.client.images.generate(prompt="three", quality="low", extra_headers=keyed)
+    assert first.data[0].b64_json == again.data[0].b64_json
+    assert len(gateway.pipeline.generated) == 2
+
+
 async def test_a_policy_change_applies_without_restart(gateway: GatewayUnderTest) -> None:
     await _set_policy(gateway, "pro", requests_per_minute=1)
     await gateway.client.images.generate(prompt="one", quality="low")
