@@ -10,6 +10,12 @@
    rate limits (`Limits.admit_generation`), with 100,000 revoked keys and 50,000
    accounts with buckets in memory, measured call by call in this process pinned to
    one CPU.
+3. Usage replay at start: a gateway replica restores the day's image counts by reading
+   every `GenerateImage` command since 00:00 UTC (services/gateway/limits.py). The
+   bench writes `--replay` such commands, of 20,000 accounts, to a private topic on the
+   stack's Kafka and times the usage feed's `load` over it, as a replica starting does;
+   then the same decoding and folding with no Kafka, to show where the time goes. The
+   figure is commands per second, and what that makes of a launch day's commands.
 
 Figures are from one run on a shared machine; each level runs `--repeats` times and
 the median is printed.
@@ -26,17 +32,29 @@ import statistics
 import sys
 import time
 import uuid
+from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
+from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from libs.access import DEFAULT_POLICIES, AccessState
 from libs.apikeys import mint, new_key_id, parse_signing_keys, verify
-from libs.events.schemas import KeyRevoked, TierPolicyChanged
+from libs.bus import EventPublisher
+from libs.bus.kafka import KafkaProducer
+from libs.bus.logreader import KafkaLogReader
+from libs.bus.ports import Record
+from libs.events import Envelope
+from libs.events.schemas import GenerateImage, KeyRevoked, TierPolicyChanged
 from libs.ratelimit import UsageLedger
-from services.gateway.limits import Limits
+from services.gateway.limits import Feed, Limits, UsageHandler
 from tests.bench.stack import fresh_bench_stack
 from tests.bench.stats import percentile
+from tests.helpers import job_spec
+
+LAUNCH_DAY_COMMANDS = 100_000_000
+"""About a launch day's images (700M in the first week), one command each at n=1."""
 
 
 async def signups(base_url: str, total: int, concurrency: int) -> dict[str, Any]:
@@ -120,12 +138,71 @@ def request_overhead(calls: int = 200_000, accounts: int = 50_000, revoked: int 
     }
 
 
+async def usage_replay(bootstrap: str, commands: int, accounts: int = 20_000) -> dict[str, Any]:
+    """Commands per second the usage feed folds at start: over Kafka, and decoding and folding alone."""
+    topic = f"bench.usage-replay.{uuid.uuid4().hex[:8]}"
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(topic, 4, 1)])
+    finally:
+        await admin.close()
+    now = time.time()
+    created = datetime.fromtimestamp(now, UTC)
+    since_ms = int(now * 1000) - 1000
+    values = [
+        Envelope.wrap(
+            GenerateImage(job_id=f"job_{i}", spec=job_spec(account_id=f"acct_{i % accounts}"), created_at=created),
+            aggregate_id=f"job_{i}",
+        ).to_bytes()
+        for i in range(commands)
+    ]
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=50, max_batch_size=1 << 20)
+    await producer.start()
+    try:
+        pending = [await producer.send(topic, value=v, key=f"job_{i}".encode()) for i, v in enumerate(values)]
+        await asyncio.gather(*pending)
+    finally:
+        await producer.stop()
+
+    def ledger_handler() -> tuple[UsageLedger, UsageHandler]:
+        access = AccessState()
+        ledger = UsageLedger()
+        return ledger, UsageHandler(ledger, access, time.time)
+
+    ledger, handler = ledger_handler()
+    reader = KafkaLogReader(bootstrap, [topic], client_id="bench-usage-replay", since_ms={topic: since_ms})
+    publisher = EventPublisher(KafkaProducer(bootstrap))  # dead letters only; a look-over feed sends none
+    feed = Feed("usage-bench", reader, handler, publisher, owned=False)
+    t0 = time.perf_counter()
+    await feed.load(timeout_s=3600)
+    over_kafka = time.perf_counter() - t0
+    await feed.close()
+    counted = sum(ledger.images_today(f"acct_{a}", now) for a in range(accounts))
+
+    _, handler = ledger_handler()
+    records = [Record(topic=topic, partition=0, offset=i, key=None, value=v) for i, v in enumerate(values)]
+    t0 = time.perf_counter()
+    for record in records:
+        await handler(Envelope.from_bytes(record.value), record)
+    in_process = time.perf_counter() - t0
+    rate = commands / over_kafka
+    return {
+        "commands": commands,
+        "images_counted": counted,
+        "over_kafka_per_s": round(rate),
+        "decode_and_fold_per_s": round(commands / in_process),
+        "launch_day_minutes": round(LAUNCH_DAY_COMMANDS / rate / 60, 1),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; prints the figures and their JSON."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--signups", type=int, default=3000, help="sign-ups per run")
     parser.add_argument("--concurrency", type=int, default=100, help="concurrent clients")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--replay", type=int, default=200_000, help="commands in the usage-replay run")
     parser.add_argument("--keep", action="store_true", help="leave the bench stack running")
     args = parser.parse_args(argv)
 
@@ -151,12 +228,20 @@ def main(argv: list[str] | None = None) -> int:
                 f"  {result['signups']} sign-ups, {args.concurrency} concurrent: {result['signups_per_s']} /s, "
                 f"p50 {result['p50_ms']} ms, p99 {result['p99_ms']} ms, errors {result['errors'] or 0}"
             )
+        replays = [asyncio.run(usage_replay(stack.profile.kafka_bootstrap, args.replay)) for _ in range(args.repeats)]
     finally:
         if not args.keep:
             stack.down()
     rate = statistics.median(r["signups_per_s"] for r in runs)
     print(f"sign-ups end to end: {rate} /s (median of {len(runs)} runs)")
-    print(json.dumps({"request_overhead": overhead, "signups": runs}, indent=2))
+    replay = {k: statistics.median(r[k] for r in replays) for k in ("over_kafka_per_s", "decode_and_fold_per_s")}
+    print(
+        f"usage replay at start: {replay['over_kafka_per_s']:.0f} commands/s over Kafka "
+        f"({replay['decode_and_fold_per_s']:.0f} /s decoding and folding alone), "
+        f"{LAUNCH_DAY_COMMANDS / replay['over_kafka_per_s'] / 60:.1f} minutes for {LAUNCH_DAY_COMMANDS:,} commands "
+        f"(median of {len(replays)} runs of {args.replay})"
+    )
+    print(json.dumps({"request_overhead": overhead, "signups": runs, "usage_replay": replays}, indent=2))
     return 0
 
 
