@@ -57,6 +57,7 @@ class KafkaLogReader(KafkaConsumer):
         """
         super().__init__(bootstrap, group=None, topics=topics, client_id=client_id, auto_offset_reset="earliest")
         self._since_ms = dict(since_ms or {})
+        self._ends: dict[KafkaTopicPartition, int] | None = None
 
     async def start(self) -> None:
         """Connect; with start times, assign every partition and seek to its time."""
@@ -85,15 +86,28 @@ class KafkaLogReader(KafkaConsumer):
                 await self._client.seek_to_beginning(tp)
 
     async def caught_up(self) -> bool:
-        """See LogReader.caught_up (position against aiokafka's end offsets)."""
+        """See LogReader.caught_up (position against aiokafka's end offsets).
+
+        Asking the broker for end offsets is a round trip, and a reader loading a long topic
+        asks after every fetch; so the ends are asked for again only once the reader has
+        reached the ones it last saw. The answer is the same: caught up means the position
+        has reached ends fetched just now.
+        """
         # The port has no end offsets (see the report on libs/bus); the adapter's client does.
         client = self._consumer
         assigned = list(client.assignment())
         if not assigned:
             return False  # metadata not in yet: nothing assigned, nothing read
-        ends: Mapping[object, int] = await client.end_offsets(assigned)
-        for tp in assigned:
-            if await client.position(tp) < ends[tp]:
+        known = self._ends
+        if known is not None and set(known) == set(assigned) and not await self._reached(known):
+            return False
+        self._ends = await client.end_offsets(assigned)
+        return await self._reached(self._ends)
+
+    async def _reached(self, ends: Mapping[KafkaTopicPartition, int]) -> bool:
+        client = self._consumer
+        for tp, end in ends.items():
+            if await client.position(tp) < end:
                 return False
         return True
 
