@@ -1,12 +1,14 @@
-"""Small helpers for tests: polling instead of sleeping, and a valid job spec."""
+"""Small helpers for tests: polling instead of sleeping, a valid job spec, a scratch topic."""
 
 from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
+from infra.topics import TopicSpec, create_topics
 from libs.bus.ports import Consumer, Record
 from libs.events.schemas import JobSpec
 
@@ -54,3 +56,10 @@ def job_spec(**changes: Any) -> JobSpec:
         "seed": 1,
     }
     return JobSpec.model_validate(fields | changes)
+
+
+async def scratch_topic(bootstrap: str, prefix: str, partitions: int) -> str:
+    """Create a topic of its own on a real broker (`prefix` plus a random suffix); its name."""
+    name = f"{prefix}.{uuid.uuid4().hex[:8]}"
+    await create_topics(bootstrap, [TopicSpec(name, partitions, 1, {})])
+    return name

@@ -37,7 +37,6 @@ from typing import Any
 
 import aiohttp
 from aiokafka import AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from libs.access import DEFAULT_POLICIES, AccessState
 from libs.apikeys import mint, new_key_id, parse_signing_keys, verify
@@ -51,7 +50,7 @@ from libs.ratelimit import UsageLedger
 from services.gateway.limits import Feed, Limits, UsageHandler
 from tests.bench.stack import fresh_bench_stack
 from tests.bench.stats import percentile
-from tests.helpers import job_spec
+from tests.helpers import job_spec, scratch_topic
 
 LAUNCH_DAY_COMMANDS = 100_000_000
 """About a launch day's images (700M in the first week), one command each at n=1."""
@@ -140,13 +139,7 @@ def request_overhead(calls: int = 200_000, accounts: int = 50_000, revoked: int 
 
 async def usage_replay(bootstrap: str, commands: int, accounts: int = 20_000) -> dict[str, Any]:
     """Commands per second the usage feed folds at start: over Kafka, and decoding and folding alone."""
-    topic = f"bench.usage-replay.{uuid.uuid4().hex[:8]}"
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(topic, 4, 1)])
-    finally:
-        await admin.close()
+    topic = await scratch_topic(bootstrap, "bench.usage-replay", 4)
     now = time.time()
     created = datetime.fromtimestamp(now, UTC)
     since_ms = int(now * 1000) - 1000

@@ -7,15 +7,13 @@ import json
 import urllib.request
 import uuid
 
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-
 from infra.stack import INFRA, SERVICES, Stack, port_open
 from libs import topics
 from libs.bus.kafka import KafkaConsumer, KafkaProducer
 from libs.events import REGISTRY, Envelope
 from libs.events.schemas import DeadLetter
 from libs.runtime.heartbeats import SERVICES as HEARTBEAT_SERVICES
-from tests.helpers import consume
+from tests.helpers import consume, scratch_topic
 
 
 def _get_json(url: str) -> tuple[int, dict[str, object]]:
@@ -90,13 +88,7 @@ async def test_garbage_on_a_service_topic_is_dead_lettered_and_the_service_goes_
 
 
 async def _produce_marker(bootstrap: str) -> tuple[str, bytes]:
-    topic = f"test.persist.{uuid.uuid4().hex[:8]}"
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(topic, 1, 1)])
-    finally:
-        await admin.close()
+    topic = await scratch_topic(bootstrap, "test.persist", 1)
     producer = KafkaProducer(bootstrap)
     await producer.start()
     try:

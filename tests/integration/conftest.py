@@ -10,12 +10,12 @@ import uuid
 from collections.abc import AsyncIterator
 
 import pytest
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from infra.stack import DEV_MINIO_PASSWORD, DEV_MINIO_USER, Profile, ferretdb_ok, kafka_ok, load_profile, minio_ok
 from libs.bus.kafka import KafkaConsumer, KafkaProducer
 from libs.stores.minio import MinioBlobStore
 from libs.stores.mongo import MongoDocumentStore
+from tests.helpers import scratch_topic
 
 HINT = "run the tests with `make test`, which starts the test stack"
 
@@ -54,14 +54,7 @@ class KafkaBus:
         self.run = uuid.uuid4().hex[:8]
 
     async def new_topic(self, partitions: int) -> str:
-        name = f"test.{self.run}.{uuid.uuid4().hex[:8]}"
-        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap)
-        await admin.start()
-        try:
-            await admin.create_topics([NewTopic(name, partitions, 1)])
-        finally:
-            await admin.close()
-        return name
+        return await scratch_topic(self.bootstrap, f"test.{self.run}", partitions)
 
     def producer(self) -> KafkaProducer:
         return KafkaProducer(self.bootstrap)
