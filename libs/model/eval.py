@@ -11,6 +11,10 @@ Figures:
   states).
 - Single-object prompts whose image holds the asked-for object and nothing else (stricter
   than the issue's figure, which forgives stray objects).
+- Shape knowledge alone (`inpaint_figures`): the held-out single-object scenes, VQ-encoded,
+  with only their object's cells masked and regenerated from the caption, like a tweak. The
+  place, size and surroundings are given, so a wrong shape there is the generator not knowing
+  it, not the sampler putting it elsewhere.
 - The forbidden-object classifier: recall and false positives on final images (real renders,
   VQ round trips, generated images judged by their prompt), and the first pass at which it fires
   on the previews of renders that end up blocked; on WorldModel renders (which draw what the
@@ -51,7 +55,7 @@ from libs.model.builtin import MaskGITImageModel
 from libs.model.interface import DEFAULT_WEIGHTS_DIR
 from libs.model.safety_classifier import SafetyClassifier, load_safety_classifier
 from libs.model.vq import images_to_tensor, tensor_to_images
-from libs.model.world import Caption, Scene, World
+from libs.model.world import Caption, Scene, World, object_cells, render_scene
 from libs.model.world_model import WorldModel
 
 EVAL_SEED = 7
@@ -193,6 +197,32 @@ def adherence_figures(
         ),
     }
     return figures, images, everything
+
+
+def inpaint_figures(
+    model: MaskGITImageModel, reader: AttributeClassifier, n: int, passes: int, batch: int
+) -> dict[str, float]:
+    """Shape and colour when only the object is drawn: the adherence sets' single-object scenes
+    (the same prompts and seeds), rendered and encoded, their object's cells regenerated."""
+    figures: dict[str, float] = {}
+    for name, split in (("single", "heldout"), ("unseen_pair", "unseen")):
+        asked = prompts(split, 1, n)
+        grids = [model.encode_image(render_scene(p.scene)) for p in asked]
+        covered = object_cells([p.scene for p in asked], model.grid_size, lambda radius, cell: radius + cell / 2) > 0
+        images: list[np.ndarray] = []
+        for start in range(0, n, batch):
+            states = [
+                model.start(p.caption.text, 1000 + i, passes, init_tokens=grids[i], remask=covered[i])
+                for i, p in enumerate(asked[start : start + batch], start)
+            ]
+            while not states[0].done:
+                states = model.step(states)
+            images += model.preview_batch([s.tokens for s in states], 64)
+        readings = reader.read(images)
+        figures[f"inpaint_{name}_shape_colour"] = _rate(
+            satisfies(r, p.caption, ("shape", "colour")) for r, p in zip(readings, asked, strict=True)
+        )
+    return figures
 
 
 def safety_figures(
@@ -399,6 +429,7 @@ def evaluate(weights: Path, n: int, passes: int, batch: int, device: str) -> dic
     figures.update(classifier_figures(reader, max(n, 256)))
     adherence, images, used = adherence_figures(model, reader, n, passes, batch)
     figures.update(adherence)
+    figures.update(inpaint_figures(model, reader, n, passes, batch))
     figures.update(safety_figures(model, safety, reader, images, used, max(n, 256), passes, batch))
     figures.update(world_safety_figures(model, safety, max(16, n // 4), passes))
     figures.update(generated_harmless_figures(model, safety, reader, n, batch))
