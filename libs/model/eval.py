@@ -55,7 +55,7 @@ from libs.model.builtin import MaskGITImageModel
 from libs.model.interface import DEFAULT_WEIGHTS_DIR
 from libs.model.safety_classifier import SafetyClassifier, load_safety_classifier
 from libs.model.vq import images_to_tensor, tensor_to_images
-from libs.model.world import Caption, Scene, World, object_cells, render_scene
+from libs.model.world import Caption, Scene, World, object_cells, object_reach, render_scene
 from libs.model.world_model import WorldModel
 
 EVAL_SEED = 7
@@ -208,7 +208,7 @@ def inpaint_figures(
     for name, split in (("single", "heldout"), ("unseen_pair", "unseen")):
         asked = prompts(split, 1, n)
         grids = [model.encode_image(render_scene(p.scene)) for p in asked]
-        covered = object_cells([p.scene for p in asked], model.grid_size, lambda radius, cell: radius + cell / 2) > 0
+        covered = object_cells([p.scene for p in asked], model.grid_size, object_reach) > 0
         images: list[np.ndarray] = []
         for start in range(0, n, batch):
             states = [

@@ -43,7 +43,7 @@ from libs.model.builtin import MaskGITImageModel, SamplingConfig, autocast_dtype
 from libs.model.maskgit import CaptionTokenizer, MaskGIT, MaskGITConfig, random_mask
 from libs.model.safety_classifier import FILENAME, SafetyClassifier, SafetyNet, detector_loss, target_maps
 from libs.model.vq import VQConfig, VQTokenizer, images_to_tensor, tensor_to_images
-from libs.model.world import Scene, World, caption_vocabulary, object_cells, render_scene
+from libs.model.world import Scene, World, caption_vocabulary, object_cells, object_reach, render_scene
 
 STAGES = ("vq", "generator", "safety", "attributes")
 BUDGET_SHARE = {"vq": 0.25, "generator": 0.52, "safety": 0.08, "attributes": 0.15}
@@ -253,7 +253,7 @@ def train_generator(
     )
     n, cells = tokens.shape
     grid = cfg.grid_size
-    occupied = torch.from_numpy(object_cells(scenes, grid, lambda radius, cell: radius + cell / 2)).reshape(n, cells)
+    occupied = torch.from_numpy(object_cells(scenes, grid, object_reach)).reshape(n, cells)
     mask_token = cfg.codebook_size
     bar = tqdm(range(plan.gen_steps), desc="generator", unit="step", mininterval=2)
     for step in bar:

@@ -525,6 +525,13 @@ def render_scene(scene: Scene, size: int = INTERNAL_SIZE) -> np.ndarray:
     return upsample(out, size, nearest=scene.style == "pixel art")
 
 
+def object_reach(radius: float, cell: float) -> float:
+    """How far from an object's centre a cell's centre may lie to count as the object's: its
+    radius plus half a cell, so every cell the object visibly touches counts (the cells the
+    generator's object weight and the eval's inpainting cover)."""
+    return radius + cell / 2
+
+
 def object_cells(
     scenes: Sequence[Scene],
     grid: int,

@@ -29,14 +29,10 @@ from libs.model.train import (
     train_generator,
 )
 from libs.model.vq import VQConfig
-from libs.model.world import SHAPES, SIZES, Scene, SceneObject, World, object_cells, render_scene
+from libs.model.world import SHAPES, SIZES, Scene, SceneObject, World, object_cells, object_reach, render_scene
 
 TINY_VQ = VQConfig(channels=(8, 8, 8), res_blocks=1, codebook_size=32, code_dim=8)
 TINY_GEN = MaskGITConfig(codebook_size=32, dim=32, depth=1, heads=2, mlp_ratio=2)
-
-
-def _around(radius: float, cell: float) -> float:
-    return radius + cell / 2
 
 
 def _touched_cells(scene: Scene) -> np.ndarray:
@@ -50,7 +46,7 @@ def test_object_cells_cover_most_of_the_drawn_object_and_little_else() -> None:
     for shape in SHAPES:
         for size in SIZES:
             scene = Scene((SceneObject(shape, "red", size, "centre"),), "gray", "flat", 0)
-            cells = object_cells([scene], 16, _around)[0] > 0
+            cells = object_cells([scene], 16, object_reach)[0] > 0
             touched = _touched_cells(scene)
             assert (cells & touched).sum() >= 0.75 * touched.sum(), (shape, size)
             assert (cells & ~touched).sum() <= 16, (shape, size)
@@ -58,7 +54,7 @@ def test_object_cells_cover_most_of_the_drawn_object_and_little_else() -> None:
 
 def test_object_cells_follow_the_position() -> None:
     scene = Scene((SceneObject("square", "red", "large", "top left"),), "gray", "flat", 0)
-    cells = object_cells([scene], 16, _around)[0]
+    cells = object_cells([scene], 16, object_reach)[0]
     assert cells[:6, :6].sum() >= 16 and cells[8:, :].sum() == 0 and cells[:, 8:].sum() == 0
 
 
@@ -69,7 +65,7 @@ def test_object_cells_can_select_one_shape() -> None:
         "flat",
         0,
     )
-    both, skull = object_cells([scene], 16, _around)[0], object_cells([scene], 16, _around, "skull")[0]
+    both, skull = object_cells([scene], 16, object_reach)[0], object_cells([scene], 16, object_reach, "skull")[0]
     assert skull.sum() > 0 and both.sum() > skull.sum()
     assert skull[:, 8:].sum() == 0
 
