@@ -157,16 +157,13 @@ async def _claim(gateway: Gateway, principal: Principal, spec: JobSpec, job_id: 
 async def _release(gateway: Gateway, principal: Principal, key: str, job_id: str) -> None:
     """Frees the key this request claimed: it was refused, and no job of it exists.
 
-    A retry of the same request that took the claim's job meanwhile and was admitted has
-    started that job; its claim is put back so later retries still find it. (A retry admitted
-    after this check starts the job without a claim: one more retry could then start a second
+    A retry of the same request takes the claim's job; if one was admitted meanwhile and
+    started that job, the claim stays so later retries still find it. (A retry that starts
+    it after this check leaves it without a claim: one more retry could then start a second
     job, the same as with no key at all.)"""
     try:
-        if await gateway.idempotency.release(principal.account_id, key, job_id):
-            started = await gateway.projection.get(job_id)
-            if started is not None:
-                fingerprint = request_fingerprint(started.spec)
-                await gateway.idempotency.claim(principal.account_id, key, job_id, fingerprint, started.created_at)
+        if await gateway.projection.get(job_id) is None:
+            await gateway.idempotency.release(principal.account_id, key, job_id)
     except StoreUnavailable:
         # The refusal stands; the claim stays and names a job that never started, which a
         # retry of the same request still takes.
