@@ -16,6 +16,9 @@ Durability: while a job renders, its decoder must report (start, then every pass
 within the lease; the lease monitor proposes `ExpireRenderLease` when it does not, and
 if nothing happened since, the job is dispatched again (JobRequeued + RenderJob of the
 next attempt) carrying its last checkpoint, so the new decoder resumes from that pass.
+A decoder that preempts a render for a higher-priority job says so (`RenderStopped`
+preempted) after its last checkpoint; the job is dispatched again the same way
+(JobRequeued + RenderJob of the next attempt, from that checkpoint, to its lane).
 CancelJob -> JobCancelled (+ AbortRender once the render was dispatched).
 """
 
@@ -136,6 +139,8 @@ def decide(state: JobState | None, event: Event, policy: Policy = Policy(), chec
         return _on_stored(state, event)
     if isinstance(event, RenderStopped) and event.reason == "failed":
         return Decision(events=[JobFailed(job_id=state.job_id, code="render_failed", message=event.message)])
+    if isinstance(event, RenderStopped) and event.reason == "preempted":
+        return _on_preempted(state, event, checkpoint)
     return NOTHING
 
 
@@ -230,6 +235,23 @@ def _on_lease_expired(state: JobState, expired: ExpireRenderLease, checkpoint: S
     attempt = state.attempt + 1
     return Decision(
         events=[JobRequeued(job_id=state.job_id, attempt=attempt, resume_pass=resume)],
+        messages=[_render_job(state, attempt, resume, checkpoint if resume else ())],
+    )
+
+
+def _on_preempted(state: JobState, stopped: RenderStopped, checkpoint: Sequence[str]) -> Decision:
+    """A decoder handed the render back for a higher-priority job: dispatch it again.
+
+    The decoder published the checkpoint of its last pass before this, on the same
+    partition, so the state's checkpoint is the one to resume from. The new attempt
+    goes to the back of the job's lane, where it waits (deferred, durable) like any job.
+    """
+    if not leased(state) or stopped.attempt != state.attempt:
+        return NOTHING  # a redelivery, or an attempt that was already replaced
+    resume = state.pass_index if len(checkpoint) == state.spec.n else 0
+    attempt = state.attempt + 1
+    return Decision(
+        events=[JobRequeued(job_id=state.job_id, attempt=attempt, resume_pass=resume, reason="preempted")],
         messages=[_render_job(state, attempt, resume, checkpoint if resume else ())],
     )
 

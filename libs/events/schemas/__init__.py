@@ -42,7 +42,7 @@ from libs.events.schemas.policies import FEATURES, RolloutChanged, TierPolicy, T
 from libs.events.schemas.render import AbortRender, RenderJob, RenderProgressed, RenderStarted, RenderStopped
 from libs.events.schemas.safety import CheckContent, CheckPrompt, PolicyCategory, SafetyPolicy, SafetyVerdict
 from libs.events.schemas.storage import ImageStored, StoreImage
-from libs.events.schemas.system import DeadLetter, LaneLoad, ServiceHeartbeat
+from libs.events.schemas.system import BatchLoad, DeadLetter, LaneLoad, ServiceHeartbeat
 
 __all__ = [
     "FEATURES",
@@ -51,6 +51,7 @@ __all__ = [
     "AccountCommandFailed",
     "AccountCreated",
     "AccountRejected",
+    "BatchLoad",
     "CancelJob",
     "ChangeTier",
     "CheckContent",

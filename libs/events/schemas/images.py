@@ -143,7 +143,9 @@ class JobRenderStarted(Event):
 
 @REGISTRY.register
 class JobRequeued(Event):
-    """Requests: the decoder stopped reporting; the job is dispatched again from its checkpoint."""
+    """Requests: the job is dispatched again from its checkpoint, because its decoder
+    stopped reporting (`lease_expired`) or handed it back for higher-priority work
+    (`preempted`)."""
 
     TYPE = "images.job_requeued"
 
@@ -151,7 +153,7 @@ class JobRequeued(Event):
     attempt: int
     """The new attempt."""
     resume_pass: int
-    reason: Literal["lease_expired"] = "lease_expired"
+    reason: Literal["lease_expired", "preempted"] = "lease_expired"
 
 
 @REGISTRY.register

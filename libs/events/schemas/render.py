@@ -88,11 +88,18 @@ class RenderProgressed(Event):
 
 @REGISTRY.register
 class RenderStopped(Event):
-    """Decoder: the render ended without images (aborted, or failed)."""
+    """Decoder: the render left the decoder without images.
+
+    `aborted` (cancelled or blocked) and `failed` end the job; `preempted` hands it back:
+    a higher-priority job needed its place in the batch, its last pass's checkpoint is
+    already out, and the requests service dispatches it again from there.
+    """
 
     TYPE = "render.render_stopped"
 
     job_id: str
     pass_index: int
-    reason: Literal["aborted", "failed"]
+    reason: Literal["aborted", "failed", "preempted"]
     message: str = ""
+    attempt: int = 0
+    """The attempt that stopped (a preempted attempt is dispatched again as attempt + 1)."""

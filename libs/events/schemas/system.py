@@ -21,6 +21,31 @@ class LaneLoad(BaseModel):
     """Jobs a decoder took from the lane."""
     rejected: int = 0
     """Jobs a gateway turned away because the lane was full."""
+    preempted: int = 0
+    """Renders a decoder handed back to the lane (checkpointed) for higher-priority jobs."""
+    images_per_s: float = 0.0
+    """Images a decoder finished from the lane per second, over its recent passes."""
+
+
+class BatchLoad(BaseModel):
+    """A decoder's running batch, over its recent passes."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    pool: str = ""
+    """The decoder pool (consumer or api)."""
+    limit: int = 0
+    """The batch limit, in images."""
+    images: int = 0
+    """Images in the batch now."""
+    occupancy: float = 0.0
+    """Mean images per pass over the limit, over the recent passes (0 when idle)."""
+    pass_s: float = 0.0
+    """Mean seconds per batched pass, over the recent passes."""
+    images_per_s: float = 0.0
+    """Images finished per second, over the recent window."""
+    passes: int = 0
+    """Batched passes run since the instance started."""
 
 
 @REGISTRY.register
@@ -37,6 +62,8 @@ class ServiceHeartbeat(Event):
     lanes: dict[str, LaneLoad] = {}
     """Per lane, what this instance knows: a decoder whether it holds the lane back and
     how many jobs it took from it, a gateway how many jobs it turned away (503)."""
+    batch: BatchLoad | None = None
+    """A decoder's batch: occupancy, pass time and throughput."""
 
 
 @REGISTRY.register

@@ -259,6 +259,27 @@ def test_an_expiry_before_any_checkpoint_restarts_the_render_from_the_beginning(
     assert isinstance(message.event, RenderJob) and (message.event.resume_pass, message.event.resume_tokens) == (0, [])
 
 
+def test_a_preempted_render_goes_back_to_its_lane_from_its_last_checkpoint() -> None:
+    state, _ = _run(None, _generate(), _prompt_ok(), _started(), _progress(1), _progress(2))
+    checkpoint = ["AAAA", "BBBB"]
+    preempted = RenderStopped(job_id=JOB, pass_index=2, reason="preempted", attempt=0)
+
+    decision = decide(state, preempted, checkpoint=checkpoint)
+
+    [requeued] = decision.events
+    [message] = decision.messages
+    assert isinstance(requeued, JobRequeued)
+    assert (requeued.attempt, requeued.resume_pass, requeued.reason) == (1, 2, "preempted")
+    assert isinstance(message.event, RenderJob)
+    assert (message.event.attempt, message.event.resume_pass, message.event.resume_tokens) == (1, 2, checkpoint)
+    assert message.partition == lane_for("pro").partition_for(JOB)
+    after = _apply(state, decision)
+    assert after is not None and (after.status, after.attempt) == ("queued", 1) and not leased(after)
+    # A redelivered or stale preemption dispatches nothing more.
+    assert decide(after, preempted, checkpoint=checkpoint).empty
+    assert decide(state, preempted.model_copy(update={"attempt": 3}), checkpoint=checkpoint).empty
+
+
 def test_every_pass_reported_ends_the_lease() -> None:
     state, _ = _run(None, _generate(), _prompt_ok(), _started(), *[_progress(k) for k in range(1, 5)])
     assert state is not None and state.status == "rendering" and not leased(state)
