@@ -9,12 +9,17 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import model_validator
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEV_MINIO_SECRET = "darkroom-dev-secret"  # noqa: S105 - development default, refused in production
 DEV_SIGNING_KEY = "darkroom-dev-signing-key"
 _DEV_SECRETS = {DEV_MINIO_SECRET, DEV_SIGNING_KEY}
+
+DEFAULT_BATCH_IMAGES = {"cpu": 8, "cuda": 64}
+"""A decoder's batch limit in images when `DecoderSettings.batch_images` is 0. On CPU the
+built-in model's images/s stop growing past a small batch while every pass gets slower
+(`make bench-decoder`); a GPU keeps gaining up to far larger batches."""
 
 
 class ServiceSettings(BaseSettings):
@@ -136,6 +141,17 @@ class DecoderSettings(ServiceSettings):
     """"auto" (CUDA when present, else CPU), "cpu", "cuda", "cuda:N"."""
     pool: Literal["consumer", "api"] = "consumer"
     """Which render topic this decoder serves: the consumer tiers' lanes or the API's."""
+    batch_images: int = Field(default=0, ge=0, le=1024)
+    """The batch limit in images (a job of n images counts n); 0: the device's default
+    (`DEFAULT_BATCH_IMAGES`: small on CPU, large on CUDA)."""
+    preempt: bool = True
+    """Whether a paid job waiting for a full batch preempts a lower-priority render."""
+
+    def batch_limit(self, device: str) -> int:
+        """The batch limit on a resolved torch device ("cpu", "cuda", "cuda:1"...)."""
+        if self.batch_images:
+            return self.batch_images
+        return DEFAULT_BATCH_IMAGES["cuda" if device.startswith("cuda") else "cpu"]
 
 
 class SafetySettings(ServiceSettings):

@@ -40,9 +40,10 @@ log = logging.getLogger(__name__)
 _tracer = trace.get_tracer("darkroom.bus")
 
 Handler = Callable[[Envelope, Record], Awaitable[None]]
-BeforePoll = Callable[[Consumer], Awaitable[None]]
+BeforePoll = Callable[[Consumer], Awaitable[int | None]]
 """Runs before every fetch with the group member (e.g. a decoder waits for room, then
-pauses the lanes it must not serve yet)."""
+pauses the lanes it must not serve yet). Returns the most records to fetch this time
+(a decoder: the images its batch has room for), or None for the loop's `max_records`."""
 
 
 @dataclass(frozen=True)
@@ -94,11 +95,14 @@ class EventConsumer:
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until `stop` is set, then commit what was handled and return."""
         while not stop.is_set():
+            max_records = self._max_records
             if self._before_poll is not None:
-                await self._before_poll(self._consumer)
+                room = await self._before_poll(self._consumer)
                 if stop.is_set():
                     break
-            records = await self._consumer.getmany(self._poll_timeout_ms, self._max_records)
+                if room is not None:
+                    max_records = max(1, min(room, self._max_records))
+            records = await self._consumer.getmany(self._poll_timeout_ms, max_records)
             if self._concurrency > 1 and len(records) > 1:
                 await self._process_by_key(records)
                 await self._consumer.commit(_next_offsets(records))

@@ -143,14 +143,17 @@ def _operator() -> str:
 
 
 def _lanes(args: argparse.Namespace) -> int:
-    from libs.cli.lanes import format_reports, lane_reports
+    from libs.cli.lanes import format_batches, format_reports, lane_reports
 
     try:
-        reports = asyncio.run(lane_reports(args.bootstrap))
+        reports, batches = asyncio.run(lane_reports(args.bootstrap))
     except (TimeoutError, OSError) as exc:
         print(f"darkroom: {exc}", file=sys.stderr)
         return 1
     print(format_reports(reports), end="")
+    if batches:
+        print()
+        print(format_batches(batches), end="")
     return 0
 
 

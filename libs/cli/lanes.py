@@ -5,7 +5,12 @@
 - paused, throughput and rejected come from the heartbeats of the last few seconds:
   a decoder reports per lane whether it holds it back and how many jobs it took
   (throughput is the growth of that count per second, summed over decoders), a
-  gateway how many jobs it refused because the lane was full.
+  gateway how many jobs it refused because the lane was full;
+- images/s and preempted come from the decoders' heartbeats too: the images each
+  finished from the lane per second lately, and the renders it handed back to the lane
+  for higher-priority jobs since it started (both summed over decoders);
+- under the lanes, each live decoder's batch: images in it over its limit, mean
+  occupancy and pass time over its recent passes, and images/s (`format_batches`).
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from aiokafka.structs import TopicPartition
 from libs import topics
 from libs.bus.offsets import KafkaLaneOffsets
 from libs.events import REGISTRY, DecodeError, Envelope
-from libs.events.schemas import LaneLoad, ServiceHeartbeat
+from libs.events.schemas import BatchLoad, LaneLoad, ServiceHeartbeat
 from libs.lanes import lanes, pool_group
 
 CLIENT_ID = "darkroom-lanes"
@@ -48,20 +53,28 @@ class LaneReport:
     """Jobs taken per second over the heartbeat window; None without two decoder heartbeats."""
     rejected: int = 0
     """Jobs the live gateways refused (503) because the lane was full, since they started."""
+    images_per_s: float | None = None
+    """Images the live decoders finished from the lane per second lately; None without any."""
+    preempted: int = 0
+    """Renders the live decoders handed back to the lane for higher-priority jobs."""
 
 
 @dataclass(frozen=True)
 class Sighting:
-    """One heartbeat's lane figures."""
+    """One heartbeat's lane figures (and a decoder's batch)."""
 
     instance: str
     service: str
     at: datetime
     lanes: dict[str, LaneLoad]
+    batch: BatchLoad | None = None
 
 
-async def lane_reports(bootstrap: str, window_s: float = HEARTBEAT_WINDOW_S) -> list[LaneReport]:
-    """Every lane's figures, from offsets and the heartbeats of the last `window_s` seconds."""
+async def lane_reports(
+    bootstrap: str, window_s: float = HEARTBEAT_WINDOW_S
+) -> tuple[list[LaneReport], dict[str, BatchLoad]]:
+    """Every lane's figures, from offsets and the heartbeats of the last `window_s` seconds,
+    and each live decoder's batch."""
     reader = KafkaLaneOffsets(bootstrap, client_id=CLIENT_ID)
     await reader.start()
     try:
@@ -72,7 +85,7 @@ async def lane_reports(bootstrap: str, window_s: float = HEARTBEAT_WINDOW_S) -> 
     return [
         fold(lane.tier, lane.topic, lane.partitions, counts[lane.tier].waiting, counts[lane.tier].taken, sightings)
         for lane in lanes().values()
-    ]
+    ], latest_batches(sightings)
 
 
 def fold(
@@ -103,7 +116,14 @@ def fold(
         paused=any(latest[i].lanes[tier].paused for i in decoders),
         throughput_per_s=throughput,
         rejected=sum(s.lanes[tier].rejected for s in latest.values() if s.service == "gateway"),
+        images_per_s=sum(latest[i].lanes[tier].images_per_s for i in decoders) if decoders else None,
+        preempted=sum(latest[i].lanes[tier].preempted for i in decoders),
     )
+
+
+def latest_batches(sightings: list[Sighting]) -> dict[str, BatchLoad]:
+    """Per decoder instance seen, its latest batch figures."""
+    return {s.instance: s.batch for s in sightings if s.batch is not None}
 
 
 async def recent_sightings(bootstrap: str, window_s: float) -> list[Sighting]:
@@ -141,21 +161,35 @@ def _sighting(raw: bytes | None) -> Sighting | None:
         return None
     if not beat.lanes:
         return None
-    return Sighting(beat.instance_id, beat.service, envelope.time, beat.lanes)
+    return Sighting(beat.instance_id, beat.service, envelope.time, beat.lanes, beat.batch)
 
 
 def format_reports(reports: list[LaneReport]) -> str:
     """A table for the terminal."""
     lines = [
         f"{'lane':6} {'topic':24} {'group':17} {'partitions':11} {'waiting':>8} {'bound':>6} "
-        f"{'taken':>8} {'jobs/s':>7} {'paused':>6} {'rejected':>8}"
+        f"{'taken':>8} {'jobs/s':>7} {'img/s':>7} {'paused':>6} {'preempted':>9} {'rejected':>8}"
     ]
     for r in reports:
         parts = f"{r.partitions[0]}-{r.partitions[-1]}"
         bound = "-" if r.max_waiting is None else str(r.max_waiting)
         rate = "-" if r.throughput_per_s is None else f"{r.throughput_per_s:.2f}"
+        images = "-" if r.images_per_s is None else f"{r.images_per_s:.2f}"
         lines.append(
             f"{r.tier:6} {r.topic:24} {r.group:17} {parts:11} {r.waiting:8d} {bound:>6} "
-            f"{r.taken:8d} {rate:>7} {'yes' if r.paused else 'no':>6} {r.rejected:8d}"
+            f"{r.taken:8d} {rate:>7} {images:>7} {'yes' if r.paused else 'no':>6} {r.preempted:9d} {r.rejected:8d}"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def format_batches(batches: dict[str, BatchLoad]) -> str:
+    """Each live decoder's batch, for the terminal (empty without any)."""
+    if not batches:
+        return ""
+    lines = [f"{'decoder':40} {'pool':8} {'batch':>9} {'occupancy':>9} {'pass ms':>8} {'img/s':>7} {'passes':>8}"]
+    for instance, b in sorted(batches.items()):
+        lines.append(
+            f"{instance:40} {b.pool:8} {f'{b.images}/{b.limit}':>9} {b.occupancy:9.0%} "
+            f"{b.pass_s * 1000:8.0f} {b.images_per_s:7.2f} {b.passes:8d}"
         )
     return "\n".join(lines) + "\n"

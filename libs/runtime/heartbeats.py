@@ -8,7 +8,7 @@ from typing import Any
 
 from libs.bus import Record
 from libs.events import REGISTRY, Envelope
-from libs.events.schemas import LaneLoad, ServiceHeartbeat
+from libs.events.schemas import BatchLoad, LaneLoad, ServiceHeartbeat
 
 SERVICES = ("gateway", "auth", "requests", "decoder", "safety", "storage")
 
@@ -44,6 +44,15 @@ class HeartbeatMonitor:
             instance: beat.heartbeat.lanes
             for instance, beat in self._beats.items()
             if beat.heartbeat.lanes and now - beat.received_at <= self.stale_after_s
+        }
+
+    def batch_loads(self) -> dict[str, BatchLoad]:
+        """Per fresh decoder instance, its batch (see ServiceHeartbeat.batch)."""
+        now = time.monotonic()
+        return {
+            instance: beat.heartbeat.batch
+            for instance, beat in self._beats.items()
+            if beat.heartbeat.batch is not None and now - beat.received_at <= self.stale_after_s
         }
 
     def paused_lanes(self) -> set[str]:

@@ -29,7 +29,7 @@ from libs.bus import EventConsumer, EventPublisher, Handler, RetryPolicy
 from libs.bus.consumer import BeforePoll
 from libs.bus.ports import Consumer, Producer
 from libs.events import Envelope
-from libs.events.schemas import LaneLoad, ServiceHeartbeat
+from libs.events.schemas import BatchLoad, LaneLoad, ServiceHeartbeat
 from libs.runtime.health import HealthServer
 from libs.settings import ServiceSettings
 
@@ -91,6 +91,8 @@ class ServiceRuntime:
     last_check: dict[str, bool] = field(default_factory=dict)
     lane_report: Callable[[], dict[str, LaneLoad]] | None = None
     """What this instance knows of the lanes, sent with every heartbeat."""
+    batch_report: Callable[[], BatchLoad] | None = None
+    """A decoder's batch (occupancy, pass time, throughput), sent with every heartbeat."""
 
     def __post_init__(self) -> None:
         if not self.instance_id:
@@ -198,6 +200,7 @@ class ServiceRuntime:
                 healthy=all(checks.values()),
                 checks=checks,
                 lanes=self.lane_report() if self.lane_report is not None else {},
+                batch=self.batch_report() if self.batch_report is not None else None,
             )
             try:
                 await asyncio.wait_for(

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from libs import topics
+from libs.bus import RejectedMessage
 from libs.bus.ports import Producer, Record
-from libs.events import Envelope
+from libs.events import REGISTRY, Envelope
 from libs.events.schemas import AbortRender, RenderJob
 from libs.lanes import pool_group
 from libs.model.interface import ImageModel
@@ -13,10 +14,13 @@ from libs.runtime.service import ConsumerFactory, ServiceRuntime, Subscription
 from libs.runtime.wiring import kafka_consumer_factory, kafka_producer
 from libs.settings import DecoderSettings
 from services.decoder.handlers import DecoderHandlers
-from services.decoder.lanes import LaneGate
-from services.decoder.runner import ModelRunner, model_loader
+from services.decoder.lanes import LaneGate, lane_name, lane_priority
+from services.decoder.runner import ModelRunner, model_loader, resolve_device
 
 SERVICE = "decoder"
+
+MAX_BATCH_IMAGES = 1024
+"""The most jobs one fetch may bring (the gate asks for the batch's room, never more)."""
 
 POOL_TOPICS = {"consumer": topics.RENDER_CONSUMER, "api": topics.RENDER_API}
 """The render topic each decoder pool serves (its consumer group is `decoder-<pool>`)."""
@@ -59,27 +63,39 @@ def bootstrap(
         producer=producer or kafka_producer(settings, SERVICE),
         consumer_factory=consumer_factory or kafka_consumer_factory(settings, SERVICE),
     )
-    handlers = DecoderHandlers(runner, runtime.publisher, runtime.instance_id)
-
-    jobs = Dispatcher(SERVICE)
-    jobs.on(RenderJob, handlers.on_job)
-    gate = LaneGate(handlers.wait_for_room)
+    handlers = DecoderHandlers(
+        runner,
+        runtime.publisher,
+        runtime.instance_id,
+        batch_images=settings.batch_images or 1,
+        preempt=settings.preempt,
+        pool=settings.pool,
+    )
+    engine = handlers.engine
+    gate = LaneGate(engine.wait_for_room)
+    engine.follow_backlog(gate.backlog)
 
     async def take(envelope: Envelope, record: Record) -> None:
-        await jobs(envelope, record)
+        if REGISTRY.get(envelope.type) is None:
+            raise RejectedMessage(f"unknown event type {envelope.type!r} for {SERVICE}")
+        job = REGISTRY.decode(envelope)
+        if not isinstance(job, RenderJob):
+            return  # another payload on the render topic: nothing for a decoder
+        await handlers.on_job(job, envelope, lane_name(record.tp), lane_priority(record.tp))
         gate.took(record)
 
     control = Dispatcher(SERVICE)
     control.on(AbortRender, handlers.on_abort)
     runtime.subscriptions += [
-        # One render job per fetch, fetched only once the model has room for it and from
-        # the lanes that come first (services.decoder.lanes): a job fetched early would
-        # wait in memory while a paid one arrives.
+        # Only as many jobs as the batch has room for, fetched from the lanes that come
+        # first (services.decoder.lanes): a job fetched early would wait in memory while
+        # a paid one arrives. The jobs of one fetch join the batch side by side.
         Subscription(
             group=pool_group(POOL_TOPICS[settings.pool]),
             topics=[POOL_TOPICS[settings.pool]],
             handler=take,
-            max_records=1,
+            max_records=MAX_BATCH_IMAGES,
+            concurrency=MAX_BATCH_IMAGES,
             before_poll=gate.before_poll,
         ),
         Subscription(group=control_group(runtime.instance_id), topics=[topics.RENDER_CONTROL], handler=control),
@@ -88,13 +104,18 @@ def bootstrap(
     async def model_loaded() -> bool:
         return runner.loaded
 
+    async def load_model() -> None:
+        await runner.load()
+        engine.set_limit(settings.batch_limit(resolve_device(settings.device)))
+
     runtime.checks["model"] = model_loaded
-    runtime.lane_report = gate.report
+    runtime.lane_report = lambda: gate.report(engine.stats)
+    runtime.batch_report = engine.report
     # Loaded before the consumers start, so no job is taken before the model can render it.
-    runtime.on_start.append(runner.load)
+    runtime.on_start.append(load_model)
+    runtime.background.append(engine.run)
 
     async def release_model_thread() -> None:
-        await handlers.close()
         runner.close()
 
     runtime.on_stop.append(release_model_thread)

@@ -4,8 +4,8 @@ Why one dedicated worker thread instead of `asyncio.to_thread`: the event loop t
 for a pass also runs heartbeats, the abort subscription and Kafka's own tasks, so model work
 must never run on it; and the model is used by exactly one thread, because a torch model is
 not promised to be thread-safe and one device runs one batch at a time anyway. Queuing
-calls on a single thread makes that ordering explicit instead of relying on the handler
-rendering one job at a time.
+calls on a single thread makes that ordering explicit: the batch engine's passes and a
+new tweak's image encoding never overlap.
 """
 
 from __future__ import annotations

@@ -1,10 +1,14 @@
-"""What a render does next at each pass boundary: the decoder's pure decisions.
+"""What the decoder does at each pass boundary: its pure decisions.
 
-No model, no Kafka, no clock: the handler describes a render as a `RenderPlan` (how many
-passes it takes, how many are done, which ones carry previews) and asks `next_step` what
-to do at every pass boundary. Aborts are decided here too, from the set of aborted job ids
-the control topic fills, so every rule about when a render stops is in one place and is
-unit-tested without a model.
+No model, no Kafka, no clock. Two levels:
+
+- one render: the engine describes it as a `RenderPlan` (how many passes it takes, how
+  many are done, which ones carry previews) and asks `next_step` what it does at every
+  pass boundary. Aborts are decided here too, from the set of aborted job ids the
+  control topic fills, so every rule about when a render stops is in one place.
+- the batch: `plan_boundary` decides which waiting jobs join the running batch and
+  which renders leave it for a higher-priority job (preemption), from counts alone
+  (`Slot`s), in the spirit of vLLM's `schedule()`.
 
 A plan can start at any completed-pass count, so a render resumed from a checkpoint is
 scheduled exactly like the uninterrupted one from that pass on.
@@ -12,7 +16,7 @@ scheduled exactly like the uninterrupted one from that pass on.
 
 from __future__ import annotations
 
-from collections.abc import Container, Iterable
+from collections.abc import Container, Iterable, Sequence
 from dataclasses import dataclass, replace
 
 DEFAULT_ABORT_MEMORY = 10_000
@@ -147,3 +151,119 @@ def next_step(plan: RenderPlan, aborted: Container[str]) -> Decision:
         return Finish(plan.job_id)
     upcoming = plan.completed + 1
     return RunPass(plan.job_id, upcoming, plan.total_passes, upcoming in plan.preview_passes)
+
+
+# ---------------------------------------------------------------------------------------------
+# The batch
+
+
+@dataclass(frozen=True)
+class Slot:
+    """A render in the batch, or a job waiting to join it, as the batch scheduler sees it.
+
+    Attributes:
+        job_id: The job.
+        priority: Its lane's priority: lower numbers first (pro and plus before free).
+        images: Images it adds to the batch (the job's n).
+        order: When it arrived at this decoder: a larger number is younger.
+    """
+
+    job_id: str
+    priority: int
+    images: int
+    order: int
+
+
+@dataclass(frozen=True)
+class BoundaryPlan:
+    """What changes in the batch at one pass boundary.
+
+    Attributes:
+        admit: Waiting jobs that join the batch now, in admission order.
+        preempt: Running renders that leave it now, checkpointed, for higher-priority work.
+    """
+
+    admit: tuple[str, ...] = ()
+    preempt: tuple[str, ...] = ()
+
+
+def _victims(running: Sequence[Slot], priority: int, needed: int) -> list[Slot] | None:
+    """The renders to preempt so that `needed` more images fit, or None if they cannot.
+
+    Only renders of a strictly lower priority (a higher number) are candidates: the lowest
+    priority first, the youngest first within it, so the least work waits again.
+    """
+    if needed <= 0:
+        return []
+    candidates = sorted((s for s in running if s.priority > priority), key=lambda s: (-s.priority, -s.order))
+    chosen: list[Slot] = []
+    for slot in candidates:
+        if needed <= 0:
+            break
+        chosen.append(slot)
+        needed -= slot.images
+    return chosen if needed <= 0 else None
+
+
+def plan_boundary(
+    running: Sequence[Slot],
+    waiting: Sequence[Slot],
+    limit: int,
+    *,
+    lane_waiting: int | None = None,
+    preempt: bool = True,
+) -> BoundaryPlan:
+    """Decides which jobs join the batch and which renders leave it at a pass boundary.
+
+    Admission takes the waiting jobs in priority order (then oldest first) while they fit
+    in `limit` images; a job of more images than the limit runs alone once the batch is
+    empty. The first job that does not fit stops admission, so a later, smaller job of
+    the same or a lower priority never overtakes it. When that job outranks running
+    renders, they are preempted (lowest priority first, youngest first) just enough for
+    it to fit. A job still waiting in Kafka (`lane_waiting`, the best priority among the
+    lanes with unfetched jobs) counts as a one-image job: a full batch then preempts one
+    lower-priority image so the job can be fetched.
+
+    Args:
+        running: The renders in the batch (finished and aborted ones already removed).
+        waiting: Jobs fetched and waiting to join.
+        limit: The batch limit, in images (>= 1).
+        lane_waiting: The best (lowest) priority with jobs waiting unfetched, or None.
+        preempt: Whether renders may be preempted at all.
+
+    Returns:
+        The jobs to admit and the renders to preempt.
+    """
+    if limit < 1:
+        raise ValueError(f"the batch limit must be at least one image, got {limit}")
+    batch = list(running)
+    admitted: list[str] = []
+    preempted: list[str] = []
+
+    def free() -> int:
+        return limit - sum(s.images for s in batch)
+
+    def make_room(priority: int, images: int) -> bool:
+        if not preempt:
+            return False
+        # A job bigger than the limit needs the batch to itself.
+        needed = sum(s.images for s in batch) if images > limit else images - free()
+        victims = _victims(batch, priority, needed)
+        if victims is None:
+            return False
+        for victim in victims:
+            batch.remove(victim)
+            preempted.append(victim.job_id)
+        return True
+
+    blocked = False
+    for slot in sorted(waiting, key=lambda s: (s.priority, s.order)):
+        fits = not batch or slot.images <= free()
+        if not fits and not make_room(slot.priority, slot.images):
+            blocked = True
+            break
+        batch.append(slot)
+        admitted.append(slot.job_id)
+    if not blocked and lane_waiting is not None and free() < 1:
+        make_room(lane_waiting, 1)
+    return BoundaryPlan(tuple(admitted), tuple(preempted))

@@ -33,7 +33,7 @@ from services.gateway.catalog import ImageCatalog
 from services.gateway.context import Gateway
 from services.gateway.errors import install_error_handlers
 from services.gateway.idempotency import IdempotencyKeys
-from services.gateway.lanes import LaneMonitor, prometheus_text
+from services.gateway.lanes import LaneMonitor, decoder_prometheus_text, prometheus_text
 from services.gateway.limits import (
     AccessHandler,
     Feed,
@@ -197,8 +197,11 @@ def create_app(
 
     @app.get("/metrics", tags=["operations"], response_class=PlainTextResponse)
     async def metrics() -> PlainTextResponse:
-        """The lanes' figures for Prometheus: waiting, taken, drain rate, paused, refused."""
-        return PlainTextResponse(prometheus_text(lane_monitor.figures()), media_type="text/plain; version=0.0.4")
+        """The lanes' figures for Prometheus: waiting, taken, drain rate, paused, refused; and
+        the decoders' batches: occupancy, pass time, images/s, preemptions per lane."""
+        text = prometheus_text(lane_monitor.figures())
+        text += decoder_prometheus_text(monitor.batch_loads(), monitor.lane_loads())
+        return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
 
     return app
 

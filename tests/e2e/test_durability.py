@@ -73,17 +73,47 @@ async def test_a_decoder_killed_mid_render_resumes_from_its_last_checkpoint(runn
         )
 
 
+async def test_a_decoder_killed_with_a_full_batch_loses_nothing_and_renders_nothing_twice(
+    running: Stack, api_key: str
+) -> None:
+    # Four jobs of two images fill the decoder's batch of eight (the CPU default).
+    async with api(running, api_key) as http, watching(running) as watch:
+        ids = [(await create_async(http, SLOW | {"n": 2, "seed": 300 + i}))["id"] for i in range(4)]
+
+        def passes(job_id: str) -> list[int]:
+            return [p["pass_index"] for p in watch.payloads(job_id, "render.render_progressed")]
+
+        def all_rendering_together() -> bool:
+            return all(passes(job_id) for job_id in ids)
+
+        await watch.until("every job in the batch", all_rendering_together)
+        running.proc("decoder").stop(timeout_s=0, sig=signal.SIGKILL)
+        last_before_kill = {job_id: max(passes(job_id)) for job_id in ids}
+        assert all(last < 12 for last in last_before_kill.values()), "a render ended before the decoder was killed"
+        await asyncio.to_thread(running.up_services)
+
+        for job_id in ids:
+            done = await wait_done(http, job_id)
+            assert done["status"] == "completed", done
+            # Every job resumed from its own last reported pass, and completed exactly once.
+            starts = [(s["attempt"], s["pass_index"]) for s in watch.payloads(job_id, "render.render_started")]
+            assert starts[0] == (0, 0) and starts[-1] == (1, last_before_kill[job_id]), starts
+            assert sorted(set(passes(job_id))) == list(range(1, 13))
+            exactly_once(running, watch, job_id, 2)
+
+
 async def test_a_cancelled_render_stops_at_the_next_pass_and_a_queued_one_never_starts(
     running: Stack, api_key: str
 ) -> None:
     async with api(running, api_key) as http, watching(running) as watch:
+        # Two jobs of four images fill the decoder's batch of eight (the CPU default): a
+        # third waits in its lane.
         rendering = await create_async(http, SLOW | {"seed": 21})
+        await watch.until("the first job rendering", lambda: watch.of(rendering["id"], "render.render_progressed"))
+        filler = await create_async(http, SLOW | {"seed": 23})
+        await watch.until("a full batch", lambda: watch.of(filler["id"], "render.render_progressed"))
         queued = await create_async(http, SLOW | {"seed": 22})
-        await watch.until(
-            "the first job rendering",
-            lambda: len(watch.of(rendering["id"], "render.render_progressed")) >= 2,
-        )
-        # The decoder renders one job at a time: the second waits in its lane.
+        await watch.until("the third job on its lane", lambda: watch.of(queued["id"], "images.job_queued"))
         assert watch.of(queued["id"], "render.render_started") == []
 
         cancelled = await http.delete(f"/v1/images/jobs/{queued['id']}")
@@ -105,6 +135,8 @@ async def test_a_cancelled_render_stops_at_the_next_pass_and_a_queued_one_never_
         for job_id in (rendering["id"], queued["id"]):
             assert watch.of(job_id, "storage.store_image") == []
             assert (await http.get(f"/v1/images/jobs/{job_id}")).json()["status"] == "cancelled"
+        # Its batch companion renders on to the end.
+        assert (await wait_done(http, filler["id"]))["status"] == "completed"
 
         # Cancelling again answers the cancelled job; an unknown job is a 404.
         again = await http.post(f"/v1/images/jobs/{rendering['id']}/cancel")

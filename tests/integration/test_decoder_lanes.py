@@ -47,8 +47,13 @@ def _job(job_id: str, tier: str) -> RenderJob:
 async def test_paid_jobs_waiting_with_free_ones_are_served_first(kafka_bootstrap: str) -> None:
     # One partition: the progress records stay in the order the decoder published them.
     outputs = InMemoryBroker(partitions={topics.RENDER_PROGRESS: 1})
+    # A batch of one image: while the first job renders, the decoder has no room, so the
+    # others wait in Kafka and the lanes' order decides which comes next.
     settings = DecoderSettings(
-        kafka_bootstrap=kafka_bootstrap, heartbeat_interval_s=30, instance_id=f"decoder-lanes-{uuid.uuid4().hex[:6]}"
+        kafka_bootstrap=kafka_bootstrap,
+        heartbeat_interval_s=30,
+        instance_id=f"decoder-lanes-{uuid.uuid4().hex[:6]}",
+        batch_images=1,
     )
     runtime = bootstrap(
         settings,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from libs.cli.lanes import Sighting, fold, format_reports
-from libs.events.schemas import LaneLoad
+from libs.cli.lanes import Sighting, fold, format_batches, format_reports, latest_batches
+from libs.events.schemas import BatchLoad, LaneLoad
 
 T0 = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 
@@ -35,3 +35,22 @@ def test_without_heartbeats_the_offsets_still_show() -> None:
     report = fold("pro", "darkroom.render.consumer", (0, 1, 2, 3), 2, 7, [])
     assert report.throughput_per_s is None and not report.paused and report.rejected == 0
     assert " - " in format_reports([report])
+
+
+def test_images_per_second_and_preemptions_sum_the_decoders_and_batches_show_per_decoder() -> None:
+    batch = BatchLoad(pool="consumer", limit=8, images=6, occupancy=0.75, pass_s=0.31, images_per_s=2.5, passes=40)
+    sightings = [
+        seen("decoder-1", "decoder", 0, free=LaneLoad(preempted=1, images_per_s=1.0)),
+        Sighting(
+            "decoder-1", "decoder", T0 + timedelta(seconds=4), {"free": LaneLoad(preempted=3, images_per_s=1.5)}, batch
+        ),
+        seen("decoder-2", "decoder", 4, free=LaneLoad(preempted=2, images_per_s=0.5)),
+    ]
+    report = fold("free", "darkroom.render.consumer", (8, 9, 10, 11), 0, 9, sightings)
+    assert report.preempted == 5 and report.images_per_s == 2.0
+    assert "2.00" in format_reports([report])
+
+    batches = latest_batches(sightings)
+    table = format_batches(batches)
+    assert list(batches) == ["decoder-1"] and "6/8" in table and "75%" in table and "310" in table
+    assert format_batches({}) == ""

@@ -44,8 +44,9 @@ from libs.model.interface import (
 from libs.runtime.service import ServiceRuntime, run_service
 from libs.settings import DecoderSettings
 from services.decoder.bootstrap import bootstrap
-from services.decoder.handlers import DecoderHandlers
+from services.decoder.engine import BatchEngine, Render
 from services.decoder.runner import ModelRunner
+from services.decoder.scheduler import plan_render
 from tests.helpers import eventually
 
 T = TypeVar("T")
@@ -243,17 +244,23 @@ async def test_a_render_resumed_from_a_checkpoint_ends_like_the_uninterrupted_on
     runner = ModelRunner(lambda: model)
     await runner.load()
     broker = InMemoryBroker()
-    handlers = DecoderHandlers(runner, EventPublisher(broker.producer()), "decoder-r")
+    engine = BatchEngine(runner, EventPublisher(broker.producer()), "decoder-r", limit=4)
     checkpoint = progress[1]  # after pass 2
     states = [
         state_from_checkpoint(model, JOB.prompt, JOB.seed + i, JOB.passes, checkpoint.pass_index, _grid(t))
         for i, t in enumerate(checkpoint.tokens)
     ]
+    plan = plan_render(JOB.job_id, JOB.passes, JOB.preview_passes, completed=checkpoint.pass_index)
+    stop = asyncio.Event()
+    loop = asyncio.create_task(engine.run(stop))
 
-    await handlers.render(JOB, Envelope.wrap(JOB, aggregate_id=JOB.job_id), states)
+    await engine.submit(Render(JOB, Envelope.wrap(JOB, aggregate_id=JOB.job_id), "pro", 0, 0, states, plan))
+    resumed = Bus(broker)
+    await eventually(_now(lambda: len(resumed.stored()) == 2 and not engine.running()), 10, "the render finished")
+    stop.set()
+    await asyncio.wait_for(loop, 10)
     runner.close()
 
-    resumed = Bus(broker)
     assert [(p.pass_index, p.tokens) for p in resumed.progress()] == [(p.pass_index, p.tokens) for p in progress[2:]]
     assert [s.tokens for s in resumed.stored()] == [s.tokens for s in stored]
 

@@ -6,12 +6,15 @@ import pytest
 
 from services.decoder.scheduler import (
     AbortedJobs,
+    BoundaryPlan,
     Decision,
     Finish,
     RenderPlan,
     RunPass,
+    Slot,
     Stop,
     next_step,
+    plan_boundary,
     plan_render,
 )
 
@@ -100,3 +103,84 @@ def test_the_aborted_set_forgets_the_oldest_ids_first() -> None:
 def test_the_aborted_set_needs_room_for_one_id() -> None:
     with pytest.raises(ValueError):
         AbortedJobs(capacity=0)
+
+
+# -- the batch -----------------------------------------------------------------------------------
+
+PRO, FREE = 0, 1
+
+
+def slot(job_id: str, priority: int = PRO, images: int = 1, order: int = 0) -> Slot:
+    return Slot(job_id, priority, images, order)
+
+
+def test_waiting_jobs_join_in_priority_order_then_oldest_first_up_to_the_limit_in_images() -> None:
+    waiting = [
+        slot("free-1", FREE, 1, 1),
+        slot("pro-2", PRO, 2, 2),
+        slot("pro-3", PRO, 1, 3),
+        slot("free-4", FREE, 1, 4),
+    ]
+
+    plan = plan_boundary([], waiting, limit=4)
+
+    # n=2 counts two: pro-2 and pro-3 take three images, free-1 the fourth; free-4 waits.
+    assert plan == BoundaryPlan(admit=("pro-2", "pro-3", "free-1"), preempt=())
+
+
+def test_a_job_that_does_not_fit_stops_admission_so_smaller_later_jobs_do_not_overtake_it() -> None:
+    running = [slot("pro-1", PRO, 2, 1)]
+    waiting = [slot("pro-2", PRO, 3, 2), slot("pro-3", PRO, 1, 3)]
+
+    assert plan_boundary(running, waiting, limit=4) == BoundaryPlan()
+
+
+def test_a_job_bigger_than_the_limit_runs_alone_once_the_batch_is_empty() -> None:
+    assert plan_boundary([], [slot("big", PRO, 6, 1), slot("small", PRO, 1, 2)], limit=4).admit == ("big",)
+    assert plan_boundary([slot("other", PRO, 1, 0)], [slot("big", PRO, 6, 1)], limit=4) == BoundaryPlan()
+
+
+def test_a_paid_job_preempts_the_youngest_free_render_of_a_full_batch() -> None:
+    running = [slot("free-old", FREE, 1, 1), slot("free-young", FREE, 1, 3), slot("pro-run", PRO, 1, 2)]
+
+    plan = plan_boundary(running, [slot("pro-new", PRO, 1, 4)], limit=3)
+
+    assert plan == BoundaryPlan(admit=("pro-new",), preempt=("free-young",))
+
+
+def test_preemption_takes_the_lowest_priority_first_and_only_as_many_images_as_needed() -> None:
+    plus, free = 1, 2
+    running = [slot("plus-1", plus, 1, 1), slot("free-2", free, 2, 2), slot("free-3", free, 1, 3)]
+
+    plan = plan_boundary(running, [slot("pro", PRO, 2, 9)], limit=4)
+
+    # Two images are needed: free-3 (youngest free, 1) then free-2 (2); plus-1 stays.
+    assert plan.preempt == ("free-3", "free-2") and plan.admit == ("pro",)
+
+
+def test_renders_of_the_same_or_a_higher_priority_are_never_preempted() -> None:
+    running = [slot("pro-1", PRO, 1, 1), slot("pro-2", PRO, 1, 2)]
+
+    assert plan_boundary(running, [slot("pro-3", PRO, 1, 3)], limit=2) == BoundaryPlan()
+    assert plan_boundary(running, [slot("free", FREE, 1, 3)], limit=2) == BoundaryPlan()
+
+
+def test_a_paid_job_still_in_kafka_makes_room_of_one_image_in_a_full_batch() -> None:
+    running = [slot("free-1", FREE, 1, 1), slot("free-2", FREE, 1, 2)]
+
+    assert plan_boundary(running, [], limit=2, lane_waiting=PRO).preempt == ("free-2",)
+    # Room already there, or only free work waiting: nothing is preempted.
+    assert plan_boundary(running, [], limit=3, lane_waiting=PRO) == BoundaryPlan()
+    assert plan_boundary(running, [], limit=2, lane_waiting=FREE) == BoundaryPlan()
+
+
+def test_without_preemption_a_paid_job_waits_for_room() -> None:
+    running = [slot("free-1", FREE, 1, 1)]
+
+    assert plan_boundary(running, [slot("pro", PRO, 1, 2)], limit=1, preempt=False) == BoundaryPlan()
+    assert plan_boundary(running, [], limit=1, lane_waiting=PRO, preempt=False) == BoundaryPlan()
+
+
+def test_the_batch_limit_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="at least one image"):
+        plan_boundary([], [], limit=0)

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime
 
 import openai
 import pytest
 
+from libs import topics
+from libs.bus import Record
 from libs.bus.offsets import LaneCounts
+from libs.events import Envelope
+from libs.events.schemas import BatchLoad, LaneLoad, ServiceHeartbeat
 from services.gateway.errors import APIError
 from services.gateway.lanes import DEFERRED_AFTER_S, LaneMonitor, prometheus_text
 from tests.unit.gateway.conftest import GatewayUnderTest, key_for
@@ -124,3 +129,26 @@ async def test_a_waiting_free_job_is_deferred_with_an_estimate(gateway: GatewayU
     metrics = await gateway.http.get("/metrics")
     assert metrics.status_code == 200 and 'darkroom_lane_waiting{lane="free"} 12' in metrics.text
     gateway.pipeline.hold.set()
+
+
+async def test_metrics_show_each_decoders_batch_and_preemptions_per_lane(gateway: GatewayUnderTest) -> None:
+    beat = ServiceHeartbeat(
+        service="decoder",
+        instance_id="decoder-7",
+        started_at=datetime.now(UTC),
+        lanes={"free": LaneLoad(preempted=4, images_per_s=1.25), "pro": LaneLoad(images_per_s=2.5)},
+        batch=BatchLoad(
+            pool="consumer", limit=8, images=6, occupancy=0.8125, pass_s=0.25, images_per_s=3.75, passes=90
+        ),
+    )
+    envelope = Envelope.wrap(beat, aggregate_id=beat.instance_id)
+    await gateway.app.state.heartbeats(envelope, Record(topics.HEARTBEATS, 0, 0, None, envelope.to_bytes()))
+
+    text = (await gateway.http.get("/metrics")).text
+
+    assert 'darkroom_decoder_batch_occupancy{instance="decoder-7",pool="consumer"} 0.8125' in text
+    assert 'darkroom_decoder_batch_limit_images{instance="decoder-7",pool="consumer"} 8' in text
+    assert 'darkroom_decoder_pass_seconds{instance="decoder-7",pool="consumer"} 0.25' in text
+    assert 'darkroom_decoder_images_per_second{instance="decoder-7",pool="consumer"} 3.75' in text
+    assert 'darkroom_lane_preempted_total{lane="free"} 4' in text
+    assert 'darkroom_lane_images_per_second{lane="pro"} 2.5' in text

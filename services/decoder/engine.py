@@ -1,0 +1,657 @@
+"""The decoder's batching engine: many renders stepped together, pass by pass.
+
+vLLM's loop, for images: at every pass boundary the engine
+
+1. retires what left the batch: renders that finished (their images went to storage
+   with their last pass), or were aborted by safety or cancelled (`RenderStopped`);
+2. asks the pure scheduler (`plan_boundary`) which waiting jobs join, in priority
+   order up to the batch limit in images, and which lower-priority renders leave for
+   a higher-priority job (preemption); a preempted render's last pass is already
+   checkpointed, so it leaves with `RenderStopped(preempted)` and the requests
+   service dispatches it again to its lane, from that checkpoint, on any decoder;
+3. runs one pass of every render in the batch as one `ImageModel.step` call on the
+   model thread, and publishes each render's progress (its checkpoint), previews and,
+   after its last pass, its images.
+
+A render is one job's images; a job of n images counts n against the limit. Its events
+are exactly those of a render alone: `RenderStarted`, one `RenderProgressed` per pass,
+`StoreImage` per image before the last progress, or one `RenderStopped`, with the same
+sequence numbers (see services.decoder.handlers). A job's images do not depend on its
+batch companions: every random draw comes from the job's own seed and pass
+(`libs.model.interface`), and every state is stepped by the same batched forward.
+
+Fetching follows room: the lane gate fetches only as many jobs as the batch has room
+for in images, and a fetched job's offset is committed once it joined the batch and
+its `RenderStarted` is out. Jobs left in Kafka stay deferred and durable; a job taken
+is brought back by the requests service's lease if this decoder dies. The engine asks
+the gate what waits unfetched (`Backlog`) at every boundary: with room, it gives the
+fetch a moment (`MAX_ADMIT_GRACE_S`) so the jobs join at this boundary rather than the
+next; with a full batch and a higher-priority job waiting, it preempts to make room.
+
+Model work runs on the runner's one thread; the event loop keeps heartbeats, aborts,
+fetches and publishing flowing while a pass runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import functools
+import logging
+import time
+from collections import Counter, deque
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from opentelemetry import trace
+from opentelemetry.trace import INVALID_SPAN, Link, NonRecordingSpan, SpanContext
+
+from libs import topics
+from libs.bus import EventPublisher, TransientError
+from libs.events import Envelope, Event
+from libs.events.schemas import BatchLoad, RenderJob, RenderProgressed, RenderStarted, RenderStopped, StoreImage
+from libs.imaging import CONTENT_TYPES
+from libs.model.interface import RenderState, pack_tokens
+from services.decoder.runner import ModelRunner
+from services.decoder.scheduler import AbortedJobs, Finish, RenderPlan, RunPass, Slot, Stop, next_step, plan_boundary
+
+log = logging.getLogger(__name__)
+_tracer = trace.get_tracer("darkroom.decoder")
+
+Clock = Callable[[], datetime]
+Backlog = Callable[[], Awaitable[Mapping[int, int]]]
+"""Jobs waiting unfetched in the decoder's lanes, per lane priority (the lane gate's view)."""
+
+MAX_FAILURE_MESSAGE = 500
+"""Characters of a model error kept in RenderStopped (the log has the traceback)."""
+
+MAX_PUBLISH_BACKOFF_S = 5.0
+"""A render's events wait out a Kafka outage, retried with backoff up to this interval."""
+
+MAX_ADMIT_GRACE_S = 0.05
+"""How long a boundary waits for jobs being fetched into free room (never longer than
+half a pass): they join now instead of a whole pass later."""
+
+STATS_WINDOW_S = 20.0
+"""Occupancy, pass time and images/s are averaged over this many seconds of passes."""
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def progress_event(
+    job: RenderJob, pass_index: int, states: list[RenderState], previews: list[bytes], decoder: str
+) -> RenderProgressed:
+    """The checkpoint published after a pass.
+
+    Args:
+        job: The job being rendered.
+        pass_index: Passes completed, 1..job.passes.
+        states: Every image's state after the pass.
+        previews: Encoded previews per image, or empty when this pass has none.
+        decoder: Instance id of this decoder.
+    """
+    return RenderProgressed(
+        job_id=job.job_id,
+        pass_index=pass_index,
+        total_passes=job.passes,
+        tokens=[_b64(pack_tokens(s.tokens)) for s in states],
+        previews=[_b64(p) for p in previews],
+        decoder=decoder,
+    )
+
+
+def store_events(
+    job: RenderJob, states: list[RenderState], images: list[bytes], created_at: datetime
+) -> list[StoreImage]:
+    """The images handed to storage when a render finished, one per image of the job.
+
+    Args:
+        job: The finished job.
+        states: The final states (no masked cell), image i rendered with seed + i.
+        images: The encoded final images, in the same order.
+        created_at: When the images were made.
+    """
+    return [
+        StoreImage(
+            job_id=job.job_id,
+            index=i,
+            account_id=job.account_id,
+            prompt=job.prompt,
+            model=job.model,
+            seed=state.seed,
+            size=job.size,
+            output_format=job.output_format,
+            content_type=CONTENT_TYPES[job.output_format],
+            data=_b64(image),
+            tokens=_b64(pack_tokens(state.tokens)),
+            created_at=created_at,
+            parent_image_id=job.edits[i % len(job.edits)].parent_image_id if job.edits else None,
+        )
+        for i, (state, image) in enumerate(zip(states, images, strict=True))
+    ]
+
+
+def failure_message(exc: Exception) -> str:
+    """What a RenderStopped(failed) says of an error."""
+    return f"{type(exc).__name__}: {exc}"[:MAX_FAILURE_MESSAGE]
+
+
+@dataclass(eq=False)
+class Render:
+    """One job's images in (or waiting for) the batch.
+
+    Attributes:
+        job: The job.
+        cause: The job's envelope: correlation, causation and tier of every event.
+        lane: The lane it was taken from.
+        priority: That lane's priority (lower first).
+        order: Arrival order at this engine (larger is younger).
+        states: One state per image, all at `plan.completed` passes.
+        plan: Passes done and to do.
+        link: The span of the job's delivery, linked from every batch step it is in.
+        started: The publishing of its `RenderStarted` (its later events wait for it).
+    """
+
+    job: RenderJob
+    cause: Envelope
+    lane: str
+    priority: int
+    order: int
+    states: list[RenderState]
+    plan: RenderPlan
+    link: SpanContext | None = None
+    started: asyncio.Task[None] | None = None
+
+    @property
+    def job_id(self) -> str:
+        return self.job.job_id
+
+    @property
+    def slot(self) -> Slot:
+        return Slot(self.job.job_id, self.priority, self.job.n, self.order)
+
+
+@dataclass(eq=False)
+class _Waiting:
+    render: Render
+    admitted: asyncio.Future[None]
+
+
+@dataclass
+class BatchStats:
+    """Occupancy, pass time, throughput and preemptions, for heartbeats and metrics."""
+
+    limit: int
+    pool: str
+    clock: Callable[[], float] = time.monotonic
+    passes_run: int = 0
+    _passes: deque[tuple[float, int, float]] = field(default_factory=deque)
+    _finished: deque[tuple[float, str, int]] = field(default_factory=deque)
+    preempted: Counter[str] = field(default_factory=Counter)
+
+    def record_pass(self, images: int, seconds: float) -> None:
+        """One batched pass of `images` images took `seconds`."""
+        self.passes_run += 1
+        self._passes.append((self.clock(), images, seconds))
+        self._trim()
+
+    def record_finished(self, lane: str, images: int) -> None:
+        """A render of the lane finished all its passes."""
+        self._finished.append((self.clock(), lane, images))
+        self._trim()
+
+    def _trim(self) -> None:
+        horizon = self.clock() - STATS_WINDOW_S
+        while self._passes and self._passes[0][0] < horizon:
+            self._passes.popleft()
+        while self._finished and self._finished[0][0] < horizon:
+            self._finished.popleft()
+
+    def images_per_s(self, lane: str | None = None) -> float:
+        """Images finished per second over the window (of one lane, or all)."""
+        self._trim()
+        done = sum(images for _, name, images in self._finished if lane is None or name == lane)
+        return done / STATS_WINDOW_S
+
+    def mean_pass_s(self) -> float:
+        """Mean seconds per batched pass over the window (0 before the first pass)."""
+        self._trim()
+        return sum(seconds for _, _, seconds in self._passes) / len(self._passes) if self._passes else 0.0
+
+    def report(self, images_now: int) -> BatchLoad:
+        """The batch figures of the window."""
+        self._trim()
+        passes = list(self._passes)
+        occupancy = sum(images for _, images, _ in passes) / (len(passes) * self.limit) if passes else 0.0
+        pass_s = self.mean_pass_s()
+        return BatchLoad(
+            pool=self.pool,
+            limit=self.limit,
+            images=images_now,
+            occupancy=round(occupancy, 4),
+            pass_s=round(pass_s, 4),
+            images_per_s=round(self.images_per_s(), 4),
+            passes=self.passes_run,
+        )
+
+    def lanes(self) -> set[str]:
+        """The lanes this decoder finished or preempted renders of, in the window or ever."""
+        return {name for _, name, _ in self._finished} | set(self.preempted)
+
+
+class BatchEngine:
+    """Steps the renders of one decoder instance together (see the module docstring).
+
+    Args:
+        runner: Makes the model calls.
+        publisher: Publishes the decoder's events.
+        decoder_id: This instance's id, carried in progress events.
+        limit: The batch limit, in images (>= 1).
+        preempt: Whether lower-priority renders leave the batch for waiting paid jobs.
+        aborted: The aborted job ids this instance has seen.
+        clock: The time stamped on stored images.
+        pool: The decoder pool, for reports.
+    """
+
+    def __init__(
+        self,
+        runner: ModelRunner,
+        publisher: EventPublisher,
+        decoder_id: str,
+        *,
+        limit: int,
+        preempt: bool = True,
+        aborted: AbortedJobs | None = None,
+        clock: Clock = lambda: datetime.now(UTC),
+        pool: str = "consumer",
+    ) -> None:
+        if limit < 1:
+            raise ValueError(f"the batch limit must be at least one image, got {limit}")
+        self._runner = runner
+        self._publisher = publisher
+        self._decoder_id = decoder_id
+        self.limit = limit
+        self.preempt = preempt
+        self.aborted = aborted if aborted is not None else AbortedJobs()
+        self._clock = clock
+        self._running: list[Render] = []
+        self._waiting: list[_Waiting] = []
+        self._arrivals = 0
+        self._backlog: Backlog | None = None
+        self._room = asyncio.Event()
+        self._arrived = asyncio.Event()
+        self._closed = False
+        self.stats = BatchStats(limit, pool)
+
+    # -- what the consumer side sees ---------------------------------------------------------
+
+    def set_limit(self, limit: int) -> None:
+        """Changes the batch limit (the decoder sets it once its model's device is known)."""
+        if limit < 1:
+            raise ValueError(f"the batch limit must be at least one image, got {limit}")
+        self.limit = limit
+        self.stats.limit = limit
+        self._room.set()
+
+    def follow_backlog(self, backlog: Backlog) -> None:
+        """Tells the engine how to see the jobs waiting unfetched in its lanes."""
+        self._backlog = backlog
+
+    @property
+    def images(self) -> int:
+        """Images in the batch now."""
+        return sum(r.job.n for r in self._running)
+
+    def room(self) -> int:
+        """Images the batch can still take, counting the jobs waiting to join."""
+        return self.limit - self.images - sum(w.render.job.n for w in self._waiting)
+
+    async def wait_for_room(self) -> int:
+        """Returns the room (>= 1 image) once the batch has some."""
+        while self.room() < 1:
+            self._room.clear()
+            await self._room.wait()
+        return self.room()
+
+    def running(self) -> list[str]:
+        """The job ids in the batch, oldest first."""
+        return [r.job_id for r in self._running]
+
+    def report(self) -> BatchLoad:
+        """The batch figures for heartbeats."""
+        return self.stats.report(self.images)
+
+    async def submit(self, render: Render) -> None:
+        """Queues a job for the batch; returns once it joined and its `RenderStarted` is out.
+
+        A job aborted while it waits is stopped without a pass (`RenderStopped` aborted)
+        and returns too. A job this engine already renders or holds (a redelivery of the
+        same attempt) returns at once.
+
+        Raises:
+            asyncio.CancelledError: the engine stopped before the job joined (the job's
+                offset is then not committed, and Kafka delivers it again).
+        """
+        if self._closed:
+            raise asyncio.CancelledError("the decoder is stopping")
+        held = [r for r in [*self._running, *(w.render for w in self._waiting)] if r.job_id == render.job_id]
+        if any(r.job.attempt >= render.job.attempt for r in held):
+            log.info("job %s attempt %d is already in this decoder", render.job_id, render.job.attempt)
+            return
+        self._arrivals += 1
+        render.order = self._arrivals
+        span = trace.get_current_span().get_span_context()
+        render.link = span if span.is_valid else None
+        waiting = _Waiting(render, asyncio.get_running_loop().create_future())
+        self._waiting.append(waiting)
+        self._arrived.set()
+        await waiting.admitted
+
+    # -- the loop ------------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Runs boundaries and passes until stopped; renders still in the batch are left to
+        their leases, jobs still waiting to Kafka's redelivery."""
+        try:
+            while not stop.is_set():
+                await self._boundary()
+                if self._running:
+                    await self._step()
+                else:
+                    await self._idle(stop)
+        finally:
+            self._closed = True
+            for waiting in self._waiting:
+                if not waiting.admitted.done():
+                    waiting.admitted.cancel()
+            self._waiting.clear()
+
+    async def _idle(self, stop: asyncio.Event) -> None:
+        if self._waiting:
+            return
+        self._arrived.clear()
+        arrived = asyncio.create_task(self._arrived.wait())
+        stopped = asyncio.create_task(stop.wait())
+        try:
+            await asyncio.wait({arrived, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            arrived.cancel()
+            stopped.cancel()
+
+    async def _boundary(self) -> None:
+        """Retires, preempts and admits (see the module docstring)."""
+        await self._retire()
+        backlog = await self._backlog() if self._backlog is not None else {}
+        best = min((p for p, jobs in backlog.items() if jobs > 0), default=None)
+        fetchable = backlog.get(best, 0) if best is not None else 0
+        if fetchable and self.room() > 0:
+            await self._await_arrivals(min(self.room(), fetchable))
+        plan = plan_boundary(
+            [r.slot for r in self._running],
+            [w.render.slot for w in self._waiting],
+            self.limit,
+            lane_waiting=best,
+            preempt=self.preempt,
+        )
+        await self._preempt(plan.preempt)
+        self._admit(plan.admit)
+        if plan.preempt and fetchable and self.room() > 0:
+            # Room was made for a job still in Kafka: let it join at this boundary.
+            await self._await_arrivals(1)
+            self._admit(
+                plan_boundary(
+                    [r.slot for r in self._running], [w.render.slot for w in self._waiting], self.limit, preempt=False
+                ).admit
+            )
+
+    async def _await_arrivals(self, images: int) -> None:
+        self._room.set()
+        loop = asyncio.get_running_loop()
+        pass_s = self.stats.mean_pass_s()
+        grace = min(MAX_ADMIT_GRACE_S, 0.5 * pass_s) if pass_s > 0 else MAX_ADMIT_GRACE_S
+        deadline = loop.time() + grace
+        while sum(w.render.job.n for w in self._waiting) < images:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return
+            self._arrived.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._arrived.wait(), remaining)
+
+    async def _retire(self) -> None:
+        stops: list[Awaitable[None]] = []
+        keep: list[Render] = []
+        for render in self._running:
+            if render.started is not None and render.started.done() and render.started.exception() is not None:
+                log.error("job %s dropped: its start was not published", render.job_id)
+                continue
+            match next_step(render.plan, self.aborted):
+                case Stop(pass_index=done):
+                    log.info("job %s aborted after pass %d of %d", render.job_id, done, render.job.passes)
+                    stopped = RenderStopped(
+                        job_id=render.job_id, pass_index=done, reason="aborted", attempt=render.job.attempt
+                    )
+                    stops.append(self._publish_after_start(render, topics.RENDER_PROGRESS, stopped, done + 1))
+                case Finish():
+                    log.info("job %s rendered: %d images", render.job_id, render.job.n)
+                    self.stats.record_finished(render.lane, render.job.n)
+                case RunPass():
+                    keep.append(render)
+        self._running = keep
+        still: list[_Waiting] = []
+        for waiting in self._waiting:
+            render = waiting.render
+            if render.job_id in self.aborted:
+                # Cancelled or blocked while it waited to join: it never starts.
+                log.info("job %s aborted before it started", render.job_id)
+                done = render.plan.completed
+                stopped = RenderStopped(
+                    job_id=render.job_id, pass_index=done, reason="aborted", attempt=render.job.attempt
+                )
+                stops.append(self._stop_waiting(waiting, stopped))
+            else:
+                still.append(waiting)
+        self._waiting = still
+        if stops:
+            await asyncio.gather(*stops)
+        self._room.set()
+
+    async def _stop_waiting(self, waiting: _Waiting, stopped: RenderStopped) -> None:
+        try:
+            await self._publish(topics.RENDER_PROGRESS, stopped, waiting.render, stopped.pass_index + 1)
+        except Exception as exc:  # noqa: BLE001 - the handler sees it; Kafka redelivers the job
+            if not waiting.admitted.done():
+                waiting.admitted.set_exception(exc)
+            return
+        if not waiting.admitted.done():
+            waiting.admitted.set_result(None)
+
+    async def _preempt(self, job_ids: tuple[str, ...]) -> None:
+        if not job_ids:
+            return
+        leaving = [r for r in self._running if r.job_id in job_ids]
+        self._running = [r for r in self._running if r.job_id not in job_ids]
+        for render in leaving:
+            self.stats.preempted[render.lane] += 1
+            log.info(
+                "job %s (%s) preempted after pass %d of %d",
+                render.job_id,
+                render.lane,
+                render.plan.completed,
+                render.job.passes,
+            )
+        await asyncio.gather(
+            *(
+                self._publish_after_start(
+                    render,
+                    topics.RENDER_PROGRESS,
+                    RenderStopped(
+                        job_id=render.job_id,
+                        pass_index=render.plan.completed,
+                        reason="preempted",
+                        attempt=render.job.attempt,
+                    ),
+                    render.plan.completed + 1,
+                )
+                for render in leaving
+            )
+        )
+        self._room.set()
+
+    def _admit(self, job_ids: tuple[str, ...]) -> None:
+        for job_id in job_ids:
+            waiting = next(w for w in self._waiting if w.render.job_id == job_id)
+            self._waiting.remove(waiting)
+            render = waiting.render
+            self._running.append(render)
+            started = RenderStarted(
+                job_id=render.job_id,
+                attempt=render.job.attempt,
+                pass_index=render.plan.completed,
+                total_passes=render.job.passes,
+                decoder=self._decoder_id,
+            )
+            log.info(
+                "job %s attempt %d (%s) joins the batch at pass %d",
+                render.job_id,
+                render.job.attempt,
+                render.lane,
+                started.pass_index,
+            )
+            render.started = asyncio.create_task(self._publish(topics.RENDER_PROGRESS, started, render, 0))
+            render.started.add_done_callback(functools.partial(_settle, waiting.admitted))
+
+    async def _step(self) -> None:
+        """One pass of every render in the batch, then their events."""
+        renders = list(self._running)
+        images = sum(r.job.n for r in renders)
+        links = [Link(r.link) for r in renders if r.link is not None]
+        with _tracer.start_as_current_span(
+            "decoder batch step",
+            links=links,
+            attributes={
+                "darkroom.batch.jobs": len(renders),
+                "darkroom.batch.images": images,
+                "darkroom.batch.limit": self.limit,
+            },
+        ):
+            began = time.perf_counter()
+            stepped = await self._step_states(renders)
+            outcomes: dict[Render, tuple[list[RenderState], list[bytes], list[bytes]] | Exception] = {}
+            for render in renders:
+                result = stepped[render]
+                if isinstance(result, Exception):
+                    outcomes[render] = result
+                    continue
+                upcoming = render.plan.completed + 1
+                try:
+                    previews = await self._encode(render, result) if upcoming in render.plan.preview_passes else []
+                    last = upcoming == render.plan.total_passes and render.job_id not in self.aborted
+                    finals = await self._encode(render, result) if last else []
+                except Exception as exc:  # noqa: BLE001 - a failure to draw ends this job, not the batch
+                    outcomes[render] = exc
+                    continue
+                outcomes[render] = (result, previews, finals)
+            self.stats.record_pass(images, time.perf_counter() - began)
+        await asyncio.gather(*(self._report_pass(render, outcome) for render, outcome in outcomes.items()))
+
+    async def _step_states(self, renders: list[Render]) -> dict[Render, list[RenderState] | Exception]:
+        states = [s for r in renders for s in r.states]
+        try:
+            flat = await self._runner.step(states)
+        except Exception as exc:
+            if len(renders) == 1:
+                return {renders[0]: exc}
+            log.exception("a batched pass of %d renders failed; stepping them one by one", len(renders))
+            alone: dict[Render, list[RenderState] | Exception] = {}
+            for render in renders:
+                try:
+                    alone[render] = await self._runner.step(render.states)
+                except Exception as exc:  # noqa: BLE001
+                    alone[render] = exc
+            return alone
+        out: dict[Render, list[RenderState] | Exception] = {}
+        at = 0
+        for render in renders:
+            out[render] = flat[at : at + render.job.n]
+            at += render.job.n
+        return out
+
+    async def _report_pass(
+        self, render: Render, outcome: tuple[list[RenderState], list[bytes], list[bytes]] | Exception
+    ) -> None:
+        if isinstance(outcome, Exception):
+            self._running.remove(render)
+            done = render.plan.completed
+            log.error("job %s failed after pass %d", render.job_id, done, exc_info=outcome)
+            stopped = RenderStopped(
+                job_id=render.job_id,
+                pass_index=done,
+                reason="failed",
+                message=failure_message(outcome),
+                attempt=render.job.attempt,
+            )
+            await self._publish_after_start(render, topics.RENDER_PROGRESS, stopped, done + 1)
+            return
+        states, previews, finals = outcome
+        pass_index = render.plan.completed + 1
+        if render.started is not None:
+            await asyncio.shield(render.started)
+        if finals:
+            for i, event in enumerate(store_events(render.job, states, finals, self._clock())):
+                await self._publish(topics.STORAGE_BLOBS, event, render, render.plan.total_passes + 1 + i)
+        progress = progress_event(render.job, pass_index, states, previews, self._decoder_id)
+        await self._publish(topics.RENDER_PROGRESS, progress, render, pass_index)
+        render.states = states
+        render.plan = render.plan.advanced()
+
+    async def _encode(self, render: Render, states: list[RenderState]) -> list[bytes]:
+        job = render.job
+        return await self._runner.encode_images(
+            [s.tokens for s in states], job.size, job.output_format, job.output_compression
+        )
+
+    async def _publish_after_start(self, render: Render, topic: str, event: Event, sequence: int) -> None:
+        if render.started is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(render.started)
+        await self._publish(topic, event, render, sequence)
+
+    async def publish_for(self, job: RenderJob, cause: Envelope, event: Event, sequence: int) -> None:
+        """Publishes one of a job's events on the progress topic (a job that never joins)."""
+        await self._publish_event(topics.RENDER_PROGRESS, event, job.job_id, cause, sequence)
+
+    async def _publish(self, topic: str, event: Event, render: Render, sequence: int) -> None:
+        # The engine's loop runs outside any job's trace: each job's events carry the trace
+        # of its own delivery, so one trace still shows the job from HTTP in to stored image.
+        parent = NonRecordingSpan(render.link) if render.link is not None else INVALID_SPAN
+        with trace.use_span(parent, end_on_exit=False):
+            await self._publish_event(topic, event, render.job_id, render.cause, sequence)
+
+    async def _publish_event(self, topic: str, event: Event, job_id: str, cause: Envelope, sequence: int) -> None:
+        envelope = Envelope.wrap(event, aggregate_id=job_id, sequence=sequence, caused_by=cause)
+        backoff = 0.05
+        while True:
+            try:
+                await self._publisher.publish(topic, envelope, key=job_id)
+                return
+            except TransientError as exc:
+                log.warning("job %s: %s not published yet: %s", job_id, event.TYPE, exc)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, MAX_PUBLISH_BACKOFF_S)
+
+
+def _settle(future: asyncio.Future[None], task: asyncio.Task[None]) -> None:
+    """Hands the outcome of a job's `RenderStarted` publishing to the handler waiting on it."""
+    if future.done():
+        return
+    if task.cancelled():
+        future.cancel()
+    elif task.exception() is not None:
+        future.set_exception(task.exception())  # type: ignore[arg-type]
+    else:
+        future.set_result(None)

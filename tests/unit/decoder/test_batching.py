@@ -1,0 +1,308 @@
+"""The batching decoder on the in-memory broker: jobs share passes, paid jobs preempt free ones.
+
+The models here record every batched pass, so the tests read what ran together from the
+model itself rather than from timing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import numpy as np
+
+from libs import topics
+from libs.bus import EventPublisher
+from libs.bus.memory import InMemoryBroker
+from libs.events import REGISTRY, Envelope
+from libs.events.schemas import EditSource, RenderJob, RenderProgressed, RenderStarted, RenderStopped, StoreImage
+from libs.lanes import lane_for, lanes
+from libs.model.interface import ImageModel, NoOpModel, RenderState, load_model, pack_cells, pack_tokens
+from libs.runtime.service import ServiceRuntime, run_service
+from libs.settings import DecoderSettings
+from services.decoder.bootstrap import bootstrap
+from tests.helpers import eventually
+
+
+class RecordingModel(NoOpModel):
+    """The no-op model, recording the jobs (prompts) of every batched pass."""
+
+    def __init__(self, pass_seconds: float = 0.0, refuse: str = "") -> None:
+        super().__init__(pass_seconds)
+        self.passes: list[list[str]] = []
+        self.refuse = refuse
+
+    def step(self, states: list[RenderState]) -> list[RenderState]:
+        if self.refuse and any(s.prompt == self.refuse for s in states):
+            raise ValueError(f"the model refuses {self.refuse!r}")
+        self.passes.append([s.prompt for s in states])
+        return super().step(states)
+
+
+class Recorded:
+    """Any model, recording the prompts of every batched pass."""
+
+    def __init__(self, model: ImageModel) -> None:
+        self.model = model
+        self.name, self.grid_size = model.name, model.grid_size
+        self.codebook_size, self.mask_token = model.codebook_size, model.mask_token
+        self.passes: list[list[str]] = []
+
+    def schedule(self, total_passes: int) -> list[int]:
+        return self.model.schedule(total_passes)
+
+    def start(
+        self,
+        prompt: str,
+        seed: int,
+        total_passes: int,
+        init_tokens: np.ndarray | None = None,
+        remask: np.ndarray | None = None,
+    ) -> RenderState:
+        return self.model.start(prompt, seed, total_passes, init_tokens, remask)
+
+    def step(self, states: list[RenderState]) -> list[RenderState]:
+        self.passes.append([s.prompt for s in states])
+        return self.model.step(states)
+
+    def preview(self, tokens: np.ndarray, size: int) -> np.ndarray:
+        return self.model.preview(tokens, size)
+
+    def encode_image(self, rgb: np.ndarray) -> np.ndarray:
+        return self.model.encode_image(rgb)
+
+
+def job(job_id: str, tier: str = "pro", **changes: object) -> RenderJob:
+    fields: dict[str, object] = {
+        "job_id": job_id,
+        "tier": tier,
+        "prompt": job_id,
+        "model": "noop",
+        "seed": 11,
+        "n": 1,
+        "passes": 4,
+        "size": 64,
+        "output_format": "png",
+        "output_compression": 100,
+        "background": "auto",
+    }
+    return RenderJob.model_validate(fields | changes)
+
+
+class Decoder:
+    """A running batching decoder on the in-memory broker."""
+
+    def __init__(self, broker: InMemoryBroker, runtime: ServiceRuntime) -> None:
+        self.broker = broker
+        self.runtime = runtime
+
+    async def send(self, render: RenderJob) -> None:
+        lane = lane_for(render.tier)
+        envelope = Envelope.wrap(render, aggregate_id=render.job_id, tier=render.tier)
+        await EventPublisher(self.broker.producer()).publish(
+            lane.topic, envelope, key=render.job_id, partition=lane.partition_for(render.job_id)
+        )
+
+    def events(self, topic: str = topics.RENDER_PROGRESS) -> list[object]:
+        return [REGISTRY.decode(Envelope.from_bytes(r.value)) for r in self.broker.records(topic)]
+
+    def of(self, job_id: str, kind: type) -> list:  # type: ignore[type-arg]
+        topic = topics.STORAGE_BLOBS if kind is StoreImage else topics.RENDER_PROGRESS
+        return [e for e in self.events(topic) if isinstance(e, kind) and getattr(e, "job_id", None) == job_id]
+
+    def stored(self, job_id: str) -> list[StoreImage]:
+        return self.of(job_id, StoreImage)
+
+
+@asynccontextmanager
+async def batching_decoder(model: ImageModel, batch_images: int, preempt: bool = True) -> AsyncIterator[Decoder]:
+    # The render topics with every lane's partitions, as infra/topics.yaml declares them.
+    counts: dict[str, int] = {}
+    for lane in lanes().values():
+        counts[lane.topic] = max(counts.get(lane.topic, 0), max(lane.partitions) + 1)
+    broker = InMemoryBroker(counts)
+    settings = DecoderSettings(
+        heartbeat_interval_s=10, instance_id="decoder-b", batch_images=batch_images, preempt=preempt, device="cpu"
+    )
+    runtime = bootstrap(settings, producer=broker.producer(), consumer_factory=broker.consumer, model=model)
+    stop = asyncio.Event()
+    task = asyncio.create_task(run_service(runtime, stop))
+    try:
+        await eventually(_check(lambda: len(runtime.consumers) == 2), 10, "the decoder started")
+        yield Decoder(broker, runtime)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 15)
+
+
+def _check(probe):  # type: ignore[no-untyped-def]
+    async def check() -> object:
+        return probe()
+
+    return check
+
+
+def solo_tokens(model: NoOpModel, render: RenderJob) -> list[bytes]:
+    """The final grids of a job rendered alone, image by image."""
+    out = []
+    for i in range(render.n):
+        state = model.start(render.prompt, render.seed + i, render.passes)
+        while not state.done:
+            [state] = model.step([state])
+        out.append(pack_tokens(state.tokens))
+    return out
+
+
+async def test_jobs_that_wait_together_share_every_pass_up_to_the_limit_in_images() -> None:
+    model = RecordingModel(pass_seconds=0.01)
+    async with batching_decoder(model, batch_images=4) as decoder:
+        jobs = [job("a"), job("b", n=2), job("c"), job("d")]
+        for render in jobs:
+            await decoder.send(render)
+        for render in jobs:
+            await eventually(_check(lambda r=render: len(decoder.stored(r.job_id)) == r.n), 10, f"{render.job_id}")
+
+        # The four images of the first pass: b's two and two single jobs (the lane's partitions
+        # come in the broker's order); the fourth job waits its turn.
+        first = model.passes[0]
+        assert len(first) == 4 and first.count("b") == 2 and len(set(first)) == 3
+        assert max(len(p) for p in model.passes) == 4
+        assert len(model.passes) < sum(r.passes for r in jobs), "passes were shared"
+        for render in jobs:
+            grids = [base64.b64decode(s.tokens) for s in sorted(decoder.stored(render.job_id), key=lambda s: s.index)]
+            assert grids == solo_tokens(NoOpModel(), render)
+            sequences = [e.sequence for e in _envelopes(decoder, render.job_id)]
+            assert sequences == sorted(sequences), "a job's events stay in order"
+
+
+def _envelopes(decoder: Decoder, job_id: str) -> list[Envelope]:
+    return [
+        e
+        for e in (Envelope.from_bytes(r.value) for r in decoder.broker.records(topics.RENDER_PROGRESS))
+        if e.aggregate_id == job_id
+    ]
+
+
+async def test_a_jobs_images_are_the_same_bytes_alone_or_in_any_batch() -> None:
+    # The built-in model: a real batched forward, not a per-state loop.
+    model = Recorded(load_model("builtin", "cpu"))
+    tweak_source = EditSource(
+        tokens=base64.b64encode(pack_tokens(np.arange(256).reshape(16, 16) % model.codebook_size)).decode(),
+        remask=base64.b64encode(pack_cells(np.eye(16, dtype=bool))).decode(),
+    )
+    subject = job("subject", prompt="a red circle on grass", model="builtin", passes=8, size=256, preview_passes=[3])
+    companions = [
+        job("c1", prompt="a blue star", model="builtin", passes=4, n=2, seed=3),
+        job("c2", tier="free", prompt="a green square", model="builtin", passes=12, seed=5),
+        job("c3", prompt="a yellow moon", model="builtin", passes=8, edits=[tweak_source], seed=9),
+    ]
+
+    async with batching_decoder(model, batch_images=1) as decoder:
+        await decoder.send(subject)
+        await eventually(_check(lambda: decoder.stored("subject")), 60, "the render alone")
+        alone = decoder.stored("subject")[0]
+        alone_previews = [p.previews for p in decoder.of("subject", RenderProgressed)]
+
+    async with batching_decoder(model, batch_images=8) as decoder:
+        for render in companions[:2]:
+            await decoder.send(render)
+        await eventually(_check(lambda: decoder.of("c1", RenderProgressed)), 60, "the companions under way")
+        await decoder.send(subject)
+        await decoder.send(companions[2])
+        await eventually(_check(lambda: decoder.stored("subject")), 60, "the render in a batch")
+        batched = decoder.stored("subject")[0]
+        batched_previews = [p.previews for p in decoder.of("subject", RenderProgressed)]
+
+    assert (batched.tokens, batched.data) == (alone.tokens, alone.data)
+    assert batched_previews == alone_previews
+    shared = [batch for batch in model.passes if "a red circle on grass" in batch and len(batch) > 1]
+    assert shared, "the subject shared passes with its companions"
+
+
+async def test_a_paid_job_preempts_the_youngest_free_render_and_starts_within_a_pass() -> None:
+    model = RecordingModel(pass_seconds=0.05)
+    async with batching_decoder(model, batch_images=2) as decoder:
+        old, young = job("free-old", "free", passes=12), job("free-young", "free", passes=12, seed=5)
+        await decoder.send(old)
+        await eventually(_check(lambda: decoder.of("free-old", RenderStarted)), 10, "the first free render")
+        await decoder.send(young)
+        await eventually(_check(lambda: decoder.of("free-young", RenderProgressed)), 10, "a full batch")
+
+        passes_before = len(model.passes)
+        await decoder.send(job("paid", "pro", passes=4))
+        await eventually(_check(lambda: decoder.stored("paid")), 10, "the paid render")
+
+        # The paid job ran its first pass at most one pass after it arrived.
+        first = next(i for i, batch in enumerate(model.passes) if "paid" in batch)
+        assert first <= passes_before + 1
+        [stopped] = decoder.of("free-young", RenderStopped)
+        assert (stopped.reason, stopped.attempt) == ("preempted", 0)
+        assert decoder.of("free-old", RenderStopped) == []
+        # Its checkpoint is out before it leaves: the last progress is the pass it stopped after.
+        progress = decoder.of("free-young", RenderProgressed)
+        assert progress[-1].pass_index == stopped.pass_index >= 1
+        assert decoder.runtime.lane_report is not None and decoder.runtime.batch_report is not None
+        lanes = decoder.runtime.lane_report()
+        assert lanes["free"].preempted == 1 and lanes["pro"].preempted == 0
+        batch = decoder.runtime.batch_report()
+        assert (batch.limit, batch.pool) == (2, "consumer") and batch.passes >= len(model.passes) - 1
+        assert 0 < batch.occupancy <= 1 and batch.pass_s > 0
+
+        # The requests service dispatches it again from that checkpoint: it ends like a solo render,
+        # and nothing of it is stored twice.
+        resumed = young.model_copy(
+            update={"attempt": 1, "resume_pass": stopped.pass_index, "resume_tokens": progress[-1].tokens}
+        )
+        await decoder.send(resumed)
+        await eventually(_check(lambda: decoder.stored("free-young")), 20, "the resumed render")
+        await eventually(_check(lambda: decoder.stored("free-old")), 20, "the other free render")
+        [stored] = decoder.stored("free-young")
+        assert base64.b64decode(stored.tokens) == solo_tokens(NoOpModel(), young)[0]
+        [again] = [s for s in decoder.of("free-young", RenderStarted) if s.attempt == 1]
+        assert again.pass_index == stopped.pass_index
+
+
+async def test_without_preemption_the_paid_job_waits_for_a_free_render_to_end() -> None:
+    model = RecordingModel(pass_seconds=0.02)
+    async with batching_decoder(model, batch_images=1, preempt=False) as decoder:
+        await decoder.send(job("free", "free", passes=6))
+        await eventually(_check(lambda: decoder.of("free", RenderProgressed)), 10, "the free render")
+        await decoder.send(job("paid", "pro", passes=2))
+        await eventually(_check(lambda: decoder.stored("paid")), 10, "the paid render")
+
+        assert decoder.of("free", RenderStopped) == []
+        assert len(decoder.stored("free")) == 1
+        assert all(len(batch) == 1 for batch in model.passes)
+
+
+async def test_an_aborted_render_leaves_the_batch_and_its_companions_go_on() -> None:
+    model = RecordingModel(pass_seconds=0.05)
+    async with batching_decoder(model, batch_images=4) as decoder:
+        await decoder.send(job("keep", passes=8))
+        await decoder.send(job("drop", passes=8))
+        await eventually(_check(lambda: decoder.of("drop", RenderProgressed)), 10, "both rendering")
+        abort = Envelope.wrap(
+            REGISTRY.get("render.abort_render").model_validate({"job_id": "drop", "reason": "cancelled"}),  # type: ignore[union-attr]
+            aggregate_id="drop",
+        )
+        await EventPublisher(decoder.broker.producer()).publish(topics.RENDER_CONTROL, abort)
+
+        [stopped] = await eventually(_check(lambda: decoder.of("drop", RenderStopped)), 10, "the abort")
+        await eventually(_check(lambda: decoder.stored("keep")), 10, "the companion finished")
+        assert stopped.reason == "aborted" and decoder.stored("drop") == []
+        after = [batch for batch in model.passes if "keep" in batch][stopped.pass_index :]
+        assert all(batch == ["keep"] for batch in after)
+
+
+async def test_a_state_the_model_refuses_fails_its_own_job_only() -> None:
+    model = RecordingModel(pass_seconds=0.02, refuse="poison")
+    async with batching_decoder(model, batch_images=4) as decoder:
+        await decoder.send(job("poison"))
+        await decoder.send(job("fine"))
+        await eventually(_check(lambda: decoder.stored("fine")), 10, "the healthy job")
+        [stopped] = await eventually(_check(lambda: decoder.of("poison", RenderStopped)), 10, "the refused job")
+
+        assert stopped.reason == "failed" and "refuses" in stopped.message
+        assert decoder.stored("poison") == []
