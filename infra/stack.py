@@ -484,6 +484,11 @@ class Stack:
         created = asyncio.run(create_topics(self.profile.kafka_bootstrap))
         self.say(f"  topics    {len(created)} created" + (f": {', '.join(created)}" if created else ", all present"))
 
+    def up_kafka(self) -> None:
+        """Kafka alone, with every topic (for benchmarks of one service on the real broker)."""
+        self._ensure("kafka", self.start_kafka, timeout_s=90)
+        self.create_topics()
+
     def up_infra(self) -> None:
         self._ensure("kafka", self.start_kafka, timeout_s=90)
         self._ensure("minio", self.start_minio, timeout_s=60)

@@ -340,7 +340,8 @@ class NoOpModel(GridRenderStart):
 
     Tokens are a deterministic function of (seed, pass, cell); commits follow the same cosine
     schedule and resume contract as a real model. `pass_seconds` adds a fixed sleep per `step`
-    call, to emulate a model of known cost.
+    call and `image_seconds` a sleep per image of the batch beyond the first, to emulate a
+    model of known cost that batching makes cheaper per image but not free.
     """
 
     name: str = "noop"
@@ -348,13 +349,15 @@ class NoOpModel(GridRenderStart):
     codebook_size: int = 256
     mask_token: int = 256
 
-    def __init__(self, pass_seconds: float = 0.0) -> None:
+    def __init__(self, pass_seconds: float = 0.0, image_seconds: float = 0.0) -> None:
         """Creates the model.
 
         Args:
             pass_seconds: Sleep per `step` call (one batched pass), in seconds.
+            image_seconds: More sleep per image of a batched pass beyond the first, in seconds.
         """
         self.pass_seconds = pass_seconds
+        self.image_seconds = image_seconds
         # A fixed palette so previews of different tokens differ visibly.
         self._palette = np.random.default_rng(0).integers(0, 256, (self.codebook_size + 1, 3)).astype(np.uint8)
         self._palette[self.mask_token] = 128
@@ -377,8 +380,9 @@ class NoOpModel(GridRenderStart):
             chosen = masked[np.argsort(rank[masked], kind="stable")][: masked.size - keep]
             flat[chosen] = values[chosen]
             out.append(state.with_tokens(flat.reshape(state.tokens.shape)))
-        if self.pass_seconds > 0:
-            time.sleep(self.pass_seconds)
+        cost = self.pass_seconds + self.image_seconds * max(0, len(states) - 1)
+        if cost > 0:
+            time.sleep(cost)
         return out
 
     def preview(self, tokens: np.ndarray, size: int) -> np.ndarray:
@@ -410,7 +414,8 @@ def load_model(name_or_path: str | None = None, device: str = "cpu") -> ImageMod
     Args:
         name_or_path: None or "builtin" (also "darkroom-mini", "default"): the built-in model
             from libs/model/weights/. "noop": NoOpModel; "noop:S" (S a number): NoOpModel
-            sleeping S seconds per pass, a stand-in of fixed cost. "world": WorldModel (draws the
+            sleeping S seconds per pass, a stand-in of fixed cost; "noop:S+I": S seconds per
+            pass plus I per further image of a batched pass. "world": WorldModel (draws the
             prompt's scene procedurally, through the built-in VQ). A directory path: a built-in-format
             model saved there (model.json plus weight files). "package.module:factory": an
             operator's own model; `factory(device=device)` must return an ImageModel.
@@ -428,13 +433,17 @@ def load_model(name_or_path: str | None = None, device: str = "cpu") -> ImageMod
     if name_or_path == "noop":
         return NoOpModel()
     if name_or_path.startswith("noop:"):
+        base, _, per_image = name_or_path.removeprefix("noop:").partition("+")
         try:
-            pass_seconds = float(name_or_path.removeprefix("noop:"))
+            pass_seconds, image_seconds = float(base), float(per_image or 0)
         except ValueError:
-            raise ValueError(f"{name_or_path!r}: the stand-in's cost is seconds per pass, e.g. noop:0.15") from None
-        if not 0 <= pass_seconds <= 60:
+            raise ValueError(
+                f"{name_or_path!r}: the stand-in's cost is seconds per pass, e.g. noop:0.15, "
+                "or per pass plus per further image of a batch, e.g. noop:0.06+0.09"
+            ) from None
+        if not (0 <= pass_seconds <= 60 and 0 <= image_seconds <= 60):
             raise ValueError(f"{name_or_path!r}: seconds per pass must be between 0 and 60")
-        return NoOpModel(pass_seconds)
+        return NoOpModel(pass_seconds, image_seconds)
     if name_or_path == "world":
         from libs.model.world_model import WorldModel
 

@@ -63,6 +63,7 @@ from tests.bench.surge_load import (
     Shape,
     deferral_times,
     merge_server_jobs,
+    parse_decoder_metrics,
     parse_lane_metrics,
     schedule,
 )
@@ -75,7 +76,13 @@ QUICK = Shape(baseline_s=25, spike_s=30, decay_s=15, drain_s=60, baseline=BASELI
 FULL = Shape(baseline_s=60, spike_s=120, decay_s=60, drain_s=240, baseline=BASELINE, spike=SPIKE)
 
 PASS_SECONDS = 0.15
-"""The stand-in model's cost per pass: a quality-low job (4 passes) holds a decoder 0.6 s."""
+"""The stand-in model's cost per pass of one image: a quality-low job (4 passes) alone holds a
+decoder 0.6 s."""
+IMAGE_SHARE = 0.6
+"""Of a pass's cost, the share each further image of a batch adds (the built-in model on
+these CPUs: about 0.6, from 549 ms per image alone and 366 ms per image at batch 8)."""
+BATCH_IMAGES = 4
+"""The consumer decoders' batch limit in the surge (the API decoder's too)."""
 PASSES_LOW = 4
 CONSUMER_DECODERS = 2
 API_DECODERS = 1
@@ -104,8 +111,9 @@ class Plan:
 
     @property
     def model(self) -> str:
-        """The decoders' model: the fixed-cost stand-in."""
-        return f"noop:{self.pass_seconds:g}"
+        """The decoders' model: the stand-in, whose pass costs more with every image it batches."""
+        per_image = IMAGE_SHARE * self.pass_seconds
+        return f"noop:{self.pass_seconds - per_image:g}+{per_image:g}"
 
     @property
     def free_bound(self) -> int:
@@ -121,6 +129,8 @@ class Plan:
         return (
             ("decoder", "DARKROOM_MODEL", self.model),
             ("decoder-api", "DARKROOM_MODEL", self.model),
+            ("decoder", "DARKROOM_BATCH_IMAGES", str(BATCH_IMAGES)),
+            ("decoder-api", "DARKROOM_BATCH_IMAGES", str(BATCH_IMAGES)),
             ("gateway", "DARKROOM_LANE_MAX_WAITING", self.lane_max_waiting),
         )
 
@@ -392,24 +402,27 @@ class Surge:
             await asyncio.sleep(max(0.0, start - self.now_s()))
             self.snapshots.append((name, self.now_s(), cpu_snapshot(self.profile.run_dir)))
 
-    async def lane_figures(self) -> tuple[str, dict[str, dict[str, float]]]:
-        """Every lane's figures: the gateway's /metrics when it answers 200, else Kafka's offsets."""
+    async def lane_figures(self) -> tuple[str, dict[str, dict[str, float]], dict[str, dict[str, float | str]]]:
+        """Every lane's figures and every decoder's batch: the gateway's /metrics when it answers
+        200, else Kafka's offsets (and no batches)."""
         with contextlib.suppress(httpx.HTTPError):
             response = await self.http.get("/metrics", timeout=2.0)
             if response.status_code == 200:
                 lanes = parse_lane_metrics(response.text)
                 if lanes:
-                    return "metrics", lanes
-        reports = await lane_reports(self.profile.kafka_bootstrap)
-        return "kafka", {r.tier: {"waiting": float(r.waiting), "taken_total": float(r.taken)} for r in reports}
+                    return "metrics", lanes, parse_decoder_metrics(response.text)
+        reports, _ = await lane_reports(self.profile.kafka_bootstrap)
+        lanes = {r.tier: {"waiting": float(r.waiting), "taken_total": float(r.taken)} for r in reports}
+        return "kafka", lanes, {}
 
     async def sample_lanes(self, stop: asyncio.Event) -> None:
         """Every second: each lane's figures and how busy the machine is; a line every 5 s."""
         busy, wall = machine_busy_s(), time.monotonic()
         while not stop.is_set():
             started = time.monotonic()
+            decoders: dict[str, dict[str, float | str]] = {}
             try:
-                source, lanes = await self.lane_figures()
+                source, lanes, decoders = await self.lane_figures()
             except Exception as exc:  # a missed sample must not end the run
                 source, lanes = f"error: {type(exc).__name__}", {}
             now_busy, now_wall = machine_busy_s(), time.monotonic()
@@ -417,7 +430,13 @@ class Surge:
             busy, wall = now_busy, now_wall
             t = self.now_s()
             self.samples.append(
-                {"t": round(t, 2), "source": source, "lanes": lanes, "machine_busy_cores": round(cores, 2)}
+                {
+                    "t": round(t, 2),
+                    "source": source,
+                    "lanes": lanes,
+                    "decoders": decoders,
+                    "machine_busy_cores": round(cores, 2),
+                }
             )
             if len(self.samples) % 5 == 1:
                 self.progress(t, lanes, cores)
@@ -501,7 +520,8 @@ def report_meta(plan: Plan, stack: Stack, started_at: datetime, steps: Steps, su
             "name": plan.model,
             "stand_in": True,
             "seconds_per_pass": plan.pass_seconds,
-            "note": "the decoders run NoOpModel sleeping a fixed time per pass, not the built-in model",
+            "batch_images": BATCH_IMAGES,
+            "note": "the decoders run NoOpModel sleeping per batched pass (more per image), not the built-in model",
         },
         "stack": {
             "profile": stack.profile.name,

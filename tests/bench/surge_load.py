@@ -234,6 +234,29 @@ class FreePool:
 _SAMPLE = re.compile(r'^darkroom_lane_(\w+)\{[^}]*lane="([^"]+)"[^}]*\}\s+(\S+)')
 
 
+_DECODER_SAMPLE = re.compile(r'^darkroom_decoder_(\w+)\{[^}]*instance="([^"]+)"[^}]*pool="([^"]+)"[^}]*\}\s+(\S+)')
+
+
+def parse_decoder_metrics(text: str) -> dict[str, dict[str, float | str]]:
+    """The `darkroom_decoder_*{instance=...,pool=...}` samples of a Prometheus text page.
+
+    Returns:
+        instance -> metric name without its `darkroom_decoder_` prefix (e.g.
+        `batch_occupancy`) -> value, plus "pool" -> the decoder's pool.
+    """
+    decoders: dict[str, dict[str, float | str]] = {}
+    for line in text.splitlines():
+        match = _DECODER_SAMPLE.match(line.strip())
+        if match is None:
+            continue
+        name, instance, pool, value = match.groups()
+        try:
+            decoders.setdefault(instance, {"pool": pool})[name] = float(value)
+        except ValueError:
+            continue
+    return decoders
+
+
 def parse_lane_metrics(text: str) -> dict[str, dict[str, float]]:
     """The `darkroom_lane_*{lane="..."}` samples of a Prometheus text page, by lane.
 

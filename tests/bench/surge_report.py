@@ -193,6 +193,33 @@ def cpu_use(snapshots: Sequence[tuple[str, float, Mapping[str, float]]]) -> dict
     return use
 
 
+def batching(samples: Sequence[Mapping[str, Any]], shape: Shape) -> dict[str, Any]:
+    """The decoders' batches over the run: mean occupancy per phase and pool, preemptions per lane.
+
+    Occupancy is each sample's per-decoder figure (images per pass over the limit, over the
+    decoder's last 20 s of passes), averaged over the decoders of a pool and the samples of
+    a phase. Preemptions are the lanes' counters in the last sample that has them.
+    """
+    occupancy: dict[str, dict[str, list[float]]] = {}
+    preempted: dict[str, int] = {}
+    for sample in samples:
+        phase = shape.phase_at(float(sample["t"]))
+        for figures in (sample.get("decoders") or {}).values():
+            if "batch_occupancy" in figures:
+                pool = str(figures.get("pool", "?"))
+                occupancy.setdefault(pool, {}).setdefault(phase, []).append(float(figures["batch_occupancy"]))
+        lanes = sample.get("lanes") or {}
+        if any("preempted_total" in f for f in lanes.values()):
+            preempted = {lane: int(f.get("preempted_total", 0)) for lane, f in lanes.items() if "preempted_total" in f}
+    return {
+        "occupancy_by_pool_and_phase": {
+            pool: {phase: round(sum(v) / len(v), 3) for phase, v in phases.items()}
+            for pool, phases in occupancy.items()
+        },
+        "preempted_by_lane": preempted,
+    }
+
+
 def build_report(
     *,
     meta: Mapping[str, Any],
@@ -218,6 +245,7 @@ def build_report(
             "statuses": _count(str(s.get("status")) for s in signups),
         },
         "cpu_cores_by_phase": cpu,
+        "batching": batching(samples, shape),
         "server": server,
         "samples": list(samples),
         "requests": [r.to_json() for r in records],
@@ -254,6 +282,13 @@ def format_summary(report: Mapping[str, Any]) -> str:
         f"sign-ups: {signups['created']} of {signups['attempted']} created, "
         f"p50 {_ms(signups['p50_s'])} ms, p99 {_ms(signups['p99_s'])} ms"
     )
+    batch = report.get("batching") or {}
+    for pool, phases in (batch.get("occupancy_by_pool_and_phase") or {}).items():
+        figures = ", ".join(f"{phase} {value:.0%}" for phase, value in phases.items())
+        lines.append(f"batch occupancy ({pool} pool): {figures}")
+    preempted = batch.get("preempted_by_lane") or {}
+    if preempted:
+        lines.append("preemptions: " + ", ".join(f"{lane} {count}" for lane, count in sorted(preempted.items())))
     for phase, use in report["cpu_cores_by_phase"].items():
         top = ", ".join(f"{name} {cores:.2f}" for name, cores in list(use.items())[:6])
         lines.append(f"CPU cores in {phase}: {top}")

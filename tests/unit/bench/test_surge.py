@@ -21,11 +21,13 @@ from tests.bench.surge_load import (
     arrivals,
     deferral_times,
     merge_server_jobs,
+    parse_decoder_metrics,
     parse_lane_metrics,
     schedule,
 )
 from tests.bench.surge_plots import plot_all
 from tests.bench.surge_report import (
+    batching,
     bucket_counts,
     build_report,
     cpu_use,
@@ -312,3 +314,25 @@ def test_the_report_is_json_with_a_printed_summary_and_plots(tmp_path: Path) -> 
     paths = plot_all(report, tmp_path)
     assert [p.name for p in paths] == ["latency.png", "backlog.png", "throughput.png"]
     assert all(p.stat().st_size > 10_000 for p in paths)
+
+
+def test_the_report_shows_batch_occupancy_per_phase_and_preemptions_per_lane() -> None:
+    page = (
+        'darkroom_decoder_batch_occupancy{instance="decoder-1",pool="consumer"} 0.5\n'
+        'darkroom_decoder_batch_limit_images{instance="decoder-1",pool="consumer"} 4\n'
+        'darkroom_lane_preempted_total{lane="free"} 3\n'
+    )
+    decoders = parse_decoder_metrics(page)
+    assert decoders == {"decoder-1": {"pool": "consumer", "batch_occupancy": 0.5, "batch_limit_images": 4.0}}
+    samples = [
+        {"t": 5.0, "lanes": {}, "decoders": {"d1": {"pool": "consumer", "batch_occupancy": 0.25}}},
+        {"t": 15.0, "lanes": parse_lane_metrics(page), "decoders": decoders},
+        {"t": 16.0, "lanes": {}, "decoders": {"d1": {"pool": "consumer", "batch_occupancy": 1.0}}},
+    ]
+
+    figures = batching(samples, SHAPE)
+
+    assert figures == {
+        "occupancy_by_pool_and_phase": {"consumer": {"baseline": 0.25, "spike": 0.75}},
+        "preempted_by_lane": {"free": 3},
+    }

@@ -1,0 +1,321 @@
+"""`make bench-decoder`: what batching buys, alone and inside the decoder service.
+
+Three measures, in one run on one machine (compare within a run, never across machines):
+
+1. The model alone: the built-in model renders B images together, 8 passes each, and
+   encodes each final 256x256 PNG, for B in 1, 2, 4, ... 64: images/s, median of repeats.
+   On CUDA it runs twice, with darkroom's Triton kernels on and off (DARKROOM_KERNELS).
+2. The decoder service alone on the real broker (the `bench` profile's Kafka, nothing
+   else): a backlog of jobs waits in its lane, one decoder process drains it at its batch
+   limit; images/s from its first `RenderStarted` to its last image, and the batch's mean
+   occupancy (image-passes rendered over batched passes times the limit, the passes from
+   its heartbeat). The ratio to the model alone at the same limit is what the service
+   loses to Kafka, events and encoding.
+3. Paid latency in a free flood: a backlog of free jobs fills the batch, then paid jobs
+   arrive one at a time; each one's latency is from its publishing to its last pass. With
+   preemption on, a paid job takes a free render's place at the next pass boundary; off,
+   it waits until a free render ends. Reported as p50/p99 and over the render time at the
+   batch limit (8 passes of a full batch, the model alone).
+
+The last line is exactly: `batching gain: <X>x at batch <B> (<device>); service/model: <R>`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import sys
+import time
+import uuid
+from dataclasses import replace
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer
+
+from infra.stack import Stack, StackError, load_profile
+from libs import topics
+from libs.bus.kafka import KafkaProducer
+from libs.bus.publisher import EventPublisher
+from libs.events import REGISTRY, DecodeError, Envelope
+from libs.events.schemas import RenderJob, RenderProgressed, RenderStarted, ServiceHeartbeat
+from libs.lanes import lane_for
+from libs.settings import DEFAULT_BATCH_IMAGES
+from tests.bench.stats import percentile
+
+BATCHES = (1, 2, 4, 8, 16, 32, 64)
+PASSES = 8
+SIZE = 256
+PROMPTS = (
+    "a red circle on green grass",
+    "a blue star at night",
+    "a yellow triangle on a blue background",
+    "a green square",
+    "a purple heart",
+    "an orange moon over the sea",
+)
+
+
+# -- 1. the model alone ----------------------------------------------------------------------
+
+
+def model_alone(batches: tuple[int, ...], repeats: int, device: str) -> dict[int, float]:
+    """Images/s of whole renders (8 passes, final 256x256 PNG) at each batch size; medians."""
+    from libs.imaging import encode
+    from libs.model.interface import load_model
+
+    model = load_model("builtin", device)
+    model.step([model.start(PROMPTS[0], 0, PASSES)])  # warm-up: first calls allocate
+    rates: dict[int, float] = {}
+    for batch in batches:
+        runs = []
+        for repeat in range(repeats):
+            states = [model.start(PROMPTS[i % len(PROMPTS)], 1000 * repeat + i, PASSES) for i in range(batch)]
+            began = time.perf_counter()
+            while not states[0].done:
+                states = model.step(states)
+            for state in states:
+                encode(model.preview(state.tokens, SIZE), "png", 100, size=SIZE)
+            runs.append(batch / (time.perf_counter() - began))
+        rates[batch] = statistics.median(runs)
+        print(f"  model alone, batch {batch:3d}: {rates[batch]:7.2f} images/s (median of {repeats})", flush=True)
+    return rates
+
+
+# -- the broker side ---------------------------------------------------------------------------
+
+
+def _job(tier: str, index: int, run: str) -> RenderJob:
+    return RenderJob(
+        job_id=f"bench-{run}-{tier}-{index}",
+        tier=tier,  # type: ignore[arg-type]
+        account_id=f"acct-{tier}",
+        prompt=PROMPTS[index % len(PROMPTS)],
+        model="builtin",
+        seed=index,
+        n=1,
+        passes=PASSES,
+        size=SIZE,
+        output_format="png",
+        output_compression=100,
+        background="auto",
+    )
+
+
+class Watcher:
+    """Reads the progress and heartbeat topics from now on, recording when each job started
+    and finished (its last pass), and the decoder's latest batch figures."""
+
+    def __init__(self, bootstrap: str) -> None:
+        self._bootstrap = bootstrap
+        self.started: dict[str, float] = {}
+        self.finished: dict[str, float] = {}
+        self.preempted: set[str] = set()
+        self.batch_passes = 0
+        self._consumer: AIOKafkaConsumer | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._consumer = AIOKafkaConsumer(
+            topics.RENDER_PROGRESS,
+            topics.HEARTBEATS,
+            bootstrap_servers=self._bootstrap,
+            auto_offset_reset="latest",
+            enable_auto_commit=False,
+            fetch_max_wait_ms=20,
+        )
+        await self._consumer.start()
+        await self._consumer.getmany(timeout_ms=500)  # assigned and positioned at the end
+        self._task = asyncio.create_task(self._follow())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+        if self._consumer is not None:
+            await self._consumer.stop()
+
+    async def _follow(self) -> None:
+        assert self._consumer is not None
+        while True:
+            batches = await self._consumer.getmany(timeout_ms=200)
+            now = time.perf_counter()
+            for records in batches.values():
+                for record in records:
+                    self._see(record.value or b"", now)
+
+    def _see(self, raw: bytes, now: float) -> None:
+        try:
+            envelope = Envelope.from_bytes(raw)
+            event = REGISTRY.decode(envelope)
+        except (DecodeError, ValueError):
+            return
+        if isinstance(event, RenderStarted):
+            self.started.setdefault(event.job_id, now)
+        elif isinstance(event, RenderProgressed) and event.pass_index == event.total_passes:
+            self.finished.setdefault(event.job_id, now)
+        elif isinstance(event, ServiceHeartbeat) and event.batch is not None:
+            self.batch_passes = max(self.batch_passes, event.batch.passes)
+        elif getattr(event, "reason", "") == "preempted":
+            self.preempted.add(str(getattr(event, "job_id", "")))
+
+    async def until(self, done: Any, timeout_s: float) -> None:
+        deadline = time.perf_counter() + timeout_s
+        while not done():
+            if time.perf_counter() > deadline:
+                raise TimeoutError("the decoder did not finish in time")
+            await asyncio.sleep(0.05)
+
+
+async def publish(producer: KafkaProducer, jobs: list[RenderJob]) -> dict[str, float]:
+    """Publishes render jobs to their lanes; returns when each was acknowledged."""
+    publisher = EventPublisher(producer)
+    sent: dict[str, float] = {}
+    for job in jobs:
+        lane = lane_for(job.tier)
+        envelope = Envelope.wrap(job, aggregate_id=job.job_id, tier=job.tier)
+        await publisher.publish(lane.topic, envelope, key=job.job_id, partition=lane.partition_for(job.job_id))
+        sent[job.job_id] = time.perf_counter()
+    return sent
+
+
+def start_decoder(stack: Stack, limit: int, preempt: bool, instance: str) -> None:
+    env = (
+        ("decoder", "DARKROOM_MODEL", "builtin"),
+        ("decoder", "DARKROOM_BATCH_IMAGES", str(limit)),
+        ("decoder", "DARKROOM_PREEMPT", "true" if preempt else "false"),
+        ("decoder", "DARKROOM_HEARTBEAT_INTERVAL_S", "0.5"),
+    )
+    Stack(replace(stack.profile, process_env=env)).start_service("decoder", instance=instance)
+
+
+async def service_alone(stack: Stack, limit: int, jobs: int) -> dict[str, Any]:
+    """One decoder drains a backlog of `jobs` free jobs at batch limit `limit`."""
+    bootstrap = stack.profile.kafka_bootstrap
+    watcher = Watcher(bootstrap)
+    await watcher.start()
+    producer = KafkaProducer(bootstrap, client_id="bench-decoder")
+    await producer.start()
+    run = uuid.uuid4().hex[:6]
+    try:
+        backlog = [_job("free", i, run) for i in range(jobs)]
+        await publish(producer, backlog)
+        start_decoder(stack, limit, True, f"decoder-bench-{run}")
+        await watcher.until(lambda: all(j.job_id in watcher.finished for j in backlog), 900)
+        first = min(watcher.started[j.job_id] for j in backlog)
+        last = max(watcher.finished[j.job_id] for j in backlog)
+        await asyncio.sleep(1.5)  # one more heartbeat with the final pass count
+        rate = jobs / (last - first)
+        occupancy = jobs * PASSES / (watcher.batch_passes * limit) if watcher.batch_passes else 0.0
+        return {"images_per_s": rate, "occupancy": min(1.0, occupancy), "batch_passes": watcher.batch_passes}
+    finally:
+        stack.proc(f"decoder-bench-{run}").stop()
+        await producer.stop()
+        await watcher.stop()
+
+
+async def paid_in_flood(stack: Stack, limit: int, preempt: bool, paid: int, spacing_s: float) -> dict[str, Any]:
+    """A free flood fills the batch; paid jobs arrive one by one: their latency to the last pass."""
+    bootstrap = stack.profile.kafka_bootstrap
+    watcher = Watcher(bootstrap)
+    await watcher.start()
+    producer = KafkaProducer(bootstrap, client_id="bench-decoder")
+    await producer.start()
+    run = uuid.uuid4().hex[:6]
+    try:
+        # Enough free work to keep the batch full through every paid job.
+        flood = [_job("free", i, run) for i in range(limit * (paid + 3))]
+        await publish(producer, flood)
+        start_decoder(stack, limit, preempt, f"decoder-bench-{run}")
+        await watcher.until(lambda: sum(j.job_id in watcher.started for j in flood) >= limit, 300)
+        await asyncio.sleep(2 * spacing_s)  # the batch is full of free renders
+        latencies = []
+        for i in range(paid):
+            job = _job("pro", i, run)
+            sent = await publish(producer, [job])
+            await watcher.until(lambda j=job: j.job_id in watcher.finished, 300)
+            latencies.append(watcher.finished[job.job_id] - sent[job.job_id])
+            await asyncio.sleep(spacing_s)
+        return {
+            "p50_s": percentile(latencies, 50),
+            "p99_s": percentile(latencies, 99),
+            "latencies_s": [round(x, 3) for x in latencies],
+            "preempted": len(watcher.preempted),
+        }
+    finally:
+        stack.proc(f"decoder-bench-{run}").stop()
+        await producer.stop()
+        await watcher.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the three measures; the last line is the summary the issue asks for."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=3, help="repeats per batch size of the model alone")
+    parser.add_argument("--batches", default=",".join(map(str, BATCHES)), help="batch sizes of the model alone")
+    parser.add_argument("--limit", type=int, default=0, help="the decoder's batch limit (0: the device's default)")
+    parser.add_argument("--jobs", type=int, default=0, help="backlog for the service alone (0: 6 x the limit)")
+    parser.add_argument("--paid", type=int, default=8, help="paid jobs sent into the free flood")
+    parser.add_argument("--json", type=str, default="", help="also write the figures to this file")
+    args = parser.parse_args(argv)
+
+    import torch
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    name = torch.cuda.get_device_name() if device == "cuda" else f"cpu, {torch.get_num_threads()} threads"
+    limit = args.limit or DEFAULT_BATCH_IMAGES[device]
+    batches = tuple(int(b) for b in args.batches.split(","))
+    figures: dict[str, Any] = {"device": name, "limit": limit}
+
+    print(f"1. the built-in model alone on {name} ({PASSES} passes, {SIZE}x{SIZE} PNG)")
+    rates = model_alone(tuple(sorted({*batches, limit})), args.repeats, device)
+    figures["model_images_per_s"] = rates
+    if device == "cuda":
+        os.environ["DARKROOM_KERNELS"] = "reference"
+        print("   the same with the Triton kernels off (plain torch)")
+        figures["model_images_per_s_reference_kernels"] = model_alone(tuple(batches), args.repeats, device)
+        del os.environ["DARKROOM_KERNELS"]
+    best = max(rates, key=lambda b: rates[b])
+    gain = rates[best] / rates[1]
+    render_at_limit_s = limit / rates[limit]
+    print(f"   best: batch {best}, {gain:.2f}x batch 1; a render in a full batch of {limit}: {render_at_limit_s:.2f} s")
+
+    stack = Stack(load_profile("bench"))
+    stack.down()
+    print("2. the decoder service alone on the real broker (bench Kafka)")
+    try:
+        stack.up_kafka()
+        jobs = args.jobs or 6 * limit
+        service = asyncio.run(service_alone(stack, limit, jobs))
+        ratio = service["images_per_s"] / rates[limit]
+        print(
+            f"   {jobs} jobs at batch limit {limit}: {service['images_per_s']:.2f} images/s, "
+            f"mean occupancy {service['occupancy']:.0%} ({service['batch_passes']} batched passes); "
+            f"model alone at {limit}: {rates[limit]:.2f} images/s"
+        )
+        figures["service"] = service | {"jobs": jobs, "ratio": ratio}
+
+        print(f"3. paid latency while a free flood fills the batch ({args.paid} paid jobs, one at a time)")
+        for preempt in (True, False):
+            result = asyncio.run(paid_in_flood(stack, limit, preempt, args.paid, render_at_limit_s / PASSES))
+            figures[f"paid_preempt_{'on' if preempt else 'off'}"] = result
+            print(
+                f"   preemption {'on ' if preempt else 'off'}: paid p50 {result['p50_s']:.2f} s, "
+                f"p99 {result['p99_s']:.2f} s = {result['p99_s'] / render_at_limit_s:.2f} render times at the limit; "
+                f"{result['preempted']} free renders preempted"
+            )
+    except (StackError, TimeoutError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        stack.down()
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as out:
+            json.dump(figures, out, indent=1, default=str)
+    print(f"batching gain: {gain:.2f}x at batch {best} ({device}); service/model: {ratio:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
