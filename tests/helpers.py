@@ -1,4 +1,5 @@
-"""Small helpers for tests: polling instead of sleeping, a valid job spec, a scratch topic."""
+"""Small helpers for tests: polling instead of sleeping, a valid job spec and render job,
+a scratch topic, a render job sent to its lane."""
 
 from __future__ import annotations
 
@@ -9,8 +10,10 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from infra.topics import TopicSpec, create_topics
-from libs.bus.ports import Consumer, Record
-from libs.events.schemas import JobSpec
+from libs.bus.ports import Consumer, Producer, Record
+from libs.events import Envelope
+from libs.events.schemas import JobSpec, RenderJob
+from libs.lanes import lane_for
 
 T = TypeVar("T")
 
@@ -63,3 +66,37 @@ async def scratch_topic(bootstrap: str, prefix: str, partitions: int) -> str:
     name = f"{prefix}.{uuid.uuid4().hex[:8]}"
     await create_topics(bootstrap, [TopicSpec(name, partitions, 1, {})])
     return name
+
+
+def render_job(job_id: str, tier: str = "pro", **changes: Any) -> RenderJob:
+    """A valid render job for the no-op model: one 64x64 PNG in 4 passes, its prompt its id;
+    `changes` override fields."""
+    fields: dict[str, Any] = {
+        "job_id": job_id,
+        "tier": tier,
+        "account_id": f"acct-{tier}",
+        "prompt": job_id,
+        "model": "noop",
+        "seed": 11,
+        "n": 1,
+        "passes": 4,
+        "size": 64,
+        "output_format": "png",
+        "output_compression": 100,
+        "background": "auto",
+    }
+    return RenderJob.model_validate(fields | changes)
+
+
+async def send_to_lane(producer: Producer, job: RenderJob, partition: int | None = None) -> None:
+    """Puts a render job on its tier's lane, as the requests service does (keyed by job id).
+
+    Args:
+        producer: Any producer (Kafka's or the in-memory broker's).
+        job: The job.
+        partition: A partition of the lane; the lane's own choice for the job when None.
+    """
+    lane = lane_for(job.tier)
+    envelope = Envelope.wrap(job, aggregate_id=job.job_id, tier=job.tier)
+    where = lane.partition_for(job.job_id) if partition is None else partition
+    await producer.send(lane.topic, envelope.to_bytes(), key=job.job_id.encode(), partition=where)

@@ -13,6 +13,7 @@ from libs.runtime.dispatch import Dispatcher
 from libs.runtime.service import ConsumerFactory, ServiceRuntime, Subscription
 from libs.runtime.wiring import kafka_consumer_factory, kafka_producer
 from libs.settings import DecoderSettings
+from services.decoder.engine import BatchEngine
 from services.decoder.handlers import DecoderHandlers
 from services.decoder.lanes import LaneGate, lane_name, lane_priority
 from services.decoder.runner import ModelRunner, model_loader, resolve_device
@@ -63,15 +64,16 @@ def bootstrap(
         producer=producer or kafka_producer(settings, SERVICE),
         consumer_factory=consumer_factory or kafka_consumer_factory(settings, SERVICE),
     )
-    handlers = DecoderHandlers(
+    # The limit is the setting's, or the device default once the model is loaded (below).
+    engine = BatchEngine(
         runner,
         runtime.publisher,
         runtime.instance_id,
-        batch_images=settings.batch_images or 1,
+        limit=settings.batch_images or 1,
         preempt=settings.preempt,
         pool=settings.pool,
     )
-    engine = handlers.engine
+    handlers = DecoderHandlers(runner, engine)
     gate = LaneGate(engine.wait_for_room)
     engine.follow_backlog(gate.backlog)
 

@@ -44,6 +44,7 @@ from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Literal
 
 from opentelemetry import trace
 from opentelemetry.trace import INVALID_SPAN, Link, NonRecordingSpan, SpanContext
@@ -55,7 +56,17 @@ from libs.events.schemas import BatchLoad, RenderJob, RenderProgressed, RenderSt
 from libs.imaging import CONTENT_TYPES
 from libs.model.interface import RenderState, pack_tokens
 from services.decoder.runner import ModelRunner
-from services.decoder.scheduler import AbortedJobs, Finish, RenderPlan, RunPass, Slot, Stop, next_step, plan_boundary
+from services.decoder.scheduler import (
+    AbortedJobs,
+    BoundaryPlan,
+    Finish,
+    RenderPlan,
+    RunPass,
+    Slot,
+    Stop,
+    next_step,
+    plan_boundary,
+)
 
 log = logging.getLogger(__name__)
 _tracer = trace.get_tracer("darkroom.decoder")
@@ -138,6 +149,16 @@ def store_events(
 def failure_message(exc: Exception) -> str:
     """What a RenderStopped(failed) says of an error."""
     return f"{type(exc).__name__}: {exc}"[:MAX_FAILURE_MESSAGE]
+
+
+def stopped_event(
+    job: RenderJob, pass_index: int, reason: Literal["aborted", "failed", "preempted"], message: str = ""
+) -> RenderStopped:
+    """A render that leaves the decoder after `pass_index` passes without images.
+
+    Published with sequence pass_index + 1 (it follows the render's last pass).
+    """
+    return RenderStopped(job_id=job.job_id, pass_index=pass_index, reason=reason, message=message, attempt=job.attempt)
 
 
 @dataclass(eq=False)
@@ -269,12 +290,9 @@ class BatchEngine:
         clock: Clock = lambda: datetime.now(UTC),
         pool: str = "consumer",
     ) -> None:
-        if limit < 1:
-            raise ValueError(f"the batch limit must be at least one image, got {limit}")
         self._runner = runner
         self._publisher = publisher
         self._decoder_id = decoder_id
-        self.limit = limit
         self.preempt = preempt
         self.aborted = aborted if aborted is not None else AbortedJobs()
         self._clock = clock
@@ -286,6 +304,7 @@ class BatchEngine:
         self._arrived = asyncio.Event()
         self._closed = False
         self.stats = BatchStats(limit, pool)
+        self.set_limit(limit)
 
     # -- what the consumer side sees ---------------------------------------------------------
 
@@ -390,23 +409,18 @@ class BatchEngine:
         fetchable = backlog.get(best, 0) if best is not None else 0
         if fetchable and self.room() > 0:
             await self._await_arrivals(min(self.room(), fetchable))
-        plan = plan_boundary(
-            [r.slot for r in self._running],
-            [w.render.slot for w in self._waiting],
-            self.limit,
-            lane_waiting=best,
-            preempt=self.preempt,
-        )
+        plan = self._plan(lane_waiting=best, preempt=self.preempt)
         await self._preempt(plan.preempt)
         self._admit(plan.admit)
         if plan.preempt and fetchable and self.room() > 0:
             # Room was made for a job still in Kafka: let it join at this boundary.
             await self._await_arrivals(1)
-            self._admit(
-                plan_boundary(
-                    [r.slot for r in self._running], [w.render.slot for w in self._waiting], self.limit, preempt=False
-                ).admit
-            )
+            self._admit(self._plan(lane_waiting=None, preempt=False).admit)
+
+    def _plan(self, lane_waiting: int | None, preempt: bool) -> BoundaryPlan:
+        running = [r.slot for r in self._running]
+        waiting = [w.render.slot for w in self._waiting]
+        return plan_boundary(running, waiting, self.limit, lane_waiting=lane_waiting, preempt=preempt)
 
     async def _await_arrivals(self, images: int) -> None:
         self._room.set()
@@ -432,9 +446,7 @@ class BatchEngine:
             match next_step(render.plan, self.aborted):
                 case Stop(pass_index=done):
                     log.info("job %s aborted after pass %d of %d", render.job_id, done, render.job.passes)
-                    stopped = RenderStopped(
-                        job_id=render.job_id, pass_index=done, reason="aborted", attempt=render.job.attempt
-                    )
+                    stopped = stopped_event(render.job, done, "aborted")
                     stops.append(self._publish_after_start(render, topics.RENDER_PROGRESS, stopped, done + 1))
                 case Finish():
                     log.info("job %s rendered: %d images", render.job_id, render.job.n)
@@ -448,11 +460,7 @@ class BatchEngine:
             if render.job_id in self.aborted:
                 # Cancelled or blocked while it waited to join: it never starts.
                 log.info("job %s aborted before it started", render.job_id)
-                done = render.plan.completed
-                stopped = RenderStopped(
-                    job_id=render.job_id, pass_index=done, reason="aborted", attempt=render.job.attempt
-                )
-                stops.append(self._stop_waiting(waiting, stopped))
+                stops.append(self._stop_waiting(waiting, stopped_event(render.job, render.plan.completed, "aborted")))
             else:
                 still.append(waiting)
         self._waiting = still
@@ -489,12 +497,7 @@ class BatchEngine:
                 self._publish_after_start(
                     render,
                     topics.RENDER_PROGRESS,
-                    RenderStopped(
-                        job_id=render.job_id,
-                        pass_index=render.plan.completed,
-                        reason="preempted",
-                        attempt=render.job.attempt,
-                    ),
+                    stopped_event(render.job, render.plan.completed, "preempted"),
                     render.plan.completed + 1,
                 )
                 for render in leaving
@@ -551,7 +554,8 @@ class BatchEngine:
                 try:
                     previews = await self._encode(render, result) if upcoming in render.plan.preview_passes else []
                     last = upcoming == render.plan.total_passes and render.job_id not in self.aborted
-                    finals = await self._encode(render, result) if last else []
+                    # A last pass that also carries previews draws its images once.
+                    finals = (previews or await self._encode(render, result)) if last else []
                 except Exception as exc:  # noqa: BLE001 - a failure to draw ends this job, not the batch
                     outcomes[render] = exc
                     continue
@@ -588,13 +592,7 @@ class BatchEngine:
             self._running.remove(render)
             done = render.plan.completed
             log.error("job %s failed after pass %d", render.job_id, done, exc_info=outcome)
-            stopped = RenderStopped(
-                job_id=render.job_id,
-                pass_index=done,
-                reason="failed",
-                message=failure_message(outcome),
-                attempt=render.job.attempt,
-            )
+            stopped = stopped_event(render.job, done, "failed", failure_message(outcome))
             await self._publish_after_start(render, topics.RENDER_PROGRESS, stopped, done + 1)
             return
         states, previews, finals = outcome

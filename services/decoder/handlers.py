@@ -33,15 +33,13 @@ from __future__ import annotations
 
 import base64
 import logging
-from datetime import UTC, datetime
 
-from libs.bus import EventPublisher
 from libs.events import Envelope
-from libs.events.schemas import AbortRender, RenderJob, RenderStopped
+from libs.events.schemas import AbortRender, RenderJob
 from libs.model.interface import RenderState, state_from_checkpoint, unpack_tokens
-from services.decoder.engine import BatchEngine, Clock, Render, failure_message
+from services.decoder.engine import BatchEngine, Render, failure_message, stopped_event
 from services.decoder.runner import ModelRunner
-from services.decoder.scheduler import AbortedJobs, RenderPlan, plan_render
+from services.decoder.scheduler import RenderPlan, plan_render
 
 log = logging.getLogger(__name__)
 
@@ -50,40 +48,14 @@ class DecoderHandlers:
     """Handles render jobs and aborts for one decoder instance.
 
     Args:
-        runner: Makes the model calls.
-        publisher: Publishes the decoder's events.
-        decoder_id: This instance's id, carried in progress events.
-        batch_images: The batch limit, in images.
-        preempt: Whether paid jobs preempt lower-priority renders of a full batch.
-        aborted: The aborted job ids this instance has seen.
-        clock: The time stamped on stored images.
-        pool: The decoder pool, for reports.
+        runner: Makes the model calls (a job's first states: a tweak's source images).
+        engine: The batch the jobs join; its aborted set is the one aborts fill.
     """
 
-    def __init__(
-        self,
-        runner: ModelRunner,
-        publisher: EventPublisher,
-        decoder_id: str,
-        *,
-        batch_images: int = 1,
-        preempt: bool = True,
-        aborted: AbortedJobs | None = None,
-        clock: Clock = lambda: datetime.now(UTC),
-        pool: str = "consumer",
-    ) -> None:
+    def __init__(self, runner: ModelRunner, engine: BatchEngine) -> None:
         self._runner = runner
-        self._aborted = aborted if aborted is not None else AbortedJobs()
-        self.engine = BatchEngine(
-            runner,
-            publisher,
-            decoder_id,
-            limit=batch_images,
-            preempt=preempt,
-            aborted=self._aborted,
-            clock=clock,
-            pool=pool,
-        )
+        self.engine = engine
+        self._aborted = engine.aborted
 
     async def on_abort(self, abort: AbortRender, envelope: Envelope) -> None:
         """Remembers an abort; the job stops at its next pass boundary (or before its first)."""
@@ -109,9 +81,7 @@ class DecoderHandlers:
         if job.job_id in self._aborted:
             # Cancelled or blocked while it waited in its lane: it never starts.
             log.info("job %s aborted before it started", job.job_id)
-            stopped = RenderStopped(
-                job_id=job.job_id, pass_index=job.resume_pass, reason="aborted", attempt=job.attempt
-            )
+            stopped = stopped_event(job, job.resume_pass, "aborted")
             await engine.publish_for(job, envelope, stopped, job.resume_pass + 1)
             return
         try:
@@ -119,13 +89,7 @@ class DecoderHandlers:
             plan = self._plan(job, states)
         except Exception as exc:
             log.error("job %s cannot start", job.job_id, exc_info=exc)
-            stopped = RenderStopped(
-                job_id=job.job_id,
-                pass_index=job.resume_pass,
-                reason="failed",
-                message=failure_message(exc),
-                attempt=job.attempt,
-            )
+            stopped = stopped_event(job, job.resume_pass, "failed", failure_message(exc))
             await engine.publish_for(job, envelope, stopped, job.resume_pass + 1)
             return
         await engine.submit(Render(job, envelope, lane or job.tier, priority, 0, states, plan))

@@ -27,7 +27,8 @@ from services.decoder.engine import BatchStats
 log = logging.getLogger(__name__)
 
 
-def _lane_name(tp: TopicPartition) -> str:
+def lane_name(tp: TopicPartition) -> str:
+    """The lane a partition belongs to, or topic/partition outside every lane."""
     lane = lane_of(tp)
     return lane.tier if lane is not None else f"{tp.topic}/{tp.partition}"
 
@@ -36,11 +37,6 @@ def lane_priority(tp: TopicPartition) -> int:
     """The priority of the lane a partition belongs to (0 outside every lane)."""
     lane = lane_of(tp)
     return lane.priority if lane is not None else 0
-
-
-def lane_name(tp: TopicPartition) -> str:
-    """The lane a partition belongs to, or topic/partition outside every lane."""
-    return _lane_name(tp)
 
 
 class LaneGate:
@@ -95,8 +91,8 @@ class LaneGate:
             consumer.pause(sorted(hold - paused, key=lambda tp: (tp.topic, tp.partition)))
         if paused - hold:
             consumer.resume(sorted(paused - hold, key=lambda tp: (tp.topic, tp.partition)))
-        self._served = {_lane_name(tp) for tp in assigned}
-        held = {_lane_name(tp) for tp in hold}
+        self._served = {lane_name(tp) for tp in assigned}
+        held = {lane_name(tp) for tp in hold}
         if held != self._held:
             log.info("lanes held back: %s", ", ".join(sorted(held)) or "none")
         self._held = held
@@ -104,7 +100,7 @@ class LaneGate:
 
     def took(self, record: Record) -> None:
         """Counts a job taken from its lane."""
-        self._taken[_lane_name(record.tp)] += 1
+        self._taken[lane_name(record.tp)] += 1
 
     def report(self, stats: BatchStats | None = None) -> dict[str, LaneLoad]:
         """Per lane this decoder serves or took from: paused or not, jobs taken, and with

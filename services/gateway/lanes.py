@@ -229,8 +229,7 @@ def prometheus_text(figures: list[LaneFigures]) -> str:
         for f in figures:
             value = value_of(f)
             if value is not None:
-                number = str(value) if isinstance(value, int) else f"{value:.4f}".rstrip("0").rstrip(".")
-                lines.append(f'{metric}{{lane="{f.lane}"}} {number}')
+                lines.append(f'{metric}{{lane="{f.lane}"}} {_number(value)}')
     return "\n".join(lines) + "\n"
 
 

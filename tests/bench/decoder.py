@@ -6,11 +6,12 @@ Three measures, in one run on one machine (compare within a run, never across ma
    encodes each final 256x256 PNG, for B in 1, 2, 4, ... 64: images/s, median of repeats.
    On CUDA it runs twice, with darkroom's Triton kernels on and off (DARKROOM_KERNELS).
 2. The decoder service alone on the real broker (the `bench` profile's Kafka, nothing
-   else): a backlog of jobs waits in its lane, one decoder process drains it at its batch
-   limit; images/s from its first `RenderStarted` to its last image, and the batch's mean
-   occupancy (image-passes rendered over batched passes times the limit, the passes from
-   its heartbeat). The ratio to the model alone at the same limit is what the service
-   loses to Kafka, events and encoding.
+   else, started from an empty data folder for each measure): a backlog of jobs waits in
+   its lane, one decoder process drains it at its batch limit; images/s from its first
+   `RenderStarted` to its last image, and the batch's mean occupancy (image-passes
+   rendered over batched passes times the limit, the passes from its heartbeat). The
+   ratio to the model alone at the same limit is what the service loses to Kafka,
+   events and encoding.
 3. Paid latency in a free flood: a backlog of free jobs fills the batch, then paid jobs
    arrive one at a time; each one's latency is from its publishing to its last pass. With
    preemption on, a paid job takes a free render's place at the next pass boundary; off,
@@ -26,10 +27,13 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import statistics
 import sys
 import time
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import replace
 from typing import Any
 
@@ -38,12 +42,11 @@ from aiokafka import AIOKafkaConsumer
 from infra.stack import Stack, StackError, load_profile
 from libs import topics
 from libs.bus.kafka import KafkaProducer
-from libs.bus.publisher import EventPublisher
 from libs.events import REGISTRY, DecodeError, Envelope
 from libs.events.schemas import RenderJob, RenderProgressed, RenderStarted, ServiceHeartbeat
-from libs.lanes import lane_for
 from libs.settings import DEFAULT_BATCH_IMAGES
 from tests.bench.stats import percentile
+from tests.helpers import render_job, send_to_lane
 
 BATCHES = (1, 2, 4, 8, 16, 32, 64)
 PASSES = 8
@@ -88,19 +91,9 @@ def model_alone(batches: tuple[int, ...], repeats: int, device: str) -> dict[int
 
 
 def _job(tier: str, index: int, run: str) -> RenderJob:
-    return RenderJob(
-        job_id=f"bench-{run}-{tier}-{index}",
-        tier=tier,  # type: ignore[arg-type]
-        account_id=f"acct-{tier}",
-        prompt=PROMPTS[index % len(PROMPTS)],
-        model="builtin",
-        seed=index,
-        n=1,
-        passes=PASSES,
-        size=SIZE,
-        output_format="png",
-        output_compression=100,
-        background="auto",
+    prompt = PROMPTS[index % len(PROMPTS)]
+    return render_job(
+        f"bench-{run}-{tier}-{index}", tier, prompt=prompt, model="builtin", seed=index, passes=PASSES, size=SIZE
     )
 
 
@@ -170,12 +163,9 @@ class Watcher:
 
 async def publish(producer: KafkaProducer, jobs: list[RenderJob]) -> dict[str, float]:
     """Publishes render jobs to their lanes; returns when each was acknowledged."""
-    publisher = EventPublisher(producer)
     sent: dict[str, float] = {}
     for job in jobs:
-        lane = lane_for(job.tier)
-        envelope = Envelope.wrap(job, aggregate_id=job.job_id, tier=job.tier)
-        await publisher.publish(lane.topic, envelope, key=job.job_id, partition=lane.partition_for(job.job_id))
+        await send_to_lane(producer, job)
         sent[job.job_id] = time.perf_counter()
     return sent
 
@@ -190,44 +180,47 @@ def start_decoder(stack: Stack, limit: int, preempt: bool, instance: str) -> Non
     Stack(replace(stack.profile, process_env=env)).start_service("decoder", instance=instance)
 
 
-async def service_alone(stack: Stack, limit: int, jobs: int) -> dict[str, Any]:
-    """One decoder drains a backlog of `jobs` free jobs at batch limit `limit`."""
+@asynccontextmanager
+async def decoder_on_backlog(
+    stack: Stack, backlog: list[RenderJob], limit: int, preempt: bool
+) -> AsyncIterator[tuple[Watcher, KafkaProducer]]:
+    """Publishes a backlog, then starts one decoder on it; stops it all when the block ends."""
     bootstrap = stack.profile.kafka_bootstrap
     watcher = Watcher(bootstrap)
     await watcher.start()
     producer = KafkaProducer(bootstrap, client_id="bench-decoder")
     await producer.start()
-    run = uuid.uuid4().hex[:6]
+    instance = f"decoder-bench-{uuid.uuid4().hex[:6]}"
     try:
-        backlog = [_job("free", i, run) for i in range(jobs)]
         await publish(producer, backlog)
-        start_decoder(stack, limit, True, f"decoder-bench-{run}")
-        await watcher.until(lambda: all(j.job_id in watcher.finished for j in backlog), 900)
-        first = min(watcher.started[j.job_id] for j in backlog)
-        last = max(watcher.finished[j.job_id] for j in backlog)
-        await asyncio.sleep(1.5)  # one more heartbeat with the final pass count
-        rate = jobs / (last - first)
-        occupancy = jobs * PASSES / (watcher.batch_passes * limit) if watcher.batch_passes else 0.0
-        return {"images_per_s": rate, "occupancy": min(1.0, occupancy), "batch_passes": watcher.batch_passes}
+        start_decoder(stack, limit, preempt, instance)
+        yield watcher, producer
     finally:
-        stack.proc(f"decoder-bench-{run}").stop()
+        stack.proc(instance).stop()
         await producer.stop()
         await watcher.stop()
 
 
+async def service_alone(stack: Stack, limit: int, jobs: int) -> dict[str, Any]:
+    """One decoder drains a backlog of `jobs` free jobs at batch limit `limit`."""
+    run = uuid.uuid4().hex[:6]
+    backlog = [_job("free", i, run) for i in range(jobs)]
+    async with decoder_on_backlog(stack, backlog, limit, preempt=True) as (watcher, _):
+        await watcher.until(lambda: all(j.job_id in watcher.finished for j in backlog), 900)
+        first = min(watcher.started[j.job_id] for j in backlog)
+        last = max(watcher.finished[j.job_id] for j in backlog)
+        await asyncio.sleep(1.5)  # one more heartbeat with the final pass count
+    rate = jobs / (last - first)
+    occupancy = jobs * PASSES / (watcher.batch_passes * limit) if watcher.batch_passes else 0.0
+    return {"images_per_s": rate, "occupancy": min(1.0, occupancy), "batch_passes": watcher.batch_passes}
+
+
 async def paid_in_flood(stack: Stack, limit: int, preempt: bool, paid: int, spacing_s: float) -> dict[str, Any]:
     """A free flood fills the batch; paid jobs arrive one by one: their latency to the last pass."""
-    bootstrap = stack.profile.kafka_bootstrap
-    watcher = Watcher(bootstrap)
-    await watcher.start()
-    producer = KafkaProducer(bootstrap, client_id="bench-decoder")
-    await producer.start()
     run = uuid.uuid4().hex[:6]
-    try:
-        # Enough free work to keep the batch full through every paid job.
-        flood = [_job("free", i, run) for i in range(limit * (paid + 3))]
-        await publish(producer, flood)
-        start_decoder(stack, limit, preempt, f"decoder-bench-{run}")
+    # Enough free work to keep the batch full through every paid job.
+    flood = [_job("free", i, run) for i in range(limit * (paid + 3))]
+    async with decoder_on_backlog(stack, flood, limit, preempt) as (watcher, producer):
         await watcher.until(lambda: sum(j.job_id in watcher.started for j in flood) >= limit, 300)
         await asyncio.sleep(2 * spacing_s)  # the batch is full of free renders
         latencies = []
@@ -237,16 +230,20 @@ async def paid_in_flood(stack: Stack, limit: int, preempt: bool, paid: int, spac
             await watcher.until(lambda j=job: j.job_id in watcher.finished, 300)
             latencies.append(watcher.finished[job.job_id] - sent[job.job_id])
             await asyncio.sleep(spacing_s)
-        return {
-            "p50_s": percentile(latencies, 50),
-            "p99_s": percentile(latencies, 99),
-            "latencies_s": [round(x, 3) for x in latencies],
-            "preempted": len(watcher.preempted),
-        }
-    finally:
-        stack.proc(f"decoder-bench-{run}").stop()
-        await producer.stop()
-        await watcher.stop()
+    return {
+        "p50_s": percentile(latencies, 50),
+        "p99_s": percentile(latencies, 99),
+        "latencies_s": [round(x, 3) for x in latencies],
+        "preempted": len(watcher.preempted),
+    }
+
+
+def fresh_kafka(stack: Stack) -> None:
+    """The bench broker from nothing: a decoder must find only the jobs its measure publishes
+    (a run before leaves unfinished jobs in the lanes, and its group's committed offsets)."""
+    stack.down()
+    shutil.rmtree(stack.profile.run_dir, ignore_errors=True)
+    stack.up_kafka()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -282,10 +279,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"   best: batch {best}, {gain:.2f}x batch 1; a render in a full batch of {limit}: {render_at_limit_s:.2f} s")
 
     stack = Stack(load_profile("bench"))
-    stack.down()
     print("2. the decoder service alone on the real broker (bench Kafka)")
     try:
-        stack.up_kafka()
+        fresh_kafka(stack)
         jobs = args.jobs or 6 * limit
         service = asyncio.run(service_alone(stack, limit, jobs))
         ratio = service["images_per_s"] / rates[limit]
@@ -298,6 +294,7 @@ def main(argv: list[str] | None = None) -> int:
 
         print(f"3. paid latency while a free flood fills the batch ({args.paid} paid jobs, one at a time)")
         for preempt in (True, False):
+            fresh_kafka(stack)  # no job or committed offset of the run before
             result = asyncio.run(paid_in_flood(stack, limit, preempt, args.paid, render_at_limit_s / PASSES))
             figures[f"paid_preempt_{'on' if preempt else 'off'}"] = result
             print(

@@ -17,13 +17,12 @@ from libs.bus.kafka import KafkaProducer
 from libs.bus.memory import InMemoryBroker
 from libs.events import REGISTRY, Envelope
 from libs.events.schemas import RenderJob, RenderProgressed, RenderStarted, RenderStopped, StoreImage
-from libs.lanes import lane_for
 from libs.model.interface import NoOpModel, RenderState, pack_tokens
 from libs.runtime.service import run_service
 from libs.runtime.wiring import kafka_consumer_factory
 from libs.settings import DecoderSettings
 from services.decoder.bootstrap import bootstrap
-from tests.helpers import eventually
+from tests.helpers import eventually, render_job, send_to_lane
 
 PASS_S = 0.25
 """The stand-in model's cost per batched pass."""
@@ -42,20 +41,7 @@ class CountingModel(NoOpModel):
 
 
 def _job(job_id: str, tier: str, passes: int) -> RenderJob:
-    return RenderJob(
-        job_id=job_id,
-        tier=tier,  # type: ignore[arg-type]
-        account_id=f"acct-{tier}",
-        prompt=job_id,
-        model="noop",
-        seed=len(job_id),
-        n=1,
-        passes=passes,
-        size=64,
-        output_format="png",
-        output_compression=100,
-        background="auto",
-    )
+    return render_job(job_id, tier, passes=passes, seed=len(job_id))
 
 
 async def test_a_paid_job_preempts_a_free_render_within_a_pass_and_the_free_one_resumes_exactly(
@@ -91,11 +77,7 @@ async def test_a_paid_job_preempts_a_free_render_within_a_pass_and_the_free_one_
         await eventually(assigned, 60, "the decoder joined its pool")
 
         async def send(job: RenderJob) -> None:
-            lane = lane_for(job.tier)
-            envelope = Envelope.wrap(job, aggregate_id=job.job_id, tier=job.tier)
-            await producer.send(
-                lane.topic, envelope.to_bytes(), key=job.job_id.encode(), partition=lane.partition_for(job.job_id)
-            )
+            await send_to_lane(producer, job)
 
         old, young = _job(f"free-old-{run}", "free", 16), _job(f"free-young-{run}", "free", 16)
         await send(old)

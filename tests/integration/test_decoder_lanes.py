@@ -21,7 +21,7 @@ from libs.runtime.service import run_service
 from libs.runtime.wiring import kafka_consumer_factory
 from libs.settings import DecoderSettings
 from services.decoder.bootstrap import bootstrap
-from tests.helpers import eventually
+from tests.helpers import eventually, send_to_lane
 
 PASS_S = 0.4
 """The stand-in model's cost per pass: the first job renders for 4 x 0.4 s while the others queue."""
@@ -79,11 +79,7 @@ async def test_paid_jobs_waiting_with_free_ones_are_served_first(kafka_bootstrap
         await eventually(assigned, 60, "the decoder joined its pool")
 
         async def send(job: RenderJob, index: int = 0) -> None:
-            lane = lane_for(job.tier)
-            envelope = Envelope.wrap(job, aggregate_id=job.job_id, tier=job.tier)
-            await producer.send(
-                lane.topic, envelope.to_bytes(), key=job.job_id.encode(), partition=lane.partitions[index]
-            )
+            await send_to_lane(producer, job, lane_for(job.tier).partitions[index])
 
         # A paid job occupies the decoder; meanwhile free jobs queue first, then paid ones.
         await send(_job(f"first-{run}", "pro"))

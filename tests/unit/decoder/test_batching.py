@@ -6,7 +6,6 @@ model itself rather than from timing.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -18,12 +17,13 @@ from libs.bus import EventPublisher
 from libs.bus.memory import InMemoryBroker
 from libs.events import REGISTRY, Envelope
 from libs.events.schemas import EditSource, RenderJob, RenderProgressed, RenderStarted, RenderStopped, StoreImage
-from libs.lanes import lane_for, lanes
 from libs.model.interface import ImageModel, NoOpModel, RenderState, load_model, pack_cells, pack_tokens
-from libs.runtime.service import ServiceRuntime, run_service
+from libs.runtime.service import ServiceRuntime
 from libs.settings import DecoderSettings
 from services.decoder.bootstrap import bootstrap
-from tests.helpers import eventually
+from services.decoder.engine import STATS_WINDOW_S, BatchStats
+from tests.helpers import eventually, render_job, send_to_lane
+from tests.unit.decoder.harness import lane_broker, now, serving
 
 
 class RecordingModel(NoOpModel):
@@ -74,23 +74,6 @@ class Recorded:
         return self.model.encode_image(rgb)
 
 
-def job(job_id: str, tier: str = "pro", **changes: object) -> RenderJob:
-    fields: dict[str, object] = {
-        "job_id": job_id,
-        "tier": tier,
-        "prompt": job_id,
-        "model": "noop",
-        "seed": 11,
-        "n": 1,
-        "passes": 4,
-        "size": 64,
-        "output_format": "png",
-        "output_compression": 100,
-        "background": "auto",
-    }
-    return RenderJob.model_validate(fields | changes)
-
-
 class Decoder:
     """A running batching decoder on the in-memory broker."""
 
@@ -99,11 +82,7 @@ class Decoder:
         self.runtime = runtime
 
     async def send(self, render: RenderJob) -> None:
-        lane = lane_for(render.tier)
-        envelope = Envelope.wrap(render, aggregate_id=render.job_id, tier=render.tier)
-        await EventPublisher(self.broker.producer()).publish(
-            lane.topic, envelope, key=render.job_id, partition=lane.partition_for(render.job_id)
-        )
+        await send_to_lane(self.broker.producer(), render)
 
     def events(self, topic: str = topics.RENDER_PROGRESS) -> list[object]:
         return [REGISTRY.decode(Envelope.from_bytes(r.value)) for r in self.broker.records(topic)]
@@ -118,30 +97,13 @@ class Decoder:
 
 @asynccontextmanager
 async def batching_decoder(model: ImageModel, batch_images: int, preempt: bool = True) -> AsyncIterator[Decoder]:
-    # The render topics with every lane's partitions, as infra/topics.yaml declares them.
-    counts: dict[str, int] = {}
-    for lane in lanes().values():
-        counts[lane.topic] = max(counts.get(lane.topic, 0), max(lane.partitions) + 1)
-    broker = InMemoryBroker(counts)
+    broker = lane_broker()
     settings = DecoderSettings(
         heartbeat_interval_s=10, instance_id="decoder-b", batch_images=batch_images, preempt=preempt, device="cpu"
     )
     runtime = bootstrap(settings, producer=broker.producer(), consumer_factory=broker.consumer, model=model)
-    stop = asyncio.Event()
-    task = asyncio.create_task(run_service(runtime, stop))
-    try:
-        await eventually(_check(lambda: len(runtime.consumers) == 2), 10, "the decoder started")
+    async with serving(runtime):
         yield Decoder(broker, runtime)
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 15)
-
-
-def _check(probe):  # type: ignore[no-untyped-def]
-    async def check() -> object:
-        return probe()
-
-    return check
 
 
 def solo_tokens(model: NoOpModel, render: RenderJob) -> list[bytes]:
@@ -158,11 +120,11 @@ def solo_tokens(model: NoOpModel, render: RenderJob) -> list[bytes]:
 async def test_jobs_that_wait_together_share_every_pass_up_to_the_limit_in_images() -> None:
     model = RecordingModel(pass_seconds=0.01)
     async with batching_decoder(model, batch_images=4) as decoder:
-        jobs = [job("a"), job("b", n=2), job("c"), job("d")]
+        jobs = [render_job("a"), render_job("b", n=2), render_job("c"), render_job("d")]
         for render in jobs:
             await decoder.send(render)
         for render in jobs:
-            await eventually(_check(lambda r=render: len(decoder.stored(r.job_id)) == r.n), 10, f"{render.job_id}")
+            await eventually(now(lambda r=render: len(decoder.stored(r.job_id)) == r.n), 10, f"{render.job_id}")
 
         # The four images of the first pass: b's two and two single jobs (the lane's partitions
         # come in the broker's order); the fourth job waits its turn.
@@ -192,26 +154,28 @@ async def test_a_jobs_images_are_the_same_bytes_alone_or_in_any_batch() -> None:
         tokens=base64.b64encode(pack_tokens(np.arange(256).reshape(16, 16) % model.codebook_size)).decode(),
         remask=base64.b64encode(pack_cells(np.eye(16, dtype=bool))).decode(),
     )
-    subject = job("subject", prompt="a red circle on grass", model="builtin", passes=8, size=256, preview_passes=[3])
+    subject = render_job(
+        "subject", prompt="a red circle on grass", model="builtin", passes=8, size=256, preview_passes=[3]
+    )
     companions = [
-        job("c1", prompt="a blue star", model="builtin", passes=4, n=2, seed=3),
-        job("c2", tier="free", prompt="a green square", model="builtin", passes=12, seed=5),
-        job("c3", prompt="a yellow moon", model="builtin", passes=8, edits=[tweak_source], seed=9),
+        render_job("c1", prompt="a blue star", model="builtin", passes=4, n=2, seed=3),
+        render_job("c2", tier="free", prompt="a green square", model="builtin", passes=12, seed=5),
+        render_job("c3", prompt="a yellow moon", model="builtin", passes=8, edits=[tweak_source], seed=9),
     ]
 
     async with batching_decoder(model, batch_images=1) as decoder:
         await decoder.send(subject)
-        await eventually(_check(lambda: decoder.stored("subject")), 60, "the render alone")
+        await eventually(now(lambda: decoder.stored("subject")), 60, "the render alone")
         alone = decoder.stored("subject")[0]
         alone_previews = [p.previews for p in decoder.of("subject", RenderProgressed)]
 
     async with batching_decoder(model, batch_images=8) as decoder:
         for render in companions[:2]:
             await decoder.send(render)
-        await eventually(_check(lambda: decoder.of("c1", RenderProgressed)), 60, "the companions under way")
+        await eventually(now(lambda: decoder.of("c1", RenderProgressed)), 60, "the companions under way")
         await decoder.send(subject)
         await decoder.send(companions[2])
-        await eventually(_check(lambda: decoder.stored("subject")), 60, "the render in a batch")
+        await eventually(now(lambda: decoder.stored("subject")), 60, "the render in a batch")
         batched = decoder.stored("subject")[0]
         batched_previews = [p.previews for p in decoder.of("subject", RenderProgressed)]
 
@@ -224,15 +188,15 @@ async def test_a_jobs_images_are_the_same_bytes_alone_or_in_any_batch() -> None:
 async def test_a_paid_job_preempts_the_youngest_free_render_and_starts_within_a_pass() -> None:
     model = RecordingModel(pass_seconds=0.05)
     async with batching_decoder(model, batch_images=2) as decoder:
-        old, young = job("free-old", "free", passes=12), job("free-young", "free", passes=12, seed=5)
+        old, young = render_job("free-old", "free", passes=12), render_job("free-young", "free", passes=12, seed=5)
         await decoder.send(old)
-        await eventually(_check(lambda: decoder.of("free-old", RenderStarted)), 10, "the first free render")
+        await eventually(now(lambda: decoder.of("free-old", RenderStarted)), 10, "the first free render")
         await decoder.send(young)
-        await eventually(_check(lambda: decoder.of("free-young", RenderProgressed)), 10, "a full batch")
+        await eventually(now(lambda: decoder.of("free-young", RenderProgressed)), 10, "a full batch")
 
         passes_before = len(model.passes)
-        await decoder.send(job("paid", "pro", passes=4))
-        await eventually(_check(lambda: decoder.stored("paid")), 10, "the paid render")
+        await decoder.send(render_job("paid", "pro", passes=4))
+        await eventually(now(lambda: decoder.stored("paid")), 10, "the paid render")
 
         # The paid job ran its first pass at most one pass after it arrived.
         first = next(i for i, batch in enumerate(model.passes) if "paid" in batch)
@@ -248,7 +212,7 @@ async def test_a_paid_job_preempts_the_youngest_free_render_and_starts_within_a_
         assert lanes["free"].preempted == 1 and lanes["pro"].preempted == 0
         batch = decoder.runtime.batch_report()
         assert (batch.limit, batch.pool) == (2, "consumer") and batch.passes >= len(model.passes) - 1
-        assert 0 < batch.occupancy <= 1 and batch.pass_s > 0
+        assert 0 < batch.occupancy <= 1
 
         # The requests service dispatches it again from that checkpoint: it ends like a solo render,
         # and nothing of it is stored twice.
@@ -256,8 +220,8 @@ async def test_a_paid_job_preempts_the_youngest_free_render_and_starts_within_a_
             update={"attempt": 1, "resume_pass": stopped.pass_index, "resume_tokens": progress[-1].tokens}
         )
         await decoder.send(resumed)
-        await eventually(_check(lambda: decoder.stored("free-young")), 20, "the resumed render")
-        await eventually(_check(lambda: decoder.stored("free-old")), 20, "the other free render")
+        await eventually(now(lambda: decoder.stored("free-young")), 20, "the resumed render")
+        await eventually(now(lambda: decoder.stored("free-old")), 20, "the other free render")
         [stored] = decoder.stored("free-young")
         assert base64.b64decode(stored.tokens) == solo_tokens(NoOpModel(), young)[0]
         [again] = [s for s in decoder.of("free-young", RenderStarted) if s.attempt == 1]
@@ -267,10 +231,10 @@ async def test_a_paid_job_preempts_the_youngest_free_render_and_starts_within_a_
 async def test_without_preemption_the_paid_job_waits_for_a_free_render_to_end() -> None:
     model = RecordingModel(pass_seconds=0.02)
     async with batching_decoder(model, batch_images=1, preempt=False) as decoder:
-        await decoder.send(job("free", "free", passes=6))
-        await eventually(_check(lambda: decoder.of("free", RenderProgressed)), 10, "the free render")
-        await decoder.send(job("paid", "pro", passes=2))
-        await eventually(_check(lambda: decoder.stored("paid")), 10, "the paid render")
+        await decoder.send(render_job("free", "free", passes=6))
+        await eventually(now(lambda: decoder.of("free", RenderProgressed)), 10, "the free render")
+        await decoder.send(render_job("paid", "pro", passes=2))
+        await eventually(now(lambda: decoder.stored("paid")), 10, "the paid render")
 
         assert decoder.of("free", RenderStopped) == []
         assert len(decoder.stored("free")) == 1
@@ -280,17 +244,17 @@ async def test_without_preemption_the_paid_job_waits_for_a_free_render_to_end() 
 async def test_an_aborted_render_leaves_the_batch_and_its_companions_go_on() -> None:
     model = RecordingModel(pass_seconds=0.05)
     async with batching_decoder(model, batch_images=4) as decoder:
-        await decoder.send(job("keep", passes=8))
-        await decoder.send(job("drop", passes=8))
-        await eventually(_check(lambda: decoder.of("drop", RenderProgressed)), 10, "both rendering")
+        await decoder.send(render_job("keep", passes=8))
+        await decoder.send(render_job("drop", passes=8))
+        await eventually(now(lambda: decoder.of("drop", RenderProgressed)), 10, "both rendering")
         abort = Envelope.wrap(
             REGISTRY.get("render.abort_render").model_validate({"job_id": "drop", "reason": "cancelled"}),  # type: ignore[union-attr]
             aggregate_id="drop",
         )
         await EventPublisher(decoder.broker.producer()).publish(topics.RENDER_CONTROL, abort)
 
-        [stopped] = await eventually(_check(lambda: decoder.of("drop", RenderStopped)), 10, "the abort")
-        await eventually(_check(lambda: decoder.stored("keep")), 10, "the companion finished")
+        [stopped] = await eventually(now(lambda: decoder.of("drop", RenderStopped)), 10, "the abort")
+        await eventually(now(lambda: decoder.stored("keep")), 10, "the companion finished")
         assert stopped.reason == "aborted" and decoder.stored("drop") == []
         after = [batch for batch in model.passes if "keep" in batch][stopped.pass_index :]
         assert all(batch == ["keep"] for batch in after)
@@ -299,10 +263,28 @@ async def test_an_aborted_render_leaves_the_batch_and_its_companions_go_on() -> 
 async def test_a_state_the_model_refuses_fails_its_own_job_only() -> None:
     model = RecordingModel(pass_seconds=0.02, refuse="poison")
     async with batching_decoder(model, batch_images=4) as decoder:
-        await decoder.send(job("poison"))
-        await decoder.send(job("fine"))
-        await eventually(_check(lambda: decoder.stored("fine")), 10, "the healthy job")
-        [stopped] = await eventually(_check(lambda: decoder.of("poison", RenderStopped)), 10, "the refused job")
+        await decoder.send(render_job("poison"))
+        await decoder.send(render_job("fine"))
+        await eventually(now(lambda: decoder.stored("fine")), 10, "the healthy job")
+        [stopped] = await eventually(now(lambda: decoder.of("poison", RenderStopped)), 10, "the refused job")
 
         assert stopped.reason == "failed" and "refuses" in stopped.message
         assert decoder.stored("poison") == []
+
+
+def test_batch_figures_average_the_passes_of_the_window() -> None:
+    now = [100.0]
+    stats = BatchStats(limit=4, pool="api", clock=lambda: now[0])
+    stats.record_pass(images=4, seconds=0.5)
+    stats.record_pass(images=2, seconds=0.25)
+    stats.record_finished("pro", 3)
+    stats.preempted["free"] += 1
+
+    report = stats.report(images_now=2)
+
+    assert (report.pool, report.limit, report.images, report.passes) == ("api", 4, 2, 2)
+    assert report.occupancy == 0.75 and report.pass_s == 0.375
+    assert report.images_per_s == round(3 / STATS_WINDOW_S, 4) and stats.lanes() == {"pro", "free"}
+    now[0] += STATS_WINDOW_S + 1  # the window moved past every pass: nothing recent
+    later = stats.report(images_now=0)
+    assert (later.occupancy, later.pass_s, later.images_per_s, later.passes) == (0.0, 0.0, 0.0, 2)

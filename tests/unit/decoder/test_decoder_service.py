@@ -10,7 +10,7 @@ import asyncio
 import base64
 import io
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import TypeVar
@@ -41,13 +41,14 @@ from libs.model.interface import (
     state_from_checkpoint,
     unpack_tokens,
 )
-from libs.runtime.service import ServiceRuntime, run_service
+from libs.runtime.service import ServiceRuntime
 from libs.settings import DecoderSettings
 from services.decoder.bootstrap import bootstrap
 from services.decoder.engine import BatchEngine, Render
 from services.decoder.runner import ModelRunner
 from services.decoder.scheduler import plan_render
 from tests.helpers import eventually
+from tests.unit.decoder.harness import now, serving
 
 T = TypeVar("T")
 
@@ -145,15 +146,8 @@ async def running_decoder(model: ImageModel | None, settings: DecoderSettings | 
         consumer_factory=broker.consumer,
         model=model,
     )
-    stop = asyncio.Event()
-    task = asyncio.create_task(run_service(runtime, stop))
-    try:
-        # Started once both subscriptions have their consumer (the model loads before them).
-        await eventually(_now(lambda: len(runtime.consumers) == 2), 10, "the decoder started")
+    async with serving(runtime):
         yield Decoder(broker, runtime)
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 10)
 
 
 def _grid(b64: str) -> np.ndarray:
@@ -166,19 +160,10 @@ def _image(b64: str) -> Image.Image:
     return image
 
 
-def _now(probe: Callable[[], T]) -> Callable[[], Awaitable[T]]:
-    """An async check for `eventually` from a plain function."""
-
-    async def check() -> T:
-        return probe()
-
-    return check
-
-
 async def _render(job: RenderJob, model: ImageModel) -> tuple[list[RenderProgressed], list[StoreImage]]:
     async with running_decoder(model) as decoder:
         await decoder.send(topics.RENDER_CONSUMER, job, job.job_id, tier=job.tier)
-        await eventually(_now(lambda: len(decoder.stored()) >= job.n), 10, "stored images")
+        await eventually(now(lambda: len(decoder.stored()) >= job.n), 10, "stored images")
         return decoder.progress(), decoder.stored()
 
 
@@ -186,7 +171,7 @@ async def test_a_job_progresses_pass_by_pass_then_hands_its_images_to_storage() 
     model = NoOpModel()
     async with running_decoder(model) as decoder:
         cause = await decoder.send(topics.RENDER_CONSUMER, JOB, JOB.job_id, tier="pro")
-        await eventually(_now(lambda: len(decoder.stored()) >= 2), 10, "two stored images")
+        await eventually(now(lambda: len(decoder.stored()) >= 2), 10, "two stored images")
         progress, stored = decoder.progress(), decoder.stored()
 
         # One checkpoint per pass, in order, each with both images' grids.
@@ -256,7 +241,7 @@ async def test_a_render_resumed_from_a_checkpoint_ends_like_the_uninterrupted_on
 
     await engine.submit(Render(JOB, Envelope.wrap(JOB, aggregate_id=JOB.job_id), "pro", 0, 0, states, plan))
     resumed = Bus(broker)
-    await eventually(_now(lambda: len(resumed.stored()) == 2 and not engine.running()), 10, "the render finished")
+    await eventually(now(lambda: len(resumed.stored()) == 2 and not engine.running()), 10, "the render finished")
     stop.set()
     await asyncio.wait_for(loop, 10)
     runner.close()
@@ -287,11 +272,11 @@ async def test_an_abort_during_a_pass_stops_the_render_at_the_next_boundary() ->
 
             # Pass 1 is running: the abort is recorded before it can end.
             await decoder.send(topics.RENDER_CONTROL, AbortRender(job_id="job-1", reason="blocked"), "job-1")
-            await eventually(_now(lambda: decoder.handled() >= 1), 10, "the abort handled")
+            await eventually(now(lambda: decoder.handled() >= 1), 10, "the abort handled")
         finally:
             model.release.set()
 
-        [stopped] = await eventually(_now(decoder.stopped), 10, "the render stopped")
+        [stopped] = await eventually(now(decoder.stopped), 10, "the render stopped")
         assert (stopped.job_id, stopped.pass_index, stopped.reason) == ("job-1", 1, "aborted")
         assert [p.pass_index for p in decoder.progress()] == [1]
         assert decoder.stored() == []
@@ -303,10 +288,10 @@ async def test_a_job_aborted_before_it_arrives_is_never_rendered() -> None:
     model.release.set()
     async with running_decoder(model) as decoder:
         await decoder.send(topics.RENDER_CONTROL, AbortRender(job_id="job-1", reason="cancelled"), "job-1")
-        await eventually(_now(lambda: decoder.handled() >= 1), 10, "the abort handled")
+        await eventually(now(lambda: decoder.handled() >= 1), 10, "the abort handled")
         await decoder.send(topics.RENDER_CONSUMER, JOB, JOB.job_id)
 
-        [stopped] = await eventually(_now(decoder.stopped), 10, "the render stopped")
+        [stopped] = await eventually(now(decoder.stopped), 10, "the render stopped")
         assert (stopped.pass_index, stopped.reason) == (0, "aborted")
         assert decoder.progress() == [] and decoder.stored() == [] and model.steps == 0
 
@@ -315,9 +300,9 @@ async def test_a_model_failure_stops_the_job_once_without_retries() -> None:
     model = FailingModel(fail_at=2)
     async with running_decoder(model) as decoder:
         await decoder.send(topics.RENDER_CONSUMER, JOB, JOB.job_id)
-        await eventually(_now(lambda: decoder.handled() >= 1), 10, "the job handled")
+        await eventually(now(lambda: decoder.handled() >= 1), 10, "the job handled")
 
-        [stopped] = await eventually(_now(decoder.stopped), 10, "the render stopped")
+        [stopped] = await eventually(now(decoder.stopped), 10, "the render stopped")
         assert (stopped.pass_index, stopped.reason) == (1, "failed")
         assert "weights went missing" in stopped.message
         assert [p.pass_index for p in decoder.progress()] == [1]
@@ -329,7 +314,7 @@ async def test_a_model_failure_stops_the_job_once_without_retries() -> None:
 async def test_a_job_the_model_cannot_start_fails_instead_of_looping() -> None:
     async with running_decoder(NoOpModel()) as decoder:
         await decoder.send(topics.RENDER_CONSUMER, JOB.model_copy(update={"passes": 0}), JOB.job_id)
-        await eventually(_now(lambda: decoder.handled() >= 1), 10, "the job handled")
+        await eventually(now(lambda: decoder.handled() >= 1), 10, "the job handled")
 
         [stopped] = decoder.stopped()
         assert (stopped.pass_index, stopped.reason) == (0, "failed")
@@ -346,7 +331,7 @@ async def test_the_api_pool_serves_the_api_topic_in_its_own_group_with_the_confi
         job = JOB.model_copy(update={"tier": "api", "n": 1})
         await decoder.send(topics.RENDER_API, job, job.job_id)
 
-        await eventually(_now(lambda: len(decoder.stored()) == 1), 10, "the stored image")
+        await eventually(now(lambda: len(decoder.stored()) == 1), 10, "the stored image")
 
 
 def test_the_consumer_pool_serves_the_lanes_in_its_own_group() -> None:
@@ -420,7 +405,7 @@ async def test_a_tweak_without_a_source_image_fails_once() -> None:
     tweak = JOB.model_copy(update={"job_id": "job-4", "edits": [source]})
     async with running_decoder(NoOpModel()) as decoder:
         await decoder.send(topics.RENDER_CONSUMER, tweak, tweak.job_id, tier="pro")
-        await eventually(_now(lambda: len(decoder.stopped()) == 1), 10, "the job failed")
+        await eventually(now(lambda: len(decoder.stopped()) == 1), 10, "the job failed")
         [stopped] = decoder.stopped()
         assert stopped.reason == "failed" and "token grid or an image" in (stopped.message or "")
         assert decoder.stored() == []
@@ -433,11 +418,11 @@ async def test_a_redispatched_job_resumes_from_its_checkpoint_and_ends_like_the_
 
     async with running_decoder(NoOpModel()) as decoder:
         await decoder.send(topics.RENDER_CONSUMER, resumed_job, JOB.job_id)
-        await eventually(_now(lambda: len(decoder.stored()) >= 2), 10, "stored images")
+        await eventually(now(lambda: len(decoder.stored()) >= 2), 10, "stored images")
         [started] = decoder.events(topics.RENDER_PROGRESS, RenderStarted)
         assert isinstance(started, RenderStarted)
         assert (started.attempt, started.pass_index, started.total_passes) == (1, 2, 4)
-        await eventually(_now(lambda: len(decoder.progress()) >= 2), 10, "the last pass reported")
+        await eventually(now(lambda: len(decoder.progress()) >= 2), 10, "the last pass reported")
         assert [(p.pass_index, p.tokens) for p in decoder.progress()] == [
             (p.pass_index, p.tokens) for p in progress[2:]
         ]
@@ -448,7 +433,7 @@ async def test_a_resumed_job_without_its_checkpoints_fails_instead_of_rendering_
     broken = JOB.model_copy(update={"attempt": 1, "resume_pass": 2, "resume_tokens": ["AAAA"]})
     async with running_decoder(NoOpModel()) as decoder:
         await decoder.send(topics.RENDER_CONSUMER, broken, JOB.job_id)
-        [stopped] = await eventually(_now(decoder.stopped), 10, "the render stopped")
+        [stopped] = await eventually(now(decoder.stopped), 10, "the render stopped")
         assert (stopped.reason, stopped.pass_index) == ("failed", 2)
         assert "2 images carries 1 checkpoints" in stopped.message
         assert decoder.progress() == [] and decoder.stored() == []
