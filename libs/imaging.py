@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
+from concurrent.futures import Executor
 
 import numpy as np
 from PIL import Image
 
 CONTENT_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
+
+# PNG is lossless: its zlib level trades CPU for bytes only. Level 1 encodes a 256x256 render
+# in about 4 ms, level 9 in about 100 (for files about a fifth smaller), so darkroom, like
+# OpenAI's API, applies `output_compression` to jpeg and webp alone.
+PNG_LEVEL = 1
 
 
 def encode(rgb: np.ndarray, output_format: str, compression: int = 100, size: int | None = None) -> bytes:
@@ -16,8 +23,8 @@ def encode(rgb: np.ndarray, output_format: str, compression: int = 100, size: in
     Args:
         rgb: The pixels.
         output_format: "png", "jpeg" or "webp".
-        compression: 0-100 as in the API: for jpeg and webp the quality is 100 minus
-            it (at least 1); for png it sets the zlib level (0-9).
+        compression: 0-100 as in the API: for jpeg and webp the quality is 100 minus it (at
+            least 1); png ignores it (always zlib level PNG_LEVEL).
         size: Resize (bicubic) to size x size first, when given.
 
     Returns:
@@ -28,7 +35,7 @@ def encode(rgb: np.ndarray, output_format: str, compression: int = 100, size: in
         image = image.resize((size, size), Image.Resampling.BICUBIC)
     out = io.BytesIO()
     if output_format == "png":
-        image.save(out, format="PNG", compress_level=max(0, min(9, round(compression * 9 / 100))))
+        image.save(out, format="PNG", compress_level=PNG_LEVEL)
     elif output_format == "jpeg":
         image.save(out, format="JPEG", quality=max(1, 100 - compression))
     elif output_format == "webp":
@@ -36,6 +43,20 @@ def encode(rgb: np.ndarray, output_format: str, compression: int = 100, size: in
     else:
         raise ValueError(f"unsupported output format {output_format!r}")
     return out.getvalue()
+
+
+def encode_all(
+    images: Sequence[np.ndarray],
+    output_format: str,
+    compression: int = 100,
+    size: int | None = None,
+    executor: Executor | None = None,
+) -> list[bytes]:
+    """`encode` for several images, spread over `executor`'s threads when one is given
+    (Pillow's encoders release the GIL, so threads encode in parallel); in order."""
+    if executor is None or len(images) < 2:
+        return [encode(image, output_format, compression, size) for image in images]
+    return list(executor.map(lambda image: encode(image, output_format, compression, size), images))
 
 
 def decode(data: bytes) -> np.ndarray:

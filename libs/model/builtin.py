@@ -124,8 +124,10 @@ class MaskGITImageModel(GridRenderStart):
         """See ImageModel.step.
 
         One batched forward (two with guidance: conditional and unconditional rows in one
-        batch), then per job: sample every cell with noise from pass_seed(seed, pass_index),
-        and commit the most confident masked cells down to the schedule's count.
+        batch), then for the whole batch at once: sample every cell with noise drawn from each
+        render's pass_seed(seed, pass_index), and commit each render's most confident masked
+        cells down to its own schedule's count. Nothing a render gets depends on its batch
+        companions, and nothing loops over the batch on the device's behalf but the seeding.
         """
         if not states:
             return []
@@ -137,31 +139,42 @@ class MaskGITImageModel(GridRenderStart):
         b, n, k = len(states), self.grid_size * self.grid_size, self.codebook_size
         tokens = torch.from_numpy(np.stack([s.tokens.reshape(-1) for s in states])).to(self.device)
         logits = self.guided_logits(tokens, [s.prompt for s in states])
-        # All randomness is drawn on the CPU from the per-pass seed, so every device sees the
-        # same noise for the same (seed, pass).
-        gumbel = torch.empty(b, n, k)
-        choice = torch.empty(b, n)
-        for i, s in enumerate(states):
-            gen = torch.Generator().manual_seed(pass_seed(s.seed, s.pass_index))
-            gumbel[i] = _gumbel(torch.rand(n, k, generator=gen))
-            choice[i] = _gumbel(torch.rand(n, generator=gen))
-        sampled, conf = confidence_sample(
-            logits.reshape(b * n, k), self.sampling.temperature, gumbel.to(self.device).view(b * n, k)
+        gumbel, choice = self._pass_noise(states, n, k)
+        sampled, conf = confidence_sample(logits.reshape(b * n, k), self.sampling.temperature, gumbel.view(b * n, k))
+        sampled, conf = sampled.view(b, n), conf.view(b, n)
+
+        masked = tokens == self.mask_token
+        counts = masked.sum(dim=1).tolist()
+        commits = [c - next_masked_count(c, s.pass_index, s.total_passes) for c, s in zip(counts, states, strict=True)]
+        anneal = torch.tensor(
+            [self.sampling.choice_temperature * (1.0 - (s.pass_index + 1) / s.total_passes) for s in states],
+            dtype=torch.float32,
+            device=self.device,
         )
-        sampled, conf = sampled.view(b, n).cpu(), conf.view(b, n).cpu()
-        out: list[RenderState] = []
+        score = torch.log(conf.clamp_min(1e-30)) + anneal[:, None] * choice
+        score = torch.where(masked, score, torch.tensor(float("-inf"), device=self.device))
+        # Each row's cells by falling score (stable: the lowest index first on a tie); a cell
+        # is committed when its rank is below its render's commit count.
+        order = torch.sort(score, dim=1, descending=True, stable=True).indices
+        rank = torch.empty_like(order).scatter_(1, order, torch.arange(n, device=self.device).expand(b, n))
+        commit = rank < torch.tensor(commits, device=self.device)[:, None]
+        grids = torch.where(commit, sampled, tokens).cpu().numpy()
+        return [
+            s.with_tokens(grid.reshape(self.grid_size, self.grid_size)) for s, grid in zip(states, grids, strict=True)
+        ]
+
+    def _pass_noise(self, states: list[RenderState], n: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each render's Gumbel noise for this pass: (b, n, k) for sampling and (b, n) for
+        choosing cells, drawn on the model's device from a generator seeded with the render's
+        pass_seed, so a render's noise is the same alone or in any batch (on one kind of
+        device: CPU and CUDA generators draw different streams from the same seed)."""
+        sample = torch.empty(len(states), n, k, device=self.device)
+        choice = torch.empty(len(states), n, device=self.device)
         for i, s in enumerate(states):
-            row = tokens[i].cpu()
-            masked = row == self.mask_token
-            count = int(masked.sum())
-            commit = count - next_masked_count(count, s.pass_index, s.total_passes)
-            anneal = self.sampling.choice_temperature * (1.0 - (s.pass_index + 1) / s.total_passes)
-            score = torch.log(conf[i].clamp_min(1e-30)) + anneal * choice[i]
-            score = torch.where(masked, score, torch.tensor(float("-inf")))
-            chosen = torch.sort(score, descending=True, stable=True).indices[:commit]
-            row[chosen] = sampled[i][chosen]
-            out.append(s.with_tokens(row.numpy().reshape(self.grid_size, self.grid_size)))
-        return out
+            gen = torch.Generator(device=self.device).manual_seed(pass_seed(s.seed, s.pass_index))
+            torch.rand(n, k, generator=gen, device=self.device, out=sample[i])
+            torch.rand(n, generator=gen, device=self.device, out=choice[i])
+        return _gumbel(sample), _gumbel(choice)
 
     @torch.no_grad()
     def preview(self, tokens: np.ndarray, size: int) -> np.ndarray:

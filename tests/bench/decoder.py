@@ -28,7 +28,6 @@ import asyncio
 import json
 import os
 import shutil
-import statistics
 import sys
 import time
 import uuid
@@ -45,46 +44,23 @@ from libs.bus.kafka import KafkaProducer
 from libs.events import REGISTRY, DecodeError, Envelope
 from libs.events.schemas import RenderJob, RenderProgressed, RenderStarted, ServiceHeartbeat
 from libs.settings import DEFAULT_BATCH_IMAGES
+from tests.bench import model as bench_model
+from tests.bench.model import BATCHES, PROMPTS
 from tests.bench.stats import percentile
 from tests.helpers import render_job, send_to_lane
 
-BATCHES = (1, 2, 4, 8, 16, 32, 64)
 PASSES = 8
 SIZE = 256
-PROMPTS = (
-    "a red circle on green grass",
-    "a blue star at night",
-    "a yellow triangle on a blue background",
-    "a green square",
-    "a purple heart",
-    "an orange moon over the sea",
-)
 
 
-# -- 1. the model alone ----------------------------------------------------------------------
+# -- 1. the model alone: tests/bench/model.py -------------------------------------------------
 
 
-def model_alone(batches: tuple[int, ...], repeats: int, device: str) -> dict[int, float]:
+def model_rates(batches: tuple[int, ...], repeats: int, device: str) -> dict[int, float]:
     """Images/s of whole renders (8 passes, final 256x256 PNG) at each batch size; medians."""
-    from libs.imaging import encode
-    from libs.model.interface import load_model
-
-    model = load_model("builtin", device)
-    model.step([model.start(PROMPTS[0], 0, PASSES)])  # warm-up: first calls allocate
-    rates: dict[int, float] = {}
-    for batch in batches:
-        runs = []
-        for repeat in range(repeats):
-            states = [model.start(PROMPTS[i % len(PROMPTS)], 1000 * repeat + i, PASSES) for i in range(batch)]
-            began = time.perf_counter()
-            while not states[0].done:
-                states = model.step(states)
-            for state in states:
-                encode(model.preview(state.tokens, SIZE), "png", 100, size=SIZE)
-            runs.append(batch / (time.perf_counter() - began))
-        rates[batch] = statistics.median(runs)
-        print(f"  model alone, batch {batch:3d}: {rates[batch]:7.2f} images/s (median of {repeats})", flush=True)
-    return rates
+    model = bench_model.load(device)
+    rates = bench_model.model_alone(model, batches, bench_model.RenderShape(passes=PASSES, size=SIZE), repeats)
+    return {batch: rate.images_per_s for batch, rate in rates.items()}
 
 
 # -- the broker side ---------------------------------------------------------------------------
@@ -266,12 +242,12 @@ def main(argv: list[str] | None = None) -> int:
     figures: dict[str, Any] = {"device": name, "limit": limit}
 
     print(f"1. the built-in model alone on {name} ({PASSES} passes, {SIZE}x{SIZE} PNG)")
-    rates = model_alone(tuple(sorted({*batches, limit})), args.repeats, device)
+    rates = model_rates(tuple(sorted({*batches, limit})), args.repeats, device)
     figures["model_images_per_s"] = rates
     if device == "cuda":
         os.environ["DARKROOM_KERNELS"] = "reference"
         print("   the same with the Triton kernels off (plain torch)")
-        figures["model_images_per_s_reference_kernels"] = model_alone(tuple(batches), args.repeats, device)
+        figures["model_images_per_s_reference_kernels"] = model_rates(tuple(batches), args.repeats, device)
         del os.environ["DARKROOM_KERNELS"]
     best = max(rates, key=lambda b: rates[b])
     gain = rates[best] / rates[1]

@@ -1,0 +1,203 @@
+"""The built-in model alone: images/s of whole renders at several batch sizes, and where the
+time of a render goes (the passes, the pixels, the image encoding).
+
+Used by `make bench-decoder` and `make bench-throughput`, and runnable by itself where no
+broker is (a GPU machine, say):
+
+    python -m tests.bench.model --device cuda --kernels both --json figures.json
+
+Each measure renders B images together, pass after pass, then draws every final grid into
+pixels in one batch and encodes each image; the figure is B over the wall time, the median
+of `repeats` runs. Compare figures within one run, never across machines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import json
+import os
+import pstats
+import statistics
+import sys
+import time
+from concurrent.futures import Executor, ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from typing import Any
+
+BATCHES = (1, 2, 4, 8, 16, 32, 64)
+PROMPTS = (
+    "a red circle on green grass",
+    "a blue star at night",
+    "a yellow triangle on a blue background",
+    "a green square",
+    "a purple heart",
+    "an orange moon over the sea",
+)
+
+
+@dataclass(frozen=True)
+class RenderShape:
+    """What one measured render is: its passes, its side in pixels, the passes after which it
+    also draws previews (as a request with partial_images does), and its encoding."""
+
+    passes: int = 8
+    size: int = 256
+    preview_passes: tuple[int, ...] = ()
+    output_format: str = "png"
+    compression: int = 100
+
+
+@dataclass(frozen=True)
+class BatchRate:
+    """One batch size's median figures: images/s of whole renders, and the seconds of one
+    batch spent in the model's passes, in drawing pixels and in encoding."""
+
+    batch: int
+    images_per_s: float
+    passes_s: float
+    pixels_s: float
+    encode_s: float
+
+
+def load(device: str) -> Any:
+    """The built-in model on `device`, warmed up (first calls allocate and compile)."""
+    from libs.model.interface import load_model
+
+    model: Any = load_model("builtin", device)  # the built-in MaskGITImageModel
+    states = [model.start(PROMPTS[0], 0, 2)]
+    while not states[0].done:
+        states = model.step(states)
+    model.preview_batch([states[0].tokens], 64)
+    return model
+
+
+def _sync(model: Any) -> None:
+    device = getattr(model, "device", None)
+    if device is not None and device.type == "cuda":
+        import torch
+
+        torch.cuda.synchronize()
+
+
+def render_once(
+    model: Any, batch: int, shape: RenderShape, seed: int, encoders: Executor | None = None
+) -> tuple[float, float, float]:
+    """Renders `batch` images together; the seconds in passes, pixels and encoding (spread
+    over `encoders`' threads when given, as the decoder does)."""
+    from libs.imaging import encode_all
+
+    states = [model.start(PROMPTS[i % len(PROMPTS)], seed + i, shape.passes) for i in range(batch)]
+    passes_s = pixels_s = encode_s = 0.0
+    while not states[0].done:
+        began = time.perf_counter()
+        states = model.step(states)
+        _sync(model)
+        passes_s += time.perf_counter() - began
+        if states[0].done or states[0].pass_index in shape.preview_passes:
+            began = time.perf_counter()
+            images = model.preview_batch([s.tokens for s in states], shape.size)
+            pixels_s += time.perf_counter() - began
+            began = time.perf_counter()
+            encode_all(images, shape.output_format, shape.compression, shape.size, encoders)
+            encode_s += time.perf_counter() - began
+    return passes_s, pixels_s, encode_s
+
+
+def measure(model: Any, batch: int, shape: RenderShape, repeats: int) -> BatchRate:
+    """The median figures of `repeats` renders of `batch` images, encoding on as many threads
+    as the machine has cores."""
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="encode") as encoders:
+        runs = [render_once(model, batch, shape, 1000 * repeat, encoders) for repeat in range(repeats)]
+    totals = [sum(run) for run in runs]
+    middle = runs[totals.index(statistics.median_low(totals))]
+    return BatchRate(batch, batch / statistics.median(totals), *middle)
+
+
+def model_alone(model: Any, batches: tuple[int, ...], shape: RenderShape, repeats: int) -> dict[int, BatchRate]:
+    """Measures each batch size, printing a line per size."""
+    rates: dict[int, BatchRate] = {}
+    for batch in batches:
+        rate = measure(model, batch, shape, repeats)
+        rates[batch] = rate
+        print(
+            f"  model alone, batch {batch:3d}: {rate.images_per_s:8.2f} images/s "
+            f"(a batch: passes {rate.passes_s * 1000:7.1f} ms, pixels {rate.pixels_s * 1000:6.1f} ms, "
+            f"encoding {rate.encode_s * 1000:7.1f} ms; median of {repeats})",
+            flush=True,
+        )
+    return rates
+
+
+def device_name(device: str) -> str:
+    import torch
+
+    if device.startswith("cuda"):
+        return torch.cuda.get_device_name()
+    return f"cpu, {torch.get_num_threads()} threads"
+
+
+def profile_step(model: Any, batch: int, passes: int, top: int = 18) -> str:
+    """cProfile of the passes of one render of `batch` images: where a pass's time goes."""
+    states = [model.start(PROMPTS[i % len(PROMPTS)], i, passes) for i in range(batch)]
+    profiler = cProfile.Profile()
+    profiler.enable()
+    while not states[0].done:
+        states = model.step(states)
+    _sync(model)
+    profiler.disable()
+    out = io.StringIO()
+    pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(top)
+    return out.getvalue()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="auto", help="cpu, cuda, or auto (cuda when available)")
+    parser.add_argument("--batches", default=",".join(map(str, BATCHES)))
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--passes", type=int, default=8)
+    parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--compression", type=int, default=100, help="0-100 as in the API (png: zlib level)")
+    parser.add_argument("--previews", default="", help="passes after which previews are drawn, e.g. 1,2,3")
+    parser.add_argument("--kernels", choices=("on", "off", "both"), default="on", help="darkroom's Triton kernels")
+    parser.add_argument("--profile", type=int, default=0, help="also profile the passes at this batch size")
+    parser.add_argument("--json", default="", help="also write the figures to this file")
+    args = parser.parse_args(argv)
+
+    import torch
+
+    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    shape = RenderShape(
+        passes=args.passes,
+        size=args.size,
+        preview_passes=tuple(int(p) for p in args.previews.split(",") if p),
+        compression=args.compression,
+    )
+    batches = tuple(int(b) for b in args.batches.split(","))
+    figures: dict[str, Any] = {"device": device_name(device), "shape": asdict(shape)}
+    print(f"the built-in model alone on {figures['device']}: {shape}")
+    runs = ("on", "off") if args.kernels == "both" else (args.kernels,)
+    for kernels in runs:
+        os.environ["DARKROOM_KERNELS"] = "triton" if kernels == "on" else "reference"
+        print(f" kernels {kernels}")
+        model = load(device)
+        rates = model_alone(model, batches, shape, args.repeats)
+        figures[f"kernels_{kernels}"] = {b: asdict(r) for b, r in rates.items()}
+        best = max(rates.values(), key=lambda r: r.images_per_s)
+        print(
+            f" best: batch {best.batch}, {best.images_per_s / rates[batches[0]].images_per_s:.2f}x batch {batches[0]}"
+        )
+        if args.profile:
+            report = profile_step(model, args.profile, shape.passes)
+            figures[f"profile_{kernels}"] = report
+            print(report)
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as out:
+            json.dump(figures, out, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
