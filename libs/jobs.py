@@ -29,6 +29,7 @@ from libs.events.schemas import (
     JobSpec,
     Usage,
 )
+from libs.model.interface import next_masked_count
 
 Status = Literal["queued", "deferred", "rendering", "completed", "blocked", "failed", "cancelled"]
 TERMINAL: frozenset[str] = frozenset({"completed", "blocked", "failed", "cancelled"})
@@ -89,7 +90,12 @@ def evolve(state: JobState | None, event: Event, sequence: int) -> JobState | No
     if isinstance(event, JobQueued):
         update |= {"status": "queued", "lane": event.lane}
     elif isinstance(event, JobRenderStarted):
-        update |= {"status": "rendering", "attempt": event.attempt}
+        # A resumed render starts at its checkpoint's pass.
+        update |= {
+            "status": "rendering",
+            "attempt": event.attempt,
+            "pass_index": max(state.pass_index, event.pass_index),
+        }
     elif isinstance(event, JobRequeued):
         update |= {"status": "queued", "attempt": event.attempt}
     elif isinstance(event, JobProgressed):
@@ -138,3 +144,39 @@ def preview_passes(total_passes: int, partial_images: int) -> list[int]:
         for i in range(partial_images)
     }
     return sorted(p for p in passes if 1 <= p < total_passes)
+
+
+GRID_CELLS = 16 * 16
+"""Cells of a token grid, for the schedule of content checks."""
+
+CHECK_FROM_DRAWN = 1 / 3
+"""Content is checked once at least this share of a fresh render's cells is drawn."""
+
+
+def content_check_passes(total_passes: int, tweak: bool = False, stride: int = 1) -> list[int]:
+    """The passes (completed-pass counts) after which the safety service looks at a render.
+
+    Why not every pass: before about a third of its cells are drawn, a fresh render's
+    picture is mostly the prior's blur, with nothing a classifier can find that a later
+    pass would not show more clearly (on the cosine schedule that is passes 3-4 of 4, 5-8
+    of 8 and 7-12 of 12). A tweak starts from a finished picture, so every one of its passes
+    is checked. The last pass is always checked: its verdict clears the images.
+
+    Args:
+        total_passes: Passes of the render.
+        tweak: Whether the render starts from an existing image.
+        stride: Check only every k-th pass of those (an operator's knob; 1 checks them all).
+
+    Returns:
+        Ascending completed-pass counts, the last pass included.
+    """
+    if tweak:
+        risky = list(range(1, total_passes + 1))
+    else:
+        risky, masked = [], GRID_CELLS
+        for index in range(total_passes):
+            masked = next_masked_count(masked, index, total_passes)
+            if masked <= GRID_CELLS * (1 - CHECK_FROM_DRAWN):
+                risky.append(index + 1)
+    step = max(1, stride)
+    return [p for p in risky if p == total_passes or p % step == 0]

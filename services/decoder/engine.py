@@ -55,7 +55,7 @@ from libs.events import Envelope, Event
 from libs.events.schemas import BatchLoad, RenderJob, RenderProgressed, RenderStarted, RenderStopped, StoreImage
 from libs.imaging import CONTENT_TYPES
 from libs.model.interface import RenderState, pack_tokens
-from services.decoder.runner import ModelRunner
+from services.decoder.runner import CHECK_SIZE, Drawing, ModelRunner
 from services.decoder.scheduler import (
     AbortedJobs,
     BoundaryPlan,
@@ -94,7 +94,12 @@ def _b64(data: bytes) -> str:
 
 
 def progress_event(
-    job: RenderJob, pass_index: int, states: list[RenderState], previews: list[bytes], decoder: str
+    job: RenderJob,
+    pass_index: int,
+    states: list[RenderState],
+    previews: list[bytes],
+    decoder: str,
+    checks: list[bytes] | None = None,
 ) -> RenderProgressed:
     """The checkpoint published after a pass.
 
@@ -104,6 +109,7 @@ def progress_event(
         states: Every image's state after the pass.
         previews: Encoded previews per image, or empty when this pass has none.
         decoder: Instance id of this decoder.
+        checks: PNGs per image for the safety service's content check, or none.
     """
     return RenderProgressed(
         job_id=job.job_id,
@@ -111,8 +117,19 @@ def progress_event(
         total_passes=job.passes,
         tokens=[_b64(pack_tokens(s.tokens)) for s in states],
         previews=[_b64(p) for p in previews],
+        check_images=[_b64(c) for c in checks or []],
         decoder=decoder,
     )
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One render's pass: its new states and the pictures drawn for it."""
+
+    states: list[RenderState]
+    previews: list[bytes]
+    finals: list[bytes]
+    checks: list[bytes]
 
 
 def store_events(
@@ -544,24 +561,50 @@ class BatchEngine:
         ):
             began = time.perf_counter()
             stepped = await self._step_states(renders)
-            outcomes: dict[Render, tuple[list[RenderState], list[bytes], list[bytes]] | Exception] = {}
-            for render in renders:
-                result = stepped[render]
-                if isinstance(result, Exception):
-                    outcomes[render] = result
-                    continue
-                upcoming = render.plan.completed + 1
-                try:
-                    previews = await self._encode(render, result) if upcoming in render.plan.preview_passes else []
-                    last = upcoming == render.plan.total_passes and render.job_id not in self.aborted
-                    # A last pass that also carries previews draws its images once.
-                    finals = (previews or await self._encode(render, result)) if last else []
-                except Exception as exc:  # noqa: BLE001 - a failure to draw ends this job, not the batch
-                    outcomes[render] = exc
-                    continue
-                outcomes[render] = (result, previews, finals)
+            outcomes = await self._draw(stepped)
             self.stats.record_pass(images, time.perf_counter() - began)
         await asyncio.gather(*(self._report_pass(render, outcome) for render, outcome in outcomes.items()))
+
+    async def _draw(self, stepped: dict[Render, list[RenderState] | Exception]) -> dict[Render, Outcome | Exception]:
+        """The pictures each render's pass asks for, all drawn in one call: previews for
+        streams, the final images, and the small pictures the safety service scores."""
+        wanted: list[tuple[Render, str, Drawing]] = []
+        for render, result in stepped.items():
+            if isinstance(result, Exception):
+                continue
+            job, upcoming = render.job, render.plan.completed + 1
+            grids = [s.tokens for s in result]
+            full = Drawing(grids, job.size, job.output_format, job.output_compression)
+            last = upcoming == render.plan.total_passes and render.job_id not in self.aborted
+            # A last pass that also carries previews draws its images once.
+            if upcoming in render.plan.preview_passes or last:
+                wanted.append((render, "images", full))
+            if upcoming in render.plan.check_passes:
+                wanted.append((render, "checks", Drawing(grids, CHECK_SIZE, "png")))
+        drawn = await self._runner.draw([drawing for _, _, drawing in wanted]) if wanted else []
+        pictures: dict[Render, dict[str, list[bytes]]] = {}
+        failed: dict[Render, Exception] = {}
+        for (render, kind, _), encoded in zip(wanted, drawn, strict=True):
+            if isinstance(encoded, Exception):
+                failed.setdefault(render, encoded)  # a failure to draw ends this job, not the batch
+            else:
+                pictures.setdefault(render, {})[kind] = encoded
+        outcomes: dict[Render, Outcome | Exception] = {}
+        for render, result in stepped.items():
+            if isinstance(result, Exception) or render in failed:
+                outcomes[render] = result if isinstance(result, Exception) else failed[render]
+                continue
+            upcoming = render.plan.completed + 1
+            mine = pictures.get(render, {})
+            images = mine.get("images", [])
+            last = upcoming == render.plan.total_passes and render.job_id not in self.aborted
+            outcomes[render] = Outcome(
+                states=result,
+                previews=images if upcoming in render.plan.preview_passes else [],
+                finals=images if last else [],
+                checks=mine.get("checks", []),
+            )
+        return outcomes
 
     async def _step_states(self, renders: list[Render]) -> dict[Render, list[RenderState] | Exception]:
         states = [s for r in renders for s in r.states]
@@ -585,9 +628,7 @@ class BatchEngine:
             at += render.job.n
         return out
 
-    async def _report_pass(
-        self, render: Render, outcome: tuple[list[RenderState], list[bytes], list[bytes]] | Exception
-    ) -> None:
+    async def _report_pass(self, render: Render, outcome: Outcome | Exception) -> None:
         if isinstance(outcome, Exception):
             self._running.remove(render)
             done = render.plan.completed
@@ -595,23 +636,18 @@ class BatchEngine:
             stopped = stopped_event(render.job, done, "failed", failure_message(outcome))
             await self._publish_after_start(render, topics.RENDER_PROGRESS, stopped, done + 1)
             return
-        states, previews, finals = outcome
         pass_index = render.plan.completed + 1
         if render.started is not None:
             await asyncio.shield(render.started)
-        if finals:
-            for i, event in enumerate(store_events(render.job, states, finals, self._clock())):
+        if outcome.finals:
+            for i, event in enumerate(store_events(render.job, outcome.states, outcome.finals, self._clock())):
                 await self._publish(topics.STORAGE_BLOBS, event, render, render.plan.total_passes + 1 + i)
-        progress = progress_event(render.job, pass_index, states, previews, self._decoder_id)
-        await self._publish(topics.RENDER_PROGRESS, progress, render, pass_index)
-        render.states = states
-        render.plan = render.plan.advanced()
-
-    async def _encode(self, render: Render, states: list[RenderState]) -> list[bytes]:
-        job = render.job
-        return await self._runner.encode_images(
-            [s.tokens for s in states], job.size, job.output_format, job.output_compression
+        progress = progress_event(
+            render.job, pass_index, outcome.states, outcome.previews, self._decoder_id, outcome.checks
         )
+        await self._publish(topics.RENDER_PROGRESS, progress, render, pass_index)
+        render.states = outcome.states
+        render.plan = render.plan.advanced()
 
     async def _publish_after_start(self, render: Render, topic: str, event: Event, sequence: int) -> None:
         if render.started is not None:

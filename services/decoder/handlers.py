@@ -124,4 +124,6 @@ class DecoderHandlers:
         passes = {s.pass_index for s in states}
         if len(passes) != 1:
             raise ValueError(f"the images of one render must be at the same pass, got {sorted(passes)}")
-        return plan_render(job.job_id, job.passes, job.preview_passes, completed=passes.pop())
+        return plan_render(
+            job.job_id, job.passes, job.preview_passes, completed=passes.pop(), check_passes=job.content_check_passes
+        )

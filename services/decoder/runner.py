@@ -14,8 +14,10 @@ import asyncio
 import base64
 import contextvars
 import functools
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import TypeVar
 
 import numpy as np
@@ -25,6 +27,34 @@ from libs.imaging import decode, encode
 from libs.model.interface import ImageModel, RenderState, load_model, unpack_cells, unpack_tokens
 
 T = TypeVar("T")
+
+CHECK_SIZE = 64
+"""Side of the pictures the safety service scores: the built-in model's native size, which
+its content classifier was trained on."""
+
+
+@dataclass(frozen=True)
+class Drawing:
+    """Token grids to render to pixels, and how to encode them.
+
+    Attributes:
+        grids: Token grids, possibly with masked cells (previews fill those from a prior).
+        size: Side of the images in pixels.
+        output_format: "png", "jpeg" or "webp".
+        compression: 0-100, as in the API.
+    """
+
+    grids: list[np.ndarray]
+    size: int
+    output_format: str
+    compression: int = 100
+
+
+def _draw(model: ImageModel, grids: list[np.ndarray], size: int) -> list[np.ndarray]:
+    batch = getattr(model, "preview_batch", None)  # the built-in model draws a batch at once
+    if batch is not None:
+        return list(batch(grids, size))
+    return [model.preview(g, size) for g in grids]
 
 
 def resolve_device(device: str) -> str:
@@ -66,6 +96,7 @@ class ModelRunner:
         self._load = load
         self._model: ImageModel | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="decoder-model")
+        self._encoders = ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="decoder-encode")
 
     @property
     def loaded(self) -> bool:
@@ -91,6 +122,7 @@ class ModelRunner:
     def close(self) -> None:
         """Releases the worker thread; a pass still running finishes on its own."""
         self._executor.shutdown(wait=False, cancel_futures=True)
+        self._encoders.shutdown(wait=False, cancel_futures=True)
 
     def start(self, prompt: str, seed: int, n: int, total_passes: int) -> list[RenderState]:
         """The initial states of a fresh render of n images; image i uses seed + i.
@@ -153,27 +185,60 @@ class ModelRunner:
         """
         return await self._call(self.model.step, states)
 
-    async def encode_images(
-        self, grids: list[np.ndarray], size: int, output_format: str, compression: int
-    ) -> list[bytes]:
-        """Renders token grids to pixels and encodes them (previews, and the final images).
+    async def draw(self, drawings: Sequence[Drawing]) -> list[list[bytes] | Exception]:
+        """Renders token grids to pixels and encodes them: previews, final images and the
+        pictures the safety service scores, for a whole batch at once.
 
-        Args:
-            grids: Token grids, possibly with masked cells (previews fill those from a prior).
-            size: Side of the images in pixels.
-            output_format: "png", "jpeg" or "webp".
-            compression: 0-100, as in the API.
+        The grids of one size go through the model together (its `preview_batch` when it
+        has one), on the model thread; the encoding is spread over the encoder threads
+        (Pillow releases the GIL), off the model thread.
 
         Returns:
-            The encoded images, size x size, in order.
+            Per drawing, its encoded images in order, or the exception that stopped it (a
+            drawing that fails does not fail the others).
         """
         model = self.model
 
-        def render() -> list[bytes]:
-            # `size=` resizes only if a model returns another size than asked.
-            return [encode(model.preview(g, size), output_format, compression, size=size) for g in grids]
+        def pixels() -> list[list[np.ndarray] | Exception]:
+            out: list[list[np.ndarray] | Exception] = [[] for _ in drawings]
+            for size in sorted({d.size for d in drawings}):
+                group = [i for i, d in enumerate(drawings) if d.size == size]
+                try:
+                    images = _draw(model, [g for i in group for g in drawings[i].grids], size)
+                except Exception:  # noqa: BLE001 - find the drawing at fault: draw each alone
+                    for i in group:
+                        try:
+                            out[i] = _draw(model, drawings[i].grids, size)
+                        except Exception as exc:  # noqa: BLE001
+                            out[i] = exc
+                    continue
+                at = 0
+                for i in group:
+                    out[i] = images[at : at + len(drawings[i].grids)]
+                    at += len(drawings[i].grids)
+            return out
 
-        return await self._call(render)
+        drawn = await self._call(pixels)
+        loop = asyncio.get_running_loop()
+
+        async def encoded(drawing: Drawing, images: list[np.ndarray] | Exception) -> list[bytes] | Exception:
+            if isinstance(images, Exception):
+                return images
+            try:
+                return list(
+                    await asyncio.gather(
+                        *(
+                            loop.run_in_executor(
+                                self._encoders, encode, image, drawing.output_format, drawing.compression, drawing.size
+                            )
+                            for image in images
+                        )
+                    )
+                )
+            except Exception as exc:  # noqa: BLE001
+                return exc
+
+        return list(await asyncio.gather(*(encoded(d, images) for d, images in zip(drawings, drawn, strict=True))))
 
     async def _call(self, fn: Callable[..., T], *args: object) -> T:
         # Like asyncio.to_thread: the caller's context (the consumer span) goes with the call.

@@ -67,12 +67,15 @@ class RenderPlan:
         total_passes: Passes of the whole render, >= 1.
         preview_passes: Completed-pass counts after which progress carries previews.
         completed: Passes completed so far (0 for a fresh render, k when resumed at pass k).
+        check_passes: Completed-pass counts after which progress carries the pictures the
+            safety service scores (always the last pass).
     """
 
     job_id: str
     total_passes: int
     preview_passes: frozenset[int] = frozenset()
     completed: int = 0
+    check_passes: frozenset[int] = frozenset()
 
     def __post_init__(self) -> None:
         if self.total_passes < 1:
@@ -85,14 +88,22 @@ class RenderPlan:
         return replace(self, completed=self.completed + 1)
 
 
-def plan_render(job_id: str, total_passes: int, preview_passes: Iterable[int] = (), completed: int = 0) -> RenderPlan:
-    """Builds the plan of a render; preview passes outside 1..total_passes are dropped.
+def plan_render(
+    job_id: str,
+    total_passes: int,
+    preview_passes: Iterable[int] = (),
+    completed: int = 0,
+    check_passes: Iterable[int] = (),
+) -> RenderPlan:
+    """Builds the plan of a render; passes outside 1..total_passes are dropped.
 
     Args:
         job_id: The job.
         total_passes: Passes of the whole render.
         preview_passes: Requested completed-pass counts for previews (any order, repeats allowed).
         completed: Passes already completed (a resumed render).
+        check_passes: Passes whose content the safety service checks; the last pass is
+            added (its verdict clears the images).
 
     Returns:
         The plan.
@@ -101,7 +112,8 @@ def plan_render(job_id: str, total_passes: int, preview_passes: Iterable[int] = 
         ValueError: total_passes < 1, or completed outside 0..total_passes.
     """
     previews = frozenset(p for p in preview_passes if 1 <= p <= total_passes)
-    return RenderPlan(job_id, total_passes, previews, completed)
+    checks = frozenset(p for p in check_passes if 1 <= p <= total_passes) | {total_passes}
+    return RenderPlan(job_id, total_passes, previews, completed, checks)
 
 
 @dataclass(frozen=True)

@@ -380,7 +380,7 @@ async def job_object(gateway: Gateway, state: JobState, response_format: str = "
         "status": state.status,
         "created_at": int(state.created_at.timestamp()),
         "model": state.spec.model,
-        "progress": {"pass": state.pass_index, "total_passes": state.total_passes},
+        "progress": {"pass": _pass_reached(gateway, state), "total_passes": state.total_passes},
     }
     if state.status == "queued" and state.lane:
         # Waiting for a decoder: how long, and whether behind higher-priority lanes.
@@ -393,6 +393,12 @@ async def job_object(gateway: Gateway, state: JobState, response_format: str = "
     elif state.status in ("blocked", "failed", "cancelled"):
         body["error"] = _job_error(state).body()["error"]
     return body
+
+
+def _pass_reached(gateway: Gateway, state: JobState) -> int:
+    """The job's progress: the last pass its decoder reported (passes are progress events,
+    which every replica reads live, not request events), or what its request events say."""
+    return max(state.pass_index, gateway.live.pass_reached(state.job_id))
 
 
 def _sse(event: str, data: dict[str, Any]) -> bytes:

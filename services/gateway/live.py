@@ -34,11 +34,22 @@ JOB_EVENT_PREFIX = "images.job_"
 CACHED_STATES = 10_000
 
 
+PROGRESS_TYPE = "render.render_progressed"
+PASSES_MEMORY = 100_000
+
+
 class LiveEvents:
-    """Routes live envelopes to the requests waiting for them, by job or request id."""
+    """Routes live envelopes to the requests waiting for them, by job or request id, and
+    remembers the last pass each rendering job reached (progress is the decoder's event,
+    not a request event, so job status reads it from here)."""
 
     def __init__(self) -> None:
         self._waiters: dict[str, set[asyncio.Queue[Envelope]]] = {}
+        self._passes: RecentMap[str, int] = RecentMap(PASSES_MEMORY)
+
+    def pass_reached(self, job_id: str) -> int:
+        """The last pass a decoder reported for the job since this replica started (0 if none)."""
+        return self._passes.get(job_id) or 0
 
     @contextlib.contextmanager
     def subscribe(self, key: str) -> Iterator[asyncio.Queue[Envelope]]:
@@ -56,7 +67,11 @@ class LiveEvents:
 
     async def __call__(self, envelope: Envelope, record: Record) -> None:
         key = envelope.aggregate_id
-        if record.topic == topics.ACCOUNT_EVENTS:
+        if envelope.type == PROGRESS_TYPE:
+            reached = int(envelope.payload.get("pass_index", 0))
+            if reached > self.pass_reached(key):
+                self._passes.put(key, reached)
+        elif record.topic == topics.ACCOUNT_EVENTS:
             key = str(envelope.payload.get("request_id", ""))
         for queue in self._waiters.get(key, ()):
             queue.put_nowait(envelope)

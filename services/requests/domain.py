@@ -8,9 +8,11 @@ handlers load and save state and publish.
 
 The flow: GenerateImage -> JobAccepted + CheckPrompt; prompt allowed -> JobQueued +
 RenderJob on the tier's lane; a decoder starts -> JobRenderStarted (its lease begins);
-each pass -> JobProgressed (+ CheckContent on checked passes, always on the last);
-content blocked -> JobBlocked + AbortRender; every image stored and the last pass
-cleared -> JobCompleted.
+each pass -> the job's checkpoint (its pass and token grids, kept in the service's own
+record, not as a request event: the decoder's progress event is the pass's one message);
+the safety service reads the same progress events and answers only when a render is
+blocked or its last pass is cleared; content blocked -> JobBlocked + AbortRender; every
+image stored and the last pass cleared -> JobCompleted.
 
 Durability: while a job renders, its decoder must report (start, then every pass)
 within the lease; the lease monitor proposes `ExpireRenderLease` when it does not, and
@@ -32,7 +34,6 @@ from libs.events.envelope import Event
 from libs.events.schemas import (
     AbortRender,
     CancelJob,
-    CheckContent,
     CheckPrompt,
     ExpireRenderLease,
     GenerateImage,
@@ -45,7 +46,6 @@ from libs.events.schemas import (
     JobContentCleared,
     JobFailed,
     JobImageStored,
-    JobProgressed,
     JobQueued,
     JobRenderStarted,
     JobRequeued,
@@ -56,7 +56,7 @@ from libs.events.schemas import (
     SafetyVerdict,
     Usage,
 )
-from libs.jobs import JobState, preview_passes
+from libs.jobs import JobState, content_check_passes, preview_passes
 from libs.lanes import lane_for
 
 IMAGE_TOKENS_PER_IMAGE = 16 * 16
@@ -72,15 +72,27 @@ class Message:
 
 
 @dataclass(frozen=True)
+class Checkpoint:
+    """A pass the decoder reported: the job's progress and what a re-dispatch resumes from."""
+
+    pass_index: int
+    total_passes: int
+    tokens: list[str]
+    """Per image, the packed token grid (base64) after the pass."""
+
+
+@dataclass(frozen=True)
 class Decision:
-    """What an input causes: events of the job's stream, and messages to others."""
+    """What an input causes: events of the job's stream, messages to others, and a new
+    checkpoint of the render."""
 
     events: list[Event] = field(default_factory=list)
     messages: list[Message] = field(default_factory=list)
+    checkpoint: Checkpoint | None = None
 
     @property
     def empty(self) -> bool:
-        return not self.events and not self.messages
+        return not self.events and not self.messages and self.checkpoint is None
 
 
 @dataclass(frozen=True)
@@ -88,15 +100,18 @@ class Policy:
     """Tunables of the process manager."""
 
     content_check_stride: int = 1
-    """Check content after every k-th pass (the last pass is always checked)."""
+    """Check content after every k-th pass of those that carry risk (the last pass is
+    always checked; see libs.jobs.content_check_passes)."""
 
 
 NOTHING = Decision()
 
 
-def content_checked(pass_index: int, total_passes: int, policy: Policy) -> bool:
-    """Whether the content after this pass is checked."""
-    return pass_index == total_passes or pass_index % max(1, policy.content_check_stride) == 0
+def reached(state: JobState, checkpoint: Checkpoint) -> JobState:
+    """The job's state once its decoder reported this pass."""
+    return state.model_copy(
+        update={"status": "rendering", "pass_index": checkpoint.pass_index, "total_passes": checkpoint.total_passes}
+    )
 
 
 def leased(state: JobState | None) -> bool:
@@ -130,17 +145,17 @@ def decide(state: JobState | None, event: Event, policy: Policy = Policy(), chec
     if isinstance(event, RenderStarted):
         return _on_started(state, event)
     if isinstance(event, ExpireRenderLease):
-        return _on_lease_expired(state, event, checkpoint)
+        return _on_lease_expired(state, event, checkpoint, policy)
     if isinstance(event, SafetyVerdict):
-        return _on_verdict(state, event)
+        return _on_verdict(state, event, policy)
     if isinstance(event, RenderProgressed):
-        return _on_progress(state, event, policy)
+        return _on_progress(state, event)
     if isinstance(event, ImageStored):
         return _on_stored(state, event)
     if isinstance(event, RenderStopped) and event.reason == "failed":
         return Decision(events=[JobFailed(job_id=state.job_id, code="render_failed", message=event.message)])
     if isinstance(event, RenderStopped) and event.reason == "preempted":
-        return _on_preempted(state, event, checkpoint)
+        return _on_preempted(state, event, checkpoint, policy)
     return NOTHING
 
 
@@ -158,14 +173,14 @@ def _on_generate(state: JobState | None, command: GenerateImage) -> Decision:
     )
 
 
-def _on_verdict(state: JobState, verdict: SafetyVerdict) -> Decision:
+def _on_verdict(state: JobState, verdict: SafetyVerdict, policy: Policy) -> Decision:
     if verdict.stage == "prompt":
         if state.lane:
             return NOTHING  # already queued: a redelivered verdict
         if not verdict.allowed:
             return _blocked(state, verdict)
         lane = lane_for(state.spec.lane or state.spec.tier)
-        render = _render_job(state)
+        render = _render_job(state, policy)
         return Decision(
             events=[JobQueued(job_id=state.job_id, lane=lane.tier, topic=render.topic, partition=render.partition)],
             messages=[render],
@@ -183,7 +198,9 @@ def _on_verdict(state: JobState, verdict: SafetyVerdict) -> Decision:
     return Decision(events=[cleared, *_completion(after, after.stored)])
 
 
-def _render_job(state: JobState, attempt: int = 0, resume_pass: int = 0, tokens: Sequence[str] = ()) -> Message:
+def _render_job(
+    state: JobState, policy: Policy, attempt: int = 0, resume_pass: int = 0, tokens: Sequence[str] = ()
+) -> Message:
     """The render job for the job's lane partition (the same partition on every attempt)."""
     lane = lane_for(state.spec.lane or state.spec.tier)
     spec = state.spec
@@ -205,6 +222,7 @@ def _render_job(state: JobState, attempt: int = 0, resume_pass: int = 0, tokens:
         attempt=attempt,
         resume_pass=resume_pass,
         resume_tokens=list(tokens),
+        content_check_passes=content_check_passes(spec.passes, bool(spec.edits), policy.content_check_stride),
     )
     return Message(lane.topic, render, lane.partition_for(state.job_id))
 
@@ -228,18 +246,20 @@ def _on_started(state: JobState, started: RenderStarted) -> Decision:
     return Decision(events=[event])
 
 
-def _on_lease_expired(state: JobState, expired: ExpireRenderLease, checkpoint: Sequence[str]) -> Decision:
+def _on_lease_expired(
+    state: JobState, expired: ExpireRenderLease, checkpoint: Sequence[str], policy: Policy
+) -> Decision:
     if not leased(state) or (expired.attempt, expired.pass_index) != (state.attempt, state.pass_index):
         return NOTHING  # the decoder reported since the proposal (or the job ended)
     resume = state.pass_index if len(checkpoint) == state.spec.n else 0
     attempt = state.attempt + 1
     return Decision(
         events=[JobRequeued(job_id=state.job_id, attempt=attempt, resume_pass=resume)],
-        messages=[_render_job(state, attempt, resume, checkpoint if resume else ())],
+        messages=[_render_job(state, policy, attempt, resume, checkpoint if resume else ())],
     )
 
 
-def _on_preempted(state: JobState, stopped: RenderStopped, checkpoint: Sequence[str]) -> Decision:
+def _on_preempted(state: JobState, stopped: RenderStopped, checkpoint: Sequence[str], policy: Policy) -> Decision:
     """A decoder handed the render back for a higher-priority job: dispatch it again.
 
     The decoder published the checkpoint of its last pass before this, on the same
@@ -252,7 +272,7 @@ def _on_preempted(state: JobState, stopped: RenderStopped, checkpoint: Sequence[
     attempt = state.attempt + 1
     return Decision(
         events=[JobRequeued(job_id=state.job_id, attempt=attempt, resume_pass=resume, reason="preempted")],
-        messages=[_render_job(state, attempt, resume, checkpoint if resume else ())],
+        messages=[_render_job(state, policy, attempt, resume, checkpoint if resume else ())],
     )
 
 
@@ -277,24 +297,15 @@ def _blocked(state: JobState, verdict: SafetyVerdict) -> Decision:
     )
 
 
-def _on_progress(state: JobState, progress: RenderProgressed, policy: Policy) -> Decision:
+def _on_progress(state: JobState, progress: RenderProgressed) -> Decision:
+    """A pass completed: the job's new checkpoint, and nothing to publish.
+
+    The progress event itself is the pass's record on the bus: the gateway streams its
+    previews and the safety service scores its check images from it directly.
+    """
     if progress.pass_index <= state.pass_index:
         return NOTHING  # a redelivered or resumed pass
-    events: list[Event] = [
-        JobProgressed(job_id=state.job_id, pass_index=progress.pass_index, total_passes=progress.total_passes)
-    ]
-    messages = []
-    if content_checked(progress.pass_index, progress.total_passes, policy):
-        check = CheckContent(
-            job_id=state.job_id,
-            pass_index=progress.pass_index,
-            total_passes=progress.total_passes,
-            model=state.spec.model,
-            tokens=progress.tokens,
-            moderation=state.spec.moderation,
-        )
-        messages.append(Message(topics.SAFETY_CHECKS, check))
-    return Decision(events=events, messages=messages)
+    return Decision(checkpoint=Checkpoint(progress.pass_index, progress.total_passes, list(progress.tokens)))
 
 
 def _on_stored(state: JobState, stored: ImageStored) -> Decision:

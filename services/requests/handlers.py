@@ -17,8 +17,10 @@ usually costs one write and no read. A record cached here can only be stale if
 another process wrote the job since (after a rebalance); then the insert of the
 next revision fails, the cached record is dropped and the input is retried on
 what the store holds.
-The record also keeps the job's last checkpoint (the token grids of its last reported
-pass), which a re-dispatch after a lost decoder hands to the next decoder; and after
+The record also keeps the job's last checkpoint (its pass and the token grids of its
+last reported pass: progress is not a request event, the decoder's progress event is
+the pass's one message), which a re-dispatch after a lost decoder hands to the next
+decoder; and after
 each saved decision the lease monitor learns whether a decoder now holds the job.
 
 The outbox stays in the saved record (emptying it would cost a second write per
@@ -39,12 +41,11 @@ from pydantic import BaseModel, ConfigDict
 from libs import topics
 from libs.bus import EventPublisher, TransientError
 from libs.events import REGISTRY, Envelope, Event
-from libs.events.schemas import JobProgressed, RenderProgressed
 from libs.jobs import JobState, evolve
 from libs.recent import RecentMap
 from libs.stores.ports import DocumentStore, StoreUnavailable
 from libs.stores.revisions import RevisionLog
-from services.requests.domain import Decision, Policy, decide
+from services.requests.domain import Decision, Policy, decide, reached
 from services.requests.leases import LeaseMonitor
 
 log = logging.getLogger(__name__)
@@ -115,7 +116,7 @@ class RequestHandlers:
         decision = decide(record.state, event, self._policy, record.checkpoint)
         if decision.empty:
             return
-        record = await self._save_decision(job_id, record, decision, envelope, event)
+        record = await self._save_decision(job_id, record, decision, envelope)
         self.leases.track(record.state)
         await self._flush(job_id, record)
 
@@ -182,9 +183,7 @@ class RequestHandlers:
             raise TransientError(f"job {job_id} changed concurrently; retrying on fresh state")
         self._recent.put(job_id, record)
 
-    async def _save_decision(
-        self, job_id: str, record: JobRecord, decision: Decision, cause: Envelope, received: Event
-    ) -> JobRecord:
+    async def _save_decision(self, job_id: str, record: JobRecord, decision: Decision, cause: Envelope) -> JobRecord:
         state = record.state
         tier = state.spec.tier if state else None
         sequence = state.sequence if state else 0
@@ -201,8 +200,10 @@ class RequestHandlers:
                 OutboxItem(topic=message.topic, partition=message.partition, envelope=envelope.model_dump(mode="json"))
             )
         checkpoint = record.checkpoint
-        if isinstance(received, RenderProgressed) and any(isinstance(e, JobProgressed) for e in decision.events):
-            checkpoint = received.tokens
+        if decision.checkpoint is not None and state is not None:
+            # Progress is the service's own record of the render, not a request event.
+            state = reached(state, decision.checkpoint)
+            checkpoint = decision.checkpoint.tokens
         updated = JobRecord(
             state=state, seen=[*record.seen, cause.event_id], outbox=outbox, checkpoint=checkpoint, rev=record.rev + 1
         )

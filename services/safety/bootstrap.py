@@ -10,7 +10,7 @@ from typing import Final
 from libs import topics
 from libs.bus.ports import Producer
 from libs.events import new_ulid
-from libs.events.schemas import CheckContent, CheckPrompt, SafetyPolicy
+from libs.events.schemas import CheckContent, CheckPrompt, RenderProgressed, SafetyPolicy
 from libs.model.interface import ImageModel, load_model
 from libs.runtime.dispatch import Dispatcher
 from libs.runtime.service import ConsumerFactory, ServiceRuntime, Subscription
@@ -111,6 +111,7 @@ def build(
     checks = Dispatcher(SERVICE)
     checks.on(CheckPrompt, handlers.on_check_prompt)
     checks.on(CheckContent, handlers.on_check_content)
+    checks.on(RenderProgressed, handlers.on_progress)
 
     async def policy_loaded() -> bool:
         return feed.loaded
@@ -123,7 +124,8 @@ def build(
     runtime.subscriptions.append(
         Subscription(
             group=SERVICE,
-            topics=[topics.SAFETY_CHECKS],
+            # Prompt checks, and the decoders' progress: content is checked as renders go.
+            topics=[topics.SAFETY_CHECKS, topics.RENDER_PROGRESS],
             handler=checks,
             concurrency=settings.handler_concurrency,
         )

@@ -1,10 +1,13 @@
-"""Looking at what a render drew: previews of token grids scored by the content classifier.
+"""Looking at what a render drew: pictures scored by the content classifier.
 
-The image model and the classifier are torch code, so every call runs in a worker
-thread and the event loop keeps serving prompt checks and heartbeats meanwhile.
-Models are loaded once per name (the check names the job's model); the classifier
-is loaded once, at start, so missing weights stop the service at once instead of
-failing its first content check.
+The decoder draws the pictures itself, at the model's native size, on the passes whose
+content is checked (`RenderProgressed.check_images`), so scoring them is all the service
+does. Checks that carry only token grids (a `CheckContent` command, or progress from a
+decoder that sends no pictures) are drawn here with the image model, loaded on first use.
+The models and the classifier are torch code, so every call runs in a worker thread and
+the event loop keeps serving prompt checks and heartbeats meanwhile. The classifier is
+loaded once, at start, so missing weights stop the service at once instead of failing
+its first content check.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from typing import Final, Protocol
 
 import numpy as np
 
+from libs.imaging import decode
 from libs.model.interface import ImageModel, unpack_tokens
 from services.safety.domain import Detection
 
@@ -72,12 +76,8 @@ class ContentInspector:
         self._lock = threading.Lock()
 
     async def start(self) -> None:
-        """Load the classifier and the default model (in a worker thread)."""
-        await asyncio.to_thread(self._warm_up)
-
-    def _warm_up(self) -> None:
-        self._classifier_now()
-        self._model(self._default_model)
+        """Load the classifier (in a worker thread)."""
+        await asyncio.to_thread(self._classifier_now)
 
     def _classifier_now(self) -> ContentClassifier:
         with self._lock:
@@ -123,9 +123,40 @@ class ContentInspector:
         """
         return await asyncio.to_thread(self._inspect, model_name, list(packed_grids))
 
+    async def inspect_pictures(self, pictures: Sequence[str]) -> list[Detection]:
+        """What the classifier detects in pictures the decoder drew.
+
+        Args:
+            pictures: Per image, base64 of an image file (PNG) at the model's native size.
+
+        Returns:
+            One detection per image whose score reaches the threshold, in image order.
+
+        Raises:
+            UncheckableContent: A picture is not an image file.
+        """
+        return await asyncio.to_thread(self._inspect_pictures, list(pictures))
+
+    def _inspect_pictures(self, pictures: list[str]) -> list[Detection]:
+        images = []
+        for index, picture in enumerate(pictures):
+            try:
+                images.append(decode(base64.b64decode(picture, validate=True)))
+            except (binascii.Error, ValueError, OSError) as exc:
+                raise UncheckableContent(f"image {index}: not a picture ({exc})") from exc
+        return self._detections(images)
+
+    def _detections(self, images: list[np.ndarray]) -> list[Detection]:
+        classifier = self._classifier_now()
+        scores = classifier.score_batch(images) if images else []
+        return [
+            Detection(image_index=i, content_class=classifier.category, score=score)
+            for i, score in enumerate(scores)
+            if score >= (self._threshold if self._threshold is not None else classifier.threshold)
+        ]
+
     def _inspect(self, model_name: str, packed_grids: list[str]) -> list[Detection]:
         model = self._model(model_name)
-        classifier = self._classifier_now()
         previews: list[np.ndarray] = []
         for index, packed in enumerate(packed_grids):
             try:
@@ -135,9 +166,4 @@ class ContentInspector:
             if grid.max(initial=0) > model.mask_token:
                 raise UncheckableContent(f"image {index}: token values beyond the model's codebook")
             previews.append(model.preview(grid, PREVIEW_SIZE))
-        scores = classifier.score_batch(previews) if previews else []
-        return [
-            Detection(image_index=i, content_class=classifier.category, score=score)
-            for i, score in enumerate(scores)
-            if score >= (self._threshold if self._threshold is not None else classifier.threshold)
-        ]
+        return self._detections(previews)

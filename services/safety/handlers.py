@@ -1,4 +1,10 @@
-"""The safety service's handlers: a check in, one verdict out on the verdicts topic."""
+"""The safety service's handlers: prompt checks, and the content of renders as they progress.
+
+A prompt check gets one verdict. Content is read from the decoders' progress events
+directly: a pass that carries pictures to check is scored, and a verdict is published
+only when it blocks the render, or for the last pass (whose clearance completes the
+job). An allowed intermediate pass needs no message: nobody waits for it.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +13,7 @@ import logging
 from libs import topics
 from libs.bus import EventPublisher
 from libs.events import Envelope
-from libs.events.schemas import CheckContent, CheckPrompt, SafetyVerdict
+from libs.events.schemas import CheckContent, CheckPrompt, RenderProgressed, SafetyVerdict
 from services.safety.content import ContentInspector, UncheckableContent
 from services.safety.domain import check_content, check_prompt, content_unverifiable
 from services.safety.policy_feed import PolicyFeed
@@ -35,20 +41,45 @@ class SafetyHandlers:
         await self._publish(check_prompt(self._policy.current, check), envelope)
 
     async def on_check_content(self, check: CheckContent, envelope: Envelope) -> None:
-        """Judge what a render drew after one of its passes."""
+        """Judge what a render drew after one of its passes (a check command: token grids)."""
+        await self._judge_content(check, envelope, pictures=[])
+
+    async def on_progress(self, progress: RenderProgressed, envelope: Envelope) -> None:
+        """Judge a render's pass when it carries pictures to check, and always its last pass."""
+        last = progress.pass_index >= progress.total_passes
+        if not progress.check_images and not last:
+            return  # a pass that carries no risk: nothing to look at
+        check = CheckContent(
+            job_id=progress.job_id,
+            pass_index=progress.pass_index,
+            total_passes=progress.total_passes,
+            model="",
+            tokens=progress.tokens,
+        )
+        await self._judge_content(check, envelope, pictures=progress.check_images, quiet_when_allowed=not last)
+
+    async def _judge_content(
+        self, check: CheckContent, envelope: Envelope, pictures: list[str], quiet_when_allowed: bool = False
+    ) -> None:
         policy = self._policy.current
         if self._inspector.detects not in policy.content_classes:
-            # No category blocks what the classifier can see: no need to render previews.
-            await self._publish(check_content(policy, check, []), envelope)
+            # No category blocks what the classifier can see: no need to look.
+            verdict = check_content(policy, check, [])
+        else:
+            try:
+                if pictures:
+                    detections = await self._inspector.inspect_pictures(pictures)
+                else:
+                    detections = await self._inspector.inspect(check.model, check.tokens)
+            except UncheckableContent as exc:
+                log.warning("content check of %s pass %d failed closed: %s", check.job_id, check.pass_index, exc)
+                verdict = content_unverifiable(policy, check, str(exc))
+            else:
+                # The policy may have changed while the pictures were scored; judge with the newest.
+                verdict = check_content(self._policy.current, check, detections)
+        if verdict.allowed and quiet_when_allowed:
             return
-        try:
-            detections = await self._inspector.inspect(check.model, check.tokens)
-        except UncheckableContent as exc:
-            log.warning("content check of %s pass %d failed closed: %s", check.job_id, check.pass_index, exc)
-            await self._publish(content_unverifiable(policy, check, str(exc)), envelope)
-            return
-        # The policy may have changed while the previews were scored; judge with the newest.
-        await self._publish(check_content(self._policy.current, check, detections), envelope)
+        await self._publish(verdict, envelope)
 
     async def _publish(self, verdict: SafetyVerdict, cause: Envelope) -> None:
         if not verdict.allowed:

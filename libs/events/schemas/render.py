@@ -43,6 +43,9 @@ class RenderJob(Event):
     """Passes already completed: a re-dispatched job resumes from its last checkpoint."""
     resume_tokens: list[str] = []
     """Per image, the checkpoint's packed token grid (base64), when resume_pass > 0."""
+    content_check_passes: list[int] = []
+    """Completed-pass counts after which progress carries the small pictures the safety
+    service scores (`RenderProgressed.check_images`); the last pass always does."""
 
 
 @REGISTRY.register
@@ -83,6 +86,9 @@ class RenderProgressed(Event):
     """Per image: base64 of the packed token grid."""
     previews: list[str] = []
     """Per image, on preview passes: base64 of the preview in the job's output format."""
+    check_images: list[str] = []
+    """Per image, on content-check passes: base64 of a PNG of the picture at the model's
+    native size (64x64 for the built-in model), which the safety service scores."""
     decoder: str = ""
 
 

@@ -65,6 +65,7 @@ JOB = RenderJob(
     output_compression=20,
     background="auto",
     preview_passes=[2],
+    content_check_passes=[3],
 )
 
 
@@ -189,6 +190,13 @@ async def test_a_job_progresses_pass_by_pass_then_hands_its_images_to_storage() 
         for preview in progress[1].previews:
             image = _image(preview)
             assert (image.format, image.size) == ("JPEG", (256, 256))
+
+        # The pictures the safety service scores: a 64x64 PNG per image on the checked
+        # passes the job names, and always on the last one.
+        assert [len(p.check_images) for p in progress] == [0, 0, 2, 2]
+        for picture in progress[2].check_images + progress[3].check_images:
+            image = _image(picture)
+            assert (image.format, image.size) == ("PNG", (64, 64))
 
         # The final images, with the last checkpoint's grids.
         assert [s.index for s in stored] == [0, 1] and decoder.stopped() == []

@@ -9,7 +9,7 @@ from libs.events import Envelope, Event
 from libs.events.schemas import JobAccepted, JobBlocked, JobProgressed, JobQueued, RenderProgressed
 from libs.jobs import JobState
 from libs.stores.memory import InMemoryDocumentStore
-from services.gateway.live import JobFollower, JobProjection
+from services.gateway.live import JobFollower, JobProjection, LiveEvents
 from tests.helpers import job_spec
 
 JOB = "job_live"
@@ -88,3 +88,14 @@ async def test_the_projection_reads_the_store_when_an_event_is_not_the_next_it_k
     state = await here.get(JOB)
     assert state is not None and state.status == "blocked"
     assert state.pass_index == 1 and state.lane == "pro", "folded on top of what the other replica wrote"
+
+
+async def test_live_events_remember_the_last_pass_each_job_reached() -> None:
+    live = LiveEvents()
+    assert live.pass_reached(JOB) == 0
+    for k in (1, 3, 2):  # a redelivered or late pass never moves it back
+        progress = RenderProgressed(job_id=JOB, pass_index=k, total_passes=4, tokens=[])
+        envelope = Envelope.wrap(progress, aggregate_id=JOB, sequence=k)
+        await live(envelope, Record("darkroom.render.progress", 0, k, JOB.encode(), envelope.to_bytes()))
+    assert live.pass_reached(JOB) == 3
+    assert live.pass_reached("another job") == 0

@@ -9,7 +9,6 @@ from libs.events.envelope import Event
 from libs.events.schemas import (
     AbortRender,
     CancelJob,
-    CheckContent,
     CheckPrompt,
     ExpireRenderLease,
     GenerateImage,
@@ -30,9 +29,9 @@ from libs.events.schemas import (
     RenderStopped,
     SafetyVerdict,
 )
-from libs.jobs import JobState, evolve, preview_passes
+from libs.jobs import JobState, content_check_passes, evolve, preview_passes
 from libs.lanes import lane_for
-from services.requests.domain import Decision, Policy, decide, leased
+from services.requests.domain import Checkpoint, Decision, Policy, decide, leased, reached
 
 JOB = "job_1"
 
@@ -61,6 +60,8 @@ def _spec(**overrides: object) -> JobSpec:
 def _apply(state: JobState | None, decision: Decision) -> JobState | None:
     for event in decision.events:
         state = evolve(state, event, (state.sequence if state else 0) + 1)
+    if decision.checkpoint is not None and state is not None:
+        state = reached(state, decision.checkpoint)
     return state
 
 
@@ -140,24 +141,25 @@ def test_a_blocked_prompt_ends_the_job_without_rendering() -> None:
     assert decision.messages == []
 
 
-def test_each_pass_is_recorded_once_and_content_is_checked() -> None:
+def test_each_pass_is_recorded_once_as_the_checkpoint_and_publishes_nothing() -> None:
     state, decisions = _run(None, _generate(), _prompt_ok(), _progress(1), _progress(1), _progress(2))
     assert state is not None and (state.status, state.pass_index) == ("rendering", 2)
     assert decisions[3].empty  # pass 1 again
-    [check] = decisions[4].messages
-    assert isinstance(check.event, CheckContent) and check.event.pass_index == 2
-    assert check.event.tokens == ["AAAA", "BBBB"]
+    # The decoder's progress event is the pass's only message: the safety service reads it.
+    assert decisions[4] == Decision(checkpoint=Checkpoint(2, 4, ["AAAA", "BBBB"]))
 
 
-def test_content_checks_follow_the_stride_and_always_include_the_last_pass() -> None:
-    state, _ = _run(None, _generate(), _prompt_ok())
-    policy = Policy(content_check_stride=3)
-    checked = []
-    for k in range(1, 5):
-        decision = decide(state, _progress(k), policy)
-        checked += [m.event.pass_index for m in decision.messages if isinstance(m.event, CheckContent)]
-        state = _apply(state, decision)
-    assert checked == [3, 4]
+def test_the_render_job_names_the_passes_whose_content_is_checked() -> None:
+    def checked(policy: Policy | None = None, **spec: object) -> list[int]:
+        state, _ = _run(None, _generate(**spec))
+        [render] = decide(state, _prompt_ok(), policy or Policy()).messages
+        assert isinstance(render.event, RenderJob)
+        return render.event.content_check_passes
+
+    # Once a third of the cells are drawn, and always the last pass.
+    assert checked() == [3, 4]
+    assert checked(passes=12) == [7, 8, 9, 10, 11, 12]
+    assert checked(Policy(content_check_stride=3), passes=12) == [9, 12]
 
 
 def test_a_content_block_aborts_the_render() -> None:
@@ -317,3 +319,11 @@ def test_a_completed_job_cannot_be_cancelled() -> None:
     state, _ = _run(None, *inputs)
     assert state is not None and state.status == "completed"
     assert decide(state, CancelJob(job_id=JOB, account_id="acct_1")).empty
+
+
+def test_content_is_checked_once_a_third_of_a_fresh_render_is_drawn_and_on_every_pass_of_a_tweak() -> None:
+    assert content_check_passes(4) == [3, 4]
+    assert content_check_passes(8) == [5, 6, 7, 8]
+    assert content_check_passes(1) == [1]
+    assert content_check_passes(4, tweak=True) == [1, 2, 3, 4]
+    assert content_check_passes(8, tweak=True, stride=4) == [4, 8]

@@ -13,7 +13,16 @@ import pytest
 from libs import topics
 from libs.bus.memory import InMemoryBroker
 from libs.events import REGISTRY, Envelope
-from libs.events.schemas import CheckContent, CheckPrompt, DeadLetter, PolicyCategory, SafetyPolicy, SafetyVerdict
+from libs.events.schemas import (
+    CheckContent,
+    CheckPrompt,
+    DeadLetter,
+    PolicyCategory,
+    RenderProgressed,
+    SafetyPolicy,
+    SafetyVerdict,
+)
+from libs.imaging import encode
 from libs.model.interface import NoOpModel, pack_tokens
 from libs.runtime.service import run_service
 from libs.settings import SafetySettings
@@ -228,6 +237,80 @@ async def test_a_content_check_that_cannot_be_carried_out_fails_closed(tokens: l
         await _check(broker, _content("job_bad", tokens))
         verdict = await _verdict(broker, "job_bad")
     assert (verdict.allowed, verdict.category, verdict.stage) == (False, UNVERIFIABLE, "content")
+
+
+def _pictures(count: int, shade: int = 0) -> list[str]:
+    picture = encode(np.full((64, 64, 3), shade, np.uint8), "png")
+    return [base64.b64encode(picture).decode("ascii")] * count
+
+
+async def _progress(broker: InMemoryBroker, job_id: str, pass_index: int, pictures: list[str], total: int = 4) -> None:
+    progress = RenderProgressed(
+        job_id=job_id,
+        pass_index=pass_index,
+        total_passes=total,
+        tokens=_grids(len(pictures) or 1),
+        check_images=pictures,
+    )
+    envelope = Envelope.wrap(progress, aggregate_id=job_id, sequence=pass_index)
+    await broker.producer().send(topics.RENDER_PROGRESS, envelope.to_bytes(), key=job_id.encode())
+
+
+def _verdicts(broker: InMemoryBroker, job_id: str) -> list[SafetyVerdict]:
+    found = [
+        REGISTRY.decode_as(Envelope.from_bytes(r.value), SafetyVerdict) for r in broker.records(topics.SAFETY_VERDICTS)
+    ]
+    return [v for v in found if v.job_id == job_id]
+
+
+async def test_a_render_is_blocked_from_the_pictures_its_decoder_drew_on_a_checked_pass() -> None:
+    broker = _broker()
+    classifier = FakeClassifier(score=0.93)
+    async with running(broker, classifier):
+        await _progress(broker, "job_drawn", 3, _pictures(2))
+        verdict = await _verdict(broker, "job_drawn")
+    assert (verdict.stage, verdict.pass_index, verdict.allowed, verdict.category) == (
+        "content",
+        3,
+        False,
+        "forbidden-object",
+    )
+    # The decoder's pictures were scored as they came: no second render here.
+    [batch] = classifier.batches
+    assert [(p.shape, p.dtype.name) for p in batch] == [((64, 64, 3), "uint8")] * 2
+
+
+async def test_only_a_block_or_the_last_pass_is_answered_and_passes_without_pictures_are_not_looked_at() -> None:
+    broker = _broker()
+    classifier = FakeClassifier(score=0.2)
+    async with running(broker, classifier):
+        await _progress(broker, "job_clean", 1, [])  # a pass that carries no risk
+        await _progress(broker, "job_clean", 3, _pictures(1))  # checked and allowed: nobody waits for it
+        await _progress(broker, "job_clean", 4, _pictures(1))  # the last pass: its clearance completes the job
+        verdict = await _verdict(broker, "job_clean")
+        await asyncio.sleep(0.2)
+    assert (verdict.pass_index, verdict.allowed) == (4, True)
+    assert _verdicts(broker, "job_clean") == [verdict]
+    assert len(classifier.batches) == 2
+
+
+async def test_a_last_pass_without_pictures_is_drawn_from_its_grids() -> None:
+    broker = _broker()
+    classifier = FakeClassifier(score=0.93)
+    async with running(broker, classifier):
+        await _progress(broker, "job_old_decoder", 4, [])
+        verdict = await _verdict(broker, "job_old_decoder")
+    assert (verdict.pass_index, verdict.allowed) == (4, False)
+    [batch] = classifier.batches
+    assert [p.shape for p in batch] == [(64, 64, 3)]
+
+
+async def test_pictures_that_are_not_images_fail_closed() -> None:
+    broker = _broker()
+    async with running(broker, FakeClassifier(score=0.0)):
+        await _progress(broker, "job_garbled", 3, [base64.b64encode(b"not a png").decode("ascii")])
+        verdict = await _verdict(broker, "job_garbled")
+    assert (verdict.pass_index, verdict.allowed, verdict.category) == (3, False, UNVERIFIABLE)
 
 
 async def test_a_poison_policy_record_is_dead_lettered_and_the_service_still_starts() -> None:
