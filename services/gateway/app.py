@@ -27,6 +27,7 @@ from libs.runtime.heartbeats import HeartbeatMonitor
 from libs.runtime.service import ConsumerFactory, ServiceRuntime, Subscription
 from libs.runtime.wiring import kafka_consumer_factory, kafka_producer, minio_store, mongo_store, reachable
 from libs.settings import GatewaySettings
+from libs.stores.grouped import GroupedInserts
 from libs.stores.ports import BlobStore, DocumentStore
 from services.gateway import accounts, edits, images
 from services.gateway.catalog import ImageCatalog
@@ -90,8 +91,11 @@ def create_app(
         consumer_factory=consumer_factory or kafka_consumer_factory(settings, SERVICE),
     )
     live = LiveEvents()
-    catalog = ImageCatalog(docs)
-    projection = JobProjection(docs, catalog)
+    # The read model's revisions and catalog entries, from requests and events handled side
+    # by side, are written together (group commit).
+    grouped = GroupedInserts(docs)
+    catalog = ImageCatalog(grouped)
+    projection = JobProjection(grouped, catalog)
     # Group "" = no consumer group: every replica reads these from its start onwards.
     runtime.subscriptions += [
         Subscription(group="", topics=[topics.HEARTBEATS], handler=monitor),

@@ -10,6 +10,7 @@ from libs.runtime.dispatch import Dispatcher
 from libs.runtime.service import ConsumerFactory, ServiceRuntime, Subscription
 from libs.runtime.wiring import kafka_consumer_factory, kafka_producer, mongo_store, reachable
 from libs.settings import RequestsSettings
+from libs.stores.grouped import GroupedInserts
 from libs.stores.ports import DocumentStore
 from services.requests.domain import Policy
 from services.requests.handlers import RequestHandlers, registered_inputs
@@ -34,7 +35,8 @@ def bootstrap(
         consumer_factory=consumer_factory or kafka_consumer_factory(settings, SERVICE),
     )
     handlers = RequestHandlers(
-        docs,
+        # Jobs handled side by side write their revisions together (group commit).
+        GroupedInserts(docs),
         runtime.publisher,
         Policy(content_check_stride=settings.content_check_stride),
         LeaseMonitor(settings.render_lease_s),
