@@ -9,6 +9,7 @@ from libs.runtime.dispatch import Dispatcher
 from libs.runtime.service import ConsumerFactory, ServiceRuntime, Subscription
 from libs.runtime.wiring import kafka_consumer_factory, kafka_producer, minio_store, mongo_store, reachable
 from libs.settings import StorageSettings
+from libs.stores.grouped import GroupedInserts
 from libs.stores.ports import BlobStore, DocumentStore
 from services.storage.handlers import StorageHandlers
 
@@ -43,7 +44,7 @@ def bootstrap(
         producer=producer or kafka_producer(settings, SERVICE),
         consumer_factory=consumer_factory or kafka_consumer_factory(settings, SERVICE),
     )
-    handlers = StorageHandlers(runtime.publisher, docs, objects)
+    handlers = StorageHandlers(runtime.publisher, GroupedInserts(docs), objects)
     dispatcher = Dispatcher(SERVICE)
     dispatcher.on(StoreImage, handlers.on_store_image)
 

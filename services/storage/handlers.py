@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from libs import topics
@@ -43,9 +44,15 @@ class StorageHandlers:
         try:
             # Objects before the document, the document before the event: whoever sees the
             # event (or the document) can read everything it points to.
-            await self._blobs.put(plan.object_key, plan.image, command.content_type)
-            await self._blobs.put(plan.tokens_key, plan.tokens, TOKENS_CONTENT_TYPE)
-            await self._documents.put(IMAGES, plan.image_id, plan.document)
+            await asyncio.gather(
+                self._blobs.put(plan.object_key, plan.image, command.content_type),
+                self._blobs.put(plan.tokens_key, plan.tokens, TOKENS_CONTENT_TYPE),
+            )
+            # By insert (grouped with other jobs' in one write, see the bootstrap): an update
+            # costs FerretDB a scan of the collection. A document already there (a redelivery,
+            # or the same image rendered again after a lost decoder) is replaced.
+            if not await self._documents.insert(IMAGES, plan.image_id, plan.document):
+                await self._documents.put(IMAGES, plan.image_id, plan.document)
         except StoreUnavailable as exc:
             raise TransientError(f"storing {plan.object_key}: {exc}") from exc
         log.info("stored %s (%d bytes)", plan.object_key, plan.stored.size_bytes)
