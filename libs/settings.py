@@ -123,7 +123,8 @@ class RequestsSettings(MongoSettings):
     """The requests service (job aggregates and their projections)."""
 
     content_check_stride: int = 1
-    """Check drawn content after every k-th pass (the last pass is always checked)."""
+    """Check drawn content after every k-th of the passes that carry risk (see
+    libs.jobs.content_check_passes; the last pass is always checked)."""
     render_lease_s: float = 20.0
     """Seconds a decoder may stay silent about a job it renders (it reports at the start and
     after every pass) before the job is dispatched again from its last checkpoint."""

@@ -6,13 +6,15 @@ progress, a stored image) and returns what follows: new request events for the
 job's own stream and messages for other services. No I/O happens here; the
 handlers load and save state and publish.
 
-The flow: GenerateImage -> JobAccepted + CheckPrompt; prompt allowed -> JobQueued +
-RenderJob on the tier's lane; a decoder starts -> JobRenderStarted (its lease begins);
-each pass -> the job's checkpoint (its pass and token grids, kept in the service's own
-record, not as a request event: the decoder's progress event is the pass's one message);
-the safety service reads the same progress events and answers only when a render is
-blocked or its last pass is cleared; content blocked -> JobBlocked + AbortRender; every
-image stored and the last pass cleared -> JobCompleted.
+The flow: GenerateImage -> JobAccepted (the safety service reads the same command and
+answers a prompt verdict; one that arrives before the command is held in the job's
+record and decided with it); prompt allowed -> JobQueued + RenderJob on the tier's
+lane; a decoder starts -> JobRenderStarted (its lease begins); each pass -> the job's
+checkpoint (its pass and token grids, kept in the service's own record, not as a
+request event: the decoder's progress event is the pass's one message); the safety
+service reads the same progress events and answers only when a render is blocked or
+its last pass is cleared; content blocked -> JobBlocked + AbortRender; every image
+stored and the last pass cleared -> JobCompleted.
 
 Durability: while a job renders, its decoder must report (start, then every pass)
 within the lease; the lease monitor proposes `ExpireRenderLease` when it does not, and
@@ -34,7 +36,6 @@ from libs.events.envelope import Event
 from libs.events.schemas import (
     AbortRender,
     CancelJob,
-    CheckPrompt,
     ExpireRenderLease,
     GenerateImage,
     ImageRef,
@@ -56,7 +57,7 @@ from libs.events.schemas import (
     SafetyVerdict,
     Usage,
 )
-from libs.jobs import JobState, content_check_passes, preview_passes
+from libs.jobs import JobState, content_check_passes, evolve, preview_passes
 from libs.lanes import lane_for
 
 IMAGE_TOKENS_PER_IMAGE = 16 * 16
@@ -89,10 +90,12 @@ class Decision:
     events: list[Event] = field(default_factory=list)
     messages: list[Message] = field(default_factory=list)
     checkpoint: Checkpoint | None = None
+    held: SafetyVerdict | None = None
+    """A prompt verdict that came before its job's command, kept until the command comes."""
 
     @property
     def empty(self) -> bool:
-        return not self.events and not self.messages and self.checkpoint is None
+        return not self.events and not self.messages and self.checkpoint is None and self.held is None
 
 
 @dataclass(frozen=True)
@@ -123,7 +126,13 @@ def leased(state: JobState | None) -> bool:
     return state is not None and state.status == "rendering" and state.pass_index < state.total_passes
 
 
-def decide(state: JobState | None, event: Event, policy: Policy = Policy(), checkpoint: Sequence[str] = ()) -> Decision:
+def decide(
+    state: JobState | None,
+    event: Event,
+    policy: Policy = Policy(),
+    checkpoint: Sequence[str] = (),
+    held: SafetyVerdict | None = None,
+) -> Decision:
     """Decide what an input means for a job.
 
     Args:
@@ -132,12 +141,16 @@ def decide(state: JobState | None, event: Event, policy: Policy = Policy(), chec
         policy: Tunables.
         checkpoint: The token grids (base64, per image) of the job's last reported pass,
             which a re-dispatched render resumes from.
+        held: A prompt verdict that came before the job's command.
 
     Returns:
         The decision (empty when the input changes nothing, e.g. a duplicate).
     """
     if isinstance(event, GenerateImage):
-        return _on_generate(state, event)
+        return _on_generate(state, event, policy, held)
+    if state is None and isinstance(event, SafetyVerdict) and event.stage == "prompt":
+        # The safety service read the command before this service did: keep the verdict.
+        return Decision(held=event) if held is None else NOTHING
     if state is None or state.terminal:
         return NOTHING
     if isinstance(event, CancelJob):
@@ -159,18 +172,19 @@ def decide(state: JobState | None, event: Event, policy: Policy = Policy(), chec
     return NOTHING
 
 
-def _on_generate(state: JobState | None, command: GenerateImage) -> Decision:
+def _on_generate(
+    state: JobState | None, command: GenerateImage, policy: Policy, held: SafetyVerdict | None
+) -> Decision:
     if state is not None:
         return NOTHING  # the same job again (a retried command): already accepted
-    return Decision(
-        events=[JobAccepted(job_id=command.job_id, spec=command.spec, created_at=command.created_at)],
-        messages=[
-            Message(
-                topics.SAFETY_CHECKS,
-                CheckPrompt(job_id=command.job_id, prompt=command.spec.prompt, moderation=command.spec.moderation),
-            )
-        ],
-    )
+    accepted = JobAccepted(job_id=command.job_id, spec=command.spec, created_at=command.created_at)
+    if held is None:
+        return Decision(events=[accepted])
+    # Its prompt verdict came first: accepted and queued (or blocked) at once.
+    accepted_state = evolve(None, accepted, 1)
+    assert accepted_state is not None  # JobAccepted always makes a state
+    verdict = _on_verdict(accepted_state, held, policy)
+    return Decision(events=[accepted, *verdict.events], messages=verdict.messages)
 
 
 def _on_verdict(state: JobState, verdict: SafetyVerdict, policy: Policy) -> Decision:

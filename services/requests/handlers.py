@@ -41,6 +41,7 @@ from pydantic import BaseModel, ConfigDict
 from libs import topics
 from libs.bus import EventPublisher, TransientError
 from libs.events import REGISTRY, Envelope, Event
+from libs.events.schemas import SafetyVerdict
 from libs.jobs import JobState, evolve
 from libs.recent import RecentMap
 from libs.stores.ports import DocumentStore, StoreUnavailable
@@ -74,6 +75,8 @@ class JobRecord(BaseModel):
     outbox: list[OutboxItem] = []
     checkpoint: list[str] = []
     """Per image, the packed token grid (base64) of the last reported pass."""
+    held: SafetyVerdict | None = None
+    """The prompt verdict, while it waits for its job's command (it came first)."""
     rev: int = 0
 
     @classmethod
@@ -113,7 +116,7 @@ class RequestHandlers:
             await self._flush(job_id, record)
         if envelope.event_id in record.seen:
             return
-        decision = decide(record.state, event, self._policy, record.checkpoint)
+        decision = decide(record.state, event, self._policy, record.checkpoint, record.held)
         if decision.empty:
             return
         record = await self._save_decision(job_id, record, decision, envelope)
@@ -205,7 +208,13 @@ class RequestHandlers:
             state = reached(state, decision.checkpoint)
             checkpoint = decision.checkpoint.tokens
         updated = JobRecord(
-            state=state, seen=[*record.seen, cause.event_id], outbox=outbox, checkpoint=checkpoint, rev=record.rev + 1
+            state=state,
+            seen=[*record.seen, cause.event_id],
+            outbox=outbox,
+            checkpoint=checkpoint,
+            # Held until the command comes, which decides it (and the job then has a state).
+            held=decision.held if state is None else None,
+            rev=record.rev + 1,
         )
         await self._save(job_id, updated)
         return updated

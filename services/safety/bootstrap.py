@@ -10,7 +10,7 @@ from typing import Final
 from libs import topics
 from libs.bus.ports import Producer
 from libs.events import new_ulid
-from libs.events.schemas import CheckContent, CheckPrompt, RenderProgressed, SafetyPolicy
+from libs.events.schemas import CheckContent, CheckPrompt, GenerateImage, RenderProgressed, SafetyPolicy
 from libs.model.interface import ImageModel, load_model
 from libs.runtime.dispatch import Dispatcher
 from libs.runtime.service import ConsumerFactory, ServiceRuntime, Subscription
@@ -110,6 +110,7 @@ def build(
     handlers = SafetyHandlers(runtime.publisher, feed, inspector)
     checks = Dispatcher(SERVICE)
     checks.on(CheckPrompt, handlers.on_check_prompt)
+    checks.on(GenerateImage, handlers.on_generate)
     checks.on(CheckContent, handlers.on_check_content)
     checks.on(RenderProgressed, handlers.on_progress)
 
@@ -124,8 +125,10 @@ def build(
     runtime.subscriptions.append(
         Subscription(
             group=SERVICE,
-            # Prompt checks, and the decoders' progress: content is checked as renders go.
-            topics=[topics.SAFETY_CHECKS, topics.RENDER_PROGRESS],
+            # The image commands (their prompts are checked as they come, beside the requests
+            # service accepting them), the decoders' progress (content is checked as renders
+            # go) and check commands.
+            topics=[topics.IMAGE_COMMANDS, topics.RENDER_PROGRESS, topics.SAFETY_CHECKS],
             handler=checks,
             concurrency=settings.handler_concurrency,
         )

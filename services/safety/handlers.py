@@ -1,6 +1,7 @@
-"""The safety service's handlers: prompt checks, and the content of renders as they progress.
+"""The safety service's handlers: prompts, and the content of renders as they progress.
 
-A prompt check gets one verdict. Content is read from the decoders' progress events
+A new job's prompt (read from its `GenerateImage` command, or a `CheckPrompt`) gets one
+verdict. Content is read from the decoders' progress events
 directly: a pass that carries pictures to check is scored, and a verdict is published
 only when it blocks the render, or for the last pass (whose clearance completes the
 job). An allowed intermediate pass needs no message: nobody waits for it.
@@ -13,7 +14,7 @@ import logging
 from libs import topics
 from libs.bus import EventPublisher
 from libs.events import Envelope
-from libs.events.schemas import CheckContent, CheckPrompt, RenderProgressed, SafetyVerdict
+from libs.events.schemas import CheckContent, CheckPrompt, GenerateImage, RenderProgressed, SafetyVerdict
 from services.safety.content import ContentInspector, UncheckableContent
 from services.safety.domain import check_content, check_prompt, content_unverifiable
 from services.safety.policy_feed import PolicyFeed
@@ -37,7 +38,14 @@ class SafetyHandlers:
         self._inspector = inspector
 
     async def on_check_prompt(self, check: CheckPrompt, envelope: Envelope) -> None:
-        """Judge a prompt before rendering."""
+        """Judge a prompt before rendering (a check command)."""
+        await self._publish(check_prompt(self._policy.current, check), envelope)
+
+    async def on_generate(self, command: GenerateImage, envelope: Envelope) -> None:
+        """Judge the prompt of a new job as its command comes (the requests service waits
+        for this verdict before it queues the render)."""
+        spec = command.spec
+        check = CheckPrompt(job_id=command.job_id, prompt=spec.prompt, moderation=spec.moderation)
         await self._publish(check_prompt(self._policy.current, check), envelope)
 
     async def on_check_content(self, check: CheckContent, envelope: Envelope) -> None:

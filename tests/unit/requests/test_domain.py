@@ -9,10 +9,10 @@ from libs.events.envelope import Event
 from libs.events.schemas import (
     AbortRender,
     CancelJob,
-    CheckPrompt,
     ExpireRenderLease,
     GenerateImage,
     ImageStored,
+    JobAccepted,
     JobBlocked,
     JobCancelled,
     JobCompleted,
@@ -99,12 +99,24 @@ def _stored(i: int) -> ImageStored:
     )
 
 
-def test_a_new_job_is_accepted_and_its_prompt_checked() -> None:
+def test_a_new_job_is_accepted_and_waits_for_its_prompt_verdict() -> None:
     state, [decision] = _run(None, _generate())
-    assert state is not None and state.status == "queued"
-    [message] = decision.messages
-    assert message.topic == topics.SAFETY_CHECKS
-    assert isinstance(message.event, CheckPrompt) and message.event.prompt == "a red circle"
+    assert state is not None and state.status == "queued" and not state.lane
+    # The safety service reads the command itself: nothing to ask it.
+    assert [type(e) for e in decision.events] == [JobAccepted] and decision.messages == []
+
+
+def test_a_prompt_verdict_that_comes_before_the_command_is_held_then_decided_with_it() -> None:
+    held = decide(None, _prompt_ok())
+    assert held == Decision(held=_prompt_ok()) or (held.held is not None and held.held.allowed)
+    assert decide(None, _prompt_ok(), held=held.held).empty  # the same verdict again
+    decision = decide(None, _generate(), held=held.held)
+    assert [type(e) for e in decision.events] == [JobAccepted, JobQueued]
+    [render] = decision.messages
+    assert isinstance(render.event, RenderJob)
+    blocked = SafetyVerdict(job_id=JOB, stage="prompt", allowed=False, category="violence", policy_version=3)
+    decision = decide(None, _generate(), held=blocked)
+    assert [type(e) for e in decision.events] == [JobAccepted, JobBlocked] and decision.messages == []
 
 
 def test_the_same_command_twice_changes_nothing() -> None:

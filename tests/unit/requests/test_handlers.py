@@ -11,7 +11,6 @@ from libs.bus import EventPublisher, TransientError
 from libs.bus.memory import InMemoryBroker
 from libs.events import REGISTRY, Envelope, Event
 from libs.events.schemas import (
-    CheckPrompt,
     ExpireRenderLease,
     GenerateImage,
     JobAccepted,
@@ -57,7 +56,7 @@ class ExplodingPublisher(EventPublisher):
         return await super().publish(topic, envelope, key=key, partition=partition)
 
 
-async def test_a_command_produces_sequenced_job_events_and_a_prompt_check() -> None:
+async def test_a_command_produces_sequenced_job_events() -> None:
     broker, docs = InMemoryBroker(), InMemoryDocumentStore()
     handlers = RequestHandlers(docs, EventPublisher(broker.producer()))
     command = GenerateImage(job_id=JOB, spec=_spec(), created_at=datetime.now(UTC))
@@ -66,12 +65,10 @@ async def test_a_command_produces_sequenced_job_events_and_a_prompt_check() -> N
     [accepted] = _events(broker, topics.REQUEST_EVENTS)
     assert (accepted.type, accepted.sequence, accepted.tier) == (JobAccepted.TYPE, 1, "plus")
     assert accepted.causation_id == envelope.event_id
-    [check] = _events(broker, topics.SAFETY_CHECKS)
-    assert REGISTRY.decode_as(check, CheckPrompt).prompt == "a cat"
+    assert _events(broker, topics.SAFETY_CHECKS) == []  # safety reads the command itself
     # Delivered again: nothing new.
     await handlers.handle(command, envelope)
     assert len(_events(broker, topics.REQUEST_EVENTS)) == 1
-    assert len(_events(broker, topics.SAFETY_CHECKS)) == 1
 
 
 async def test_the_render_job_goes_to_the_lane_partition() -> None:
@@ -89,22 +86,26 @@ async def test_the_render_job_goes_to_the_lane_partition() -> None:
 
 
 async def test_a_crash_between_saving_and_publishing_loses_nothing() -> None:
-    broker, docs = InMemoryBroker(), InMemoryDocumentStore()
+    broker, docs = InMemoryBroker({topics.RENDER_CONSUMER: 12}), InMemoryDocumentStore()
     publisher = ExplodingPublisher(broker)
+    publisher.fail = False
     handlers = RequestHandlers(docs, publisher)
     command = GenerateImage(job_id=JOB, spec=_spec(), created_at=datetime.now(UTC))
-    envelope = _envelope(command)
+    await handlers.handle(command, _envelope(command))
+    verdict = SafetyVerdict(job_id=JOB, stage="prompt", allowed=True, policy_version=1)
+    envelope = _envelope(verdict)
+    publisher.fail = True
     with pytest.raises(ConnectionError):
-        await handlers.handle(command, envelope)
-    saved = await docs.get(COLLECTION, revision_id(JOB, 1))
-    assert saved is not None and len(saved["outbox"]) == 2
-    assert _events(broker, topics.REQUEST_EVENTS) == []
-    # The consumer loop retries the same message: the outbox is published once, nothing is decided twice.
-    await handlers.handle(command, envelope)
+        await handlers.handle(verdict, envelope)
+    saved = await docs.get(COLLECTION, revision_id(JOB, 2))
+    assert saved is not None and len(saved["outbox"]) == 2  # JobQueued and the render job
     assert [e.type for e in _events(broker, topics.REQUEST_EVENTS)] == [JobAccepted.TYPE]
-    assert len(_events(broker, topics.SAFETY_CHECKS)) == 1
-    await handlers.handle(command, envelope)
-    assert len(_events(broker, topics.SAFETY_CHECKS)) == 1, "a published outbox is not published again"
+    # The consumer loop retries the same message: the outbox is published once, nothing is decided twice.
+    await handlers.handle(verdict, envelope)
+    assert [e.type for e in _events(broker, topics.REQUEST_EVENTS)] == [JobAccepted.TYPE, JobQueued.TYPE]
+    assert len(_events(broker, topics.RENDER_CONSUMER)) == 1
+    await handlers.handle(verdict, envelope)
+    assert len(_events(broker, topics.RENDER_CONSUMER)) == 1, "a published outbox is not published again"
 
 
 async def test_after_a_restart_the_last_outbox_goes_out_once_more_and_changes_nothing() -> None:
@@ -207,3 +208,18 @@ async def test_a_job_whose_decoder_went_silent_is_dispatched_again_from_its_chec
     requeued = [e for e in _events(broker, topics.REQUEST_EVENTS) if e.type == "images.job_requeued"]
     assert [(e.payload["attempt"], e.payload["resume_pass"]) for e in requeued] == [(1, 2)]
     assert JOB not in leases  # queued again: no decoder holds it until one starts it
+
+
+async def test_a_prompt_verdict_before_the_command_is_kept_in_the_record_until_the_command_comes() -> None:
+    broker, docs = InMemoryBroker({topics.RENDER_CONSUMER: 12}), InMemoryDocumentStore()
+    handlers = RequestHandlers(docs, EventPublisher(broker.producer()))
+    verdict = SafetyVerdict(job_id=JOB, stage="prompt", allowed=True, policy_version=1)
+    await handlers.handle(verdict, _envelope(verdict))
+    assert _events(broker, topics.REQUEST_EVENTS) == []
+    # A restarted process finds it in the store.
+    restarted = RequestHandlers(docs, EventPublisher(broker.producer()))
+    command = GenerateImage(job_id=JOB, spec=_spec(), created_at=datetime.now(UTC))
+    await restarted.handle(command, _envelope(command))
+    assert [e.type for e in _events(broker, topics.REQUEST_EVENTS)] == [JobAccepted.TYPE, JobQueued.TYPE]
+    [render] = _events(broker, topics.RENDER_CONSUMER)
+    assert REGISTRY.decode_as(render, RenderJob).job_id == JOB

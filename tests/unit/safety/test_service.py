@@ -6,6 +6,7 @@ import asyncio
 import base64
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 
 import numpy as np
 import pytest
@@ -17,6 +18,7 @@ from libs.events.schemas import (
     CheckContent,
     CheckPrompt,
     DeadLetter,
+    GenerateImage,
     PolicyCategory,
     RenderProgressed,
     SafetyPolicy,
@@ -28,7 +30,7 @@ from libs.runtime.service import run_service
 from libs.settings import SafetySettings
 from services.safety.bootstrap import SafetyService, build
 from services.safety.domain import POLICY_AGGREGATE, UNVERIFIABLE, policy_key
-from tests.helpers import eventually
+from tests.helpers import eventually, job_spec
 
 
 class FakeClassifier:
@@ -311,6 +313,32 @@ async def test_pictures_that_are_not_images_fail_closed() -> None:
         await _progress(broker, "job_garbled", 3, [base64.b64encode(b"not a png").decode("ascii")])
         verdict = await _verdict(broker, "job_garbled")
     assert (verdict.pass_index, verdict.allowed, verdict.category) == (3, False, UNVERIFIABLE)
+
+
+async def test_a_new_jobs_prompt_is_judged_from_its_command() -> None:
+    broker = _broker()
+    async with running(broker):
+        for job_id, prompt, tier in (
+            ("job_cmd_skull", "a skull on a desk", "free"),
+            ("job_cmd_ok", "a red ball", "api"),
+        ):
+            command = GenerateImage(
+                job_id=job_id, spec=job_spec(prompt=prompt, tier=tier), created_at=datetime.now(UTC)
+            )
+            envelope = Envelope.wrap(command, aggregate_id=job_id, tier=tier)
+            await broker.producer().send(topics.IMAGE_COMMANDS, envelope.to_bytes(), key=job_id.encode())
+        blocked = await _verdict(broker, "job_cmd_skull")
+
+        async def api_verdict() -> SafetyVerdict | None:
+            found = [
+                REGISTRY.decode_as(Envelope.from_bytes(r.value), SafetyVerdict)
+                for r in broker.records(topics.SAFETY_VERDICTS_API)
+            ]
+            return next((v for v in found if v.job_id == "job_cmd_ok"), None)
+
+        allowed = await eventually(api_verdict, 10, "the api job's verdict on the api topic")
+    assert (blocked.stage, blocked.allowed, blocked.category) == ("prompt", False, "forbidden-object")
+    assert (allowed.stage, allowed.allowed) == ("prompt", True)
 
 
 async def test_a_poison_policy_record_is_dead_lettered_and_the_service_still_starts() -> None:
