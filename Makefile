@@ -5,7 +5,7 @@ STACK := $(PY) -m infra.stack
 
 .DEFAULT_GOAL := help
 
-.PHONY: help setup up down status logs test test-unit test-integration test-e2e lint typecheck check schemas bench-pipeline bench-decoder bench-auth surge train-model eval-model
+.PHONY: help setup up down status logs test test-unit test-integration test-e2e lint typecheck check schemas bench-pipeline bench-throughput bench-decoder bench-auth surge train-model eval-model
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -48,8 +48,11 @@ check: lint typecheck test-unit ## fast local checks before a commit
 schemas: ## regenerate the published JSON Schemas of every event (docs/schemas)
 	@$(PY) -m libs.cli schemas export docs/schemas
 
-bench-pipeline: ## pipeline overhead (no-op model) at 1/10/50 concurrent jobs, and the model's CPU pass time
-	@$(PY) -m tests.bench.pipeline
+bench-pipeline: ## pipeline overhead (no-op model) at 1/10/50 concurrent jobs: latency, jobs/s, CPU and messages per job
+	@$(PY) -m tests.bench.pipeline $(ARGS)
+
+bench-throughput: ## the share of the built-in model's images/s that reaches users through the whole stack
+	@$(PY) -m tests.bench.throughput $(ARGS)
 
 bench-decoder: ## batching: the model's images/s per batch size, the decoder service at saturation, paid latency in a free flood
 	@$(PY) -m tests.bench.decoder $(ARGS)

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import io
-from collections.abc import Sequence
-from concurrent.futures import Executor
 
 import numpy as np
 from PIL import Image
@@ -43,20 +41,6 @@ def encode(rgb: np.ndarray, output_format: str, compression: int = 100, size: in
     else:
         raise ValueError(f"unsupported output format {output_format!r}")
     return out.getvalue()
-
-
-def encode_all(
-    images: Sequence[np.ndarray],
-    output_format: str,
-    compression: int = 100,
-    size: int | None = None,
-    executor: Executor | None = None,
-) -> list[bytes]:
-    """`encode` for several images, spread over `executor`'s threads when one is given
-    (Pillow's encoders release the GIL, so threads encode in parallel); in order."""
-    if executor is None or len(images) < 2:
-        return [encode(image, output_format, compression, size) for image in images]
-    return list(executor.map(lambda image: encode(image, output_format, compression, size), images))
 
 
 def decode(data: bytes) -> np.ndarray:

@@ -86,7 +86,7 @@ def render_once(
 ) -> tuple[float, float, float]:
     """Renders `batch` images together; the seconds in passes, pixels and encoding (spread
     over `encoders`' threads when given, as the decoder does)."""
-    from libs.imaging import encode_all
+    from libs.imaging import encode
 
     states = [model.start(PROMPTS[i % len(PROMPTS)], seed + i, shape.passes) for i in range(batch)]
     passes_s = pixels_s = encode_s = 0.0
@@ -100,7 +100,11 @@ def render_once(
             images = model.preview_batch([s.tokens for s in states], shape.size)
             pixels_s += time.perf_counter() - began
             began = time.perf_counter()
-            encode_all(images, shape.output_format, shape.compression, shape.size, encoders)
+
+            def encoded(image: Any) -> bytes:
+                return encode(image, shape.output_format, shape.compression, size=shape.size)
+
+            list(encoders.map(encoded, images) if encoders is not None else map(encoded, images))
             encode_s += time.perf_counter() - began
     return passes_s, pixels_s, encode_s
 

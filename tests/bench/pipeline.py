@@ -5,8 +5,10 @@ run `NoOpModel` (the model interface with no compute), so the latency measured i
 the pipeline's own: gateway, Kafka hops, requests (with its MongoDB writes), safety
 checks, storage (MinIO and MongoDB) and back. It sends jobs through the openai SDK's
 HTTP shape at 1, 10 and 50 concurrent clients and prints p50/p99 latency, jobs
-per second and the CPU time each component spent per job for each, then times the
-real built-in model's passes on this CPU.
+per second, the CPU time each process of the stack spent per job (broker and stores
+included) and the Kafka messages per job (every topic but the heartbeats), then times
+the real built-in model's passes on this CPU. The last line is exactly:
+`pipeline: <J> jobs/s at 50 concurrent, <C> ms CPU/job, <M> messages/job, 1-job p50 <P> ms`.
 
 Figures are medians of one run on a noisy machine: compare within a run.
 """
@@ -28,7 +30,13 @@ import httpx
 from libs.cli.accounts import create_account
 from libs.cli.policy import set_policy as set_tier_policy
 from libs.settings import DEV_SIGNING_KEY
-from tests.bench.stack import cpu_seconds, fresh_bench_stack, let_stand_in_grids_through
+from tests.bench.stack import (
+    cpu_seconds,
+    fresh_bench_stack,
+    job_messages,
+    let_stand_in_grids_through,
+    message_counts,
+)
 from tests.bench.stats import percentile
 
 
@@ -108,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--levels", default="1,10,50", help="concurrency levels")
     parser.add_argument("--jobs-per-level", type=int, default=0, help="default: max(30, 4 x concurrency)")
     parser.add_argument("--keep", action="store_true", help="leave the bench stack running")
+    parser.add_argument("--json", default="", help="also write the figures to this file")
     args = parser.parse_args(argv)
 
     os.environ["DARKROOM_MODEL"] = "noop"  # the decoders' model; every other service is real
@@ -133,18 +142,23 @@ def main(argv: list[str] | None = None) -> int:
         asyncio.run(run_level(stack.profile.gateway_url, account["api_key"], 2, 10))
         for level in (int(x) for x in args.levels.split(",")):
             jobs = args.jobs_per_level or max(30, 4 * level)
-            before = cpu_seconds(stack.profile.run_dir)
+            before, sent_before = cpu_seconds(stack.profile.run_dir), message_counts(stack.profile.kafka_bootstrap)
             result = asyncio.run(run_level(stack.profile.gateway_url, account["api_key"], level, jobs))
-            after = cpu_seconds(stack.profile.run_dir)
+            after, sent_after = cpu_seconds(stack.profile.run_dir), message_counts(stack.profile.kafka_bootstrap)
             used = {name: (after[name] - before.get(name, 0.0)) * 1000 / jobs for name in after}
             result["cpu_ms_per_job"] = {k: round(v, 1) for k, v in sorted(used.items(), key=lambda kv: -kv[1])}
+            result["cpu_ms_total"] = round(sum(used.values()), 1)
+            messages, per_topic = job_messages(sent_before, sent_after, jobs)
+            result["messages_per_job"] = round(messages, 1)
+            result["messages_per_topic"] = {k: round(v, 2) for k, v in sorted(per_topic.items())}
             results.append(result)
             print(
                 f"  {level:3} concurrent: p50 {result['p50_ms']:7.1f} ms  p99 {result['p99_ms']:7.1f} ms  "
                 f"{result['jobs_per_s']:6.1f} jobs/s  ({result['jobs']} jobs, {result['errors']} errors)"
             )
-            top = ", ".join(f"{name} {ms:.0f}" for name, ms in list(result["cpu_ms_per_job"].items())[:6])
-            print(f"      CPU ms per job: {top}")
+            every = ", ".join(f"{name} {ms:.1f}" for name, ms in result["cpu_ms_per_job"].items())
+            print(f"      CPU ms per job: {result['cpu_ms_total']:.1f} in all: {every}")
+            print(f"      messages per job: {messages:.1f}")
     finally:
         if not args.keep:
             stack.down()
@@ -154,6 +168,16 @@ def main(argv: list[str] | None = None) -> int:
         f"{model['image_ms_median']} ms per {model['passes']}-pass image (median)"
     )
     print(json.dumps({"pipeline_noop_decoder": results, "model_cpu": model}, indent=2))
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as out:
+            json.dump({"pipeline_noop_decoder": results, "model_cpu": model}, out, indent=1)
+    by_level = {r["concurrency"]: r for r in results}
+    if 50 in by_level and 1 in by_level:
+        top, one = by_level[50], by_level[1]
+        print(
+            f"pipeline: {top['jobs_per_s']:.1f} jobs/s at 50 concurrent, {top['cpu_ms_total']:.1f} ms CPU/job, "
+            f"{top['messages_per_job']:.1f} messages/job, 1-job p50 {one['p50_ms']:.0f} ms"
+        )
     return 0
 
 

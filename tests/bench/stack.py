@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import sys
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -63,3 +65,48 @@ def cpu_seconds(run_dir: Path) -> dict[str, float]:
             continue
         used[pid_file.stem] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     return used
+
+
+async def _end_offsets(bootstrap: str) -> dict[str, int]:
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    from libs import topics
+
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        partitions = [
+            TopicPartition(topic, p)
+            for topic in topics.ALL_TOPICS
+            for p in sorted(consumer.partitions_for_topic(topic) or await _partitions(consumer, topic))
+        ]
+        ends = await consumer.end_offsets(partitions)
+    finally:
+        await consumer.stop()
+    counts: dict[str, int] = {}
+    for partition, end in ends.items():
+        counts[partition.topic] = counts.get(partition.topic, 0) + end
+    return counts
+
+
+async def _partitions(consumer: Any, topic: str) -> set[int]:
+    await consumer._client.force_metadata_update()
+    return consumer.partitions_for_topic(topic) or set()
+
+
+def message_counts(bootstrap: str) -> dict[str, int]:
+    """Messages each topic holds so far (sum of its partitions' end offsets)."""
+    return asyncio.run(_end_offsets(bootstrap))
+
+
+def job_messages(before: dict[str, int], after: dict[str, int], jobs: int) -> tuple[float, dict[str, float]]:
+    """Messages per job on the job path between two counts (heartbeats left out: they are
+    per second, not per job), in all and per topic."""
+    from libs import topics
+
+    per_topic = {
+        topic: (after.get(topic, 0) - before.get(topic, 0)) / jobs
+        for topic in after
+        if topic != topics.HEARTBEATS and after.get(topic, 0) != before.get(topic, 0)
+    }
+    return sum(per_topic.values()), per_topic

@@ -1,0 +1,155 @@
+"""`make bench-throughput`: how much of the model's capacity reaches users.
+
+Two measures in one run on one machine (compare within a run, never across machines):
+
+1. The built-in model alone at the decoder's batch limit (the device's default), low
+   quality (4 passes), 256x256 PNG: images/s of whole renders (tests/bench/model.py).
+2. The whole stack at saturation with the same model and limit: the `bench` profile
+   started from nothing, decoders on the built-in model, the default safety policy (so
+   content checks score real pictures), one pro account with its limits lifted, and
+   enough concurrent `POST /v1/images/generations` calls (low quality) to keep the
+   decoder's batch full. Jobs completed per second in the steady state: from the
+   `limit`-th completion to the `limit`-th before the last, so the ramp-up and the
+   draining batch at the end are left out.
+
+Their ratio is what the pipeline (gateway, Kafka, requests, safety, storage, the stores,
+all sharing the machine with the model) leaves of the model's capacity. The last line is
+exactly: `service/model throughput: <R> (<service> vs <model> images/s, <device>)`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+import uuid
+from typing import Any
+
+import httpx
+
+from libs.cli.accounts import create_account
+from libs.cli.policy import set_policy as set_tier_policy
+from libs.settings import DEFAULT_BATCH_IMAGES, DEV_SIGNING_KEY
+from tests.bench import model as bench_model
+from tests.bench.stack import cpu_seconds, fresh_bench_stack
+
+PASSES = 4  # quality "low"
+SIZE = 256
+
+
+async def saturate(base_url: str, api_key: str, concurrency: int, jobs: int) -> dict[str, Any]:
+    """`jobs` generations from `concurrency` clients; when each completed, and errors."""
+    queue: asyncio.Queue[int] = asyncio.Queue()
+    for i in range(jobs):
+        queue.put_nowait(i)
+    completed: list[float] = []
+    errors: list[str] = []
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(
+        base_url=base_url, timeout=600, limits=limits, headers={"authorization": f"Bearer {api_key}"}
+    ) as http:
+
+        async def client() -> None:
+            while not queue.empty():
+                i = queue.get_nowait()
+                response = await http.post(
+                    "/v1/images/generations",
+                    json={"prompt": f"a red circle on green grass, number {i}", "quality": "low", "seed": i},
+                )
+                if response.status_code == 200:
+                    completed.append(time.perf_counter())
+                else:
+                    errors.append(f"{response.status_code}: {response.text[:200]}")
+
+        began = time.perf_counter()
+        await asyncio.gather(*(client() for _ in range(concurrency)))
+    return {"began": began, "completed": sorted(completed), "errors": errors}
+
+
+def steady_rate(completed: list[float], edge: int) -> float:
+    """Completions per second between the `edge`-th and the `edge`-th before the last."""
+    if len(completed) <= 2 * edge + 1:
+        return (len(completed) - 1) / (completed[-1] - completed[0]) if len(completed) > 1 else 0.0
+    window = completed[edge : len(completed) - edge]
+    return (len(window) - 1) / (window[-1] - window[0])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--limit", type=int, default=0, help="the decoder's batch limit (0: the device's default)")
+    parser.add_argument("--jobs", type=int, default=0, help="jobs through the stack (0: 12 x the limit)")
+    parser.add_argument("--repeats", type=int, default=3, help="repeats of the model alone")
+    parser.add_argument("--json", default="", help="also write the figures to this file")
+    args = parser.parse_args(argv)
+
+    import torch
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    limit = args.limit or DEFAULT_BATCH_IMAGES[device]
+    jobs = args.jobs or 12 * limit
+    figures: dict[str, Any] = {"device": bench_model.device_name(device), "limit": limit, "jobs": jobs}
+
+    shape = bench_model.RenderShape(passes=PASSES, size=SIZE)
+    print(f"1. the built-in model alone on {figures['device']}: batch {limit}, {PASSES} passes, {SIZE}x{SIZE} PNG")
+    model = bench_model.load(device)
+    alone = bench_model.model_alone(model, (limit,), shape, args.repeats)[limit]
+    del model
+    figures["model_images_per_s"] = alone.images_per_s
+
+    print(f"2. the whole stack at saturation: {jobs} low-quality generations, {3 * limit} at a time")
+    env = (
+        ("decoder", "DARKROOM_MODEL", "builtin"),
+        ("decoder", "DARKROOM_BATCH_IMAGES", str(limit)),
+        ("decoder-api", "DARKROOM_MODEL", "noop"),  # idle here: no api-tier job is sent
+    )
+    stack = fresh_bench_stack("decoders on the built-in model", process_env=env)
+    if stack is None:
+        return 1
+    try:
+        set_tier_policy(
+            stack.profile.kafka_bootstrap,
+            changed_by="bench",
+            tier="pro",
+            changes={"requests_per_minute": 100_000, "images_per_day": 10**9, "concurrent_jobs": 10_000},
+        )
+        account = asyncio.run(
+            create_account(
+                stack.profile.kafka_bootstrap, f"bench-{uuid.uuid4().hex[:8]}@example.com", "pro", DEV_SIGNING_KEY
+            )
+        )
+        url, key = stack.profile.gateway_url, account["api_key"]
+        asyncio.run(saturate(url, key, limit, 2 * limit))  # warm-up: connections, lazy loading
+        before = cpu_seconds(stack.profile.run_dir)
+        run = asyncio.run(saturate(url, key, 3 * limit, jobs))
+        after = cpu_seconds(stack.profile.run_dir)
+    finally:
+        stack.down()
+    if run["errors"]:
+        print(f"error: {len(run['errors'])} of {jobs} requests failed, first: {run['errors'][0]}", file=sys.stderr)
+        return 1
+    service = steady_rate(run["completed"], limit)
+    done = len(run["completed"])
+    cpu = {name: round((after[name] - before.get(name, 0.0)) * 1000 / done, 1) for name in after}
+    figures |= {
+        "service_images_per_s": service,
+        "overall_images_per_s": done / (run["completed"][-1] - run["began"]),
+        "cpu_ms_per_job": dict(sorted(cpu.items(), key=lambda kv: -kv[1])),
+    }
+    print(
+        f"   steady state {service:.2f} images/s ({figures['overall_images_per_s']:.2f} over the whole run); "
+        f"model alone {alone.images_per_s:.2f}"
+    )
+    print("   CPU ms per job: " + ", ".join(f"{name} {ms:.0f}" for name, ms in figures["cpu_ms_per_job"].items()))
+    ratio = service / alone.images_per_s
+    figures["ratio"] = ratio
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as out:
+            json.dump(figures, out, indent=1)
+    print(f"service/model throughput: {ratio:.2f} ({service:.2f} vs {alone.images_per_s:.2f} images/s, {device})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
