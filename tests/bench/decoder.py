@@ -242,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     figures: dict[str, Any] = {"device": name, "limit": limit}
 
     print(f"1. the built-in model alone on {name} ({PASSES} passes, {SIZE}x{SIZE} PNG)")
-    rates = model_rates(tuple(sorted({*batches, limit})), args.repeats, device)
+    rates = model_rates(tuple(sorted({1, *batches, limit})), args.repeats, device)
     figures["model_images_per_s"] = rates
     if device == "cuda":
         os.environ["DARKROOM_KERNELS"] = "reference"
