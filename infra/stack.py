@@ -458,7 +458,11 @@ class Stack:
             [
                 str(binary),
                 "--handler=sqlite",
-                f"--sqlite-url=file:{data}/",
+                # WAL with synchronous=NORMAL: a commit is in the WAL before it returns, so a
+                # crash of any process loses nothing; only a crash of the machine may lose the
+                # last commits, as it may lose the single local broker's unflushed records.
+                # SQLite's default (FULL) syncs the disk on every commit.
+                f"--sqlite-url=file:{data}/?_pragma=synchronous(normal)",
                 f"--listen-addr=127.0.0.1:{self.profile.ferretdb_port}",
                 f"--state-dir={data / 'state'}",
                 "--debug-addr=-",
