@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from libs.stores.ports import Document, DocumentStore, StoreUnavailable
@@ -24,11 +25,11 @@ MAX_GROUP = 500
 """Documents per write at most (a bigger burst goes in several writes)."""
 
 
+@dataclass(eq=False)
 class _Pending:
-    def __init__(self, doc_id: str, doc: Mapping[str, Any], future: asyncio.Future[bool]) -> None:
-        self.doc_id = doc_id
-        self.doc = doc
-        self.future = future
+    doc_id: str
+    doc: Mapping[str, Any]
+    future: asyncio.Future[bool]
 
 
 class GroupedInserts:
@@ -44,8 +45,6 @@ class GroupedInserts:
         self._max_group = max_group
         self._queued: dict[str, list[_Pending]] = {}
         self._writer: asyncio.Task[None] | None = None
-        self.writes = 0
-        """insert_many calls made (for tests and benchmarks)."""
 
     async def insert(self, collection: str, doc_id: str, doc: Mapping[str, Any]) -> bool:
         future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
@@ -71,7 +70,6 @@ class GroupedInserts:
         for item in group:
             first.setdefault(item.doc_id, item)
         try:
-            self.writes += 1
             written = await self._store.insert_many(collection, {i: p.doc for i, p in first.items()})
         except StoreUnavailable as exc:
             for item in group:

@@ -569,16 +569,19 @@ class BatchEngine:
         """The pictures each render's pass asks for, all drawn in one call: previews for
         streams, the final images, and the small pictures the safety service scores."""
         wanted: list[tuple[Render, str, Drawing]] = []
+        kinds: dict[Render, tuple[bool, bool]] = {}
+        """Per render: whether this pass carries previews, and whether it is the last."""
         for render, result in stepped.items():
             if isinstance(result, Exception):
                 continue
             job, upcoming = render.job, render.plan.completed + 1
             grids = [s.tokens for s in result]
-            full = Drawing(grids, job.size, job.output_format, job.output_compression)
+            previewing = upcoming in render.plan.preview_passes
             last = upcoming == render.plan.total_passes and render.job_id not in self.aborted
+            kinds[render] = (previewing, last)
             # A last pass that also carries previews draws its images once.
-            if upcoming in render.plan.preview_passes or last:
-                wanted.append((render, "images", full))
+            if previewing or last:
+                wanted.append((render, "images", Drawing(grids, job.size, job.output_format, job.output_compression)))
             if upcoming in render.plan.check_passes:
                 wanted.append((render, "checks", Drawing(grids, CHECK_SIZE, "png")))
         drawn = await self._runner.draw([drawing for _, _, drawing in wanted]) if wanted else []
@@ -594,13 +597,12 @@ class BatchEngine:
             if isinstance(result, Exception) or render in failed:
                 outcomes[render] = result if isinstance(result, Exception) else failed[render]
                 continue
-            upcoming = render.plan.completed + 1
+            previewing, last = kinds[render]
             mine = pictures.get(render, {})
             images = mine.get("images", [])
-            last = upcoming == render.plan.total_passes and render.job_id not in self.aborted
             outcomes[render] = Outcome(
                 states=result,
-                previews=images if upcoming in render.plan.preview_passes else [],
+                previews=images if previewing else [],
                 finals=images if last else [],
                 checks=mine.get("checks", []),
             )

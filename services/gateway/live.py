@@ -21,7 +21,7 @@ from typing import Any
 from libs import topics
 from libs.bus import Record, TransientError
 from libs.events import REGISTRY, Envelope
-from libs.events.schemas import JobCompleted
+from libs.events.schemas import JobCompleted, RenderProgressed
 from libs.jobs import JobState, evolve
 from libs.recent import RecentMap
 from libs.stores.ports import DocumentStore, StoreUnavailable
@@ -34,7 +34,6 @@ JOB_EVENT_PREFIX = "images.job_"
 CACHED_STATES = 10_000
 
 
-PROGRESS_TYPE = "render.render_progressed"
 PASSES_MEMORY = 100_000
 
 
@@ -67,7 +66,7 @@ class LiveEvents:
 
     async def __call__(self, envelope: Envelope, record: Record) -> None:
         key = envelope.aggregate_id
-        if envelope.type == PROGRESS_TYPE:
+        if envelope.type == RenderProgressed.TYPE:
             reached = int(envelope.payload.get("pass_index", 0))
             if reached > self.pass_reached(key):
                 self._passes.put(key, reached)

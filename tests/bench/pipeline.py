@@ -22,19 +22,16 @@ import os
 import statistics
 import sys
 import time
-import uuid
 from typing import Any
 
 import httpx
 
-from libs.cli.accounts import create_account
-from libs.cli.policy import set_policy as set_tier_policy
-from libs.settings import DEV_SIGNING_KEY
 from tests.bench.stack import (
     cpu_seconds,
     fresh_bench_stack,
     job_messages,
     let_stand_in_grids_through,
+    lifted_pro_account,
     message_counts,
 )
 from tests.bench.stats import percentile
@@ -126,18 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     results: list[dict[str, Any]] = []
     try:
         let_stand_in_grids_through(stack)
-        # The bench measures the pipeline, not the pro tier's limits: lift them for its account.
-        set_tier_policy(
-            stack.profile.kafka_bootstrap,
-            changed_by="bench",
-            tier="pro",
-            changes={"requests_per_minute": 100_000, "images_per_day": 10**9, "concurrent_jobs": 10_000},
-        )
-        account = asyncio.run(
-            create_account(
-                stack.profile.kafka_bootstrap, f"bench-{uuid.uuid4().hex[:8]}@example.com", "pro", DEV_SIGNING_KEY
-            )
-        )
+        account = lifted_pro_account(stack)
         # Warm-up: first jobs pay for connections and lazy loading.
         asyncio.run(run_level(stack.profile.gateway_url, account["api_key"], 2, 10))
         for level in (int(x) for x in args.levels.split(",")):

@@ -6,6 +6,7 @@ import asyncio
 import os
 import shutil
 import sys
+import uuid
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,10 @@ from typing import Any
 import yaml
 
 from infra.stack import Stack, StackError, load_profile
+from libs.cli.accounts import create_account
+from libs.cli.policy import set_policy as set_tier_policy
 from libs.cli.safety_policy import set_policy
+from libs.settings import DEV_SIGNING_KEY
 
 DEFAULT_SAFETY_POLICY = Path(__file__).resolve().parents[2] / "services" / "safety" / "default_policy.yaml"
 
@@ -110,3 +114,16 @@ def job_messages(before: dict[str, int], after: dict[str, int], jobs: int) -> tu
         if topic != topics.HEARTBEATS and after.get(topic, 0) != before.get(topic, 0)
     }
     return sum(per_topic.values()), per_topic
+
+
+def lifted_pro_account(stack: Stack) -> dict[str, Any]:
+    """A new pro account whose tier's limits are lifted (the benches measure the pipeline,
+    not the pro tier's limits); the account as `create_account` returns it."""
+    set_tier_policy(
+        stack.profile.kafka_bootstrap,
+        changed_by="bench",
+        tier="pro",
+        changes={"requests_per_minute": 100_000, "images_per_day": 10**9, "concurrent_jobs": 10_000},
+    )
+    email = f"bench-{uuid.uuid4().hex[:8]}@example.com"
+    return asyncio.run(create_account(stack.profile.kafka_bootstrap, email, "pro", DEV_SIGNING_KEY))

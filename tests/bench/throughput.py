@@ -24,16 +24,13 @@ import asyncio
 import json
 import sys
 import time
-import uuid
 from typing import Any
 
 import httpx
 
-from libs.cli.accounts import create_account
-from libs.cli.policy import set_policy as set_tier_policy
-from libs.settings import DEFAULT_BATCH_IMAGES, DEV_SIGNING_KEY
+from libs.settings import DEFAULT_BATCH_IMAGES
 from tests.bench import model as bench_model
-from tests.bench.stack import cpu_seconds, fresh_bench_stack
+from tests.bench.stack import cpu_seconds, fresh_bench_stack, lifted_pro_account
 
 PASSES = 4  # quality "low"
 SIZE = 256
@@ -108,17 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     if stack is None:
         return 1
     try:
-        set_tier_policy(
-            stack.profile.kafka_bootstrap,
-            changed_by="bench",
-            tier="pro",
-            changes={"requests_per_minute": 100_000, "images_per_day": 10**9, "concurrent_jobs": 10_000},
-        )
-        account = asyncio.run(
-            create_account(
-                stack.profile.kafka_bootstrap, f"bench-{uuid.uuid4().hex[:8]}@example.com", "pro", DEV_SIGNING_KEY
-            )
-        )
+        account = lifted_pro_account(stack)
         url, key = stack.profile.gateway_url, account["api_key"]
         asyncio.run(saturate(url, key, limit, 2 * limit))  # warm-up: connections, lazy loading
         before = cpu_seconds(stack.profile.run_dir)
