@@ -14,7 +14,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEV_MINIO_SECRET = "darkroom-dev-secret"  # noqa: S105 - development default, refused in production
 DEV_SIGNING_KEY = "darkroom-dev-signing-key"
-_DEV_SECRETS = {DEV_MINIO_SECRET, DEV_SIGNING_KEY}
+DEV_OPERATOR_TOKEN = "darkroom-dev-operator"  # noqa: S105 - development default, refused in production
+_DEV_SECRETS = {DEV_MINIO_SECRET, DEV_SIGNING_KEY, DEV_OPERATOR_TOKEN}
 
 DEFAULT_BATCH_IMAGES = {"cpu": 8, "cuda": 64}
 """A decoder's batch limit in images when `DecoderSettings.batch_images` is 0. On CPU the
@@ -110,9 +111,15 @@ class GatewaySettings(SigningSettings, MinioSettings, MongoSettings):
     beyond a bound new jobs are refused with 503 and retry-after."""
     lane_poll_s: float = 1.0
     """Seconds between readings of the lanes' offsets."""
+    operator_token: str = DEV_OPERATOR_TOKEN
+    """The bearer token of the operator API (`/v1/admin/...`); API keys do not open it."""
 
     def secrets(self) -> dict[str, str]:
-        return {**MinioSettings.secrets(self), **SigningSettings.secrets(self)}
+        return {
+            **MinioSettings.secrets(self),
+            **SigningSettings.secrets(self),
+            "operator_token": self.operator_token,
+        }
 
 
 class AuthSettings(SigningSettings, MongoSettings):

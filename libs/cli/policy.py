@@ -30,7 +30,16 @@ READ_TIMEOUT_S = 30.0
 
 
 class PolicyError(Exception):
-    """The change is not valid; the message is for the operator."""
+    """The change is not valid; the message is for the operator.
+
+    Attributes:
+        param: What is wrong ("tier", "feature", "percent", or a policy field), for an
+            API that names the offending parameter; None when it is the change as a whole.
+    """
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
 
 
 async def read_access(bootstrap: str, timeout_s: float = READ_TIMEOUT_S) -> AccessState:
@@ -64,7 +73,7 @@ def tier_change(state: AccessState, tier: str, changes: dict[str, Any], changed_
         PolicyError: Unknown tier, an invalid value, or a lane that does not exist.
     """
     if tier not in TIERS:
-        raise PolicyError(f"unknown tier {tier!r} (tiers: {', '.join(TIERS)})")
+        raise PolicyError(f"unknown tier {tier!r} (tiers: {', '.join(TIERS)})", "tier")
     if not changes:
         raise PolicyError("nothing to change: name at least one limit")
     previous = state.policy(tier)
@@ -73,9 +82,9 @@ def tier_change(state: AccessState, tier: str, changes: dict[str, Any], changed_
     except ValidationError as exc:
         first = exc.errors()[0]
         field = ".".join(str(p) for p in first["loc"])
-        raise PolicyError(f"{field}: {first['msg']}") from exc
+        raise PolicyError(f"{field}: {first['msg']}", field or None) from exc
     if policy.lane not in lanes():
-        raise PolicyError(f"unknown lane {policy.lane!r} (lanes: {', '.join(sorted(lanes()))})")
+        raise PolicyError(f"unknown lane {policy.lane!r} (lanes: {', '.join(sorted(lanes()))})", "lane")
     return TierPolicyChanged(tier=tier, policy=policy, previous=previous, changed_by=changed_by)
 
 
@@ -86,11 +95,11 @@ def rollout_change(state: AccessState, feature: str, tier: str, percent: float, 
         PolicyError: Unknown feature or tier, or a percentage outside 0-100.
     """
     if feature not in FEATURES:
-        raise PolicyError(f"unknown feature {feature!r} (features: {', '.join(FEATURES)})")
+        raise PolicyError(f"unknown feature {feature!r} (features: {', '.join(FEATURES)})", "feature")
     if tier not in TIERS:
-        raise PolicyError(f"unknown tier {tier!r} (tiers: {', '.join(TIERS)})")
+        raise PolicyError(f"unknown tier {tier!r} (tiers: {', '.join(TIERS)})", "tier")
     if not 0 <= percent <= 100:
-        raise PolicyError("the percentage must be between 0 and 100")
+        raise PolicyError("the percentage must be between 0 and 100", "percent")
     previous = state.rollout_percent(feature, tier)
     return RolloutChanged(feature=feature, tier=tier, percent=percent, previous=previous, changed_by=changed_by)
 

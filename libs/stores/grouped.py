@@ -110,10 +110,11 @@ class GroupedInserts:
         collection: str,
         equals: Mapping[str, Any] | None = None,
         *,
+        below: Mapping[str, Any] | None = None,
         sort: Sequence[tuple[str, int]] = (),
         limit: int = 0,
     ) -> list[Document]:
-        return await self._store.find(collection, equals, sort=sort, limit=limit)
+        return await self._store.find(collection, equals, below=below, sort=sort, limit=limit)
 
     async def delete(self, collection: str, doc_id: str) -> bool:
         return await self._store.delete(collection, doc_id)

@@ -51,6 +51,7 @@ class InMemoryDocumentStore:
         collection: str,
         equals: Mapping[str, Any] | None = None,
         *,
+        below: Mapping[str, Any] | None = None,
         sort: Sequence[tuple[str, int]] = (),
         limit: int = 0,
     ) -> list[Document]:
@@ -58,6 +59,7 @@ class InMemoryDocumentStore:
             copy.deepcopy(d)
             for d in self._collections.get(collection, {}).values()
             if all(_field(d, k) == v for k, v in (equals or {}).items())
+            and all(_less(_field(d, k), v) for k, v in (below or {}).items())
         ]
         for field, direction in reversed(list(sort)):
             docs.sort(key=lambda d: d.get(field), reverse=direction < 0)  # type: ignore[arg-type,return-value]
@@ -97,6 +99,16 @@ class InMemoryBlobStore:
 
     async def url(self, key: str, expires_s: int) -> str:
         return f"memory://{key}?expires={expires_s}"
+
+
+def _less(value: Any, bound: Any) -> bool:
+    """`value < bound` as MongoDB's `$lt` decides it: values of different types (or none) never match."""
+    if value is None or isinstance(value, bool) != isinstance(bound, bool):
+        return False
+    try:
+        return bool(value < bound)
+    except TypeError:
+        return False
 
 
 def _field(doc: Mapping[str, Any], path: str) -> Any:

@@ -1,7 +1,7 @@
 """DocumentStore on PyMongo's AsyncMongoClient (MongoDB, or FerretDB locally).
 
 Only the subset FerretDB v1 supports is used: replace/update with upsert, equality
-finds, unique `_id`. The sequence guard of `put_if_newer` relies on the unique `_id`:
+and `$lt` finds, unique `_id`. The sequence guard of `put_if_newer` relies on the unique `_id`:
 an upsert whose filter excludes the newer stored document tries to insert a second
 document with the same id and fails with a duplicate-key error, which means "stale".
 """
@@ -101,11 +101,15 @@ class MongoDocumentStore:
         collection: str,
         equals: Mapping[str, Any] | None = None,
         *,
+        below: Mapping[str, Any] | None = None,
         sort: Sequence[tuple[str, int]] = (),
         limit: int = 0,
     ) -> list[Document]:
+        query: dict[str, Any] = dict(equals or {})
+        for field, bound in (below or {}).items():
+            query[field] = {"$eq": query[field], "$lt": bound} if field in query else {"$lt": bound}
         try:
-            cursor = self._db[collection].find(dict(equals or {}))
+            cursor = self._db[collection].find(query)
             if sort:
                 cursor = cursor.sort(list(sort))
             if limit:

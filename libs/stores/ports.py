@@ -2,7 +2,7 @@
 
 Both are small on purpose: darkroom's collections are projections of event streams,
 so the store needs idempotent writes keyed by id (and a sequence guard), point
-reads, simple equality queries and a drop for rebuilds. The in-memory adapters back
+reads, simple queries (equality, and "below" for cursor paging) and a drop for rebuilds. The in-memory adapters back
 unit tests; tests/contracts/ runs one suite against both adapters of each port.
 """
 
@@ -69,10 +69,21 @@ class DocumentStore(Protocol):
         collection: str,
         equals: Mapping[str, Any] | None = None,
         *,
+        below: Mapping[str, Any] | None = None,
         sort: Sequence[tuple[str, int]] = (),
         limit: int = 0,
     ) -> list[Document]:
-        """Documents whose fields equal the given values, optionally sorted and limited."""
+        """Documents whose fields equal the `equals` values, optionally sorted and limited.
+
+        Args:
+            collection: The collection.
+            equals: Field (dotted path) -> the value it must equal.
+            below: Field -> a value it must be strictly less than (a page after a cursor:
+                `{"_id": last_id}` with `sort=[("_id", -1)]`); a document without the
+                field, or with a value of another type, does not match.
+            sort: (field, 1 or -1) pairs, the first the major key.
+            limit: At most this many documents; 0: all.
+        """
         ...
 
     async def delete(self, collection: str, doc_id: str) -> bool:

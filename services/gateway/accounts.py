@@ -1,4 +1,5 @@
-"""Sign-up: POST /v1/accounts goes through Kafka to the auth service."""
+"""Accounts: sign-up (POST /v1/accounts, through Kafka to the auth service) and who a key
+belongs to (GET /v1/account, answered from the gateway's live policies)."""
 
 from __future__ import annotations
 
@@ -9,18 +10,36 @@ from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse
 
 from libs import topics
-from libs.apikeys import mint, new_key_id
+from libs.apikeys import Principal, mint, new_key_id
 from libs.events import REGISTRY, Envelope, new_ulid
-from libs.events.schemas import AccountCreated, AccountRejected, CreateAccount
-from services.gateway.context import Gateway, get_gateway
+from libs.events.schemas import FEATURES, AccountCreated, AccountRejected, CreateAccount
+from services.gateway.context import Gateway, get_gateway, get_principal
 from services.gateway.errors import APIError, invalid
 from services.gateway.models import AccountRequest, normalize_email
 
 router = APIRouter(prefix="/v1", tags=["accounts"])
 
+GatewayDep = Annotated[Gateway, Depends(get_gateway)]
+PrincipalDep = Annotated[Principal, Depends(get_principal)]
+
+
+@router.get("/account", response_model=None)
+async def get_account(gateway: GatewayDep, principal: PrincipalDep) -> JSONResponse:
+    """Who the key belongs to: the account, its current tier, that tier's limits, and the
+    features rolled out to it (a client checks a key with it and fits its choices to the limits)."""
+    access = gateway.limits.access
+    body = {
+        "id": principal.account_id,
+        "object": "account",
+        "tier": principal.tier,
+        "limits": access.policy(principal.tier).model_dump(),
+        "features": {f: access.has_feature(principal.account_id, principal.tier, f) for f in FEATURES},
+    }
+    return JSONResponse(body)
+
 
 @router.post("/accounts", status_code=201, response_model=None)
-async def create_account(body: AccountRequest, gateway: Annotated[Gateway, Depends(get_gateway)]) -> JSONResponse:
+async def create_account(body: AccountRequest, gateway: GatewayDep) -> JSONResponse:
     """Create a free-tier account and return its API key (shown once).
 
     The auth service decides (a duplicate email is a 409). If it has not answered

@@ -29,7 +29,7 @@ from libs.runtime.wiring import kafka_consumer_factory, kafka_producer, minio_st
 from libs.settings import GatewaySettings
 from libs.stores.grouped import GroupedInserts
 from libs.stores.ports import BlobStore, DocumentStore
-from services.gateway import accounts, edits, images
+from services.gateway import accounts, admin, edits, images, library
 from services.gateway.catalog import ImageCatalog
 from services.gateway.context import Gateway
 from services.gateway.errors import install_error_handlers
@@ -157,6 +157,7 @@ def create_app(
         limits=limits,
         idempotency=IdempotencyKeys(docs),
         lanes=lane_monitor,
+        heartbeats=monitor,
     )
 
     @asynccontextmanager
@@ -183,7 +184,9 @@ def create_app(
     app.add_middleware(TracingMiddleware)
     app.include_router(images.router)
     app.include_router(edits.router)
+    app.include_router(library.router)
     app.include_router(accounts.router)
+    app.include_router(admin.router)
 
     @app.get("/healthz", tags=["operations"])
     async def healthz(monitor: Annotated[HeartbeatMonitor, Depends(get_monitor)]) -> JSONResponse:

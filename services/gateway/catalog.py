@@ -6,7 +6,8 @@ whose they are and what they were tweaked from), so the gateway answers
 another service. Two collections, both written by insert (a redelivery changes
 nothing) and read by id:
 
-- `gateway_images`: one document per image id;
+- `gateway_images`: one document per image id; an account's images are also listed
+  from it, newest first by id (`img_<job id>_<index>`, and job ids are ULIDs);
 - `gateway_image_hashes`: `<account id>:<sha256 of the file>` -> image id, so an
   upload of one's own darkroom image is recognized by its bytes.
 """
@@ -93,6 +94,24 @@ class ImageCatalog:
         """An image by id, whoever owns it (callers check ownership)."""
         doc = await self._docs.get(IMAGES, image_id)
         return None if doc is None else CatalogImage.from_document(image_id, doc)
+
+    async def owned(self, account_id: str, limit: int, after: str | None = None) -> list[CatalogImage]:
+        """The account's images, newest first (by id), starting after the image id `after`."""
+        docs = await self._docs.find(
+            IMAGES,
+            {"account_id": account_id},
+            below={"_id": after} if after is not None else None,
+            sort=[("_id", -1)],
+            limit=limit,
+        )
+        return [CatalogImage.from_document(str(doc["_id"]), doc) for doc in docs]
+
+    async def children(self, account_id: str, image_id: str) -> list[CatalogImage]:
+        """The account's images tweaked from `image_id`, newest first."""
+        docs = await self._docs.find(
+            IMAGES, {"account_id": account_id, "parent_image_id": image_id}, sort=[("_id", -1)]
+        )
+        return [CatalogImage.from_document(str(doc["_id"]), doc) for doc in docs]
 
     async def find_by_content(self, account_id: str, sha256: str) -> CatalogImage | None:
         """The account's own image whose file has this sha256, if any."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -9,6 +10,7 @@ from fastapi import Header, Request
 
 from libs.apikeys import InvalidApiKey, Principal, verify
 from libs.bus import EventPublisher
+from libs.runtime.heartbeats import HeartbeatMonitor
 from libs.settings import GatewaySettings
 from libs.stores.ports import BlobStore
 from services.gateway.catalog import ImageCatalog
@@ -33,6 +35,7 @@ class Gateway:
     limits: Limits
     idempotency: IdempotencyKeys
     lanes: LaneMonitor
+    heartbeats: HeartbeatMonitor
 
     @property
     def signer(self) -> str:
@@ -67,3 +70,24 @@ def get_principal(request: Request, authorization: Annotated[str | None, Header(
     except InvalidApiKey as exc:
         raise APIError(401, str(exc), code="invalid_api_key") from exc
     return gateway.limits.authorize(principal)
+
+
+def get_operator(request: Request, authorization: Annotated[str | None, Header()] = None) -> Gateway:
+    """FastAPI dependency: the app's Gateway, for a caller that holds the operator token.
+
+    The operator API (`/v1/admin/...`) answers only to `Authorization: Bearer <operator
+    token>` (`DARKROOM_OPERATOR_TOKEN`); an API key, whatever its tier, does not open it.
+
+    Raises:
+        APIError: 401 with code `invalid_operator_token` when the token is missing or wrong.
+    """
+    gateway = get_gateway(request)
+    token = authorization[7:].strip() if authorization and authorization.lower().startswith("bearer ") else ""
+    # Constant-time, so the token cannot be guessed a character at a time from response times.
+    if not token or not hmac.compare_digest(token.encode(), gateway.settings.operator_token.encode()):
+        raise APIError(
+            401,
+            "The operator API needs the operator token in an Authorization header as 'Bearer TOKEN'.",
+            code="invalid_operator_token",
+        )
+    return gateway

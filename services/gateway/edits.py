@@ -1,4 +1,4 @@
-"""Tweaks (OpenAI's `images.edit`) and the images' own resource, `GET /v1/images/{id}`.
+"""Tweaks (OpenAI's `images.edit`): new images made from the caller's or uploaded ones.
 
 A tweak is a job like a generation whose spec lists the images it starts from
 (`EditSource`): the gateway recognizes its own account's darkroom images (by
@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import base64
 import hashlib
-from typing import Annotated, Any
+from typing import Annotated
 
 import numpy as np
 from fastapi import APIRouter, Depends, Header, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
@@ -28,6 +28,7 @@ from services.gateway.catalog import CatalogImage
 from services.gateway.context import Gateway, get_gateway, get_principal
 from services.gateway.errors import APIError, invalid
 from services.gateway.images import job_spec, run_job
+from services.gateway.library import owned_image
 from services.gateway.models import ImageEditRequest
 from services.gateway.tweaks import DEFAULT_STRENGTH, TweakInputError, cells_from_mask, cells_from_strength, read_upload
 
@@ -50,9 +51,9 @@ async def create_edit(
     """Tweak images with a new prompt (multipart, as the openai SDK sends `images.edit`).
 
     Each image given is tweaked `n` times (at most 4 images in all). The mask applies
-    to the first image; without one, `strength` (default 0.6) sets the share of cells
-    drawn again. An Idempotency-Key works as for generations: the images and cells are
-    part of the request it names.
+    to the first image (the one named by `image_id` when there is one); without one,
+    `strength` (default 0.6) sets the share of cells drawn again. An Idempotency-Key
+    works as for generations: the images and cells are part of the request it names.
     """
     form = await request.form()
     uploads = [f for key in ("image", "image[]") for f in form.getlist(key) if isinstance(f, UploadFile)]
@@ -67,12 +68,14 @@ async def create_edit(
         raise APIError(400, "Missing required parameter: 'image'.", param="image", code="missing_required_parameter")
     spec = job_spec(body, principal, gateway, idempotency_key)
     try:
-        sources = [await _source_for_id(gateway, principal, body.image_id, spec.seed)] if body.image_id else []
+        mask = mask_file if isinstance(mask_file, UploadFile) else None
+        sources = []
+        if body.image_id:
+            sources.append(await _source_for_id(gateway, principal, body.image_id, mask, body, spec.seed))
         for i, upload in enumerate(uploads):
-            mask = mask_file if i == 0 and isinstance(mask_file, UploadFile) else None
-            sources.append(await _source_for_upload(gateway, principal, await upload.read(), mask, body, spec.seed + i))
-        if body.image_id and isinstance(mask_file, UploadFile) and not uploads:
-            raise TweakInputError("mask", "A mask needs the image it belongs to: send the image file with it.")
+            first_mask = mask if i == 0 and not sources else None
+            data = await upload.read()
+            sources.append(await _source_for_upload(gateway, principal, data, first_mask, body, spec.seed + i))
     except TweakInputError as exc:
         raise invalid(exc.param, str(exc)) from exc
     if len(sources) > MAX_IMAGES:
@@ -95,41 +98,17 @@ async def create_edit(
     )
 
 
-@router.get("/{image_id}", response_model=None)
-async def get_image(image_id: str, gateway: GatewayDep, principal: PrincipalDep) -> JSONResponse:
-    """One of the caller's images: its prompt, its file and what it was tweaked from."""
-    image = await _owned_image(gateway, principal, image_id, "image_id")
-    parent = await gateway.catalog.get(image.parent_image_id) if image.parent_image_id else None
-    body: dict[str, Any] = {
-        "id": image.image_id,
-        "object": "image",
-        "created_at": int(image.created_at.timestamp()),
-        "job_id": image.job_id,
-        "prompt": image.prompt,
-        "size": f"{image.size}x{image.size}",
-        "output_format": image.output_format,
-        "sha256": image.sha256,
-        "url": await gateway.blobs.url(image.object_key, gateway.settings.url_expiry_s),
-        "parent": None
-        if image.parent_image_id is None
-        else {
-            "id": image.parent_image_id,
-            "prompt": parent.prompt if parent is not None else None,
-        },
-    }
-    return JSONResponse(body)
-
-
-async def _owned_image(gateway: Gateway, principal: Principal, image_id: str, param: str) -> CatalogImage:
-    image = await gateway.catalog.get(image_id)
-    if image is None or image.account_id != principal.account_id:
-        raise APIError(404, f"No image found with id '{image_id}'.", param=param, code="not_found")
-    return image
-
-
-async def _source_for_id(gateway: Gateway, principal: Principal, image_id: str, seed: int) -> EditSource:
-    image = await _owned_image(gateway, principal, image_id, "image_id")
-    return await _darkroom_source(gateway, image, None, seed)
+async def _source_for_id(
+    gateway: Gateway,
+    principal: Principal,
+    image_id: str,
+    mask: UploadFile | None,
+    body: ImageEditRequest,
+    seed: int,
+) -> EditSource:
+    image = await owned_image(gateway, principal, image_id, "image_id")
+    cells = cells_from_mask(await mask.read(), image.size, image.size) if mask is not None else None
+    return await _darkroom_source(gateway, image, cells, seed, body.strength)
 
 
 async def _source_for_upload(

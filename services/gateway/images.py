@@ -35,6 +35,9 @@ FALLBACK_POLL_S = 2.0
 """How often a waiting request also reads the read model, in case a live event was missed."""
 CANCEL_ON_DISCONNECT = "x-darkroom-cancel-on-disconnect"
 """Request header: "true" cancels the job when the client leaves a synchronous or streaming call."""
+JOB_ID_HEADER = "x-darkroom-job-id"
+"""Response header of a generation or tweak in every mode: the job's id, for
+`GET /v1/images/jobs/{id}` and cancelling (a stream's frames do not carry it)."""
 CANCEL_WAIT_S = 10.0
 """How long a cancel request waits for the job to end before answering with its state."""
 _pending: set[asyncio.Task[None]] = set()
@@ -107,6 +110,7 @@ async def run_job(
     if existing is None:
         await gateway.projection.seed(seeded)
     cancel_on_disconnect = request.headers.get(CANCEL_ON_DISCONNECT, "").lower() in ("1", "true", "yes")
+    job_header = {JOB_ID_HEADER: job_id}
     with gateway.live.subscribe(job_id) as queue:
         if existing is None:
             command = GenerateImage(job_id=job_id, spec=spec, created_at=created)
@@ -115,12 +119,12 @@ async def run_job(
             )
         if prefer and "respond-async" in prefer.lower():
             state = await gateway.projection.get(job_id)
-            return JSONResponse(await job_object(gateway, state or seeded), status_code=202)
+            return JSONResponse(await job_object(gateway, state or seeded), status_code=202, headers=job_header)
         if stream:
             return StreamingResponse(
                 _stream(gateway, seeded, queue, kind, cancel_on_disconnect),
                 media_type="text/event-stream",
-                headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
+                headers={"cache-control": "no-cache", "x-accel-buffering": "no"} | job_header,
             )
         left = request.is_disconnected if cancel_on_disconnect else None
         state = await _wait_for_end(gateway, JobFollower(seeded), queue, gateway.settings.sync_wait_s, left)
@@ -128,12 +132,12 @@ async def run_job(
         if left is not None and await left():
             await _cancel(gateway, job_id, principal.account_id, "client_disconnected", spec.tier)
         # Still running after the synchronous limit: hand the client the job instead of failing.
-        return JSONResponse(await job_object(gateway, state), status_code=202)
+        return JSONResponse(await job_object(gateway, state), status_code=202, headers=job_header)
     if state.status != "completed":
         raise _job_error(state)
     # The read model records the images too, a moment later; the client may ask for them now.
     await gateway.catalog.record(catalog_entries(state))
-    return JSONResponse(await _images_response(gateway, state, response_format))
+    return JSONResponse(await _images_response(gateway, state, response_format), headers=job_header)
 
 
 async def _claim(gateway: Gateway, principal: Principal, spec: JobSpec, job_id: str, created: datetime) -> str:
@@ -481,7 +485,7 @@ async def _stream_end(gateway: Gateway, state: JobState, common: dict[str, Any],
     if state.status == "completed":
         await gateway.catalog.record(catalog_entries(state))
         [item] = await _image_items(gateway, state, "b64_json")
-        done = {"type": f"{kind}.completed", "b64_json": item["b64_json"]} | common
+        done = {"type": f"{kind}.completed", "b64_json": item["b64_json"], "image_id": item["image_id"]} | common
         done["usage"] = _usage(state)
         yield _sse(f"{kind}.completed", done)
     else:

@@ -112,6 +112,7 @@ class JobProjection:
     """
 
     def __init__(self, documents: DocumentStore, catalog: ImageCatalog | None = None) -> None:
+        self._docs = documents
         self._states = RevisionLog(documents, JOBS)
         self._catalog = catalog or ImageCatalog(documents)
         self._recent: RecentMap[str, JobState] = RecentMap(CACHED_STATES)
@@ -144,6 +145,19 @@ class JobProjection:
         """The job's state as far as the read model knows."""
         _, doc = await self._states.latest(job_id)
         return None if doc is None else JobState.model_validate(doc)
+
+    async def recent(self, limit: int) -> list[str]:
+        """The ids of the latest `limit` jobs of any account, newest first.
+
+        Every job has revision 0 (the gateway that took it seeded it) or revision 1 (its
+        JobAccepted; a rebuilt read model has no seeds), so the newest of each of those two
+        revisions, by id (job ids are ULIDs), name the newest jobs: two equality queries
+        instead of a read of every revision.
+        """
+        found = await asyncio.gather(
+            *(self._docs.find(JOBS, {"sequence": seq}, sort=[("_id", -1)], limit=limit) for seq in (0, 1))
+        )
+        return sorted({str(doc["job_id"]) for docs in found for doc in docs}, reverse=True)[:limit]
 
     async def seed(self, state: JobState) -> None:
         """Record a job the gateway just created (revision 0), so status reads never 404."""

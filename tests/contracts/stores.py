@@ -73,6 +73,24 @@ class DocumentStoreContract:
         assert [d["_id"] for d in found] == ["d3", "d2"]
         assert len(await documents.find(coll)) == 4
 
+    async def test_find_below_pages_after_a_cursor(self, documents: DocumentStore) -> None:
+        coll = _collection()
+        for i, owner in enumerate(["ann", "bob", "ann", "ann", "ann"]):
+            await documents.put(coll, f"img_{i:02d}", {"owner": owner, "n": i})
+        await documents.put(coll, "img_99", {"n": 99})  # no owner: never below anything
+
+        # Newest first, two per page, each page below the last id of the one before.
+        first = await documents.find(coll, {"owner": "ann"}, sort=[("_id", -1)], limit=2)
+        assert [d["_id"] for d in first] == ["img_04", "img_03"]
+        after = await documents.find(coll, {"owner": "ann"}, below={"_id": "img_03"}, sort=[("_id", -1)], limit=2)
+        assert [d["_id"] for d in after] == ["img_02", "img_00"]
+        # Strictly below; numbers compare as numbers; a field and a bound of another type never match.
+        assert [d["_id"] for d in await documents.find(coll, below={"n": 2}, sort=[("n", 1)])] == ["img_00", "img_01"]
+        assert await documents.find(coll, below={"n": "3"}) == []
+        # One field can be both equal to a value and below a bound.
+        both = await documents.find(coll, {"owner": "ann"}, below={"owner": "bob", "_id": "img_02"})
+        assert [d["_id"] for d in both] == ["img_00"]
+
     async def test_delete_and_drop(self, documents: DocumentStore) -> None:
         coll = _collection()
         await documents.put(coll, "a", {"n": 1})

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from libs.settings import GatewaySettings, StorageSettings
+from libs.settings import DEV_OPERATOR_TOKEN, GatewaySettings, StorageSettings
 
 
 def test_defaults_are_local(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -31,6 +31,18 @@ def test_production_refuses_development_secrets(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.delenv("DARKROOM_SIGNING_KEY", raising=False)
     with pytest.raises(ValidationError, match="DARKROOM_SIGNING_KEY"):
         GatewaySettings()
+
+
+def test_production_refuses_the_development_operator_token(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DARKROOM_ENV", "production")
+    monkeypatch.setenv("DARKROOM_MINIO_SECRET_KEY", "a-real-secret-from-a-vault")
+    monkeypatch.setenv("DARKROOM_SIGNING_KEY", "a-real-signing-key")
+    for token in (DEV_OPERATOR_TOKEN, ""):
+        monkeypatch.setenv("DARKROOM_OPERATOR_TOKEN", token)
+        with pytest.raises(ValidationError, match="DARKROOM_OPERATOR_TOKEN"):
+            GatewaySettings()
+    monkeypatch.setenv("DARKROOM_OPERATOR_TOKEN", "a-real-operator-token")
+    assert GatewaySettings().operator_token == "a-real-operator-token"
 
 
 def test_production_starts_with_real_secrets(monkeypatch: pytest.MonkeyPatch) -> None:

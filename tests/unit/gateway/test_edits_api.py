@@ -55,6 +55,28 @@ async def test_a_generated_image_is_recognized_and_its_grid_reused_under_the_mas
     assert other.status_code == 404 and other.json()["error"]["code"] == "not_found"
 
 
+async def test_an_image_named_by_id_is_tweaked_under_a_mask_of_its_size(gateway: GatewayUnderTest) -> None:
+    _, image_id = await _generated(gateway)
+    # The web page sends the image by id with the mask it painted: the top rows, 0-3.
+    mask = _png(256, 256, (slice(0, 64), slice(0, 256)))
+    await gateway.client.images.edit(
+        image=[], mask=("mask.png", mask), prompt="snowing", extra_body={"image_id": image_id}
+    )
+    [source] = gateway.pipeline.commands[-1].spec.edits
+    assert source.parent_image_id == image_id
+    cells = unpack_cells(base64.b64decode(source.remask))
+    assert cells[:4].all() and not cells[4:].any()
+
+    with pytest.raises(openai.BadRequestError) as caught:
+        await gateway.client.images.edit(
+            image=[],
+            mask=("m.png", _png(128, 128, (slice(0, 64), slice(0, 64)))),
+            prompt="x",
+            extra_body={"image_id": image_id},
+        )
+    assert caught.value.body["param"] == "mask" and "must match" in caught.value.body["message"]  # type: ignore[index]
+
+
 async def test_an_uploaded_image_goes_to_the_encoder_and_strength_sets_the_cells(gateway: GatewayUnderTest) -> None:
     await gateway.client.images.edit(
         image=("photo.png", _png(300, 200, alpha=False)), prompt="a blue square", n=2, extra_body={"strength": "0.25"}

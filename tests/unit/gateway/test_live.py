@@ -21,14 +21,14 @@ def _seeded() -> JobState:
     return JobState(job_id=JOB, spec=SPEC, created_at=CREATED, total_passes=SPEC.passes)
 
 
-def _job_events() -> list[Envelope]:
+def _job_events(job: str = JOB) -> list[Envelope]:
     events: list[Event] = [
-        JobAccepted(job_id=JOB, spec=SPEC, created_at=CREATED),
-        JobQueued(job_id=JOB, lane="pro", topic="darkroom.render.consumer", partition=0),
-        JobProgressed(job_id=JOB, pass_index=1, total_passes=4),
-        JobBlocked(job_id=JOB, stage="content", category="violence", pass_index=1, message="blocked"),
+        JobAccepted(job_id=job, spec=SPEC, created_at=CREATED),
+        JobQueued(job_id=job, lane="pro", topic="darkroom.render.consumer", partition=0),
+        JobProgressed(job_id=job, pass_index=1, total_passes=4),
+        JobBlocked(job_id=job, stage="content", category="violence", pass_index=1, message="blocked"),
     ]
-    return [Envelope.wrap(e, aggregate_id=JOB, sequence=i + 1) for i, e in enumerate(events)]
+    return [Envelope.wrap(e, aggregate_id=job, sequence=i + 1) for i, e in enumerate(events)]
 
 
 def _record(envelope: Envelope) -> Record:
@@ -99,3 +99,15 @@ async def test_live_events_remember_the_last_pass_each_job_reached() -> None:
         await live(envelope, Record("darkroom.render.progress", 0, k, JOB.encode(), envelope.to_bytes()))
     assert live.pass_reached(JOB) == 3
     assert live.pass_reached("another job") == 0
+
+
+async def test_recent_jobs_are_named_by_their_seed_or_their_acceptance_newest_first() -> None:
+    projection = JobProjection(InMemoryDocumentStore())
+    # job_a: events only (a rebuilt read model); job_b: seeded and folded; job_c: seeded only.
+    for job_id, seeded, folded in (("job_a", False, True), ("job_b", True, True), ("job_c", True, False)):
+        if seeded:
+            await projection.seed(_seeded().model_copy(update={"job_id": job_id}))
+        for envelope in _job_events(job_id) if folded else []:
+            await projection(envelope, _record(envelope))
+    assert await projection.recent(10) == ["job_c", "job_b", "job_a"]
+    assert await projection.recent(2) == ["job_c", "job_b"]
