@@ -29,6 +29,20 @@ else
   echo "    kcat missing and not root: install Debian's kcat package to read topics from the shell" >&2
 fi
 
+# --- Chromium (Debian) for the browser tests ---------------------------------------
+# Playwright drives this system binary; it never downloads a browser of its own.
+step "Chromium"
+if command -v chromium >/dev/null 2>&1; then
+  echo "    present: $(chromium --version 2>/dev/null | head -1)"
+elif [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  t=$(date +%s)
+  apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+  echo "    installed: $(chromium --version 2>/dev/null | head -1)"
+  elapsed "$t"
+else
+  echo "    chromium missing and not root: install Debian's chromium package to run the browser tests" >&2
+fi
+
 # --- Python environment, keyed by the lock file and interpreter ---------------------
 step "Python environment"
 PYTHON="${PYTHON:-python3}"
@@ -45,7 +59,7 @@ else
   "$VENV/bin/python" -m pip install --quiet --upgrade pip
   "$VENV/bin/python" -m pip install --progress-bar off -r "$ROOT/constraints.txt" \
     | grep -E '^(Collecting|Successfully)' | sed 's/^/    /' || true
-  "$VENV/bin/python" -c 'import torch, aiokafka, faust, fastapi, pymongo, minio, opentelemetry.sdk, openai' 
+  "$VENV/bin/python" -c 'import torch, aiokafka, faust, fastapi, pymongo, minio, opentelemetry.sdk, openai, playwright.async_api'
   touch "$VENV/.complete"
   elapsed "$t"
 fi
