@@ -560,7 +560,7 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         print(f"up in {time.monotonic() - t0:.1f}s")
         if not args.infra_only:
-            print(f"gateway:  {profile.gateway_url}  (API docs at {profile.gateway_url}/docs)")
+            print(f"gateway:  {profile.gateway_url}  (web app at /, operators at /admin, API docs at /docs)")
         print(f"kafka:    {profile.kafka_bootstrap}   minio: {profile.minio_endpoint}   mongo: {profile.mongo_url}")
         print(f"logs:     {profile.run_dir / 'logs'}   (make logs)")
         return 0

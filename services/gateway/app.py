@@ -29,7 +29,7 @@ from libs.runtime.wiring import kafka_consumer_factory, kafka_producer, minio_st
 from libs.settings import GatewaySettings
 from libs.stores.grouped import GroupedInserts
 from libs.stores.ports import BlobStore, DocumentStore
-from services.gateway import accounts, admin, edits, images, library
+from services.gateway import accounts, admin, edits, images, library, web
 from services.gateway.catalog import ImageCatalog
 from services.gateway.context import Gateway
 from services.gateway.errors import install_error_handlers
@@ -187,6 +187,8 @@ def create_app(
     app.include_router(library.router)
     app.include_router(accounts.router)
     app.include_router(admin.router)
+    app.include_router(web.router)
+    app.mount("/web", web.assets(), name="web")
 
     @app.get("/healthz", tags=["operations"])
     async def healthz(monitor: Annotated[HeartbeatMonitor, Depends(get_monitor)]) -> JSONResponse:
