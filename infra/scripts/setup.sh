@@ -59,7 +59,7 @@ else
   "$VENV/bin/python" -m pip install --quiet --upgrade pip
   "$VENV/bin/python" -m pip install --progress-bar off -r "$ROOT/constraints.txt" \
     | grep -E '^(Collecting|Successfully)' | sed 's/^/    /' || true
-  "$VENV/bin/python" -c 'import torch, aiokafka, faust, fastapi, pymongo, minio, opentelemetry.sdk, openai, playwright.async_api'
+  "$VENV/bin/python" -c 'import torch, aiokafka, faust, fastapi, pymongo, minio, opentelemetry.sdk, openai, playwright.async_api, diffusers, transformers'
   touch "$VENV/.complete"
   elapsed "$t"
 fi

@@ -30,6 +30,8 @@ GRID_SIZE: Final = 16
 
 DEFAULT_WEIGHTS_DIR: Final = Path(__file__).resolve().parent / "weights"
 BUILTIN_NAMES: Final = frozenset({"builtin", "darkroom-mini", "default"})
+AMUSED_PREFIX: Final = "amused:"
+"""`amused:/path/to/folder`: an aMUSEd pipeline saved by diffusers (libs.model.amused)."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -243,6 +245,26 @@ def unpack_cells(data: bytes, grid_size: int = GRID_SIZE) -> np.ndarray:
     return flat.astype(bool).reshape(grid_size, grid_size)
 
 
+def cells_for_grid(data: bytes, grid_size: int) -> np.ndarray:
+    """Decodes a packed square grid of cells of any side and scales it to `grid_size`.
+
+    The gateway marks a tweak's cells on darkroom's 16x16 grid whatever the model; a model
+    with a finer grid (aMUSEd-512: 32x32) redraws each marked cell's share of its own cells.
+
+    Raises:
+        ValueError: the data is not a square grid of 0/1 bytes.
+    """
+    side = math.isqrt(len(data))
+    if side < 1 or side * side != len(data):
+        raise ValueError(f"expected a square grid of cells, got {len(data)} bytes")
+    cells = unpack_cells(data, side)
+    if side == grid_size:
+        return cells
+    index = np.arange(grid_size) * side // grid_size
+    scaled: np.ndarray = cells[np.ix_(index, index)]
+    return scaled
+
+
 # ---------------------------------------------------------------------------------------------
 # The interface
 
@@ -416,7 +438,8 @@ def load_model(name_or_path: str | None = None, device: str = "cpu") -> ImageMod
             from libs/model/weights/. "noop": NoOpModel; "noop:S" (S a number): NoOpModel
             sleeping S seconds per pass, a stand-in of fixed cost; "noop:S+I": S seconds per
             pass plus I per further image of a batched pass. "world": WorldModel (draws the
-            prompt's scene procedurally, through the built-in VQ). A directory path: a built-in-format
+            prompt's scene procedurally, through the built-in VQ). "amused:/path/to/folder": an
+            aMUSEd pipeline folder saved by diffusers (libs.model.amused). A directory path: a built-in-format
             model saved there (model.json plus weight files). "package.module:factory": an
             operator's own model; `factory(device=device)` must return an ImageModel.
         device: Torch device for models that use torch ("cpu", "cuda", "cuda:1"...).
@@ -444,6 +467,14 @@ def load_model(name_or_path: str | None = None, device: str = "cpu") -> ImageMod
         if not (0 <= pass_seconds <= 60 and 0 <= image_seconds <= 60):
             raise ValueError(f"{name_or_path!r}: seconds per pass must be between 0 and 60")
         return NoOpModel(pass_seconds, image_seconds)
+    if name_or_path.startswith(AMUSED_PREFIX):
+        try:
+            from libs.model.amused import AmusedImageModel
+        except ModuleNotFoundError as exc:
+            raise ModuleNotFoundError(
+                f"{name_or_path}: the aMUSEd adapter needs diffusers and transformers ({exc}); run `make setup`"
+            ) from exc
+        return AmusedImageModel.load(name_or_path, device)
     if name_or_path == "world":
         from libs.model.world_model import WorldModel
 

@@ -24,7 +24,7 @@ import numpy as np
 
 from libs.events.schemas import EditSource
 from libs.imaging import decode, encode
-from libs.model.interface import ImageModel, RenderState, load_model, unpack_cells, unpack_tokens
+from libs.model.interface import ImageModel, RenderState, cells_for_grid, load_model, unpack_tokens
 
 T = TypeVar("T")
 
@@ -156,7 +156,7 @@ class ModelRunner:
         def grids() -> list[tuple[np.ndarray, np.ndarray]]:
             starts = []
             for source in sources:
-                remask = unpack_cells(base64.b64decode(source.remask), model.grid_size)
+                remask = cells_for_grid(base64.b64decode(source.remask), model.grid_size)
                 if source.tokens is not None:
                     tokens = unpack_tokens(base64.b64decode(source.tokens), model.grid_size)
                 elif source.image_png is not None:
