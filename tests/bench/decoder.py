@@ -5,6 +5,8 @@ Three measures, in one run on one machine (compare within a run, never across ma
 1. The model alone: the built-in model renders B images together, 8 passes each, and
    encodes each final 256x256 PNG, for B in 1, 2, 4, ... 64: images/s, median of repeats.
    On CUDA it runs twice, with darkroom's Triton kernels on and off (DARKROOM_KERNELS).
+   The aMUSEd adapter's sweep follows (`--amused FOLDER`, by default a tiny random aMUSEd
+   built for the run: it shows the adapter's overhead, not a real model's cost).
 2. The decoder service alone on the real broker (the `bench` profile's Kafka, nothing
    else, started from an empty data folder for each measure): a backlog of jobs waits in
    its lane, one decoder process drains it at its batch limit; images/s from its first
@@ -29,11 +31,13 @@ import json
 import os
 import shutil
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer
@@ -48,6 +52,7 @@ from tests.bench import model as bench_model
 from tests.bench.model import BATCHES, PROMPTS
 from tests.bench.stats import percentile
 from tests.helpers import render_job, send_to_lane
+from tests.tiny_amused import build_tiny_amused
 
 PASSES = 8
 SIZE = 256
@@ -56,9 +61,9 @@ SIZE = 256
 # -- 1. the model alone: tests/bench/model.py -------------------------------------------------
 
 
-def model_rates(batches: tuple[int, ...], repeats: int, device: str) -> dict[int, float]:
+def model_rates(batches: tuple[int, ...], repeats: int, device: str, name: str = "builtin") -> dict[int, float]:
     """Images/s of whole renders (8 passes, final 256x256 PNG) at each batch size; medians."""
-    model = bench_model.load(device)
+    model = bench_model.load(device, name)
     rates = bench_model.model_alone(model, batches, bench_model.RenderShape(passes=PASSES, size=SIZE), repeats)
     return {batch: rate.images_per_s for batch, rate in rates.items()}
 
@@ -230,6 +235,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, default=0, help="the decoder's batch limit (0: the device's default)")
     parser.add_argument("--jobs", type=int, default=0, help="backlog for the service alone (0: 6 x the limit)")
     parser.add_argument("--paid", type=int, default=8, help="paid jobs sent into the free flood")
+    parser.add_argument(
+        "--amused",
+        default="",
+        help="an aMUSEd folder for the adapter's sweep beside the built-in model's (default: a tiny random one)",
+    )
     parser.add_argument("--json", type=str, default="", help="also write the figures to this file")
     args = parser.parse_args(argv)
 
@@ -249,6 +259,12 @@ def main(argv: list[str] | None = None) -> int:
         print("   the same with the Triton kernels off (plain torch)")
         figures["model_images_per_s_reference_kernels"] = model_rates(tuple(batches), args.repeats, device)
         del os.environ["DARKROOM_KERNELS"]
+    scratch = Path(tempfile.mkdtemp(prefix="darkroom-amused-"))
+    amused = args.amused or str(build_tiny_amused(scratch / "tiny"))
+    print(f"   the aMUSEd adapter beside it: amused:{amused}")
+    figures["amused"] = amused
+    figures["amused_images_per_s"] = model_rates(tuple(batches), args.repeats, device, f"amused:{amused}")
+    shutil.rmtree(scratch)
     best = max(rates, key=lambda b: rates[b])
     gain = rates[best] / rates[1]
     render_at_limit_s = limit / rates[limit]

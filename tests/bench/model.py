@@ -61,11 +61,12 @@ class BatchRate:
     encode_s: float
 
 
-def load(device: str) -> Any:
-    """The built-in model on `device`, warmed up (first calls allocate and compile)."""
+def load(device: str, name: str = "builtin") -> Any:
+    """A model on `device` (by default the built-in MaskGITImageModel), warmed up (first
+    calls allocate and compile)."""
     from libs.model.interface import load_model
 
-    model: Any = load_model("builtin", device)  # the built-in MaskGITImageModel
+    model: Any = load_model(name, device)
     states = [model.start(PROMPTS[0], 0, 2)]
     while not states[0].done:
         states = model.step(states)
@@ -159,6 +160,9 @@ def profile_step(model: Any, batch: int, passes: int, top: int = 18) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="auto", help="cpu, cuda, or auto (cuda when available)")
+    parser.add_argument(
+        "--model", default="builtin", help="a DARKROOM_MODEL value, e.g. amused:/path (python -m tests.tiny_amused)"
+    )
     parser.add_argument("--batches", default=",".join(map(str, BATCHES)))
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--passes", type=int, default=8)
@@ -181,12 +185,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     batches = tuple(int(b) for b in args.batches.split(","))
     figures: dict[str, Any] = {"device": device_name(device), "shape": asdict(shape)}
-    print(f"the built-in model alone on {figures['device']}: {shape}")
+    print(f"the model {args.model} alone on {figures['device']}: {shape}")
     runs = ("on", "off") if args.kernels == "both" else (args.kernels,)
     for kernels in runs:
         os.environ["DARKROOM_KERNELS"] = "triton" if kernels == "on" else "reference"
         print(f" kernels {kernels}")
-        model = load(device)
+        model = load(device, args.model)
         rates = model_alone(model, batches, shape, args.repeats)
         figures[f"kernels_{kernels}"] = {b: asdict(r) for b, r in rates.items()}
         best = max(rates.values(), key=lambda r: r.images_per_s)
