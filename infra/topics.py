@@ -18,6 +18,8 @@ import yaml
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
+from libs.lanes import with_model_topics
+
 DECLARATION = Path(__file__).resolve().parent / "topics.yaml"
 
 
@@ -42,7 +44,7 @@ def load_specs(path: Path = DECLARATION) -> list[TopicSpec]:
     raw: dict[str, Any] = yaml.safe_load(path.read_text())
     defaults = raw.get("defaults", {})
     specs = []
-    for name, body in raw["topics"].items():
+    for name, body in with_model_topics(raw).items():
         config = {**defaults.get("config", {}), **(body.get("config") or {})}
         lanes = {tier: list(parts) for tier, parts in (body.get("lanes") or {}).items()}
         partitions = int(body["partitions"])

@@ -1,4 +1,9 @@
-"""Lanes: which render topic and partitions serve each tier (from infra/topics.yaml).
+"""Lanes: which render topic and partitions serve each tier of each model (infra/topics.yaml).
+
+Every model has its own render topics and decoder pools: the default model's are
+`darkroom.render.consumer` and `darkroom.render.api`; a model declared under `models:`
+gets `darkroom.render.<model>.consumer` and `.api`, laid out alike. A lane is named by
+its tier for the default model and `<model>/<tier>` for another.
 
 A lane also has a priority and a bound. A decoder serves the lanes of the lowest
 priority number first (`partitions_to_pause`), and the gateway takes no more jobs for
@@ -7,11 +12,13 @@ a lane than its bound allows to wait (503 with retry-after beyond it).
 
 from __future__ import annotations
 
+import re
 import zlib
 from collections.abc import Mapping, Set
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -20,43 +27,112 @@ from libs.bus.ports import TopicPartition
 
 DECLARATION = Path(__file__).resolve().parent.parent / "infra" / "topics.yaml"
 
+DEFAULT_MODEL = "darkroom-mini"
+"""The model every stack serves; its render topics are RENDER_CONSUMER and RENDER_API."""
+POOLS = {"consumer": topics.RENDER_CONSUMER, "api": topics.RENDER_API}
+"""A decoder pool -> the default model's render topic it serves."""
+MODEL_NAME = re.compile(r"^[a-z0-9][a-z0-9.-]{0,62}$")
+
+
+def model_topic(model: str, pool: str) -> str:
+    """The render topic of a model's decoder pool ("consumer" or "api")."""
+    if pool not in POOLS:
+        raise KeyError(f"unknown decoder pool {pool!r} (pools: {', '.join(POOLS)})")
+    return POOLS[pool] if model == DEFAULT_MODEL else f"darkroom.render.{model}.{pool}"
+
+
+def with_model_topics(raw: dict[str, Any]) -> dict[str, Any]:
+    """The declared topics plus the render topics of every model under `models:`.
+
+    A model beside the default one gets a copy of each default render topic, named by
+    `model_topic`, with the same partitions, lanes, priorities and bounds unless its entry
+    overrides them (`consumer:` or `api:` with the keys of a topic).
+
+    Raises:
+        ValueError: A model's name is not a lowercase name fit for a topic.
+    """
+    declared: dict[str, Any] = dict(raw["topics"])
+    for model, overrides in (raw.get("models") or {}).items():
+        if not MODEL_NAME.match(model) or model == DEFAULT_MODEL:
+            raise ValueError(f"model {model!r}: a lowercase name of letters, digits, '.' and '-', not the default")
+        for pool, topic in POOLS.items():
+            body = {**declared[topic], **((overrides or {}).get(pool) or {})}
+            body["description"] = f"render jobs of the model {model} ({pool} pool), laid out like {topic}"
+            declared[model_topic(model, pool)] = body
+    return declared
+
 
 @dataclass(frozen=True)
 class Lane:
-    """A tier's lane: its render topic and the partitions it owns there."""
+    """A lane: a render topic's partitions for a tier (or a policy's lane) of one model."""
 
     tier: str
+    """The lane's name within its model: a tier, or the lane a tier's policy names."""
     topic: str
     partitions: tuple[int, ...]
     priority: int = 0
     """Lower first: a decoder pauses this lane while a lane of a lower number has work waiting."""
     max_waiting: int | None = None
     """Jobs the lane may hold waiting for a decoder; None: unbounded."""
+    model: str = DEFAULT_MODEL
+    pool: str = "consumer"
+
+    @property
+    def name(self) -> str:
+        """The lane's name across models: the tier alone for the default model, else model/tier."""
+        return lane_name(self.model, self.tier)
 
     def partition_for(self, job_id: str) -> int:
         """A stable partition of the lane for a job (spreads jobs over the lane)."""
         return self.partitions[zlib.crc32(job_id.encode()) % len(self.partitions)]
 
 
+def lane_name(model: str, lane: str) -> str:
+    """A lane's name across models: `lane` for the default model, `model/lane` for another."""
+    return lane if model in ("", DEFAULT_MODEL) else f"{model}/{lane}"
+
+
+@cache
+def _declared() -> dict[str, Any]:
+    raw: dict[str, Any] = yaml.safe_load(DECLARATION.read_text())
+    return raw
+
+
+@cache
+def models() -> tuple[str, ...]:
+    """Every model with render topics: the default, then those declared under `models:`."""
+    return (DEFAULT_MODEL, *(_declared().get("models") or {}))
+
+
 @cache
 def lanes() -> dict[str, Lane]:
-    """Every tier's lane, read once from the topic declaration."""
-    declared = yaml.safe_load(DECLARATION.read_text())["topics"]
+    """Every lane of every model, by name (`lane_name`), read once from the declaration."""
+    declared = with_model_topics(_declared())
     result: dict[str, Lane] = {}
-    for topic in (topics.RENDER_CONSUMER, topics.RENDER_API):
-        body = declared[topic]
-        priorities = body.get("lane_priority") or {}
-        bounds = body.get("lane_max_waiting") or {}
-        for tier, parts in (body.get("lanes") or {}).items():
-            bound = bounds.get(tier)
-            result[tier] = Lane(
-                tier=tier,
-                topic=topic,
-                partitions=tuple(parts),
-                priority=int(priorities.get(tier, 0)),
-                max_waiting=None if bound is None else int(bound),
-            )
+    for model in models():
+        for pool in POOLS:
+            topic = model_topic(model, pool)
+            body = declared[topic]
+            priorities = body.get("lane_priority") or {}
+            bounds = body.get("lane_max_waiting") or {}
+            for tier, parts in (body.get("lanes") or {}).items():
+                bound = bounds.get(tier)
+                lane = Lane(
+                    tier=tier,
+                    topic=topic,
+                    partitions=tuple(parts),
+                    priority=int(priorities.get(tier, 0)),
+                    max_waiting=None if bound is None else int(bound),
+                    model=model,
+                    pool=pool,
+                )
+                result[lane.name] = lane
     return result
+
+
+def base_lanes() -> set[str]:
+    """The lanes a tier's policy may name (those of every model, by their name within it)."""
+    return {lane.tier for lane in lanes().values()}
 
 
 def lane_of(tp: TopicPartition) -> Lane | None:
@@ -118,15 +194,18 @@ def parse_max_waiting(text: str) -> dict[str, int]:
     return bounds
 
 
-def lane_for(tier: str) -> Lane:
-    """The lane of a tier.
+def lane_for(lane: str, model: str = DEFAULT_MODEL) -> Lane:
+    """A model's lane by its name within the model (a tier, or a policy's lane).
 
     Raises:
-        KeyError: The tier has no lane.
+        KeyError: The model has no such lane (or no render topics at all).
     """
-    return lanes()[tier]
+    return lanes()[lane_name(model, lane)]
 
 
 def pool_group(topic: str) -> str:
     """The consumer group of the decoder pool that serves a render topic."""
-    return {topics.RENDER_CONSUMER: "decoder-consumer", topics.RENDER_API: "decoder-api"}[topic]
+    for lane in lanes().values():
+        if lane.topic == topic:
+            return f"decoder-{lane.pool}" if lane.model == DEFAULT_MODEL else f"decoder-{lane.model}-{lane.pool}"
+    raise KeyError(f"{topic} is not a render topic")

@@ -105,7 +105,13 @@ class GatewaySettings(SigningSettings, MinioSettings, MongoSettings):
     """How long a sign-up waits for the auth service's answer."""
     url_expiry_s: int = 3600
     models: tuple[str, ...] = ("darkroom-mini",)
-    """Model names the API accepts; the first is the default."""
+    """Model names the API accepts; the first is the default. Each needs render topics
+    (darkroom-mini's are built in; others under `models:` in infra/topics.yaml)."""
+    model_aliases: tuple[str, ...] = ("gpt-image-1", "gpt-image-1-mini", "dall-e-3", "dall-e-2")
+    """OpenAI's model names that clients hard-code; a request naming one gets the default model."""
+    model_unserved_after_s: float = 60.0
+    """A model other than the default whose decoders this gateway has not heard from for this
+    long is refused at once (503 `model_unavailable` with retry-after) instead of queued."""
     lane_max_waiting: str = ""
     """Per-lane bounds on waiting jobs that override infra/topics.yaml, e.g. "free=500,plus=2000";
     beyond a bound new jobs are refused with 503 and retry-after."""
@@ -144,11 +150,15 @@ class DecoderSettings(ServiceSettings):
     """The decoder service."""
 
     model: str = "builtin"
-    """"builtin", "noop", a weights directory, or "package.module:factory"."""
+    """What renders: "builtin", "noop", a weights directory, "amused:/path", or
+    "package.module:factory" (libs.model.interface.load_model)."""
     device: str = "auto"
     """"auto" (CUDA when present, else CPU), "cpu", "cuda", "cuda:N"."""
     pool: Literal["consumer", "api"] = "consumer"
     """Which render topic this decoder serves: the consumer tiers' lanes or the API's."""
+    served_model: str = "darkroom-mini"
+    """The API's name of the model this decoder renders (`model` in a request): it serves
+    that model's render topics (libs.lanes.model_topic), declared in infra/topics.yaml."""
     batch_images: int = Field(default=0, ge=0, le=1024)
     """The batch limit in images (a job of n images counts n); 0: the device's default
     (`DEFAULT_BATCH_IMAGES`: small on CPU, large on CUDA)."""

@@ -83,7 +83,7 @@ async def lane_reports(
         await reader.stop()
     sightings = await recent_sightings(bootstrap, window_s)
     return [
-        fold(lane.tier, lane.topic, lane.partitions, counts[lane.tier].waiting, counts[lane.tier].taken, sightings)
+        fold(lane.name, lane.topic, lane.partitions, counts[lane.name].waiting, counts[lane.name].taken, sightings)
         for lane in lanes().values()
     ], latest_batches(sightings)
 

@@ -23,7 +23,7 @@ from libs.bus.logreader import KafkaLogReader, read_to_end
 from libs.bus.ports import Record
 from libs.events import REGISTRY, DecodeError, Envelope, Event
 from libs.events.schemas import FEATURES, TIERS, RolloutChanged, TierPolicy, TierPolicyChanged
-from libs.lanes import lanes
+from libs.lanes import base_lanes
 
 CLIENT_ID = "darkroom-cli"
 READ_TIMEOUT_S = 30.0
@@ -83,8 +83,8 @@ def tier_change(state: AccessState, tier: str, changes: dict[str, Any], changed_
         first = exc.errors()[0]
         field = ".".join(str(p) for p in first["loc"])
         raise PolicyError(f"{field}: {first['msg']}", field or None) from exc
-    if policy.lane not in lanes():
-        raise PolicyError(f"unknown lane {policy.lane!r} (lanes: {', '.join(sorted(lanes()))})", "lane")
+    if policy.lane not in base_lanes():
+        raise PolicyError(f"unknown lane {policy.lane!r} (lanes: {', '.join(sorted(base_lanes()))})", "lane")
     return TierPolicyChanged(tier=tier, policy=policy, previous=previous, changed_by=changed_by)
 
 

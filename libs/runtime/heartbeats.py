@@ -46,13 +46,15 @@ class HeartbeatMonitor:
             if beat.heartbeat.lanes and now - beat.received_at <= self.stale_after_s
         }
 
-    def batch_loads(self) -> dict[str, BatchLoad]:
-        """Per fresh decoder instance, its batch (see ServiceHeartbeat.batch)."""
+    def batch_loads(self, within_s: float | None = None) -> dict[str, BatchLoad]:
+        """Per decoder instance heard from within `within_s` (default: fresh), its batch
+        (see ServiceHeartbeat.batch)."""
         now = time.monotonic()
+        window = self.stale_after_s if within_s is None else within_s
         return {
             instance: beat.heartbeat.batch
             for instance, beat in self._beats.items()
-            if beat.heartbeat.batch is not None and now - beat.received_at <= self.stale_after_s
+            if beat.heartbeat.batch is not None and now - beat.received_at <= window
         }
 
     def paused_lanes(self) -> set[str]:

@@ -7,7 +7,7 @@ from libs.bus import RejectedMessage
 from libs.bus.ports import Producer, Record
 from libs.events import REGISTRY, Envelope
 from libs.events.schemas import AbortRender, RenderJob
-from libs.lanes import pool_group
+from libs.lanes import model_topic, models, pool_group
 from libs.model.interface import ImageModel
 from libs.runtime.dispatch import Dispatcher
 from libs.runtime.service import ConsumerFactory, ServiceRuntime, Subscription
@@ -22,9 +22,6 @@ SERVICE = "decoder"
 
 MAX_BATCH_IMAGES = 1024
 """The most jobs one fetch may bring (the gate asks for the batch's room, never more)."""
-
-POOL_TOPICS = {"consumer": topics.RENDER_CONSUMER, "api": topics.RENDER_API}
-"""The render topic each decoder pool serves (its consumer group is `decoder-<pool>`)."""
 
 
 def control_group(instance_id: str) -> str:
@@ -73,6 +70,13 @@ def bootstrap(
         preempt=settings.preempt,
         pool=settings.pool,
     )
+    # The served model's pool: its own render topic and consumer group (libs.lanes).
+    if settings.served_model not in models():
+        raise ValueError(
+            f"DARKROOM_SERVED_MODEL={settings.served_model!r} has no render topics: declare it under "
+            f"`models:` in infra/topics.yaml (models: {', '.join(models())})"
+        )
+    render_topic = model_topic(settings.served_model, settings.pool)
     handlers = DecoderHandlers(runner, engine)
     gate = LaneGate(engine.wait_for_room)
     engine.follow_backlog(gate.backlog)
@@ -93,8 +97,8 @@ def bootstrap(
         # first (services.decoder.lanes): a job fetched early would wait in memory while
         # a paid one arrives. The jobs of one fetch join the batch side by side.
         Subscription(
-            group=pool_group(POOL_TOPICS[settings.pool]),
-            topics=[POOL_TOPICS[settings.pool]],
+            group=pool_group(render_topic),
+            topics=[render_topic],
             handler=take,
             max_records=MAX_BATCH_IMAGES,
             concurrency=MAX_BATCH_IMAGES,
@@ -112,7 +116,7 @@ def bootstrap(
 
     runtime.checks["model"] = model_loaded
     runtime.lane_report = lambda: gate.report(engine.stats)
-    runtime.batch_report = engine.report
+    runtime.batch_report = lambda: engine.report().model_copy(update={"model": settings.served_model})
     # Loaded before the consumers start, so no job is taken before the model can render it.
     runtime.on_start.append(load_model)
     runtime.background.append(engine.run)

@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 def lane_name(tp: TopicPartition) -> str:
     """The lane a partition belongs to, or topic/partition outside every lane."""
     lane = lane_of(tp)
-    return lane.tier if lane is not None else f"{tp.topic}/{tp.partition}"
+    return lane.name if lane is not None else f"{tp.topic}/{tp.partition}"
 
 
 def lane_priority(tp: TopicPartition) -> int:

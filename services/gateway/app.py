@@ -29,7 +29,7 @@ from libs.runtime.wiring import kafka_consumer_factory, kafka_producer, minio_st
 from libs.settings import GatewaySettings
 from libs.stores.grouped import GroupedInserts
 from libs.stores.ports import BlobStore, DocumentStore
-from services.gateway import accounts, admin, edits, images, library, web
+from services.gateway import accounts, admin, edits, images, library, served_models, web
 from services.gateway.catalog import ImageCatalog
 from services.gateway.context import Gateway
 from services.gateway.errors import install_error_handlers
@@ -81,6 +81,7 @@ def create_app(
         The FastAPI app, whose lifespan starts and stops the Kafka side.
     """
     settings = settings or GatewaySettings()
+    served_models.check_models_declared(settings)
     monitor = HeartbeatMonitor(stale_after_s=settings.heartbeat_stale_s)
     docs = documents or mongo_store(settings)
     objects = blobs or minio_store(settings)
@@ -186,6 +187,7 @@ def create_app(
     app.include_router(edits.router)
     app.include_router(library.router)
     app.include_router(accounts.router)
+    app.include_router(served_models.router)
     app.include_router(admin.router)
     app.include_router(web.router)
     app.mount("/web", web.assets(), name="web")

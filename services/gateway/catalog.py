@@ -19,6 +19,7 @@ from datetime import datetime
 from typing import Any, Final
 
 from libs.jobs import JobState
+from libs.lanes import DEFAULT_MODEL
 from libs.stores.ports import DocumentStore
 
 IMAGES: Final = "gateway_images"
@@ -41,6 +42,8 @@ class CatalogImage:
     sha256: str
     created_at: datetime
     parent_image_id: str | None
+    model: str = DEFAULT_MODEL
+    """The model that drew it (its token grid means something to that model only)."""
 
     def to_document(self) -> dict[str, Any]:
         """The stored document (the id is the document's key)."""
@@ -49,7 +52,8 @@ class CatalogImage:
     @classmethod
     def from_document(cls, image_id: str, doc: dict[str, Any]) -> CatalogImage:
         """Read a stored document back."""
-        fields = {k: doc[k] for k in cls.__dataclass_fields__ if k != "image_id"}
+        # Documents written before images recorded their model lack it: the default drew them.
+        fields = {k: doc[k] for k in cls.__dataclass_fields__ if k != "image_id" and k in doc}
         return cls(image_id=image_id, **fields)
 
 
@@ -73,6 +77,7 @@ def catalog_entries(state: JobState) -> list[CatalogImage]:
             sha256=ref.sha256,
             created_at=state.created_at,
             parent_image_id=sources[ref.index % len(sources)].parent_image_id if sources else None,
+            model=spec.model,
         )
         for ref in (state.images if state.status == "completed" else [])
     ]

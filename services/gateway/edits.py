@@ -78,6 +78,12 @@ async def create_edit(
             sources.append(await _source_for_upload(gateway, principal, data, first_mask, body, spec.seed + i))
     except TweakInputError as exc:
         raise invalid(exc.param, str(exc)) from exc
+    parents = []
+    for source in sources:
+        parent = await gateway.catalog.get(source.parent_image_id) if source.parent_image_id else None
+        if parent is not None:
+            parents.append(parent)
+    spec = spec.model_copy(update={"model": _model_of(gateway, body.model, spec.model, parents)})
     if len(sources) > MAX_IMAGES:
         raise invalid("image", f"At most {MAX_IMAGES} images can be tweaked at once.")
     total = body.n * len(sources)
@@ -96,6 +102,27 @@ async def create_edit(
         prefer=prefer,
         kind="image_edit",
     )
+
+
+def _model_of(gateway: Gateway, requested: str | None, resolved: str, parents: list[CatalogImage]) -> str:
+    """The model of a tweak: the one its darkroom images were drawn by when the request names
+    none (their grids mean something to that model only).
+
+    Raises:
+        APIError: 400 naming `model` when the images come from another model than the one
+            requested, or from several.
+    """
+    drawn_by = {parent.model for parent in parents}
+    if not drawn_by:
+        return resolved
+    if len(drawn_by) > 1:
+        raise invalid("model", f"These images were drawn by different models ({', '.join(sorted(drawn_by))}).")
+    [model] = drawn_by
+    if requested is not None and resolved != model:
+        raise invalid("model", f"This image was drawn by {model}: tweak it with model '{model}' (or leave model out).")
+    if model not in gateway.settings.models:
+        raise invalid("model", f"This image was drawn by {model}, which this service no longer serves.")
+    return model
 
 
 async def _source_for_id(

@@ -26,6 +26,7 @@ from services.gateway.errors import APIError, invalid
 from services.gateway.idempotency import MAX_KEY_LENGTH, KeyReused, key_seed, request_fingerprint
 from services.gateway.live import JobFollower
 from services.gateway.models import PASSES, RESOLVED_QUALITY, SIZES, ImageGenerationRequest, count_text_tokens
+from services.gateway.served_models import admit_to_lane, resolve_model
 
 router = APIRouter(prefix="/v1/images", tags=["images"])
 
@@ -99,7 +100,12 @@ async def run_job(
         # OpenAI's headers); nothing leaves the process.
         try:
             lane = gateway.limits.admit_generation(
-                request.scope, principal, job_id, spec.n, spec.quality, lane_open=gateway.lanes.admit
+                request.scope,
+                principal,
+                job_id,
+                spec.n,
+                spec.quality,
+                lane_open=lambda lane: admit_to_lane(gateway, spec.model, lane),
             )
         except APIError:
             if spec.idempotency_key is not None and job_id == new_job_id:
@@ -232,11 +238,7 @@ def job_spec(
     body: ImageGenerationRequest, principal: Principal, gateway: Gateway, idempotency_key: str | None = None
 ) -> JobSpec:
     """The job a request asks for, validated against the models and the API's rules."""
-    models = gateway.settings.models
-    model = body.model or models[0]
-    if model not in models:
-        available = ", ".join(models)
-        raise invalid("model", f"The model '{model}' does not exist. Available: {available}.", "model_not_found")
+    model = resolve_model(gateway.settings, body.model)
     if body.background == "transparent":
         raise invalid("background", f"Transparent backgrounds are not supported by {model}; use 'opaque' or 'auto'.")
     if body.stream and body.n > 1:

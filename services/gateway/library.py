@@ -101,6 +101,7 @@ async def image_object(gateway: Gateway, image: CatalogImage) -> dict[str, Any]:
         "prompt": image.prompt,
         "size": f"{image.size}x{image.size}",
         "output_format": image.output_format,
+        "model": image.model,
         "sha256": image.sha256,
         "url": await gateway.blobs.url(image.object_key, gateway.settings.url_expiry_s),
         "parent": None

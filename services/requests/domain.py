@@ -193,10 +193,10 @@ def _on_verdict(state: JobState, verdict: SafetyVerdict, policy: Policy) -> Deci
             return NOTHING  # already queued: a redelivered verdict
         if not verdict.allowed:
             return _blocked(state, verdict)
-        lane = lane_for(state.spec.lane or state.spec.tier)
+        lane = lane_for(state.spec.lane or state.spec.tier, state.spec.model)
         render = _render_job(state, policy)
         return Decision(
-            events=[JobQueued(job_id=state.job_id, lane=lane.tier, topic=render.topic, partition=render.partition)],
+            events=[JobQueued(job_id=state.job_id, lane=lane.name, topic=render.topic, partition=render.partition)],
             messages=[render],
         )
     if not verdict.allowed:
@@ -216,7 +216,7 @@ def _render_job(
     state: JobState, policy: Policy, attempt: int = 0, resume_pass: int = 0, tokens: Sequence[str] = ()
 ) -> Message:
     """The render job for the job's lane partition (the same partition on every attempt)."""
-    lane = lane_for(state.spec.lane or state.spec.tier)
+    lane = lane_for(state.spec.lane or state.spec.tier, state.spec.model)
     spec = state.spec
     render = RenderJob(
         job_id=state.job_id,

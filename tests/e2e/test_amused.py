@@ -1,11 +1,13 @@
-"""End to end with an aMUSEd model: the stack's decoders load a tiny random aMUSEd folder.
+"""End to end with aMUSEd served beside the default model, as a second model.
 
-The folder is built inside the test (tests/tiny_amused.py) and saved as diffusers saves the
-real amused-256: nothing is downloaded. Both decoder pools restart with
-`DARKROOM_MODEL=amused:<folder>` for this module and go back to their usual models after
-it. Through the official openai SDK: a generation, a stream of partial images, a tweak under
-a mask whose unmasked cells keep their tokens, and a decoder killed mid-render that resumes
-from its checkpoint and renders the same images.
+A tiny random aMUSEd is built inside the test (tests/tiny_amused.py) and saved as diffusers
+saves the real amused-256: nothing is downloaded. An extra decoder instance renders it for
+the model `amused-256` (its own render topic and consumer group, declared in
+infra/topics.yaml), and the gateway restarts with `DARKROOM_MODELS` naming both models; the
+default decoders keep rendering darkroom-mini. Through the official openai SDK: `GET
+/v1/models`, a generation and a stream of partial images with `model="amused-256"`, a tweak
+under a mask whose unmasked cells keep their tokens, a model whose pool has no decoder
+refused at once, and the aMUSEd decoder killed mid-render, resuming from its checkpoint.
 """
 
 from __future__ import annotations
@@ -14,51 +16,76 @@ import asyncio
 import base64
 import dataclasses
 import io
+import json
 import signal
 import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import numpy as np
 import openai
 import pytest
 from PIL import Image
 
-from infra.stack import Stack
+from infra.stack import Stack, wait_until
 from libs.cli.accounts import create_account
 from libs.model.amused import AmusedImageModel
 from libs.model.interface import unpack_tokens
 from libs.runtime.wiring import minio_store
-from libs.settings import DEV_SIGNING_KEY, MinioSettings
+from libs.settings import DEV_OPERATOR_TOKEN, DEV_SIGNING_KEY, MinioSettings
 from services.gateway.models import PASSES
 from tests.e2e.jobs import api, create_async, exactly_once, wait_done, watching
 from tests.tiny_amused import build_tiny_amused
 
-DECODERS = ("decoder", "decoder-api")
+MODEL = "amused-256"
+DECODER = "decoder-amused"
 # Four 256x256 images over 12 passes: with the e2e build of the tiny model, a fraction of a
 # second per pass on a CPU, so a decoder can be killed between two passes.
-SLOW = {"prompt": "a blue square on grass", "n": 4, "size": "256x256", "quality": "high"}
+SLOW = {"prompt": "a blue square on grass", "n": 4, "size": "256x256", "quality": "high", "model": MODEL}
+
+
+def _serving(stack: Stack) -> bool:
+    """Whether the gateway hears a decoder of amused-256 (the operator API's decoders)."""
+    try:
+        answer = httpx.get(
+            f"{stack.profile.gateway_url}/v1/admin/lanes",
+            headers={"authorization": f"Bearer {DEV_OPERATOR_TOKEN}"},
+            timeout=5,
+        )
+    except httpx.HTTPError:
+        return False
+    return answer.status_code == 200 and any(d.get("model") == MODEL for d in answer.json()["decoders"].values())
+
+
+def _start_decoder(stack: Stack) -> None:
+    stack.start_service("decoder", instance=DECODER)
+    wait_until(lambda: _serving(stack), f"the gateway hears {DECODER}", stack.proc(DECODER), timeout_s=90)
 
 
 @pytest.fixture(scope="module")
 def amused(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    """The stack with both decoder pools on the tiny aMUSEd; the usual models after."""
+    """The stack with amused-256 served beside the default model; as before after the module."""
     folder = build_tiny_amused(tmp_path_factory.mktemp("amused") / "tiny-amused-256", layers=6, hidden=256)
     stack.up_infra()
     stack.up_services()
-    model = f"amused:{folder}"
     profile = dataclasses.replace(
         stack.profile,
-        process_env=(*stack.profile.process_env, *((name, "DARKROOM_MODEL", model) for name in DECODERS)),
+        process_env=(
+            *stack.profile.process_env,
+            ("gateway", "DARKROOM_MODELS", json.dumps(["darkroom-mini", MODEL])),
+            (DECODER, "DARKROOM_MODEL", f"amused:{folder}"),
+            (DECODER, "DARKROOM_SERVED_MODEL", MODEL),
+        ),
     )
     with_amused = Stack(profile, say=lambda line: print(line))
-    for name in DECODERS:
-        stack.proc(name).stop()
+    stack.proc("gateway").stop()
     with_amused.up_services()
+    _start_decoder(with_amused)
     yield with_amused
-    for name in DECODERS:
-        with_amused.proc(name).stop()
+    with_amused.proc(DECODER).stop()
+    stack.proc("gateway").stop()
     stack.up_services()
 
 
@@ -73,13 +100,30 @@ def key(amused: Stack) -> str:
 def client(amused: Stack, key: str) -> Iterator[openai.OpenAI]:
     amused.up_infra()
     amused.up_services()
+    if amused.proc(DECODER).pid() is None:
+        _start_decoder(amused)
     with openai.OpenAI(base_url=f"{amused.profile.gateway_url}/v1", api_key=key, max_retries=0, timeout=120) as c:
         yield c
 
 
 def _folder(stack: Stack) -> Path:
-    [model] = {value for name, var, value in stack.profile.process_env if name == "decoder" and var == "DARKROOM_MODEL"}
+    [model] = {value for name, var, value in stack.profile.process_env if name == DECODER and var == "DARKROOM_MODEL"}
     return Path(model.removeprefix("amused:"))
+
+
+def _job_of(client: openai.OpenAI, image_id: str) -> str:
+    image = client.get(f"/images/{image_id}", cast_to=object)
+    assert isinstance(image, dict)
+    return str(image["job_id"])
+
+
+def _render_here(stack: Stack, prompt: str, seed: int, passes: int) -> np.ndarray:
+    """The grid this process renders with the decoder's folder."""
+    model = AmusedImageModel(_folder(stack))
+    state = model.start(prompt, seed, passes)
+    while not state.done:
+        state = model.step([state])[0]
+    return state.tokens
 
 
 def _tokens(stack: Stack, job_id: str) -> np.ndarray:
@@ -92,16 +136,25 @@ def _png(b64: str | None) -> Image.Image:
     return Image.open(io.BytesIO(base64.b64decode(b64)))
 
 
-def test_generate_and_stream_with_amused(client: openai.OpenAI) -> None:
+def test_both_models_render_side_by_side(client: openai.OpenAI, amused: Stack) -> None:
+    assert [m.id for m in client.models.list().data][:2] == ["darkroom-mini", MODEL]
     result = client.images.generate(
-        prompt="a red circle on grass", size="256x256", quality="low", extra_body={"seed": 3}
+        prompt="a red circle on grass", size="256x256", quality="low", model=MODEL, extra_body={"seed": 3}
     )
     assert result.data and _png(result.data[0].b64_json).size == (256, 256)
+    default = client.images.generate(prompt="a red circle on grass", size="256x256", quality="low")
+    assert default.data
+    # Each rendered with its own model: aMUSEd's grid draws from its 64-token codebook, the
+    # built-in model's from 512 (and this process renders aMUSEd's grid the same).
+    ours = _tokens(amused, _job_of(client, str(result.data[0].image_id)))
+    theirs = _tokens(amused, _job_of(client, str(default.data[0].image_id)))
+    assert ours.max() < 64 <= theirs.max()
+    assert np.array_equal(ours, _render_here(amused, "a red circle on grass", 3, PASSES["low"]))
 
     partials: list[str] = []
     completed = None
     for event in client.images.generate(
-        prompt="a green triangle", size="256x256", quality="high", stream=True, partial_images=3
+        prompt="a green triangle", size="256x256", quality="high", model=MODEL, stream=True, partial_images=3
     ):
         if event.type == "image_generation.partial_image":
             partials.append(event.b64_json)
@@ -113,7 +166,9 @@ def test_generate_and_stream_with_amused(client: openai.OpenAI) -> None:
 
 
 def test_tweak_under_a_mask_keeps_the_unmasked_tokens(client: openai.OpenAI, amused: Stack) -> None:
-    parent = client.images.generate(prompt="a yellow star", size="256x256", quality="low", extra_body={"seed": 5})
+    parent = client.images.generate(
+        prompt="a yellow star", size="256x256", quality="low", model=MODEL, extra_body={"seed": 5}
+    )
     assert parent.data and parent.data[0].b64_json
     parent_id = str(parent.data[0].image_id)  # darkroom's extra field
     pixels = np.full((256, 256, 4), 255, np.uint8)
@@ -124,6 +179,7 @@ def test_tweak_under_a_mask_keeps_the_unmasked_tokens(client: openai.OpenAI, amu
         image=("star.png", base64.b64decode(parent.data[0].b64_json)),
         mask=("mask.png", mask.getvalue()),
         prompt="a yellow star at night",
+        model=MODEL,
     )
     assert child.data
     child_id = str(child.data[0].image_id)
@@ -131,12 +187,7 @@ def test_tweak_under_a_mask_keeps_the_unmasked_tokens(client: openai.OpenAI, amu
     assert isinstance(parent_job, dict) and isinstance(child_job, dict)
     assert child_job["parent"]["id"] == parent_id
     before, after = _tokens(amused, str(parent_job["job_id"])), _tokens(amused, str(child_job["job_id"]))
-    # The decoder rendered with the folder's model: the same grid as this process renders.
-    model = AmusedImageModel(_folder(amused))
-    state = model.start("a yellow star", 5, PASSES["low"])
-    while not state.done:
-        state = model.step([state])[0]
-    assert np.array_equal(before, state.tokens)
+    assert np.array_equal(before, _render_here(amused, "a yellow star", 5, PASSES["low"]))
     assert np.array_equal(before[:, :8], after[:, :8])
     assert not np.array_equal(before[:, 8:], after[:, 8:])
 
@@ -153,11 +204,11 @@ async def test_a_killed_amused_decoder_resumes_from_its_checkpoint(amused: Stack
             return [p["pass_index"] for p in watch.payloads(job_id, "render.render_progressed")]
 
         await watch.until("pass 3 of the render", lambda: max(passes(), default=0) >= 3)
-        amused.proc("decoder").stop(timeout_s=0, sig=signal.SIGKILL)
+        amused.proc(DECODER).stop(timeout_s=0, sig=signal.SIGKILL)
         last_before_kill = max(passes())
         assert last_before_kill < 12, "the render ended before the decoder was killed"
         started = time.monotonic()
-        await asyncio.to_thread(amused.up_services)
+        await asyncio.to_thread(_start_decoder, amused)
 
         done = await wait_done(http, job_id)
         assert done["status"] == "completed", done
@@ -168,3 +219,18 @@ async def test_a_killed_amused_decoder_resumes_from_its_checkpoint(amused: Stack
         exactly_once(amused, watch, job_id, 4)
         took = time.monotonic() - started
         print(f"\nFIGURES amused decoder killed after pass {last_before_kill}/12: done {took:.1f}s later")
+
+
+def test_a_model_whose_pool_has_no_decoder_is_refused_at_once(amused: Stack) -> None:
+    # amused-256's api pool has no decoder here: an api key's request is a 503 at once.
+    email = f"amused-api-{uuid.uuid4().hex[:8]}@example.com"
+    account = asyncio.run(create_account(amused.profile.kafka_bootstrap, email, "api", DEV_SIGNING_KEY))
+    with openai.OpenAI(
+        base_url=f"{amused.profile.gateway_url}/v1", api_key=str(account["api_key"]), max_retries=0, timeout=30
+    ) as client:
+        began = time.monotonic()
+        with pytest.raises(openai.APIStatusError) as caught:
+            client.images.generate(prompt="a red circle", model=MODEL, quality="low")
+        assert time.monotonic() - began < 5
+    assert caught.value.status_code == 503 and caught.value.response.headers["retry-after"] == "30"
+    assert caught.value.body["code"] == "model_unavailable"  # type: ignore[index]

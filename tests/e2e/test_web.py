@@ -284,7 +284,7 @@ def test_the_admin_console_changes_the_free_tier_limit_and_the_gateway_enforces_
     page.get_by_label("Operator token").fill(DEV_OPERATOR_TOKEN)
     page.get_by_role("button", name="Open the console").click()
     lanes = page.get_by_role("table", name="Lanes")
-    expect(lanes.get_by_role("rowheader", name="free")).to_be_visible()
+    expect(lanes.get_by_role("rowheader", name="free", exact=True)).to_be_visible()
     services = page.get_by_role("table", name="Services")
     expect(services.get_by_role("rowheader", name="decoder", exact=True)).to_be_visible()
     shots.take(page, "console")

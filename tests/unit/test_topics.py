@@ -8,10 +8,34 @@ import pytest
 
 from infra.topics import load_specs
 from libs import topics
+from libs.lanes import DEFAULT_MODEL, POOLS, lane_for, lane_name, lanes, model_topic, models, pool_group
 
 
 def test_code_and_declaration_name_the_same_topics() -> None:
-    assert {s.name for s in load_specs()} == set(topics.ALL_TOPICS)
+    # The render topics of models beside the default one are named from the `models:` section.
+    model_topics = {model_topic(model, pool) for model in models()[1:] for pool in POOLS}
+    assert {s.name for s in load_specs()} == set(topics.ALL_TOPICS) | model_topics
+
+
+def test_each_model_has_render_topics_laid_out_like_the_defaults() -> None:
+    specs = {s.name: s for s in load_specs()}
+    assert models()[0] == DEFAULT_MODEL and "amused-256" in models()
+    for model in models()[1:]:
+        for pool, default in POOLS.items():
+            own = specs[model_topic(model, pool)]
+            assert own.lanes == specs[default].lanes and own.partitions == specs[default].partitions
+            assert all(lanes()[lane_name(model, tier)].topic == own.name for tier in own.lanes)
+    assert pool_group(model_topic("amused-256", "consumer")) == "decoder-amused-256-consumer"
+    assert pool_group(topics.RENDER_CONSUMER) == "decoder-consumer"
+    assert lane_for("free", "amused-256").name == "amused-256/free" and lane_for("free").name == "free"
+
+
+def test_a_model_name_unfit_for_a_topic_is_refused(tmp_path: Path) -> None:
+    bad = tmp_path / "topics.yaml"
+    body = "topics:\n  darkroom.render.consumer:\n    partitions: 1\n  darkroom.render.api:\n    partitions: 1\n"
+    bad.write_text("models:\n  Big Model: {}\n" + body)
+    with pytest.raises(ValueError, match="lowercase"):
+        load_specs(bad)
 
 
 def test_lanes_give_each_tier_its_own_partitions() -> None:

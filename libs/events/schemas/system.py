@@ -34,6 +34,9 @@ class BatchLoad(BaseModel):
 
     pool: str = ""
     """The decoder pool (consumer or api)."""
+    model: str = ""
+    """The API's name of the model it renders ("" from decoders older than several models:
+    the default model)."""
     limit: int = 0
     """The batch limit, in images."""
     images: int = 0

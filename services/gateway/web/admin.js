@@ -68,7 +68,7 @@ async function refreshLive() {
           el(
             "tr",
             {},
-            cell(`${instance} (${batch.pool || "?"})`, "th"),
+            cell(`${instance} (${batch.model || "darkroom-mini"}, ${batch.pool || "?"})`, "th"),
             cell(`${Math.round((batch.occupancy || 0) * 100)}%`),
             cell(`${batch.images} of ${batch.limit}`),
             cell(batch.pass_s ? `${number(batch.pass_s * 1000, 0)} ms` : "–"),

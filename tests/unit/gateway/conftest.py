@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
 import httpx
@@ -161,12 +162,17 @@ def key_for(account: str, tier: str = "pro") -> str:
     return mint(account, tier, new_key_id("k1"), SIGNING)
 
 
-@pytest.fixture
-async def gateway() -> AsyncIterator[GatewayUnderTest]:
+@asynccontextmanager
+async def gateway_with(**overrides: object) -> AsyncIterator[GatewayUnderTest]:
+    """A gateway on an in-memory broker with the fake pipeline, its settings changed by `overrides`."""
     broker = InMemoryBroker()
     blobs = InMemoryBlobStore()
     settings = GatewaySettings(
-        signing_key="k1=unit-test-signing-key", sync_wait_s=5, stream_keepalive_s=0.2, reply_timeout_s=1
+        signing_key="k1=unit-test-signing-key",
+        sync_wait_s=5,
+        stream_keepalive_s=0.2,
+        reply_timeout_s=1,
+        **overrides,  # type: ignore[arg-type]
     )
     lanes = FakeLaneOffsets()
     app = create_app(
@@ -190,3 +196,9 @@ async def gateway() -> AsyncIterator[GatewayUnderTest]:
             stop.set()
             await task
             await http.aclose()
+
+
+@pytest.fixture
+async def gateway() -> AsyncIterator[GatewayUnderTest]:
+    async with gateway_with() as under_test:
+        yield under_test

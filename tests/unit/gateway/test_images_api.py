@@ -40,7 +40,7 @@ async def test_every_response_carries_the_trace_id_as_request_id(gateway: Gatewa
         ({"moderation": "none"}, "moderation"),
         ({"response_format": "xml"}, "response_format"),
         ({"partial_images": 4, "stream": True}, "partial_images"),
-        ({"model": "dall-e-2"}, "model"),
+        ({"model": "stable-diffusion-3"}, "model"),
         ({"background": "transparent"}, "background"),
         ({"prompt": ""}, "prompt"),
         ({"prompt": "x" * 32001}, "prompt"),

@@ -140,6 +140,19 @@ def test_api_jobs_go_to_the_api_topic() -> None:
     assert decision.messages[0].topic == topics.RENDER_API
 
 
+def test_a_jobs_model_picks_its_own_render_topic_and_lanes() -> None:
+    _, [_, decision] = _run(None, _generate(tier="free", model="amused-256"), _prompt_ok())
+    [queued] = decision.events
+    [message] = decision.messages
+    lane = lane_for("free", "amused-256")
+    assert isinstance(queued, JobQueued) and queued.lane == "amused-256/free" == lane.name
+    assert message.topic == "darkroom.render.amused-256.consumer" == lane.topic
+    assert message.partition in lane.partitions
+    assert isinstance(message.event, RenderJob) and message.event.model == "amused-256"
+    _, [_, api] = _run(None, _generate(tier="api", model="amused-256"), _prompt_ok())
+    assert api.messages[0].topic == "darkroom.render.amused-256.api"
+
+
 def test_a_blocked_prompt_ends_the_job_without_rendering() -> None:
     verdict = SafetyVerdict(job_id=JOB, stage="prompt", allowed=False, category="violence", policy_version=3)
     state, [_, decision] = _run(None, _generate(), verdict)
