@@ -20,6 +20,7 @@ import argparse
 import asyncio
 import base64
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -33,6 +34,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from infra import paths
 
@@ -110,6 +112,18 @@ class Profile:
             # Export spans every half second rather than every five, so traces show up promptly.
             "OTEL_BSP_SCHEDULE_DELAY": "500",
         }
+
+
+def gateway_health(gateway_url: str) -> dict[str, Any]:
+    """The gateway's /healthz body (a 503 carries one too), or {} when it does not answer."""
+    try:
+        with urllib.request.urlopen(f"{gateway_url}/healthz", timeout=3) as response:  # noqa: S310 - loopback
+            body: dict[str, Any] = json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        body = json.loads(exc.read())
+    except (OSError, ValueError):
+        body = {}
+    return body
 
 
 def load_profile(name: str) -> Profile:
@@ -574,8 +588,12 @@ def main(argv: list[str] | None = None) -> int:
             all_ok &= ok
             state = "healthy" if ok else ("UNHEALTHY" if pid else "not running")
             print(f"{name:9} {state:11} {'pid ' + str(pid) if pid else ''}")
-        gateway = http_ok(f"{profile.gateway_url}/healthz")
-        print(f"{'healthz':9} {'ok' if gateway else 'degraded'}      {profile.gateway_url}/healthz")
+        health = gateway_health(profile.gateway_url)
+        print(f"{'healthz':9} {health.get('status', 'unreachable'):11} {profile.gateway_url}/healthz")
+        for problem in health.get("problems", []):
+            print(f"  {problem}")
+        for pool, figures in sorted(health.get("pools", {}).items()):
+            print(f"  pool {pool:28} {figures['instances']} live decoder(s)")
         return 0 if all_ok else 1
     logs = sorted((profile.run_dir / "logs").glob("*.log"))
     if not logs:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from libs.bus import Record
 from libs.events import REGISTRY, Envelope
 from libs.events.schemas import BatchLoad, LaneLoad, ServiceHeartbeat
+from libs.lanes import DEFAULT_MODEL
 
 SERVICES = ("gateway", "auth", "requests", "decoder", "safety", "storage")
 
@@ -56,6 +58,17 @@ class HeartbeatMonitor:
             for instance, beat in self._beats.items()
             if beat.heartbeat.batch is not None and now - beat.received_at <= window
         }
+
+    def pools(self, models: Sequence[str], pools: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """Per decoder pool of each model, `<model>/<pool>`: its live instances and whether
+        any is there (a pool nobody serves leaves its lanes' jobs waiting)."""
+        live = list(self.batch_loads().values())
+        report: dict[str, dict[str, Any]] = {}
+        for model in models:
+            for pool in pools:
+                count = sum(1 for load in live if (load.model or DEFAULT_MODEL) == model and load.pool == pool)
+                report[f"{model}/{pool}"] = {"healthy": count > 0, "instances": count}
+        return report
 
     def paused_lanes(self) -> set[str]:
         """The lanes some live decoder holds back for higher-priority ones."""

@@ -21,7 +21,7 @@ from libs.access import AccessState
 from libs.apikeys import parse_signing_keys
 from libs.bus.offsets import KafkaLaneOffsets, LaneOffsets
 from libs.bus.ports import Producer
-from libs.lanes import parse_max_waiting
+from libs.lanes import POOLS, parse_max_waiting
 from libs.ratelimit import UsageLedger
 from libs.runtime.heartbeats import HeartbeatMonitor
 from libs.runtime.service import ConsumerFactory, ServiceRuntime, Subscription
@@ -194,16 +194,23 @@ def create_app(
 
     @app.get("/healthz", tags=["operations"])
     async def healthz(monitor: Annotated[HeartbeatMonitor, Depends(get_monitor)]) -> JSONResponse:
-        """Kafka reachability and each service's last heartbeat; 503 unless all are fresh."""
+        """Kafka reachability, each service's last heartbeat and each decoder pool of every
+        model served; 503 unless all are fresh and every pool has a live decoder."""
         services = monitor.report()
+        pools = monitor.pools(settings.models, tuple(POOLS))
         own = monitor.seen(runtime.instance_id)
         kafka_ok = own is not None and own <= monitor.stale_after_s
-        healthy = kafka_ok and all(s["healthy"] for s in services.values())
+        problems = [] if kafka_ok else ["kafka: not reachable"]
+        problems += [f"{name}: no fresh heartbeat" for name, s in services.items() if not s["healthy"]]
+        problems += [f"decoder pool {name}: no live decoder" for name, p in pools.items() if not p["healthy"]]
         body: dict[str, Any] = {
-            "status": "ok" if healthy else "degraded",
+            "status": "degraded" if problems else "ok",
+            "problems": problems,
             "kafka": {"reachable": kafka_ok, "bootstrap": settings.kafka_bootstrap},
             "services": services,
+            "pools": pools,
         }
+        healthy = not problems
         return JSONResponse(body, status_code=200 if healthy else 503)
 
     @app.get("/metrics", tags=["operations"], response_class=PlainTextResponse)

@@ -26,7 +26,7 @@ from services.gateway.errors import APIError, invalid
 from services.gateway.idempotency import MAX_KEY_LENGTH, KeyReused, key_seed, request_fingerprint
 from services.gateway.live import JobFollower
 from services.gateway.models import PASSES, RESOLVED_QUALITY, SIZES, ImageGenerationRequest, count_text_tokens
-from services.gateway.served_models import admit_to_lane, resolve_model
+from services.gateway.served_models import admit_to_lane, lane_served, resolve_model
 
 router = APIRouter(prefix="/v1/images", tags=["images"])
 
@@ -378,7 +378,8 @@ async def job_object(gateway: Gateway, state: JobState, response_format: str = "
     """The `image.job` object of a job, in any state.
 
     A job waiting in its lane is `queued`, or `deferred` when it waits behind
-    higher-priority lanes (see services.gateway.lanes); both carry `estimated_wait_s`.
+    higher-priority lanes (see services.gateway.lanes); both carry `estimated_wait_s` and
+    `decoders_up` (false while no decoder of its pool is alive: then no estimate).
     """
     body: dict[str, Any] = {
         "id": state.job_id,
@@ -392,8 +393,12 @@ async def job_object(gateway: Gateway, state: JobState, response_format: str = "
         # Waiting for a decoder: how long, and whether behind higher-priority lanes.
         if gateway.lanes.deferred(state.lane):
             body["status"] = "deferred"
-        wait = gateway.lanes.estimated_wait_s(state.lane)
+        # With no live decoder for its pool the job waits, durably, for one to come back: no
+        # estimate, and `decoders_up` says why.
+        up = lane_served(gateway, state.lane)
+        wait = gateway.lanes.estimated_wait_s(state.lane) if up else None
         body["estimated_wait_s"] = None if wait is None else round(wait, 1)
+        body["decoders_up"] = up
     if state.status == "completed":
         body |= await _images_response(gateway, state, response_format)
     elif state.status in ("blocked", "failed", "cancelled"):

@@ -15,7 +15,7 @@ from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse
 
 from libs.apikeys import Principal
-from libs.lanes import DEFAULT_MODEL, lane_for, models
+from libs.lanes import DEFAULT_MODEL, lane_for, lanes, models
 from libs.runtime.heartbeats import HeartbeatMonitor
 from libs.settings import GatewaySettings
 from services.gateway.context import Gateway, get_gateway, get_principal
@@ -88,10 +88,18 @@ def admit_to_lane(gateway: Gateway, model: str, lane: str) -> None:
     gateway.lanes.admit(declared.name)
 
 
-def serving(heartbeats: HeartbeatMonitor, model: str, pool: str, settings: GatewaySettings) -> bool:
-    """Whether a decoder of this model's pool was heard from lately."""
-    recent = heartbeats.batch_loads(within_s=settings.model_unserved_after_s).values()
+def serving(heartbeats: HeartbeatMonitor, model: str, pool: str, settings: GatewaySettings | None = None) -> bool:
+    """Whether a decoder of this model's pool was heard from lately: within the settings'
+    `model_unserved_after_s`, or, without settings, within the heartbeats' freshness."""
+    within = None if settings is None else settings.model_unserved_after_s
+    recent = heartbeats.batch_loads(within_s=within).values()
     return any((load.model or DEFAULT_MODEL) == model and load.pool == pool for load in recent)
+
+
+def lane_served(gateway: Gateway, lane: str) -> bool:
+    """Whether a live decoder serves this lane (by its name across models) right now."""
+    declared = lanes().get(lane)
+    return declared is not None and serving(gateway.heartbeats, declared.model, declared.pool)
 
 
 def _model_object(settings: GatewaySettings, name: str) -> dict[str, Any]:

@@ -54,6 +54,8 @@ class Shots:
         self._prefix = re.sub(r"[^a-z0-9]+", "-", test_name.lower()).strip("-")
         self._count = 0
         REPORTS.mkdir(parents=True, exist_ok=True)
+        for stale in REPORTS.glob(f"{self._prefix}-[0-9][0-9]-*.png"):  # a previous run's steps
+            stale.unlink()
 
     def take(self, page: Page, step: str) -> Path:
         """Save the whole page as it is now."""

@@ -6,8 +6,8 @@ the model `amused-256` (its own render topic and consumer group, declared in
 infra/topics.yaml), and the gateway restarts with `DARKROOM_MODELS` naming both models; the
 default decoders keep rendering darkroom-mini. Through the official openai SDK: `GET
 /v1/models`, a generation and a stream of partial images with `model="amused-256"`, a tweak
-under a mask whose unmasked cells keep their tokens, a model whose pool has no decoder
-refused at once, and the aMUSEd decoder killed mid-render, resuming from its checkpoint.
+under a mask whose unmasked cells keep their tokens, and the aMUSEd decoder killed
+mid-render, resuming from its checkpoint.
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ from tests.tiny_amused import build_tiny_amused
 
 MODEL = "amused-256"
 DECODER = "decoder-amused"
+DECODER_API = "decoder-amused-api"
 # Four 256x256 images over 12 passes: with the e2e build of the tiny model, a fraction of a
 # second per pass on a CPU, so a decoder can be killed between two passes.
 SLOW = {"prompt": "a blue square on grass", "n": 4, "size": "256x256", "quality": "high", "model": MODEL}
@@ -59,32 +60,39 @@ def _serving(stack: Stack) -> bool:
     return answer.status_code == 200 and any(d.get("model") == MODEL for d in answer.json()["decoders"].values())
 
 
-def _start_decoder(stack: Stack) -> None:
-    stack.start_service("decoder", instance=DECODER)
-    wait_until(lambda: _serving(stack), f"the gateway hears {DECODER}", stack.proc(DECODER), timeout_s=90)
+def _start_decoder(stack: Stack, instance: str = DECODER) -> None:
+    """Starts an aMUSEd decoder and waits until the gateway hears it."""
+    stack.start_service("decoder", instance=instance)
+    wait_until(lambda: _serving(stack), f"the gateway hears {instance}", stack.proc(instance), timeout_s=90)
 
 
 @pytest.fixture(scope="module")
 def amused(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    """The stack with amused-256 served beside the default model; as before after the module."""
+    """The stack with amused-256 served beside the default model (both of its pools); as
+    before after the module."""
     folder = build_tiny_amused(tmp_path_factory.mktemp("amused") / "tiny-amused-256", layers=6, hidden=256)
     stack.up_infra()
     stack.up_services()
+    amused_env = (("DARKROOM_MODEL", f"amused:{folder}"), ("DARKROOM_SERVED_MODEL", MODEL))
     profile = dataclasses.replace(
         stack.profile,
         process_env=(
             *stack.profile.process_env,
             ("gateway", "DARKROOM_MODELS", json.dumps(["darkroom-mini", MODEL])),
-            (DECODER, "DARKROOM_MODEL", f"amused:{folder}"),
-            (DECODER, "DARKROOM_SERVED_MODEL", MODEL),
+            *((DECODER, var, value) for var, value in amused_env),
+            *((DECODER_API, var, value) for var, value in amused_env),
+            (DECODER_API, "DARKROOM_POOL", "api"),
         ),
     )
     with_amused = Stack(profile, say=lambda line: print(line))
+    # The decoders first: a gateway that serves amused-256 is healthy once both its pools are.
+    with_amused.start_service("decoder", instance=DECODER)
+    with_amused.start_service("decoder", instance=DECODER_API)
     stack.proc("gateway").stop()
     with_amused.up_services()
-    _start_decoder(with_amused)
     yield with_amused
-    with_amused.proc(DECODER).stop()
+    for instance in (DECODER, DECODER_API):
+        with_amused.proc(instance).stop()
     stack.proc("gateway").stop()
     stack.up_services()
 
@@ -219,18 +227,3 @@ async def test_a_killed_amused_decoder_resumes_from_its_checkpoint(amused: Stack
         exactly_once(amused, watch, job_id, 4)
         took = time.monotonic() - started
         print(f"\nFIGURES amused decoder killed after pass {last_before_kill}/12: done {took:.1f}s later")
-
-
-def test_a_model_whose_pool_has_no_decoder_is_refused_at_once(amused: Stack) -> None:
-    # amused-256's api pool has no decoder here: an api key's request is a 503 at once.
-    email = f"amused-api-{uuid.uuid4().hex[:8]}@example.com"
-    account = asyncio.run(create_account(amused.profile.kafka_bootstrap, email, "api", DEV_SIGNING_KEY))
-    with openai.OpenAI(
-        base_url=f"{amused.profile.gateway_url}/v1", api_key=str(account["api_key"]), max_retries=0, timeout=30
-    ) as client:
-        began = time.monotonic()
-        with pytest.raises(openai.APIStatusError) as caught:
-            client.images.generate(prompt="a red circle", model=MODEL, quality="low")
-        assert time.monotonic() - began < 5
-    assert caught.value.status_code == 503 and caught.value.response.headers["retry-after"] == "30"
-    assert caught.value.body["code"] == "model_unavailable"  # type: ignore[index]

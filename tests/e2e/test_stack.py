@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import urllib.request
 import uuid
+from typing import Any
+
+import httpx
 
 from infra.stack import INFRA, SERVICES, Stack, port_open
 from libs import topics
@@ -34,6 +38,61 @@ def test_healthz_reports_kafka_and_every_service(running: Stack) -> None:
     assert set(services) == set(HEARTBEAT_SERVICES)
     assert all(s["healthy"] for s in services.values())
     assert services["storage"]["checks"] == {"mongo": True, "minio": True}
+
+
+def test_healthz_names_a_decoder_pool_left_without_decoders(running: Stack, api_key: str) -> None:
+    status, body = _get_json(f"{running.profile.gateway_url}/healthz")
+    assert status == 200 and body["problems"] == [], body
+    assert body["pools"] == {
+        "darkroom-mini/consumer": {"healthy": True, "instances": 1},
+        "darkroom-mini/api": {"healthy": True, "instances": 1},
+    }
+    # The consumer pool's only decoder stops; the api pool's still counts as a "decoder".
+    running.proc("decoder").stop()
+    try:
+        deadline = time.monotonic() + 30
+        while (status := _get_json(f"{running.profile.gateway_url}/healthz")[0]) == 200:
+            assert time.monotonic() < deadline, "healthz stayed ok without a consumer decoder"
+            time.sleep(0.5)
+        status, body = _get_json(f"{running.profile.gateway_url}/healthz")
+        assert status == 503 and body["status"] == "degraded"
+        assert body["problems"] == ["decoder pool darkroom-mini/consumer: no live decoder"]
+        assert body["services"]["decoder"]["healthy"]  # type: ignore[index]
+
+        # A job still queues, durably, and says that no decoder is up rather than a wait.
+        created = httpx.post(
+            f"{running.profile.gateway_url}/v1/images/generations",
+            json={"prompt": "a red circle", "quality": "low"},
+            headers={"authorization": f"Bearer {api_key}", "prefer": "respond-async"},
+            timeout=30,
+        )
+        assert created.status_code == 202, created.text
+        job = created.json()
+        deadline = time.monotonic() + 30
+        while job["status"] not in ("queued", "deferred") or "decoders_up" not in job:
+            assert time.monotonic() < deadline, job
+            time.sleep(0.3)
+            job = _job(running, api_key, str(job["id"]))
+        assert job["decoders_up"] is False and job["estimated_wait_s"] is None, job
+    finally:
+        running.up_services()
+    status, body = _get_json(f"{running.profile.gateway_url}/healthz")
+    assert status == 200 and body["pools"]["darkroom-mini/consumer"]["instances"] == 1, body  # type: ignore[index]
+    deadline = time.monotonic() + 120
+    while (done := _job(running, api_key, str(job["id"])))["status"] != "completed":
+        assert time.monotonic() < deadline, done
+        time.sleep(0.5)
+
+
+def _job(stack: Stack, api_key: str, job_id: str) -> dict[str, Any]:
+    answer = httpx.get(
+        f"{stack.profile.gateway_url}/v1/images/jobs/{job_id}",
+        headers={"authorization": f"Bearer {api_key}"},
+        timeout=10,
+    )
+    assert answer.status_code == 200, answer.text
+    body: dict[str, Any] = answer.json()
+    return body
 
 
 def test_the_api_documentation_is_served(running: Stack) -> None:

@@ -11,7 +11,7 @@ from libs import topics
 from libs.bus import EventPublisher
 from libs.bus.memory import InMemoryBroker
 from libs.events import Envelope
-from libs.events.schemas import ServiceHeartbeat
+from libs.events.schemas import BatchLoad, ServiceHeartbeat
 from libs.runtime.heartbeats import SERVICES
 from libs.settings import GatewaySettings
 from libs.stores.memory import InMemoryBlobStore, InMemoryDocumentStore
@@ -50,15 +50,40 @@ async def test_healthz_is_degraded_until_every_service_has_reported() -> None:
         publisher = EventPublisher(broker.producer())
         for service in SERVICES:
             if service != "gateway":
-                beat = ServiceHeartbeat(service=service, instance_id=f"{service}-1", started_at=datetime.now(UTC))
+                # The only decoder serves the consumer pool.
+                batch = BatchLoad(pool="consumer", limit=8) if service == "decoder" else None
+                beat = ServiceHeartbeat(
+                    service=service, instance_id=f"{service}-1", started_at=datetime.now(UTC), batch=batch
+                )
                 await publisher.publish(topics.HEARTBEATS, Envelope.wrap(beat, aggregate_id=f"{service}-1"))
+
+        async def services_healthy() -> httpx.Response | None:
+            response = await _get(app, "/healthz")
+            return response if response.json()["services"]["storage"]["healthy"] else None
+
+        # Every service reports, but the api pool has no decoder: degraded, and named.
+        response = await eventually(services_healthy, 5, "every service reported")
+        assert response.status_code == 503
+        assert response.json()["problems"] == ["decoder pool darkroom-mini/api: no live decoder"]
+        assert response.json()["pools"] == {
+            "darkroom-mini/consumer": {"healthy": True, "instances": 1},
+            "darkroom-mini/api": {"healthy": False, "instances": 0},
+        }
+        beat = ServiceHeartbeat(
+            service="decoder",
+            instance_id="decoder-api-1",
+            started_at=datetime.now(UTC),
+            batch=BatchLoad(pool="api", model="darkroom-mini", limit=8),
+        )
+        await publisher.publish(topics.HEARTBEATS, Envelope.wrap(beat, aggregate_id="decoder-api-1"))
 
         async def all_healthy() -> httpx.Response | None:
             response = await _get(app, "/healthz")
             return response if response.status_code == 200 else None
 
         response = await eventually(all_healthy, 5, "every service healthy")
-        assert response.json()["status"] == "ok"
+        assert response.json()["status"] == "ok" and response.json()["problems"] == []
+        assert response.json()["pools"]["darkroom-mini/api"] == {"healthy": True, "instances": 1}
         await asyncio.sleep(0)
 
 

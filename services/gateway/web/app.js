@@ -164,7 +164,12 @@ $("sign-out").addEventListener("click", () => signOut("Signed out."));
 function statusText(job) {
   const { pass, total_passes: total } = job.progress || {};
   const wait = job.estimated_wait_s;
-  const about = wait === null || wait === undefined ? "" : ` About ${seconds(wait)} to wait.`;
+  const about =
+    job.decoders_up === false
+      ? " No renderer is up right now: it starts as soon as one is back."
+      : wait === null || wait === undefined
+        ? ""
+        : ` About ${seconds(wait)} to wait.`;
   switch (job.status) {
     case "queued":
       return `Queued: waiting for a decoder.${about}`;
