@@ -30,6 +30,7 @@ from libs.cli.policy import PolicyError, publish_change, rollout_change, tier_ch
 from libs.events import DecodeError, Envelope
 from libs.events.schemas import RolloutChanged, TierPolicyChanged
 from libs.jobs import JobState, Status
+from libs.lanes import POOLS
 from services.gateway.context import Gateway, get_operator
 from services.gateway.errors import APIError, invalid
 from services.gateway.images import job_object
@@ -106,10 +107,12 @@ DeadLettersDep = Annotated[DeadLetters, Depends(get_dead_letters)]
 
 @router.get("/lanes", response_model=None)
 async def get_lanes(gateway: OperatorDep) -> JSONResponse:
-    """The live view: every lane, each decoder's batch, each service's heartbeats."""
+    """The live view: every lane, each decoder's batch, each decoder pool of every model
+    served (as /healthz counts them), each service's heartbeats."""
     body = {
         "lanes": [dataclasses.asdict(figures) for figures in gateway.lanes.figures()],
         "decoders": {instance: load.model_dump() for instance, load in gateway.heartbeats.batch_loads().items()},
+        "pools": gateway.heartbeats.pools(gateway.settings.models, tuple(POOLS)),
         "services": gateway.heartbeats.report(),
     }
     return JSONResponse(body)

@@ -285,6 +285,8 @@ def test_the_admin_console_changes_the_free_tier_limit_and_the_gateway_enforces_
     page.get_by_role("button", name="Open the console").click()
     lanes = page.get_by_role("table", name="Lanes")
     expect(lanes.get_by_role("rowheader", name="free", exact=True)).to_be_visible()
+    pools = page.get_by_role("table", name="Decoder pools")
+    expect(pools.get_by_role("rowheader", name="darkroom-mini/consumer", exact=True)).to_be_visible()
     services = page.get_by_role("table", name="Services")
     expect(services.get_by_role("rowheader", name="decoder", exact=True)).to_be_visible()
     shots.take(page, "console")

@@ -61,6 +61,17 @@ async function refreshLive() {
       ),
     ),
   );
+  $("pools-body").replaceChildren(
+    ...Object.entries(live.pools || {}).map(([pool, figures]) =>
+      el(
+        "tr",
+        {},
+        cell(pool, "th"),
+        cell(figures.instances),
+        cell(figures.healthy ? "yes" : "NO: its jobs wait for a decoder"),
+      ),
+    ),
+  );
   const batches = Object.entries(live.decoders || {});
   $("batches-body").replaceChildren(
     ...(batches.length

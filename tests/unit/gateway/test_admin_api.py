@@ -158,6 +158,10 @@ async def test_the_lanes_view_shows_lanes_decoder_batches_and_services(gateway: 
         "estimated_wait_s",
     }
     assert body["decoders"] == {"decoder-7": batch.model_dump()}
+    assert body["pools"] == {
+        "darkroom-mini/consumer": {"healthy": True, "instances": 1},
+        "darkroom-mini/api": {"healthy": False, "instances": 0},
+    }
     assert body["services"]["decoder"]["instances"] == 1 and body["services"]["decoder"]["healthy"] is True
     assert set(body["services"]) >= {"gateway", "auth", "requests", "decoder", "safety", "storage"}
 
