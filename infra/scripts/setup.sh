@@ -17,31 +17,26 @@ mkdir -p "$CACHE/tools" "$CACHE/venvs" "$CACHE/logs"
 step() { printf '\n==> %s\n' "$*"; }
 elapsed() { printf '    done in %ss\n' "$(( $(date +%s) - $1 ))"; }
 
-# --- kcat (Debian) ----------------------------------------------------------------
-step "kcat"
-if command -v kcat >/dev/null 2>&1; then
-  echo "    present: $(command -v kcat)"
-elif [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-  t=$(date +%s)
-  apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq kcat >/dev/null
-  elapsed "$t"
-else
-  echo "    kcat missing and not root: install Debian's kcat package to read topics from the shell" >&2
-fi
-
-# --- Chromium (Debian) for the browser tests ---------------------------------------
-# Playwright drives this system binary; it never downloads a browser of its own.
-step "Chromium"
-if command -v chromium >/dev/null 2>&1; then
-  echo "    present: $(chromium --version 2>/dev/null | head -1)"
-elif [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-  t=$(date +%s)
-  apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
-  echo "    installed: $(chromium --version 2>/dev/null | head -1)"
-  elapsed "$t"
-else
-  echo "    chromium missing and not root: install Debian's chromium package to run the browser tests" >&2
-fi
+# --- Debian packages: kcat (topics from the shell), chromium (the browser tests) ----
+# Installed with apt when run as root; otherwise the reason to install it is printed.
+# Playwright drives the system chromium; it never downloads a browser of its own.
+debian_package() {
+  local name="$1" why="$2"
+  step "$name"
+  if command -v "$name" >/dev/null 2>&1; then
+    echo "    present: $(command -v "$name")"
+  elif [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    local t
+    t=$(date +%s)
+    apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$name" >/dev/null
+    echo "    installed: $(command -v "$name")"
+    elapsed "$t"
+  else
+    echo "    $name missing and not root: install Debian's $name package $why" >&2
+  fi
+}
+debian_package kcat "to read topics from the shell"
+debian_package chromium "to run the browser tests"
 
 # --- Python environment, keyed by the lock file and interpreter ---------------------
 step "Python environment"

@@ -62,13 +62,18 @@ class HeartbeatMonitor:
     def pools(self, models: Sequence[str], pools: Sequence[str]) -> dict[str, dict[str, Any]]:
         """Per decoder pool of each model, `<model>/<pool>`: its live instances and whether
         any is there (a pool nobody serves leaves its lanes' jobs waiting)."""
-        live = list(self.batch_loads().values())
         report: dict[str, dict[str, Any]] = {}
         for model in models:
             for pool in pools:
-                count = sum(1 for load in live if (load.model or DEFAULT_MODEL) == model and load.pool == pool)
+                count = self.decoders_of(model, pool)
                 report[f"{model}/{pool}"] = {"healthy": count > 0, "instances": count}
         return report
+
+    def decoders_of(self, model: str, pool: str, within_s: float | None = None) -> int:
+        """Decoders of this model's pool heard from within `within_s` (default: fresh); a
+        decoder that names no model serves the default one."""
+        loads = self.batch_loads(within_s).values()
+        return sum(1 for load in loads if (load.model or DEFAULT_MODEL) == model and load.pool == pool)
 
     def paused_lanes(self) -> set[str]:
         """The lanes some live decoder holds back for higher-priority ones."""

@@ -69,20 +69,18 @@ async def create_edit(
     spec = job_spec(body, principal, gateway, idempotency_key)
     try:
         mask = mask_file if isinstance(mask_file, UploadFile) else None
-        sources = []
+        # Each source, with the darkroom image it starts from (None for a foreign upload).
+        starts: list[tuple[EditSource, CatalogImage | None]] = []
         if body.image_id:
-            sources.append(await _source_for_id(gateway, principal, body.image_id, mask, body, spec.seed))
+            starts.append(await _source_for_id(gateway, principal, body.image_id, mask, body, spec.seed))
         for i, upload in enumerate(uploads):
-            first_mask = mask if i == 0 and not sources else None
+            first_mask = mask if i == 0 and not starts else None
             data = await upload.read()
-            sources.append(await _source_for_upload(gateway, principal, data, first_mask, body, spec.seed + i))
+            starts.append(await _source_for_upload(gateway, principal, data, first_mask, body, spec.seed + i))
     except TweakInputError as exc:
         raise invalid(exc.param, str(exc)) from exc
-    parents = []
-    for source in sources:
-        parent = await gateway.catalog.get(source.parent_image_id) if source.parent_image_id else None
-        if parent is not None:
-            parents.append(parent)
+    sources = [source for source, _ in starts]
+    parents = [parent for _, parent in starts if parent is not None]
     spec = spec.model_copy(update={"model": _model_of(gateway, body.model, spec.model, parents)})
     if len(sources) > MAX_IMAGES:
         raise invalid("image", f"At most {MAX_IMAGES} images can be tweaked at once.")
@@ -132,10 +130,10 @@ async def _source_for_id(
     mask: UploadFile | None,
     body: ImageEditRequest,
     seed: int,
-) -> EditSource:
+) -> tuple[EditSource, CatalogImage]:
     image = await owned_image(gateway, principal, image_id, "image_id")
     cells = cells_from_mask(await mask.read(), image.size, image.size) if mask is not None else None
-    return await _darkroom_source(gateway, image, cells, seed, body.strength)
+    return await _darkroom_source(gateway, image, cells, seed, body.strength), image
 
 
 async def _source_for_upload(
@@ -145,15 +143,15 @@ async def _source_for_upload(
     mask: UploadFile | None,
     body: ImageEditRequest,
     seed: int,
-) -> EditSource:
+) -> tuple[EditSource, CatalogImage | None]:
     upload = read_upload(data)
     cells = cells_from_mask(await mask.read(), upload.width, upload.height) if mask is not None else None
     known = await gateway.catalog.find_by_content(principal.account_id, hashlib.sha256(data).hexdigest())
     if known is not None:
-        return await _darkroom_source(gateway, known, cells, seed, body.strength)
+        return await _darkroom_source(gateway, known, cells, seed, body.strength), known
     if cells is None:
         cells = cells_from_strength(body.strength if body.strength is not None else DEFAULT_STRENGTH, seed)
-    return EditSource(image_png=_b64(upload.rgb_png), remask=_b64(pack_cells(cells)))
+    return EditSource(image_png=_b64(upload.rgb_png), remask=_b64(pack_cells(cells))), None
 
 
 async def _darkroom_source(

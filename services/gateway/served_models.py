@@ -92,8 +92,7 @@ def serving(heartbeats: HeartbeatMonitor, model: str, pool: str, settings: Gatew
     """Whether a decoder of this model's pool was heard from lately: within the settings'
     `model_unserved_after_s`, or, without settings, within the heartbeats' freshness."""
     within = None if settings is None else settings.model_unserved_after_s
-    recent = heartbeats.batch_loads(within_s=within).values()
-    return any((load.model or DEFAULT_MODEL) == model and load.pool == pool for load in recent)
+    return heartbeats.decoders_of(model, pool, within) > 0
 
 
 def lane_served(gateway: Gateway, lane: str) -> bool:

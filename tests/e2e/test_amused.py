@@ -19,7 +19,6 @@ import io
 import json
 import signal
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -30,11 +29,10 @@ import pytest
 from PIL import Image
 
 from infra.stack import Stack, wait_until
-from libs.cli.accounts import create_account
 from libs.model.amused import AmusedImageModel
 from libs.model.interface import unpack_tokens
 from libs.runtime.wiring import minio_store
-from libs.settings import DEV_OPERATOR_TOKEN, DEV_SIGNING_KEY, MinioSettings
+from libs.settings import DEV_OPERATOR_TOKEN, MinioSettings
 from services.gateway.models import PASSES
 from tests.e2e.jobs import api, create_async, exactly_once, wait_done, watching
 from tests.tiny_amused import build_tiny_amused
@@ -97,20 +95,13 @@ def amused(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[S
     stack.up_services()
 
 
-@pytest.fixture(scope="module")
-def key(amused: Stack) -> str:
-    email = f"amused-{uuid.uuid4().hex[:10]}@example.com"
-    account = asyncio.run(create_account(amused.profile.kafka_bootstrap, email, "pro", DEV_SIGNING_KEY))
-    return str(account["api_key"])
-
-
 @pytest.fixture
-def client(amused: Stack, key: str) -> Iterator[openai.OpenAI]:
+def client(amused: Stack, api_key: str) -> Iterator[openai.OpenAI]:
     amused.up_infra()
     amused.up_services()
     if amused.proc(DECODER).pid() is None:
         _start_decoder(amused)
-    with openai.OpenAI(base_url=f"{amused.profile.gateway_url}/v1", api_key=key, max_retries=0, timeout=120) as c:
+    with openai.OpenAI(base_url=f"{amused.profile.gateway_url}/v1", api_key=api_key, max_retries=0, timeout=120) as c:
         yield c
 
 
@@ -200,9 +191,9 @@ def test_tweak_under_a_mask_keeps_the_unmasked_tokens(client: openai.OpenAI, amu
     assert not np.array_equal(before[:, 8:], after[:, 8:])
 
 
-async def test_a_killed_amused_decoder_resumes_from_its_checkpoint(amused: Stack, key: str) -> None:
+async def test_a_killed_amused_decoder_resumes_from_its_checkpoint(amused: Stack, api_key: str) -> None:
     seed = 17
-    async with api(amused, key) as http, watching(amused) as watch:
+    async with api(amused, api_key) as http, watching(amused) as watch:
         reference = await wait_done(http, (await create_async(http, SLOW | {"seed": seed}))["id"])
         assert reference["status"] == "completed", reference
 

@@ -7,7 +7,6 @@ screenshots of each step land in reports/ui/.
 
 from __future__ import annotations
 
-import asyncio
 import re
 import time
 import uuid
@@ -19,8 +18,7 @@ import pytest
 from playwright.sync_api import Browser, Page, expect
 
 from infra.stack import Stack
-from libs.cli.accounts import create_account
-from libs.settings import DEV_OPERATOR_TOKEN, DEV_SIGNING_KEY
+from libs.settings import DEV_OPERATOR_TOKEN
 from tests.e2e.browser import DESKTOP, PHONE, Shots, chromium, tab_to
 from tests.e2e.jobs import SLOW
 
@@ -48,14 +46,6 @@ RECORDER = """
 
 def _email() -> str:
     return f"web-{uuid.uuid4().hex[:10]}@example.com"
-
-
-@pytest.fixture(scope="module")
-def pro_key(stack: Stack) -> str:
-    stack.up_infra()
-    stack.up_services()
-    account = asyncio.run(create_account(stack.profile.kafka_bootstrap, _email(), "pro", DEV_SIGNING_KEY))
-    return str(account["api_key"])
 
 
 @pytest.fixture
@@ -138,8 +128,8 @@ def test_sign_up_on_a_phone_keep_the_key_and_sign_out(browser: Browser, running:
     context.close()
 
 
-def test_a_render_develops_through_previews_to_the_final_image(page: Page, pro_key: str, shots: Shots) -> None:
-    _sign_in(page, pro_key)
+def test_a_render_develops_through_previews_to_the_final_image(page: Page, api_key: str, shots: Shots) -> None:
+    _sign_in(page, api_key)
     page.evaluate(RECORDER)
     prompt = "a red circle on green grass"
     _generate(page, prompt, quality="high")
@@ -165,9 +155,9 @@ def test_a_render_develops_through_previews_to_the_final_image(page: Page, pro_k
     shots.take(page, "gallery")
 
 
-def test_a_queued_job_is_cancelled(page: Page, running: Stack, pro_key: str, shots: Shots) -> None:
+def test_a_queued_job_is_cancelled(page: Page, running: Stack, api_key: str, shots: Shots) -> None:
     with httpx.Client(
-        base_url=running.profile.gateway_url, headers={"authorization": f"Bearer {pro_key}"}, timeout=60
+        base_url=running.profile.gateway_url, headers={"authorization": f"Bearer {api_key}"}, timeout=60
     ) as http:
         # Two jobs of four images fill the consumer decoder's batch of eight (the CPU default).
         fillers = []
@@ -181,7 +171,7 @@ def test_a_queued_job_is_cancelled(page: Page, running: Stack, pro_key: str, sho
             assert time.monotonic() < deadline, "the filler jobs never started"
             time.sleep(0.3)
         try:
-            _sign_in(page, pro_key)
+            _sign_in(page, api_key)
             _generate(page, "a yellow star", quality="high")
             expect(page.get_by_role("status")).to_contain_text("Queued", timeout=30_000)
             shots.take(page, "queued")
@@ -200,8 +190,8 @@ def test_a_queued_job_is_cancelled(page: Page, running: Stack, pro_key: str, sho
                 http.post(f"/v1/images/jobs/{job_id}/cancel")
 
 
-def test_tweak_under_a_painted_mask_and_see_the_lineage(page: Page, pro_key: str, shots: Shots) -> None:
-    _sign_in(page, pro_key)
+def test_tweak_under_a_painted_mask_and_see_the_lineage(page: Page, api_key: str, shots: Shots) -> None:
+    _sign_in(page, api_key)
     parent = f"a blue square on grass {uuid.uuid4().hex[:6]}"
     _generate(page, parent)
     expect(page.get_by_role("img", name=f"Result 1: {parent}")).to_be_visible(timeout=RENDER_TIMEOUT_MS)
@@ -263,8 +253,8 @@ def test_a_429_shows_its_countdown(
     assert 30 <= first <= 60 and later < first, (first, later)
 
 
-def test_a_blocked_prompt_shows_the_block(page: Page, pro_key: str, shots: Shots) -> None:
-    _sign_in(page, pro_key)
+def test_a_blocked_prompt_shows_the_block(page: Page, api_key: str, shots: Shots) -> None:
+    _sign_in(page, api_key)
     _generate(page, "a skull in the night sky")
     alert = page.get_by_role("alert").first
     expect(alert).to_contain_text("Blocked by the safety system", timeout=RENDER_TIMEOUT_MS)
@@ -312,10 +302,10 @@ def test_the_admin_console_changes_the_free_tier_limit_and_the_gateway_enforces_
         assert refused.headers["x-ratelimit-limit-requests"] == "2"
 
 
-def test_generate_with_the_keyboard_only(page: Page, pro_key: str, shots: Shots) -> None:
+def test_generate_with_the_keyboard_only(page: Page, api_key: str, shots: Shots) -> None:
     page.goto("/")
     tab_to(page, page.get_by_label("API key"))
-    page.keyboard.type(pro_key)
+    page.keyboard.type(api_key)
     page.keyboard.press("Enter")
     expect(page.get_by_role("button", name="Sign out")).to_be_visible()
     tab_to(page, page.get_by_label("Prompt", exact=True))

@@ -3,18 +3,13 @@
 // recent jobs and each service's heartbeat. It speaks only the operator API under
 // /v1/admin, with the operator token kept for this browser tab (sessionStorage).
 import { ApiError, call, seconds } from "./api.js";
+import { $, el } from "./dom.js";
 
 const TOKEN = "darkroom.operator";
 const LIVE_MS = 1500;
 const SLOW_MS = 5000;
 const QUALITIES = ["low", "medium", "high"];
 
-const $ = (id) => document.getElementById(id);
-const el = (tag, props = {}, ...children) => {
-  const node = Object.assign(document.createElement(tag), props);
-  for (const child of children) if (child !== null && child !== undefined) node.append(child);
-  return node;
-};
 const cell = (value, tag = "td") => el(tag, { textContent: value === null || value === undefined ? "–" : String(value) });
 
 let token = sessionStorage.getItem(TOKEN);

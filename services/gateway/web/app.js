@@ -3,6 +3,7 @@
 // public API (api.js); the key and the job being followed live in localStorage, so a
 // reload picks the job up again.
 import { ApiError, call, events, newKey, send, seconds } from "./api.js";
+import { $, el } from "./dom.js";
 
 const KEY = "darkroom.key";
 const JOB = "darkroom.job";
@@ -11,12 +12,6 @@ const PREVIEWS = 3;
 const GALLERY_PAGE = 12;
 const QUALITIES = ["low", "medium", "high"];
 
-const $ = (id) => document.getElementById(id);
-const el = (tag, props = {}, ...children) => {
-  const node = Object.assign(document.createElement(tag), props);
-  for (const child of children) if (child !== null && child !== undefined) node.append(child);
-  return node;
-};
 
 let key = localStorage.getItem(KEY);
 let account = null;
