@@ -58,6 +58,8 @@ class JobState(BaseModel):
     error_message: str | None = None
     blocked_stage: str | None = None
     blocked_category: str | None = None
+    version: str = ""
+    """The model version rendering (or that rendered) the job; empty before a decoder started it."""
 
     @property
     def terminal(self) -> bool:
@@ -95,6 +97,7 @@ def evolve(state: JobState | None, event: Event, sequence: int) -> JobState | No
             "status": "rendering",
             "attempt": event.attempt,
             "pass_index": max(state.pass_index, event.pass_index),
+            "version": event.version,
         }
     elif isinstance(event, JobRequeued):
         update |= {"status": "queued", "attempt": event.attempt}

@@ -10,6 +10,7 @@ darkroom dlq list                            messages parked on the dead-letter 
 darkroom dlq replay OFFSET... | --all        send parked messages back to their topic, unchanged
 darkroom rebuild                             drop the read models and rebuild them from the topics
 darkroom lanes                               per lane: jobs waiting, bound, taken, jobs/s, paused, refused
+darkroom models list|add|validate|rollout|promote|rollback   model versions and their rollout, applied live
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from libs.cli.accounts import AccountError, run_create_account
 from libs.cli.kafka_tools import TOOLS, default_bootstrap, tool_command
@@ -118,6 +120,49 @@ def _policy(args: argparse.Namespace) -> int:
         print(f"darkroom: {exc}", file=sys.stderr)
         return 1
     print(json.dumps(change.model_dump(mode="json"), indent=2))
+    return 0
+
+
+def _models(args: argparse.Namespace) -> int:
+    from libs.cli import models as cli
+
+    by = _operator()
+    try:
+        match args.models_command:
+            case "list":
+                print(cli.list_models(args.bootstrap, args.model), end="")
+                return 0
+            case "add":
+                event = cli.change(
+                    args.bootstrap, lambda r: cli.add_change(r, args.model, args.version, args.source, by)
+                )
+            case "validate":
+                event = cli.validate_version(
+                    args.bootstrap,
+                    args.model,
+                    args.version,
+                    n=args.n,
+                    passes=args.passes,
+                    min_recall=args.min_recall,
+                    max_false_positive_rate=args.max_false_positive_rate,
+                    device=args.device,
+                    changed_by=by,
+                )
+            case "rollout":
+                event = cli.change(
+                    args.bootstrap, lambda r: cli.rollout_change(r, args.model, args.version, args.percent, by)
+                )
+            case "promote":
+                event = cli.change(args.bootstrap, lambda r: cli.promote_change(r, args.model, args.version, by))
+            case _:
+                event = cli.change(args.bootstrap, lambda r: cli.rollback_change(r, args.model, args.reason, by))
+    except (cli.ModelsError, TimeoutError, OSError) as exc:
+        print(f"darkroom: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(event.model_dump(mode="json"), indent=2))
+    if args.models_command == "validate" and not getattr(event, "passed", True):
+        print("darkroom: the version failed its safety validation; it cannot be promoted", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -273,6 +318,8 @@ def main(argv: list[str] | None = None) -> int:
     lanes = commands.add_parser("lanes", help="per lane: jobs waiting, bound, taken, jobs/s, paused, refused (503)")
     lanes.add_argument("--bootstrap", default=default_bootstrap(), help="broker (default: %(default)s)")
 
+    _add_models_parser(commands)
+
     args, rest = parser.parse_known_args(argv)
     if args.command == "kafka":
         return _kafka(args, rest)
@@ -292,12 +339,50 @@ def main(argv: list[str] | None = None) -> int:
         return _rebuild(args)
     if args.command == "lanes":
         return _lanes(args)
+    if args.command == "models":
+        return _models(args)
     if args.command == "schemas":
         written = export_schemas(args.directory)
         print(f"wrote {len(written)} files to {args.directory}")
         return 0
     parser.error(f"unknown command {args.command}")
     return 2
+
+
+def _add_models_parser(commands: Any) -> None:
+    from libs.cli.models import DEFAULT_MAX_FALSE_POSITIVE_RATE, DEFAULT_MIN_RECALL
+
+    broker = {"default": default_bootstrap(), "help": "broker (default: %(default)s)"}
+    models = commands.add_parser("models", help="model versions: add, validate, roll out, promote, roll back")
+    cmd = models.add_subparsers(dest="models_command", required=True)
+    listing = cmd.add_parser("list", help="every model's versions, validations, failures and rollout (YAML)")
+    listing.add_argument("model", nargs="?")
+    add = cmd.add_parser("add", help="a new version of a model: its weights and their sha256")
+    add.add_argument("model")
+    add.add_argument("version")
+    add.add_argument("source", help="what loads it, as DARKROOM_MODEL says it: amused:/path, a model folder, builtin")
+    validate = cmd.add_parser("validate", help="measure the content detector on the version's renders; store it")
+    validate.add_argument("model")
+    validate.add_argument("version")
+    validate.add_argument("--n", type=int, default=50, help="held-out prompts of each kind (default: %(default)s)")
+    validate.add_argument("--passes", type=int, default=8, help="passes per render (default: %(default)s)")
+    validate.add_argument("--min-recall", type=float, default=DEFAULT_MIN_RECALL, help="(default: %(default)s)")
+    validate.add_argument(
+        "--max-false-positive-rate", type=float, default=DEFAULT_MAX_FALSE_POSITIVE_RATE, help="(default: %(default)s)"
+    )
+    validate.add_argument("--device", default="auto", help="torch device (default: %(default)s)")
+    rollout = cmd.add_parser("rollout", help="send a share of accounts (a stable hash) to a version")
+    rollout.add_argument("model")
+    rollout.add_argument("version")
+    rollout.add_argument("--percent", type=float, required=True, help="share of accounts, above 0 and up to 100")
+    promote = cmd.add_parser("promote", help="make a validated version (the candidate by default) the stable one")
+    promote.add_argument("model")
+    promote.add_argument("version", nargs="?")
+    rollback = cmd.add_parser("rollback", help="end the rollout, or return to the version before the stable one")
+    rollback.add_argument("model")
+    rollback.add_argument("--reason", default="", help="why, kept with the event")
+    for sub in (listing, add, validate, rollout, promote, rollback):
+        sub.add_argument("--bootstrap", **broker)
 
 
 if __name__ == "__main__":

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from libs import topics
 from libs.bus import RejectedMessage
+from libs.bus.logreader import KafkaLogReader, LogReader, PortLogReader
 from libs.bus.ports import Producer, Record
 from libs.events import REGISTRY, Envelope
+from libs.events.ids import new_ulid
 from libs.events.schemas import AbortRender, RenderJob
 from libs.lanes import model_topic, models, pool_group
 from libs.model.interface import ImageModel
+from libs.releases import ModelReleases, VersionLoader, checked_loader
 from libs.runtime.dispatch import Dispatcher
 from libs.runtime.service import ConsumerFactory, ServiceRuntime, Subscription
 from libs.runtime.wiring import kafka_consumer_factory, kafka_producer
@@ -17,6 +20,7 @@ from services.decoder.engine import BatchEngine
 from services.decoder.handlers import DecoderHandlers
 from services.decoder.lanes import LaneGate, lane_name, lane_priority
 from services.decoder.runner import ModelRunner, model_loader, resolve_device
+from services.decoder.versions import ModelVersions, ReleaseFeed
 
 SERVICE = "decoder"
 
@@ -41,6 +45,8 @@ def bootstrap(
     producer: Producer | None = None,
     consumer_factory: ConsumerFactory | None = None,
     model: ImageModel | None = None,
+    version_loader: VersionLoader | None = None,
+    policy_reader: LogReader | None = None,
 ) -> ServiceRuntime:
     """Wire the decoder service; tests pass in-memory adapters and a model instance.
 
@@ -50,6 +56,10 @@ def bootstrap(
         consumer_factory: Makes consumer-group members; Kafka's when omitted.
         model: A ready model instance; when omitted, `settings.model` is loaded on
             `settings.device` at start-up.
+        version_loader: Loads other versions of the served model (libs.releases); by
+            default `checked_loader` on the settings' device.
+        policy_reader: Reads the policy topic (the versions and rollouts) from its
+            beginning; Kafka's when omitted, else a reader over `consumer_factory`.
 
     Returns:
         The runtime, ready for `run_service`.
@@ -61,6 +71,15 @@ def bootstrap(
         producer=producer or kafka_producer(settings, SERVICE),
         consumer_factory=consumer_factory or kafka_consumer_factory(settings, SERVICE),
     )
+    versions = ModelVersions(
+        settings.served_model,
+        ModelReleases(),
+        version_loader or checked_loader(settings.device),
+        base=lambda: runner.model,
+        add=runner.add_version,
+        publisher=runtime.publisher,
+        decoder_id=runtime.instance_id,
+    )
     # The limit is the setting's, or the device default once the model is loaded (below).
     engine = BatchEngine(
         runner,
@@ -69,6 +88,7 @@ def bootstrap(
         limit=settings.batch_images or 1,
         preempt=settings.preempt,
         pool=settings.pool,
+        version_failed=versions.report_render_failure,
     )
     # The served model's pool: its own render topic and consumer group (libs.lanes).
     if settings.served_model not in models():
@@ -77,7 +97,14 @@ def bootstrap(
             f"`models:` in infra/topics.yaml (models: {', '.join(models())})"
         )
     render_topic = model_topic(settings.served_model, settings.pool)
-    handlers = DecoderHandlers(runner, engine)
+    handlers = DecoderHandlers(runner, engine, versions)
+    if policy_reader is None:
+        if consumer_factory is None:
+            policy_reader = KafkaLogReader(settings.kafka_bootstrap, [topics.POLICIES], client_id=f"darkroom-{SERVICE}")
+        else:
+            # A group nobody has used starts at the beginning; the reader never commits.
+            policy_reader = PortLogReader(consumer_factory(f"{SERVICE}-releases-{new_ulid()}", [topics.POLICIES]))
+    releases = ReleaseFeed(policy_reader, versions)
     gate = LaneGate(engine.wait_for_room)
     engine.follow_backlog(gate.backlog)
 
@@ -115,6 +142,10 @@ def bootstrap(
         engine.set_limit(settings.batch_limit(resolve_device(settings.device)))
 
     runtime.checks["model"] = model_loaded
+    # The versions and rollouts are read before any job is taken, then followed.
+    runtime.on_start.append(releases.load)
+    runtime.background.append(releases.follow)
+    runtime.on_stop.append(releases.close)
     runtime.lane_report = lambda: gate.report(engine.stats)
     runtime.batch_report = lambda: engine.report().model_copy(update={"model": settings.served_model})
     # Loaded before the consumers start, so no job is taken before the model can render it.

@@ -18,7 +18,10 @@ are exactly those of a render alone: `RenderStarted`, one `RenderProgressed` per
 `StoreImage` per image before the last progress, or one `RenderStopped`, with the same
 sequence numbers (see services.decoder.handlers). A job's images do not depend on its
 batch companions: every random draw comes from the job's own seed and pass
-(`libs.model.interface`), and every state is stepped by the same batched forward.
+(`libs.model.interface`), and every state of one model version is stepped by the same
+batched forward (a batch holding renders of several versions steps each version's at once;
+services.decoder.versions). A version other than `base` that fails a render is rolled back,
+and its render is handed back like a preempted one, to resume on the version before.
 
 Fetching follows room: the lane gate fetches only as many jobs as the batch has room
 for in images, and a fetched job's offset is committed once it joined the batch and
@@ -52,7 +55,15 @@ from opentelemetry.trace import INVALID_SPAN, Link, NonRecordingSpan, SpanContex
 from libs import topics
 from libs.bus import EventPublisher, TransientError
 from libs.events import Envelope, Event
-from libs.events.schemas import BatchLoad, RenderJob, RenderProgressed, RenderStarted, RenderStopped, StoreImage
+from libs.events.schemas import (
+    BASE_VERSION,
+    BatchLoad,
+    RenderJob,
+    RenderProgressed,
+    RenderStarted,
+    RenderStopped,
+    StoreImage,
+)
 from libs.imaging import CONTENT_TYPES
 from libs.model.interface import RenderState, pack_tokens
 from services.decoder.runner import CHECK_SIZE, Drawing, ModelRunner
@@ -72,6 +83,8 @@ log = logging.getLogger(__name__)
 _tracer = trace.get_tracer("darkroom.decoder")
 
 Clock = Callable[[], datetime]
+VersionFailed = Callable[[str, str], Awaitable[None]]
+"""(version, reason) -> reports that a model version failed on renders (a rollback)."""
 Backlog = Callable[[], Awaitable[Mapping[int, int]]]
 """Jobs waiting unfetched in the decoder's lanes, per lane priority (the lane gate's view)."""
 
@@ -133,7 +146,11 @@ class Outcome:
 
 
 def store_events(
-    job: RenderJob, states: list[RenderState], images: list[bytes], created_at: datetime
+    job: RenderJob,
+    states: list[RenderState],
+    images: list[bytes],
+    created_at: datetime,
+    version: str = BASE_VERSION,
 ) -> list[StoreImage]:
     """The images handed to storage when a render finished, one per image of the job.
 
@@ -142,6 +159,7 @@ def store_events(
         states: The final states (no masked cell), image i rendered with seed + i.
         images: The encoded final images, in the same order.
         created_at: When the images were made.
+        version: The model version that rendered them.
     """
     return [
         StoreImage(
@@ -158,6 +176,7 @@ def store_events(
             tokens=_b64(pack_tokens(state.tokens)),
             created_at=created_at,
             parent_image_id=job.edits[i % len(job.edits)].parent_image_id if job.edits else None,
+            version=version,
         )
         for i, (state, image) in enumerate(zip(states, images, strict=True))
     ]
@@ -192,6 +211,7 @@ class Render:
         plan: Passes done and to do.
         link: The span of the job's delivery, linked from every batch step it is in.
         started: The publishing of its `RenderStarted` (its later events wait for it).
+        version: The model version it renders with (libs.releases).
     """
 
     job: RenderJob
@@ -203,6 +223,7 @@ class Render:
     plan: RenderPlan
     link: SpanContext | None = None
     started: asyncio.Task[None] | None = None
+    version: str = BASE_VERSION
 
     @property
     def job_id(self) -> str:
@@ -293,6 +314,9 @@ class BatchEngine:
         aborted: The aborted job ids this instance has seen.
         clock: The time stamped on stored images.
         pool: The decoder pool, for reports.
+        version_failed: Told when a version other than `base` fails a render; the render
+            then leaves the batch as preempted, so it is dispatched again and rendered by
+            the version before it from its last checkpoint. Without it such a render fails.
     """
 
     def __init__(
@@ -306,6 +330,7 @@ class BatchEngine:
         aborted: AbortedJobs | None = None,
         clock: Clock = lambda: datetime.now(UTC),
         pool: str = "consumer",
+        version_failed: VersionFailed | None = None,
     ) -> None:
         self._runner = runner
         self._publisher = publisher
@@ -313,6 +338,7 @@ class BatchEngine:
         self.preempt = preempt
         self.aborted = aborted if aborted is not None else AbortedJobs()
         self._clock = clock
+        self._version_failed = version_failed
         self._running: list[Render] = []
         self._waiting: list[_Waiting] = []
         self._arrivals = 0
@@ -534,6 +560,7 @@ class BatchEngine:
                 pass_index=render.plan.completed,
                 total_passes=render.job.passes,
                 decoder=self._decoder_id,
+                version=render.version,
             )
             log.info(
                 "job %s attempt %d (%s) joins the batch at pass %d",
@@ -581,9 +608,10 @@ class BatchEngine:
             kinds[render] = (previewing, last)
             # A last pass that also carries previews draws its images once.
             if previewing or last:
-                wanted.append((render, "images", Drawing(grids, job.size, job.output_format, job.output_compression)))
+                drawing = Drawing(grids, job.size, job.output_format, job.output_compression, render.version)
+                wanted.append((render, "images", drawing))
             if upcoming in render.plan.check_passes:
-                wanted.append((render, "checks", Drawing(grids, CHECK_SIZE, "png")))
+                wanted.append((render, "checks", Drawing(grids, CHECK_SIZE, "png", version=render.version)))
         drawn = await self._runner.draw([drawing for _, _, drawing in wanted]) if wanted else []
         pictures: dict[Render, dict[str, list[bytes]]] = {}
         failed: dict[Render, Exception] = {}
@@ -609,9 +637,16 @@ class BatchEngine:
         return outcomes
 
     async def _step_states(self, renders: list[Render]) -> dict[Render, list[RenderState] | Exception]:
+        """One pass of every render: one batched call per model version in the batch."""
+        out: dict[Render, list[RenderState] | Exception] = {}
+        for version in sorted({r.version for r in renders}):
+            out |= await self._step_version(version, [r for r in renders if r.version == version])
+        return out
+
+    async def _step_version(self, version: str, renders: list[Render]) -> dict[Render, list[RenderState] | Exception]:
         states = [s for r in renders for s in r.states]
         try:
-            flat = await self._runner.step(states)
+            flat = await self._runner.step(states, version)
         except Exception as exc:
             if len(renders) == 1:
                 return {renders[0]: exc}
@@ -619,7 +654,7 @@ class BatchEngine:
             alone: dict[Render, list[RenderState] | Exception] = {}
             for render in renders:
                 try:
-                    alone[render] = await self._runner.step(render.states)
+                    alone[render] = await self._runner.step(render.states, version)
                 except Exception as exc:  # noqa: BLE001
                     alone[render] = exc
             return alone
@@ -635,14 +670,23 @@ class BatchEngine:
             self._running.remove(render)
             done = render.plan.completed
             log.error("job %s failed after pass %d", render.job_id, done, exc_info=outcome)
-            stopped = stopped_event(render.job, done, "failed", failure_message(outcome))
+            if render.version != BASE_VERSION and self._version_failed is not None:
+                # The version is rolled back; the job goes back to its lane from its last
+                # checkpoint, and the version before renders it.
+                reason = failure_message(outcome)
+                await self._version_failed(render.version, reason)
+                message = f"model version {render.version} failed: {reason}"
+                stopped = stopped_event(render.job, done, "preempted", message[:MAX_FAILURE_MESSAGE])
+            else:
+                stopped = stopped_event(render.job, done, "failed", failure_message(outcome))
             await self._publish_after_start(render, topics.RENDER_PROGRESS, stopped, done + 1)
             return
         pass_index = render.plan.completed + 1
         if render.started is not None:
             await asyncio.shield(render.started)
         if outcome.finals:
-            for i, event in enumerate(store_events(render.job, outcome.states, outcome.finals, self._clock())):
+            stores = store_events(render.job, outcome.states, outcome.finals, self._clock(), render.version)
+            for i, event in enumerate(stores):
                 await self._publish(topics.STORAGE_BLOBS, event, render, render.plan.total_passes + 1 + i)
         progress = progress_event(
             render.job, pass_index, outcome.states, outcome.previews, self._decoder_id, outcome.checks

@@ -35,11 +35,12 @@ import base64
 import logging
 
 from libs.events import Envelope
-from libs.events.schemas import AbortRender, RenderJob
+from libs.events.schemas import BASE_VERSION, AbortRender, RenderJob
 from libs.model.interface import RenderState, state_from_checkpoint, unpack_tokens
 from services.decoder.engine import BatchEngine, Render, failure_message, stopped_event
 from services.decoder.runner import ModelRunner
 from services.decoder.scheduler import RenderPlan, plan_render
+from services.decoder.versions import ModelVersions
 
 log = logging.getLogger(__name__)
 
@@ -52,9 +53,10 @@ class DecoderHandlers:
         engine: The batch the jobs join; its aborted set is the one aborts fill.
     """
 
-    def __init__(self, runner: ModelRunner, engine: BatchEngine) -> None:
+    def __init__(self, runner: ModelRunner, engine: BatchEngine, versions: ModelVersions | None = None) -> None:
         self._runner = runner
         self.engine = engine
+        self._versions = versions
         self._aborted = engine.aborted
 
     async def on_abort(self, abort: AbortRender, envelope: Envelope) -> None:
@@ -85,24 +87,25 @@ class DecoderHandlers:
             await engine.publish_for(job, envelope, stopped, job.resume_pass + 1)
             return
         try:
-            states = await self._initial_states(job)
+            version = await self._versions.resolve(job) if self._versions is not None else BASE_VERSION
+            states = await self._initial_states(job, version)
             plan = self._plan(job, states)
         except Exception as exc:
             log.error("job %s cannot start", job.job_id, exc_info=exc)
             stopped = stopped_event(job, job.resume_pass, "failed", failure_message(exc))
             await engine.publish_for(job, envelope, stopped, job.resume_pass + 1)
             return
-        await engine.submit(Render(job, envelope, lane or job.tier, priority, 0, states, plan))
+        await engine.submit(Render(job, envelope, lane or job.tier, priority, 0, states, plan, version=version))
 
-    async def _initial_states(self, job: RenderJob) -> list[RenderState]:
+    async def _initial_states(self, job: RenderJob, version: str) -> list[RenderState]:
         if job.resume_pass <= 0 and job.edits:
             # A tweak starts from the images it names (a resumed one from its checkpoint).
-            return await self._runner.start_tweak(job.prompt, job.seed, job.n, job.passes, job.edits)
+            return await self._runner.start_tweak(job.prompt, job.seed, job.n, job.passes, job.edits, version)
         if job.resume_pass <= 0:
-            return self._runner.start(job.prompt, job.seed, job.n, job.passes)
+            return self._runner.start(job.prompt, job.seed, job.n, job.passes, version)
         if len(job.resume_tokens) != job.n:
             raise ValueError(f"a resumed job of {job.n} images carries {len(job.resume_tokens)} checkpoints")
-        model = self._runner.model
+        model = self._runner.model_of(version)
         return [
             state_from_checkpoint(
                 model,

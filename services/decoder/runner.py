@@ -22,7 +22,7 @@ from typing import TypeVar
 
 import numpy as np
 
-from libs.events.schemas import EditSource
+from libs.events.schemas import BASE_VERSION, EditSource
 from libs.imaging import decode, encode
 from libs.model.interface import ImageModel, RenderState, cells_for_grid, load_model, unpack_tokens
 
@@ -42,12 +42,14 @@ class Drawing:
         size: Side of the images in pixels.
         output_format: "png", "jpeg" or "webp".
         compression: 0-100, as in the API.
+        version: The model version whose VQ decoder draws them.
     """
 
     grids: list[np.ndarray]
     size: int
     output_format: str
     compression: int = 100
+    version: str = BASE_VERSION
 
 
 def _draw(model: ImageModel, grids: list[np.ndarray], size: int) -> list[np.ndarray]:
@@ -88,6 +90,9 @@ def model_loader(name: str, device: str) -> Callable[[], ImageModel]:
 class ModelRunner:
     """Runs every call into the model on one worker thread.
 
+    The model `load()` loads is the `base` version; other versions of the served model
+    (libs.releases) join with `add_version` and are named on every call that renders.
+
     Args:
         load: Returns the model; runs once, in the worker thread, from `load()`.
     """
@@ -95,6 +100,7 @@ class ModelRunner:
     def __init__(self, load: Callable[[], ImageModel]) -> None:
         self._load = load
         self._model: ImageModel | None = None
+        self._versions: dict[str, ImageModel] = {}
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="decoder-model")
         self._encoders = ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="decoder-encode")
 
@@ -114,6 +120,27 @@ class ModelRunner:
             raise RuntimeError("the model is not loaded yet")
         return self._model
 
+    def model_of(self, version: str) -> ImageModel:
+        """The model of a version (`base`: the loaded model).
+
+        Raises:
+            RuntimeError: The version is not loaded.
+        """
+        if version == BASE_VERSION:
+            return self.model
+        model = self._versions.get(version)
+        if model is None:
+            raise RuntimeError(f"model version {version!r} is not loaded")
+        return model
+
+    def has_version(self, version: str) -> bool:
+        """Whether a version is ready to render."""
+        return version == BASE_VERSION or version in self._versions
+
+    def add_version(self, version: str, model: ImageModel) -> None:
+        """Makes a loaded version available to render with."""
+        self._versions[version] = model
+
     async def load(self) -> None:
         """Loads the model (idempotent); torch weights load without blocking the event loop."""
         if self._model is None:
@@ -124,7 +151,9 @@ class ModelRunner:
         self._executor.shutdown(wait=False, cancel_futures=True)
         self._encoders.shutdown(wait=False, cancel_futures=True)
 
-    def start(self, prompt: str, seed: int, n: int, total_passes: int) -> list[RenderState]:
+    def start(
+        self, prompt: str, seed: int, n: int, total_passes: int, version: str = BASE_VERSION
+    ) -> list[RenderState]:
         """The initial states of a fresh render of n images; image i uses seed + i.
 
         `ImageModel.start` does no model compute, so this runs inline.
@@ -134,10 +163,17 @@ class ModelRunner:
         """
         if n < 1:
             raise ValueError(f"a render needs at least one image, got n={n}")
-        return [self.model.start(prompt, seed + i, total_passes) for i in range(n)]
+        model = self.model_of(version)
+        return [model.start(prompt, seed + i, total_passes) for i in range(n)]
 
     async def start_tweak(
-        self, prompt: str, seed: int, n: int, total_passes: int, sources: list[EditSource]
+        self,
+        prompt: str,
+        seed: int,
+        n: int,
+        total_passes: int,
+        sources: list[EditSource],
+        version: str = BASE_VERSION,
     ) -> list[RenderState]:
         """The initial states of a tweak: image i starts from sources[i % len(sources)].
 
@@ -151,7 +187,7 @@ class ModelRunner:
         """
         if n < 1 or not sources:
             raise ValueError(f"a tweak needs at least one image and one source, got n={n}, {len(sources)} sources")
-        model = self.model
+        model = self.model_of(version)
 
         def grids() -> list[tuple[np.ndarray, np.ndarray]]:
             starts = []
@@ -174,41 +210,41 @@ class ModelRunner:
             for i, (tokens, remask) in ((i, starts[i % len(starts)]) for i in range(n))
         ]
 
-    async def step(self, states: list[RenderState]) -> list[RenderState]:
+    async def step(self, states: list[RenderState], version: str = BASE_VERSION) -> list[RenderState]:
         """Runs one pass for every state, as one batch.
 
         Args:
             states: The render's current states (a resumed render passes checkpoint states).
+            version: The model version all of them render with.
 
         Returns:
             The states after the pass, in order.
         """
-        return await self._call(self.model.step, states)
+        return await self._call(self.model_of(version).step, states)
 
     async def draw(self, drawings: Sequence[Drawing]) -> list[list[bytes] | Exception]:
         """Renders token grids to pixels and encodes them: previews, final images and the
         pictures the safety service scores, for a whole batch at once.
 
-        The grids of one size go through the model together (its `preview_batch` when it
-        has one), on the model thread; the encoding is spread over the encoder threads
-        (Pillow releases the GIL), off the model thread.
+        The grids of one size and version go through that version's model together (its
+        `preview_batch` when it has one), on the model thread; the encoding is spread over
+        the encoder threads (Pillow releases the GIL), off the model thread.
 
         Returns:
             Per drawing, its encoded images in order, or the exception that stopped it (a
             drawing that fails does not fail the others).
         """
-        model = self.model
 
         def pixels() -> list[list[np.ndarray] | Exception]:
             out: list[list[np.ndarray] | Exception] = [[] for _ in drawings]
-            for size in sorted({d.size for d in drawings}):
-                group = [i for i, d in enumerate(drawings) if d.size == size]
+            for version, size in sorted({(d.version, d.size) for d in drawings}):
+                group = [i for i, d in enumerate(drawings) if (d.version, d.size) == (version, size)]
                 try:
-                    images = _draw(model, [g for i in group for g in drawings[i].grids], size)
+                    images = _draw(self.model_of(version), [g for i in group for g in drawings[i].grids], size)
                 except Exception:  # noqa: BLE001 - find the drawing at fault: draw each alone
                     for i in group:
                         try:
-                            out[i] = _draw(model, drawings[i].grids, size)
+                            out[i] = _draw(self.model_of(version), drawings[i].grids, size)
                         except Exception as exc:  # noqa: BLE001
                             out[i] = exc
                     continue

@@ -118,6 +118,14 @@ async def get_lanes(gateway: OperatorDep) -> JSONResponse:
     return JSONResponse(body)
 
 
+@router.get("/models", response_model=None)
+async def get_model_releases(gateway: OperatorDep) -> JSONResponse:
+    """Every served model's versions and rollout as this gateway routes by them now
+    (`darkroom models list` shows the same from the policy topic)."""
+    releases = gateway.limits.releases
+    return JSONResponse({"object": "list", "data": [releases.snapshot(m) for m in gateway.settings.models]})
+
+
 @router.get("/policy", response_model=None)
 async def get_policy(gateway: OperatorDep) -> JSONResponse:
     """Every tier's policy and every rollout flag in force at this gateway."""
@@ -204,6 +212,7 @@ def job_fields(state: JobState) -> dict[str, Any]:
         "quality": spec.quality,
         "output_format": spec.output_format,
         "seed": spec.seed,
+        "version": state.version or spec.version,
         "attempt": state.attempt,
         "tweak_of": [source.parent_image_id for source in spec.edits],
         "image_ids": [ref.image_id for ref in state.images],

@@ -117,7 +117,7 @@ def create_app(
     access_feed = Feed(
         "access",
         readers("access", [topics.POLICIES, topics.REVOCATIONS, topics.ACCOUNT_TIERS], {}),
-        AccessHandler(limits.access),
+        AccessHandler(limits.access, limits.releases),
         runtime.publisher,
     )
     usage_topics = topics.with_api_copies([topics.IMAGE_COMMANDS, topics.REQUEST_EVENTS])

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final
 
+from libs.events.schemas import BASE_VERSION
 from libs.jobs import JobState
 from libs.lanes import DEFAULT_MODEL
 from libs.stores.ports import DocumentStore
@@ -44,6 +45,8 @@ class CatalogImage:
     parent_image_id: str | None
     model: str = DEFAULT_MODEL
     """The model that drew it (its token grid means something to that model only)."""
+    version: str = BASE_VERSION
+    """The version of the model that drew it."""
 
     def to_document(self) -> dict[str, Any]:
         """The stored document (the id is the document's key)."""
@@ -78,6 +81,7 @@ def catalog_entries(state: JobState) -> list[CatalogImage]:
             created_at=state.created_at,
             parent_image_id=sources[ref.index % len(sources)].parent_image_id if sources else None,
             model=spec.model,
+            version=state.version or spec.version,
         )
         for ref in (state.images if state.status == "completed" else [])
     ]

@@ -111,7 +111,9 @@ async def run_job(
             if spec.idempotency_key is not None and job_id == new_job_id:
                 await _release(gateway, principal, spec.idempotency_key, job_id)
             raise
-        spec = spec.model_copy(update={"lane": lane})
+        # The model version is chosen once, at admission, by the rollout in force.
+        version = gateway.limits.releases.route(spec.model, principal.account_id)
+        spec = spec.model_copy(update={"lane": lane, "version": version})
     seeded = existing or _queued(job_id, spec, created)
     if existing is None:
         await gateway.projection.seed(seeded)
@@ -387,6 +389,7 @@ async def job_object(gateway: Gateway, state: JobState, response_format: str = "
         "status": state.status,
         "created_at": int(state.created_at.timestamp()),
         "model": state.spec.model,
+        "model_version": state.version or state.spec.version,
         "progress": {"pass": _pass_reached(gateway, state), "total_passes": state.total_passes},
     }
     if state.status == "queued" and state.lane:

@@ -102,6 +102,7 @@ async def image_object(gateway: Gateway, image: CatalogImage) -> dict[str, Any]:
         "size": f"{image.size}x{image.size}",
         "output_format": image.output_format,
         "model": image.model,
+        "model_version": image.version,
         "sha256": image.sha256,
         "url": await gateway.blobs.url(image.object_key, gateway.settings.url_expiry_s),
         "parent": None

@@ -19,7 +19,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from starlette.datastructures import MutableHeaders
@@ -31,9 +31,10 @@ from libs.apikeys import Principal
 from libs.bus import EventConsumer, EventPublisher, Handler, Record
 from libs.bus.logreader import KafkaLogReader, LogReader, PortLogReader, read_to_end
 from libs.events import REGISTRY, DecodeError, Envelope
-from libs.events.schemas import GenerateImage
+from libs.events.schemas import GenerateImage, ModelVersionFailed
 from libs.events.schemas.policies import QUALITY_ORDER
 from libs.ratelimit import UsageLedger
+from libs.releases import ModelReleases
 from libs.runtime.service import ConsumerFactory
 from services.gateway.errors import APIError, invalid
 
@@ -130,17 +131,31 @@ class Feed:
 
 
 class AccessHandler:
-    """Folds policy, revocation and tier records into an AccessState."""
+    """Folds policy, revocation and tier records into an AccessState, and the model
+    versions and rollouts on the policy topic into ModelReleases."""
 
-    def __init__(self, state: AccessState) -> None:
+    def __init__(self, state: AccessState, releases: ModelReleases | None = None) -> None:
         self.state = state
+        self.releases = releases if releases is not None else ModelReleases()
         self.updated = asyncio.Event()
 
     async def __call__(self, envelope: Envelope, record: Record) -> None:
         if REGISTRY.get(envelope.type) is None:
             log.warning("ignoring unknown record %s on %s", envelope.type, record.topic)
             return
-        if self.state.apply(REGISTRY.decode(envelope)):
+        event = REGISTRY.decode(envelope)
+        if self.releases.apply(event):
+            if isinstance(event, ModelVersionFailed):
+                log.warning(
+                    "model %s version %s failed (%s: %s): rolled back, %s serves its accounts",
+                    event.model,
+                    event.version,
+                    event.stage,
+                    event.reason,
+                    self.releases.routing(event.model).stable,
+                )
+            self.updated.set()
+        elif self.state.apply(event):
             self.updated.set()
 
 
@@ -197,6 +212,8 @@ class Limits:
     access: AccessState
     ledger: UsageLedger
     clock: Callable[[], float] = time.time
+    releases: ModelReleases = field(default_factory=ModelReleases)
+    """The models' versions and rollouts (folded from the policy topic with `access`)."""
 
     def authorize(self, principal: Principal) -> Principal:
         """Refuse a revoked key; apply the account's current tier.

@@ -237,6 +237,7 @@ def _render_job(
         resume_pass=resume_pass,
         resume_tokens=list(tokens),
         content_check_passes=content_check_passes(spec.passes, bool(spec.edits), policy.content_check_stride),
+        version=spec.version,
     )
     return Message(lane.topic, render, lane.partition_for(state.job_id))
 
@@ -255,7 +256,11 @@ def _on_started(state: JobState, started: RenderStarted) -> Decision:
     if started.attempt != state.attempt or state.status != "queued" or not state.lane:
         return NOTHING  # a stale attempt, a redelivery, or already reporting progress
     event = JobRenderStarted(
-        job_id=state.job_id, attempt=started.attempt, pass_index=started.pass_index, decoder=started.decoder
+        job_id=state.job_id,
+        attempt=started.attempt,
+        pass_index=started.pass_index,
+        decoder=started.decoder,
+        version=started.version,
     )
     return Decision(events=[event])
 

@@ -116,6 +116,7 @@ def plan_storage(command: StoreImage) -> StoragePlan:
         "index": command.index,
         "prompt": command.prompt,
         "model": command.model,
+        "version": command.version,
         "seed": command.seed,
         "size": command.size,
         "output_format": command.output_format,

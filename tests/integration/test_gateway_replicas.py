@@ -10,6 +10,8 @@ exact: the fleet admits the account's limit once, not once per replica.
 
 from __future__ import annotations
 
+import asyncio
+import statistics
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -28,6 +30,7 @@ from libs.access import DEFAULT_POLICIES
 from libs.apikeys import mint, new_key_id, parse_signing_keys
 from libs.bus import EventPublisher
 from libs.bus.kafka import KafkaProducer
+from libs.cli.models import add_change, change, rollback_change, rollout_change
 from libs.events import Envelope
 from libs.events.schemas import TierPolicy, TierPolicyChanged
 from libs.settings import DEV_SIGNING_KEY, GatewaySettings
@@ -127,3 +130,46 @@ async def test_two_replicas_enforce_one_accounts_limit(kafka_bootstrap: str, rep
     assert len(admitted) == limit, (admitted, refused)
     assert set(admitted) == {"a", "b"}
     assert refused["a"] > 0 and refused["b"] > 0
+
+
+async def test_a_model_rollback_reaches_every_replica_within_a_second(
+    kafka_bootstrap: str, replicas: list[Replica]
+) -> None:
+    """`darkroom models rollout` then `rollback` (the CLI's own code, on the real policy topic):
+    both replicas route by each change. Prints the time from the rollback command to the
+    last replica routing to the previous version (median of five)."""
+    model = "darkroom-mini"
+    version = f"v{uuid.uuid4().hex[:8]}"
+    account = "acct_rollback_probe"
+
+    def routed(to: str) -> bool:
+        return all(r.limits.releases.route(model, account) == to for r in replicas)
+
+    async def until(to: str) -> float:
+        began = time.monotonic()
+        await eventually(lambda: _async(routed(to)), 10, f"every replica routing to {to}")
+        return time.monotonic() - began
+
+    await asyncio.to_thread(change, kafka_bootstrap, lambda r: add_change(r, model, version, "builtin", "it"))
+    seconds = []
+    try:
+        for _ in range(5):
+            await asyncio.to_thread(change, kafka_bootstrap, lambda r: rollout_change(r, model, version, 100, "it"))
+            await until(version)
+            began = time.monotonic()
+            await asyncio.to_thread(change, kafka_bootstrap, lambda r: rollback_change(r, model, "it", "it"))
+            returned = time.monotonic() - began
+            seconds.append((returned + await until("base"), returned))
+    finally:
+        if not routed("base"):
+            await asyncio.to_thread(change, kafka_bootstrap, lambda r: rollback_change(r, model, "clean-up", "it"))
+    total = statistics.median(s for s, _ in seconds)
+    command = statistics.median(c for _, c in seconds)
+    print(
+        f"\nmodel rollback: median {total:.3f} s from the command to both replicas routing to the previous "
+        f"version ({command:.3f} s of it the command itself); max {max(s for s, _ in seconds):.3f} s"
+    )
+
+
+async def _async(value: bool) -> bool:
+    return value

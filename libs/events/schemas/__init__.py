@@ -38,6 +38,13 @@ from libs.events.schemas.images import (
     JobSpec,
     Usage,
 )
+from libs.events.schemas.models import (
+    BASE_VERSION,
+    ModelRolloutChanged,
+    ModelVersionAdded,
+    ModelVersionFailed,
+    ModelVersionValidated,
+)
 from libs.events.schemas.policies import FEATURES, RolloutChanged, TierPolicy, TierPolicyChanged
 from libs.events.schemas.render import AbortRender, RenderJob, RenderProgressed, RenderStarted, RenderStopped
 from libs.events.schemas.safety import CheckContent, CheckPrompt, PolicyCategory, SafetyPolicy, SafetyVerdict
@@ -45,6 +52,7 @@ from libs.events.schemas.storage import ImageStored, StoreImage
 from libs.events.schemas.system import BatchLoad, DeadLetter, LaneLoad, ServiceHeartbeat
 
 __all__ = [
+    "BASE_VERSION",
     "FEATURES",
     "TIERS",
     "AbortRender",
@@ -77,6 +85,10 @@ __all__ = [
     "JobSpec",
     "KeyRevoked",
     "LaneLoad",
+    "ModelRolloutChanged",
+    "ModelVersionAdded",
+    "ModelVersionFailed",
+    "ModelVersionValidated",
     "PolicyCategory",
     "RenderJob",
     "RenderProgressed",

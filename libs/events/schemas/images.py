@@ -67,6 +67,9 @@ class JobSpec(BaseModel):
     """The render lane from the tier's policy; None: the tier's own lane."""
     idempotency_key: str | None = None
     """The client's Idempotency-Key header, when it sent one."""
+    version: str = "base"
+    """The model version the gateway routed the job to (libs.releases); a decoder renders
+    it with that version, or with the stable one when that version failed."""
 
 
 @REGISTRY.register
@@ -139,6 +142,8 @@ class JobRenderStarted(Event):
     attempt: int
     pass_index: int
     decoder: str = ""
+    version: str = "base"
+    """The model version rendering it (the routed one, or the stable one if that failed)."""
 
 
 @REGISTRY.register

@@ -46,6 +46,8 @@ class RenderJob(Event):
     content_check_passes: list[int] = []
     """Completed-pass counts after which progress carries the small pictures the safety
     service scores (`RenderProgressed.check_images`); the last pass always does."""
+    version: str = "base"
+    """The model version the job was routed to (libs.releases)."""
 
 
 @REGISTRY.register
@@ -70,6 +72,8 @@ class RenderStarted(Event):
     """Passes already completed when the render starts (above 0 when resumed)."""
     total_passes: int
     decoder: str = ""
+    version: str = "base"
+    """The model version rendering it: the job's, or the stable one when the job's failed."""
 
 
 @REGISTRY.register

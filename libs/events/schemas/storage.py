@@ -30,6 +30,8 @@ class StoreImage(Event):
     created_at: datetime
     parent_image_id: str | None = None
     """The darkroom image this one was tweaked from (its lineage)."""
+    version: str = "base"
+    """The version of `model` that rendered it."""
 
 
 @REGISTRY.register

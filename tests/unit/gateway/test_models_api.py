@@ -7,10 +7,21 @@ from datetime import UTC, datetime
 import openai
 import pytest
 
-from libs.events import Envelope
-from libs.events.schemas import BatchLoad, ServiceHeartbeat
+from libs import topics
+from libs.bus import EventPublisher
+from libs.events import Envelope, Event
+from libs.events.schemas import (
+    BatchLoad,
+    ModelRolloutChanged,
+    ModelVersionAdded,
+    ModelVersionFailed,
+    ServiceHeartbeat,
+)
+from libs.releases import ModelReleases, event_key
+from libs.settings import DEV_OPERATOR_TOKEN
 from services.gateway.context import Gateway
-from tests.unit.gateway.conftest import GatewayUnderTest, gateway_with
+from tests.helpers import eventually
+from tests.unit.gateway.conftest import GatewayUnderTest, gateway_with, key_for
 
 
 async def test_the_models_list_has_darkroom_models_then_openais_names_as_aliases(gateway: GatewayUnderTest) -> None:
@@ -117,3 +128,54 @@ async def test_a_tweak_keeps_the_model_that_drew_its_image() -> None:
             )
         assert caught.value.body["param"] == "model"  # type: ignore[index]
         assert "drawn by amused-256" in caught.value.body["message"]  # type: ignore[index]
+
+
+async def _publish_policy(under_test: GatewayUnderTest, *events: Event) -> None:
+    """Model events as `darkroom models` publishes them, on the policy topic every gateway follows."""
+    publisher = EventPublisher(under_test.pipeline.broker.producer())
+    for event in events:
+        key = event_key(event)
+        await publisher.publish(topics.POLICIES, Envelope.wrap(event, aggregate_id=key), key=key)
+
+
+async def test_a_rollout_routes_its_share_of_accounts_to_the_new_version_live(gateway: GatewayUnderTest) -> None:
+    releases = gateway.app.state.gateway.limits.releases
+    accounts = [f"acct_{i:03d}" for i in range(40)]
+    expected = ModelReleases()
+    for event in (
+        ModelVersionAdded(model="darkroom-mini", version="v2", source="builtin"),
+        ModelRolloutChanged(model="darkroom-mini", action="rollout", candidate="v2", percent=50),
+    ):
+        expected.apply(event)
+    await _publish_policy(gateway, *[expected.version("darkroom-mini", "v2"), expected.rollout("darkroom-mini")])  # type: ignore[list-item]
+    await eventually(lambda: _true(releases.changes >= 2), 5, "the gateway folded the rollout")
+
+    routed = {}
+    for account in accounts:
+        client = gateway.client.with_options(api_key=key_for(account))
+        await client.images.generate(prompt="a red circle", quality="low")
+        routed[account] = gateway.pipeline.commands[-1].spec.version
+    assert routed == {a: expected.route("darkroom-mini", a) for a in accounts}
+    assert set(routed.values()) == {"v2", "base"}
+
+    operator = {"authorization": f"Bearer {DEV_OPERATOR_TOKEN}"}
+    body = (await gateway.http.get("/v1/admin/models", headers=operator)).json()
+    [mini] = body["data"]
+    assert (mini["stable"], mini["candidate"], mini["percent"]) == ("base", "v2", 50)
+
+    # A failed version leaves the routing at once: the rollback.
+    await _publish_policy(
+        gateway, ModelVersionFailed(model="darkroom-mini", version="v2", stage="load", reason="checksum mismatch")
+    )
+    await eventually(lambda: _true(releases.changes >= 3), 5, "the gateway folded the failure")
+    await gateway.client.with_options(api_key=key_for(accounts[0])).images.generate(prompt="a circle", quality="low")
+    assert gateway.pipeline.commands[-1].spec.version == "base"
+    job = await gateway.http.get(
+        f"/v1/images/jobs/{gateway.pipeline.commands[-1].job_id}",
+        headers={"authorization": f"Bearer {key_for(accounts[0])}"},
+    )
+    assert job.json()["model_version"] == "base"
+
+
+async def _true(value: bool) -> bool | None:
+    return value or None

@@ -352,3 +352,17 @@ def test_content_is_checked_once_a_third_of_a_fresh_render_is_drawn_and_on_every
     assert content_check_passes(1) == [1]
     assert content_check_passes(4, tweak=True) == [1, 2, 3, 4]
     assert content_check_passes(8, tweak=True, stride=4) == [4, 8]
+
+
+def test_the_render_job_carries_the_routed_version_and_the_job_records_the_one_that_rendered() -> None:
+    state, decisions = _run(None, _generate(version="v2"), _prompt_ok())
+    [render] = [m.event for d in decisions for m in d.messages if isinstance(m.event, RenderJob)]
+    assert render.version == "v2"
+    assert state is not None and state.version == ""  # no decoder has started it yet
+
+    # The version failed: the decoder renders it with the stable version and says so.
+    fallback = RenderStarted(job_id=JOB, attempt=0, pass_index=0, total_passes=4, decoder="d1", version="base")
+    started, [decision] = _run(state, fallback)
+    [event] = decision.events
+    assert isinstance(event, JobRenderStarted) and event.version == "base"
+    assert started is not None and started.version == "base"

@@ -126,6 +126,7 @@ async def test_an_image_is_stored_with_its_tokens_document_and_event() -> None:
         "index": 1,
         "prompt": "a red circle",
         "model": "darkroom-mini",
+        "version": "base",
         "seed": 42,
         "size": 256,
         "output_format": "png",
