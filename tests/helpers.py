@@ -100,3 +100,20 @@ async def send_to_lane(producer: Producer, job: RenderJob, partition: int | None
     envelope = Envelope.wrap(job, aggregate_id=job.job_id, tier=job.tier)
     where = lane.partition_for(job.job_id) if partition is None else partition
     await producer.send(lane.topic, envelope.to_bytes(), key=job.job_id.encode(), partition=where)
+
+
+def metric_samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """A Prometheus text page, parsed with prometheus-client's own parser:
+    (sample name, its labels) -> value. A page that does not parse fails the test."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def metric(samples: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str, **labels: str) -> float | None:
+    """The value of the sample with this name and these labels (all of them), if any."""
+    return samples.get((name, frozenset(labels.items())))

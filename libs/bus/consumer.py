@@ -11,6 +11,8 @@ A handler receives decoded envelopes; everything else is here, once:
   limit: an outage delays work but loses none;
 - offsets are committed only after the records before them were handled, so a crash
   redelivers at most the records in flight (handlers are idempotent);
+- every handled event, its handler's time, every dead letter and the member's lag are
+  counted for Prometheus (libs.metrics);
 - with `concurrency` above 1, the records of one poll are handled by key: records
   with the same key (the same aggregate: producers key by it) one after another in
   offset order, different keys side by side, at most `concurrency` at once. The
@@ -23,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -35,6 +38,7 @@ from libs.bus.publisher import EventPublisher
 from libs.bus.tracing import extract_context
 from libs.events import DecodeError, Envelope
 from libs.events.schemas import DeadLetter
+from libs.metrics import CONSUMER_LAG, DEAD_LETTERS, EVENTS_HANDLED, HANDLER_SECONDS
 
 log = logging.getLogger(__name__)
 _tracer = trace.get_tracer("darkroom.bus")
@@ -44,6 +48,10 @@ BeforePoll = Callable[[Consumer], Awaitable[int | None]]
 """Runs before every fetch with the group member (e.g. a decoder waits for room, then
 pauses the lanes it must not serve yet). Returns the most records to fetch this time
 (a decoder: the images its batch has room for), or None for the loop's `max_records`."""
+
+
+LAG_INTERVAL_S = 1.0
+"""How often a member's lag is read for the metrics (it costs no request to the broker)."""
 
 
 @dataclass(frozen=True)
@@ -86,6 +94,7 @@ class EventConsumer:
         self._concurrency = max(1, concurrency)
         self.handled = 0
         self.dead_lettered = 0
+        self._lag_read_at = 0.0
 
     @property
     def consumer(self) -> Consumer:
@@ -103,6 +112,7 @@ class EventConsumer:
                 if room is not None:
                     max_records = max(1, min(room, self._max_records))
             records = await self._consumer.getmany(self._poll_timeout_ms, max_records)
+            await self.record_lag()
             if self._concurrency > 1 and len(records) > 1:
                 await self._process_by_key(records)
                 await self._consumer.commit(_next_offsets(records))
@@ -116,6 +126,20 @@ class EventConsumer:
                 done[record.tp] = record.offset + 1
             if done:
                 await self._consumer.commit(done)
+
+    async def record_lag(self) -> None:
+        """Publishes the member's lag per partition to the metrics, at most once a second
+        (a service with a loop of its own calls it after each fetch)."""
+        now = time.monotonic()
+        if now - self._lag_read_at < LAG_INTERVAL_S:
+            return
+        self._lag_read_at = now
+        try:
+            waiting = await self._consumer.waiting(list(self._consumer.assignment()))
+        except Exception:  # noqa: BLE001 - metrics never stop consumption (e.g. during a rebalance)
+            return
+        for tp, count in waiting.items():
+            CONSUMER_LAG.labels(self._group, tp.topic, str(tp.partition)).set(count)
 
     async def _process_by_key(self, records: list[Record]) -> None:
         """Handle a batch: one key's records in order, different keys concurrently."""
@@ -161,16 +185,20 @@ class EventConsumer:
     async def _handle_with_retries(self, envelope: Envelope, record: Record, span: trace.Span) -> None:
         attempt = 0
         backoff = self._retry.initial_backoff_s
+        began = time.perf_counter()
         while True:
             attempt += 1
             try:
                 await self._handler(envelope, record)
                 self.handled += 1
+                HANDLER_SECONDS.labels(self._service, self._group, envelope.type).observe(time.perf_counter() - began)
+                EVENTS_HANDLED.labels(self._service, self._group, envelope.type, "ok").inc()
                 return
             except TransientError as exc:
                 log.warning("transient failure on %s@%d, retrying: %s", record.topic, record.offset, exc)
             except (RejectedMessage, DecodeError) as exc:
                 span.set_status(Status(StatusCode.ERROR, str(exc)))
+                EVENTS_HANDLED.labels(self._service, self._group, envelope.type, "dead_lettered").inc()
                 await self._dead_letter(record, str(exc), type(exc).__name__, attempts=attempt)
                 return
             except Exception as exc:
@@ -179,6 +207,7 @@ class EventConsumer:
                     span.set_status(Status(StatusCode.ERROR, str(exc)))
                     log.exception("giving up on %s@%d after %d attempts", record.topic, record.offset, attempt)
                     reason = f"handler failed {attempt} times: {exc!r}"
+                    EVENTS_HANDLED.labels(self._service, self._group, envelope.type, "dead_lettered").inc()
                     await self._dead_letter(record, reason, type(exc).__name__, attempts=attempt)
                     return
                 log.warning("handler error on %s@%d (attempt %d): %r", record.topic, record.offset, attempt, exc)
@@ -212,6 +241,7 @@ class EventConsumer:
             try:
                 await self._publisher.publish(self._dlq, Envelope.wrap(letter, aggregate_id=aggregate))
                 self.dead_lettered += 1
+                DEAD_LETTERS.labels(self._service, self._group, record.topic, error_type).inc()
                 return
             except Exception as exc:  # noqa: BLE001
                 log.warning("dead-letter publish failed, retrying: %r", exc)

@@ -10,6 +10,7 @@ from opentelemetry.trace import SpanKind
 from libs.bus.ports import Delivered, Producer
 from libs.bus.tracing import inject_headers
 from libs.events import Envelope
+from libs.metrics import EVENTS_PUBLISHED
 
 _tracer = trace.get_tracer("darkroom.bus")
 
@@ -79,4 +80,5 @@ class EventPublisher:
             )
             span.set_attribute("messaging.kafka.destination.partition", delivered.partition)
             span.set_attribute("messaging.kafka.message.offset", delivered.offset)
-            return delivered
+        EVENTS_PUBLISHED.labels(topic, envelope.type).inc()
+        return delivered

@@ -1,9 +1,9 @@
-"""A minimal HTTP health endpoint for services that have no web framework.
+"""A minimal HTTP endpoint for health and metrics, for services that have no web framework.
 
-Only `GET /healthz` exists: 200 with a JSON body when every check passes, 503
-otherwise. It is deliberately tiny (asyncio streams, no dependencies) because it
-runs inside every service, and orchestrators (docker-compose, `make status`) only
-need the status code.
+`GET /healthz`: 200 with a JSON body when every check passes, 503 otherwise.
+`GET /metrics`: the process's Prometheus metrics (libs.metrics). It is deliberately tiny
+(asyncio streams) because it runs inside every service, and orchestrators
+(docker-compose, `make status`) only need the status code, Prometheus only the text.
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
+
+from libs.metrics import exposition
 
 HealthReport = Callable[[], Awaitable[tuple[bool, dict[str, Any]]]]
 
@@ -47,14 +49,19 @@ class HealthServer:
             while (await asyncio.wait_for(reader.readline(), timeout=5)) not in (b"\r\n", b"\n", b""):
                 pass
             parts = request_line.decode("latin-1").split()
-            if len(parts) >= 2 and parts[0] == "GET" and parts[1].split("?")[0] == "/healthz":
+            path = parts[1].split("?")[0] if len(parts) >= 2 and parts[0] == "GET" else None
+            content_type = "application/json"
+            if path == "/healthz":
                 ok, body = await self._report()
                 status = "200 OK" if ok else "503 Service Unavailable"
                 payload = orjson.dumps(body)
+            elif path == "/metrics":
+                status = "200 OK"
+                payload, content_type = exposition()
             else:
                 status, payload = "404 Not Found", b'{"error":"not found"}'
             writer.write(
-                f"HTTP/1.1 {status}\r\nContent-Type: application/json\r\n"
+                f"HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\n"
                 f"Content-Length: {len(payload)}\r\nConnection: close\r\n\r\n".encode()
                 + payload
             )

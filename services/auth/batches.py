@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Sequence
 
 from opentelemetry import trace
@@ -24,6 +25,7 @@ from libs.bus.ports import Consumer
 from libs.bus.tracing import extract_context
 from libs.events import REGISTRY, DecodeError, Envelope
 from libs.events.schemas import CreateAccount
+from libs.metrics import EVENTS_HANDLED, HANDLER_SECONDS
 from services.auth.handlers import AuthHandlers, SignUp
 
 log = logging.getLogger(__name__)
@@ -77,6 +79,7 @@ class SignUpBatches:
         try:
             while not stop.is_set():
                 records = await self._consumer.getmany(self._poll_timeout_ms, self._max_batch)
+                await self._single.record_lag()
                 if not records:
                     continue
                 await self.handle(records)
@@ -111,9 +114,15 @@ class SignUpBatches:
             attributes={"messaging.batch.message_count": len(run), "messaging.consumer.group.name": self._group},
         ):
             backoff = 0.05
+            began = time.perf_counter()
             while True:
                 try:
                     await self._handlers.create_accounts([signup for _, signup in run])
+                    # Each sign-up of the batch waited for the whole batch.
+                    seconds = time.perf_counter() - began
+                    for _ in run:
+                        HANDLER_SECONDS.labels("auth", self._group, CreateAccount.TYPE).observe(seconds)
+                    EVENTS_HANDLED.labels("auth", self._group, CreateAccount.TYPE, "ok").inc(len(run))
                     break
                 except TransientError as exc:
                     log.warning("sign-up batch of %d: %s; retrying", len(run), exc)

@@ -8,6 +8,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
+from prometheus_client import Counter
+
 from libs import topics
 from libs.bus import EventPublisher, TransientError
 from libs.events import Envelope
@@ -32,6 +34,13 @@ def _to_millisecond(moment: datetime) -> datetime:
     # MongoDB keeps datetimes to the millisecond; storing exactly that lets a redelivery
     # re-publish a created_at equal to the first one.
     return moment.replace(microsecond=moment.microsecond // 1000 * 1000)
+
+
+SIGNUPS = Counter(
+    "darkroom_signups",
+    "Sign-ups decided, by tier and outcome (created, or the refusal's code).",
+    ["tier", "outcome"],
+)
 
 
 @dataclass(frozen=True)
@@ -114,9 +123,11 @@ class AuthHandlers:
             if isinstance(decision, Accepted):
                 accounts[signup.command.account_id] = decision.account
                 answers.append((envelope, None))
+                SIGNUPS.labels(signup.command.tier, "created").inc()
             else:
                 log.info("sign-up %s refused: %s", signup.command.request_id, decision.event.code)
                 answers.append((envelope, decision.email))
+                SIGNUPS.labels(signup.command.tier, decision.event.code).inc()
         # A crash before the account documents is repaired by the redelivery, which
         # finds its own claims; an account already stored is left as it is.
         await self._documents.insert_many(ACCOUNTS, accounts)

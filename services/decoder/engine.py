@@ -51,6 +51,8 @@ from typing import Literal
 
 from opentelemetry import trace
 from opentelemetry.trace import INVALID_SPAN, Link, NonRecordingSpan, SpanContext
+from prometheus_client import Counter as MetricCounter
+from prometheus_client import Gauge, Histogram
 
 from libs import topics
 from libs.bus import EventPublisher, TransientError
@@ -65,6 +67,7 @@ from libs.events.schemas import (
     StoreImage,
 )
 from libs.imaging import CONTENT_TYPES
+from libs.metrics import LATENCY_BUCKETS
 from libs.model.interface import RenderState, pack_tokens
 from services.decoder.runner import CHECK_SIZE, Drawing, ModelRunner
 from services.decoder.scheduler import (
@@ -100,6 +103,28 @@ half a pass): they join now instead of a whole pass later."""
 
 STATS_WINDOW_S = 20.0
 """Occupancy, pass time and images/s are averaged over this many seconds of passes."""
+
+PASS_SECONDS = Histogram(
+    "darkroom_decoder_pass_seconds",
+    "Seconds of one batched pass (model step and pictures), by decoder pool.",
+    ["pool"],
+    buckets=LATENCY_BUCKETS,
+)
+BATCH_IMAGES = Gauge("darkroom_decoder_batch_images", "Images in the batch at its last pass.", ["pool"])
+BATCH_LIMIT = Gauge("darkroom_decoder_batch_limit_images", "The batch limit, in images.", ["pool"])
+BATCH_OCCUPANCY = Gauge(
+    "darkroom_decoder_batch_occupancy",
+    "Mean images per pass over the batch limit, over the recent passes.",
+    ["pool"],
+)
+IMAGES_RENDERED = MetricCounter(
+    "darkroom_decoder_images_rendered", "Images that finished all their passes, by pool and lane.", ["pool", "lane"]
+)
+RENDERS_PREEMPTED = MetricCounter(
+    "darkroom_decoder_renders_preempted",
+    "Renders handed back to their lane for higher-priority jobs, by pool and lane.",
+    ["pool", "lane"],
+)
 
 
 def _b64(data: bytes) -> str:
@@ -257,11 +282,26 @@ class BatchStats:
         self.passes_run += 1
         self._passes.append((self.clock(), images, seconds))
         self._trim()
+        PASS_SECONDS.labels(self.pool).observe(seconds)
+        BATCH_IMAGES.labels(self.pool).set(images)
+        BATCH_LIMIT.labels(self.pool).set(self.limit)
+        BATCH_OCCUPANCY.labels(self.pool).set(self.occupancy())
 
     def record_finished(self, lane: str, images: int) -> None:
         """A render of the lane finished all its passes."""
         self._finished.append((self.clock(), lane, images))
         self._trim()
+        IMAGES_RENDERED.labels(self.pool, lane).inc(images)
+
+    def record_preempted(self, lane: str) -> None:
+        """A render of the lane left the batch for a higher-priority job."""
+        self.preempted[lane] += 1
+        RENDERS_PREEMPTED.labels(self.pool, lane).inc()
+
+    def occupancy(self) -> float:
+        """Mean images per pass over the limit, over the window (0 before the first pass)."""
+        passes = list(self._passes)
+        return sum(images for _, images, _ in passes) / (len(passes) * self.limit) if passes else 0.0
 
     def _trim(self) -> None:
         horizon = self.clock() - STATS_WINDOW_S
@@ -284,8 +324,7 @@ class BatchStats:
     def report(self, images_now: int) -> BatchLoad:
         """The batch figures of the window."""
         self._trim()
-        passes = list(self._passes)
-        occupancy = sum(images for _, images, _ in passes) / (len(passes) * self.limit) if passes else 0.0
+        occupancy = self.occupancy()
         pass_s = self.mean_pass_s()
         return BatchLoad(
             pool=self.pool,
@@ -527,7 +566,7 @@ class BatchEngine:
         leaving = [r for r in self._running if r.job_id in job_ids]
         self._running = [r for r in self._running if r.job_id not in job_ids]
         for render in leaving:
-            self.stats.preempted[render.lane] += 1
+            self.stats.record_preempted(render.lane)
             log.info(
                 "job %s (%s) preempted after pass %d of %d",
                 render.job_id,

@@ -14,7 +14,7 @@ from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Request
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 from libs import topics
 from libs.access import AccessState
@@ -34,7 +34,7 @@ from services.gateway.catalog import ImageCatalog
 from services.gateway.context import Gateway
 from services.gateway.errors import install_error_handlers
 from services.gateway.idempotency import IdempotencyKeys
-from services.gateway.lanes import LaneMonitor, decoder_prometheus_text, prometheus_text
+from services.gateway.lanes import LaneMonitor
 from services.gateway.limits import (
     AccessHandler,
     Feed,
@@ -47,6 +47,8 @@ from services.gateway.limits import (
     usage_since,
 )
 from services.gateway.live import JobProjection, LiveEvents
+from services.gateway.metrics import FleetCollector, RequestMetrics
+from services.gateway.metrics import exposition as metrics_exposition
 from services.gateway.tracing import TracingMiddleware
 
 SERVICE = "gateway"
@@ -183,6 +185,7 @@ def create_app(
     install_error_handlers(app)
     app.add_middleware(RateLimitHeaders)
     app.add_middleware(TracingMiddleware)
+    app.add_middleware(RequestMetrics)
     app.include_router(images.router)
     app.include_router(edits.router)
     app.include_router(library.router)
@@ -213,13 +216,19 @@ def create_app(
         healthy = not problems
         return JSONResponse(body, status_code=200 if healthy else 503)
 
+    fleet = FleetCollector(
+        lane_monitor.figures,
+        monitor.batch_loads,
+        monitor.lane_loads,
+        lambda: {name: pool["instances"] for name, pool in monitor.pools(settings.models, tuple(POOLS)).items()},
+    )
+
     @app.get("/metrics", tags=["operations"], response_class=PlainTextResponse)
-    async def metrics() -> PlainTextResponse:
-        """The lanes' figures for Prometheus: waiting, taken, drain rate, paused, refused; and
-        the decoders' batches: occupancy, pass time, images/s, preemptions per lane."""
-        text = prometheus_text(lane_monitor.figures())
-        text += decoder_prometheus_text(monitor.batch_loads(), monitor.lane_loads())
-        return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
+    async def metrics() -> Response:
+        """Prometheus metrics (services.gateway.metrics): requests, refusals, events and lag of
+        this gateway; the lanes' figures; every live decoder's batch from its heartbeats."""
+        body, content_type = metrics_exposition(fleet)
+        return Response(body, media_type=content_type)
 
     return app
 

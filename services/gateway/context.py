@@ -19,6 +19,7 @@ from services.gateway.idempotency import IdempotencyKeys
 from services.gateway.lanes import LaneMonitor
 from services.gateway.limits import Limits
 from services.gateway.live import JobProjection, LiveEvents
+from services.gateway.metrics import TIER_STATE
 
 
 @dataclass
@@ -69,7 +70,9 @@ def get_principal(request: Request, authorization: Annotated[str | None, Header(
         principal = verify(authorization[7:].strip(), gateway.signing_keys)
     except InvalidApiKey as exc:
         raise APIError(401, str(exc), code="invalid_api_key") from exc
-    return gateway.limits.authorize(principal)
+    authorized = gateway.limits.authorize(principal)
+    setattr(request.state, TIER_STATE, authorized.tier)  # the request's metrics count it by tier
+    return authorized
 
 
 def get_operator(request: Request, authorization: Annotated[str | None, Header()] = None) -> Gateway:

@@ -15,6 +15,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from services.gateway.metrics import TIER_STATE, count_refusal
+
 log = logging.getLogger(__name__)
 
 _TYPES = {
@@ -88,6 +90,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(APIError)
     async def api_error(request: Request, exc: APIError) -> JSONResponse:
+        count_refusal(exc.code, exc.status, getattr(request.state, TIER_STATE, None))
         return exc.response()
 
     @app.exception_handler(RequestValidationError)

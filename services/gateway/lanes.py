@@ -30,7 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from libs.bus.offsets import LaneCounts, LaneOffsets
-from libs.events.schemas import BatchLoad, LaneLoad
+from libs.events.schemas import LaneLoad
 from libs.lanes import Lane, lanes
 from services.gateway.errors import APIError
 
@@ -191,97 +191,3 @@ class LaneMonitor:
     def report(self) -> dict[str, LaneLoad]:
         """What the gateway's heartbeat says of the lanes: the jobs it turned away."""
         return {name: LaneLoad(rejected=self._rejected[name]) for name in self._lanes}
-
-
-METRICS: tuple[tuple[str, str, str, Callable[[LaneFigures], float | None]], ...] = (
-    (
-        "waiting",
-        "gauge",
-        "Render jobs waiting in the lane for a decoder (the pool's lag).",
-        lambda f: f.waiting,
-    ),
-    ("taken_total", "counter", "Render jobs decoders took from the lane over the retained log.", lambda f: f.taken),
-    (
-        "drain_per_second",
-        "gauge",
-        f"Jobs taken from the lane per second, over the last {DRAIN_WINDOW_S:.0f} seconds.",
-        lambda f: f.drain_per_s,
-    ),
-    ("paused", "gauge", "1 while a decoder holds the lane back for higher-priority lanes.", lambda f: int(f.paused)),
-    ("rejected_total", "counter", "Jobs this gateway refused (503) because the lane was full.", lambda f: f.rejected),
-    ("max_waiting", "gauge", "Jobs the lane may hold waiting before new ones are refused.", lambda f: f.max_waiting),
-    (
-        "estimated_wait_seconds",
-        "gauge",
-        "Seconds the lane's backlog takes to drain at the current rate.",
-        lambda f: f.estimated_wait_s,
-    ),
-)
-"""Each exported metric: name (after darkroom_lane_), type, help text, and its value for a lane."""
-
-
-def prometheus_text(figures: list[LaneFigures]) -> str:
-    """The lanes' figures in Prometheus' text exposition format."""
-    lines: list[str] = []
-    for name, kind, text, value_of in METRICS:
-        metric = f"darkroom_lane_{name}"
-        lines += [f"# HELP {metric} {text}", f"# TYPE {metric} {kind}"]
-        for f in figures:
-            value = value_of(f)
-            if value is not None:
-                lines.append(f'{metric}{{lane="{f.lane}"}} {_number(value)}')
-    return "\n".join(lines) + "\n"
-
-
-BATCH_METRICS: tuple[tuple[str, str, str, Callable[[BatchLoad], float]], ...] = (
-    ("batch_limit_images", "gauge", "The decoder's batch limit, in images.", lambda b: b.limit),
-    ("batch_images", "gauge", "Images in the decoder's batch now.", lambda b: b.images),
-    (
-        "batch_occupancy",
-        "gauge",
-        "Mean images per pass over the batch limit, over the decoder's recent passes.",
-        lambda b: b.occupancy,
-    ),
-    ("pass_seconds", "gauge", "Mean seconds per batched pass, over the recent passes.", lambda b: b.pass_s),
-    ("images_per_second", "gauge", "Images the decoder finished per second, recently.", lambda b: b.images_per_s),
-    ("passes_total", "counter", "Batched passes the decoder ran since it started.", lambda b: b.passes),
-)
-"""Each decoder's batch metric: name (after darkroom_decoder_), type, help text, value."""
-
-
-def _number(value: float) -> str:
-    return str(value) if isinstance(value, int) else f"{value:.4f}".rstrip("0").rstrip(".")
-
-
-def decoder_prometheus_text(batches: dict[str, BatchLoad], lane_loads: dict[str, dict[str, LaneLoad]]) -> str:
-    """The decoders' batches, and their preemptions and images/s per lane, for Prometheus.
-
-    Args:
-        batches: Per live decoder instance, its batch (from heartbeats).
-        lane_loads: Per live instance, its view of the lanes (from heartbeats).
-    """
-    lines: list[str] = []
-    for name, kind, text, value_of in BATCH_METRICS:
-        metric = f"darkroom_decoder_{name}"
-        lines += [f"# HELP {metric} {text}", f"# TYPE {metric} {kind}"]
-        for instance, batch in sorted(batches.items()):
-            lines.append(f'{metric}{{instance="{instance}",pool="{batch.pool}"}} {_number(value_of(batch))}')
-    per_lane: dict[str, tuple[int, float]] = {}
-    for instance, loads in lane_loads.items():
-        if instance not in batches:
-            continue  # gateways report lanes too; only decoders preempt and render
-        for lane, load in loads.items():
-            preempted, rate = per_lane.get(lane, (0, 0.0))
-            per_lane[lane] = (preempted + load.preempted, rate + load.images_per_s)
-    lines += [
-        "# HELP darkroom_lane_preempted_total Renders live decoders handed back to the lane for higher-priority jobs.",
-        "# TYPE darkroom_lane_preempted_total counter",
-        *(f'darkroom_lane_preempted_total{{lane="{lane}"}} {p}' for lane, (p, _) in sorted(per_lane.items())),
-        "# HELP darkroom_lane_images_per_second Images live decoders finished from the lane per second, recently.",
-        "# TYPE darkroom_lane_images_per_second gauge",
-        *(
-            f'darkroom_lane_images_per_second{{lane="{lane}"}} {_number(r)}'
-            for lane, (_, r) in sorted(per_lane.items())
-        ),
-    ]
-    return "\n".join(lines) + "\n"

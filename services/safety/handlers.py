@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import logging
 
+from prometheus_client import Counter
+
 from libs import topics
 from libs.bus import EventPublisher
 from libs.events import Envelope
@@ -20,6 +22,20 @@ from services.safety.domain import check_content, check_prompt, content_unverifi
 from services.safety.policy_feed import PolicyFeed
 
 log = logging.getLogger(__name__)
+
+
+VERDICTS = Counter(
+    "darkroom_safety_verdicts",
+    "Safety decisions, by stage (prompt, content), outcome (allowed, blocked) and the category that blocked.",
+    ["stage", "outcome", "category"],
+)
+
+
+def count_verdict(verdict: SafetyVerdict) -> SafetyVerdict:
+    """Counts a decision for the metrics (every content pass checked, published or not)."""
+    outcome = "allowed" if verdict.allowed else "blocked"
+    VERDICTS.labels(verdict.stage, outcome, verdict.category or "").inc()
+    return verdict
 
 
 class SafetyHandlers:
@@ -39,14 +55,14 @@ class SafetyHandlers:
 
     async def on_check_prompt(self, check: CheckPrompt, envelope: Envelope) -> None:
         """Judge a prompt before rendering (a check command)."""
-        await self._publish(check_prompt(self._policy.current, check), envelope)
+        await self._publish(count_verdict(check_prompt(self._policy.current, check)), envelope)
 
     async def on_generate(self, command: GenerateImage, envelope: Envelope) -> None:
         """Judge the prompt of a new job as its command comes (the requests service waits
         for this verdict before it queues the render)."""
         spec = command.spec
         check = CheckPrompt(job_id=command.job_id, prompt=spec.prompt, moderation=spec.moderation)
-        await self._publish(check_prompt(self._policy.current, check), envelope)
+        await self._publish(count_verdict(check_prompt(self._policy.current, check)), envelope)
 
     async def on_check_content(self, check: CheckContent, envelope: Envelope) -> None:
         """Judge what a render drew after one of its passes (a check command: token grids)."""
@@ -85,6 +101,7 @@ class SafetyHandlers:
             else:
                 # The policy may have changed while the pictures were scored; judge with the newest.
                 verdict = check_content(self._policy.current, check, detections)
+        count_verdict(verdict)
         if verdict.allowed and quiet_when_allowed:
             return
         await self._publish(verdict, envelope)

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import math
 import random
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+from prometheus_client.parser import text_string_to_metric_families
 
 from libs.events import REGISTRY, DecodeError, Envelope
 from libs.events.schemas import GenerateImage
@@ -231,29 +232,34 @@ class FreePool:
         self.accounts.append(account)
 
 
-_SAMPLE = re.compile(r'^darkroom_lane_(\w+)\{[^}]*lane="([^"]+)"[^}]*\}\s+(\S+)')
+DECODER_PREFIX = "darkroom_fleet_decoder_"
+LANE_PREFIX = "darkroom_lane_"
 
 
-_DECODER_SAMPLE = re.compile(r'^darkroom_decoder_(\w+)\{[^}]*instance="([^"]+)"[^}]*pool="([^"]+)"[^}]*\}\s+(\S+)')
+def _samples(text: str) -> list[tuple[str, dict[str, str], float]]:
+    """Every sample of a Prometheus text page, read with prometheus-client's parser (a page
+    that does not parse gives none: the report shows the gap rather than stopping the run)."""
+    try:
+        return [
+            (sample.name, dict(sample.labels), float(sample.value))
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+        ]
+    except ValueError:
+        return []
 
 
 def parse_decoder_metrics(text: str) -> dict[str, dict[str, float | str]]:
-    """The `darkroom_decoder_*{instance=...,pool=...}` samples of a Prometheus text page.
+    """The gateway's `darkroom_fleet_decoder_*{instance=...,pool=...}` samples.
 
     Returns:
-        instance -> metric name without its `darkroom_decoder_` prefix (e.g.
+        instance -> metric name without its `darkroom_fleet_decoder_` prefix (e.g.
         `batch_occupancy`) -> value, plus "pool" -> the decoder's pool.
     """
     decoders: dict[str, dict[str, float | str]] = {}
-    for line in text.splitlines():
-        match = _DECODER_SAMPLE.match(line.strip())
-        if match is None:
-            continue
-        name, instance, pool, value = match.groups()
-        try:
-            decoders.setdefault(instance, {"pool": pool})[name] = float(value)
-        except ValueError:
-            continue
+    for name, labels, value in _samples(text):
+        if name.startswith(DECODER_PREFIX) and "instance" in labels and "pool" in labels:
+            decoders.setdefault(labels["instance"], {"pool": labels["pool"]})[name.removeprefix(DECODER_PREFIX)] = value
     return decoders
 
 
@@ -265,15 +271,9 @@ def parse_lane_metrics(text: str) -> dict[str, dict[str, float]]:
         `taken_total`, `paused`) -> value. Empty when the page has no lane metrics.
     """
     lanes: dict[str, dict[str, float]] = {}
-    for line in text.splitlines():
-        match = _SAMPLE.match(line.strip())
-        if match is None:
-            continue
-        name, lane, value = match.groups()
-        try:
-            lanes.setdefault(lane, {})[name] = float(value)
-        except ValueError:
-            continue
+    for name, labels, value in _samples(text):
+        if name.startswith(LANE_PREFIX) and "lane" in labels:
+            lanes.setdefault(labels["lane"], {})[name.removeprefix(LANE_PREFIX)] = value
     return lanes
 
 

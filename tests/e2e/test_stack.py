@@ -10,14 +10,17 @@ import uuid
 from typing import Any
 
 import httpx
+import openai
 
 from infra.stack import INFRA, SERVICES, Stack, port_open
 from libs import topics
 from libs.bus.kafka import KafkaConsumer, KafkaProducer
+from libs.cli.accounts import create_account
 from libs.events import REGISTRY, Envelope
 from libs.events.schemas import DeadLetter
 from libs.runtime.heartbeats import SERVICES as HEARTBEAT_SERVICES
-from tests.helpers import consume, scratch_topic
+from libs.settings import DEV_SIGNING_KEY
+from tests.helpers import consume, metric, metric_samples, scratch_topic
 
 
 def _get_json(url: str) -> tuple[int, dict[str, object]]:
@@ -187,3 +190,41 @@ def test_kafka_data_survives_down_and_up_and_down_leaves_nothing(running: Stack)
     assert asyncio.run(read_back()) == [value]
     status, body = _get_json(f"{profile.gateway_url}/healthz")
     assert status == 200, body
+
+
+def test_every_service_exports_prometheus_metrics_that_parse(running: Stack, api_key: str) -> None:
+    """Each process of the stack serves /metrics (the gateway on its API port, the others on
+    their health port), read with Prometheus' own text parser, after one job went through."""
+    # A sign-up and a job: every service of the job path, and auth, handle something (a
+    # process counts from its own start, and an earlier test may have restarted any).
+    email = f"metrics-{uuid.uuid4().hex[:8]}@example.com"
+    asyncio.run(create_account(running.profile.kafka_bootstrap, email, "pro", DEV_SIGNING_KEY))
+    client = openai.OpenAI(base_url=f"{running.profile.gateway_url}/v1", api_key=api_key, max_retries=0)
+    client.images.generate(prompt="a small blue square", quality="low")
+    pages = {}
+    for service in SERVICES:
+        response = httpx.get(f"http://127.0.0.1:{running.profile.health_port(service)}/metrics", timeout=10)
+        assert response.status_code == 200, service
+        pages[service] = metric_samples(response.text)
+    names = {service: {name for name, _ in samples} for service, samples in pages.items()}
+    for service in SERVICES:
+        # Every service publishes (heartbeats at least) and its consumers report their lag.
+        assert "darkroom_events_published_total" in names[service], service
+        assert "darkroom_consumer_lag" in names[service], service
+        if service != "decoder-api":  # the pro job went through all but the api pool
+            assert "darkroom_events_handled_total" in names[service], service
+            assert "darkroom_handler_seconds_bucket" in names[service], service
+    assert "darkroom_decoder_pass_seconds_bucket" in names["decoder"]
+    assert metric(pages["decoder"], "darkroom_decoder_images_rendered_total", pool="consumer", lane="pro")
+    assert metric(pages["safety"], "darkroom_safety_verdicts_total", stage="prompt", outcome="allowed", category="")
+    assert metric(
+        pages["gateway"],
+        "darkroom_http_requests_total",
+        route="/v1/images/generations",
+        method="POST",
+        status="200",
+        tier="pro",
+    )
+    assert (
+        "darkroom_lane_waiting" in names["gateway"] and "darkroom_fleet_decoder_batch_limit_images" in names["gateway"]
+    )

@@ -318,8 +318,8 @@ def test_the_report_is_json_with_a_printed_summary_and_plots(tmp_path: Path) -> 
 
 def test_the_report_shows_batch_occupancy_per_phase_and_preemptions_per_lane() -> None:
     page = (
-        'darkroom_decoder_batch_occupancy{instance="decoder-1",pool="consumer"} 0.5\n'
-        'darkroom_decoder_batch_limit_images{instance="decoder-1",pool="consumer"} 4\n'
+        'darkroom_fleet_decoder_batch_occupancy{instance="decoder-1",pool="consumer",model="darkroom-mini"} 0.5\n'
+        'darkroom_fleet_decoder_batch_limit_images{instance="decoder-1",pool="consumer",model="darkroom-mini"} 4\n'
         'darkroom_lane_preempted_total{lane="free"} 3\n'
     )
     decoders = parse_decoder_metrics(page)

@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
+from prometheus_client import REGISTRY as PROCESS_REGISTRY
 
 from libs import topics
 from libs.bus import EventConsumer, EventPublisher, Record, RejectedMessage, RetryPolicy, TransientError
@@ -193,3 +194,38 @@ async def test_with_concurrency_a_failing_key_does_not_hold_back_the_others(harn
     assert [e.aggregate_id for e in harness.seen] == ["agg-1", "agg-3"]
     assert [letter.offset for letter in harness.letters()] == [0, 2]
     assert harness.broker.committed("g", TopicPartition(TOPIC, 0)) == 4
+
+
+def _sample(name: str, **labels: str) -> float:
+    return PROCESS_REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+async def test_handled_events_dead_letters_and_lag_are_counted_for_prometheus(harness: Harness) -> None:
+    handled = {"service": "test", "group": "g", "type": ServiceHeartbeat.TYPE}
+    ok_before = _sample("darkroom_events_handled_total", **handled, outcome="ok")
+    timed_before = _sample("darkroom_handler_seconds_count", **handled)
+    letters_before = _sample(
+        "darkroom_dead_letters_total", service="test", group="g", topic=TOPIC, error_type="RejectedMessage"
+    )
+    calls = 0
+
+    async def reject_the_second(envelope: Envelope, record: Record) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            raise RejectedMessage("not this one")
+
+    for n in range(3):
+        await harness.publisher.publish(TOPIC, _message(n))
+    await harness.run(reject_the_second, until=3)
+
+    assert _sample("darkroom_events_handled_total", **handled, outcome="ok") == ok_before + 2
+    assert _sample("darkroom_events_handled_total", **handled, outcome="dead_lettered") >= 1
+    assert _sample("darkroom_handler_seconds_count", **handled) == timed_before + 2
+    dead = _sample("darkroom_dead_letters_total", service="test", group="g", topic=TOPIC, error_type="RejectedMessage")
+    assert dead == letters_before + 1
+    # Every record was fetched: the member's lag on its partition is 0.
+    assert (
+        PROCESS_REGISTRY.get_sample_value("darkroom_consumer_lag", {"group": "g", "topic": TOPIC, "partition": "0"})
+        == 0
+    )

@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 
 import openai
 import pytest
+from prometheus_client import CollectorRegistry, generate_latest
 
 from libs import topics
 from libs.bus import Record
@@ -14,7 +15,9 @@ from libs.bus.offsets import LaneCounts
 from libs.events import Envelope
 from libs.events.schemas import BatchLoad, LaneLoad, ServiceHeartbeat
 from services.gateway.errors import APIError
-from services.gateway.lanes import DEFERRED_AFTER_S, LaneMonitor, prometheus_text
+from services.gateway.lanes import DEFERRED_AFTER_S, LaneMonitor
+from services.gateway.metrics import FleetCollector
+from tests.helpers import metric, metric_samples
 from tests.unit.gateway.conftest import GatewayUnderTest, key_for
 
 
@@ -79,11 +82,14 @@ def test_paused_lanes_are_deferred_and_metrics_list_every_lane() -> None:
     monitor = LaneMonitor(None, paused=lambda: {"free"})
     monitor.admit("free")
     assert monitor.deferred("free") and DEFERRED_AFTER_S > 0
-    text = prometheus_text(monitor.figures())
-    assert 'darkroom_lane_paused{lane="free"} 1' in text
-    assert 'darkroom_lane_waiting{lane="free"} 1' in text
+    registry = CollectorRegistry()
+    registry.register(FleetCollector(monitor.figures, dict, dict, dict))
+    text = generate_latest(registry).decode()
+    samples = metric_samples(text)
+    assert metric(samples, "darkroom_lane_paused", lane="free") == 1
+    assert metric(samples, "darkroom_lane_waiting", lane="free") == 1
     assert "# TYPE darkroom_lane_rejected_total counter" in text
-    assert 'darkroom_lane_max_waiting{lane="api"}' in text
+    assert metric(samples, "darkroom_lane_max_waiting", lane="api") is not None
 
 
 async def test_the_api_answers_503_with_retry_after_and_takes_no_job(gateway: GatewayUnderTest) -> None:
@@ -127,7 +133,8 @@ async def test_a_waiting_free_job_is_deferred_with_an_estimate(gateway: GatewayU
     body = job.json()
     assert body["status"] == "deferred" and "estimated_wait_s" in body
     metrics = await gateway.http.get("/metrics")
-    assert metrics.status_code == 200 and 'darkroom_lane_waiting{lane="free"} 12' in metrics.text
+    assert metrics.status_code == 200
+    assert metric(metric_samples(metrics.text), "darkroom_lane_waiting", lane="free") == 12
     gateway.pipeline.hold.set()
 
 
@@ -144,11 +151,33 @@ async def test_metrics_show_each_decoders_batch_and_preemptions_per_lane(gateway
     envelope = Envelope.wrap(beat, aggregate_id=beat.instance_id)
     await gateway.app.state.heartbeats(envelope, Record(topics.HEARTBEATS, 0, 0, None, envelope.to_bytes()))
 
-    text = (await gateway.http.get("/metrics")).text
+    samples = metric_samples((await gateway.http.get("/metrics")).text)
 
-    assert 'darkroom_decoder_batch_occupancy{instance="decoder-7",pool="consumer"} 0.8125' in text
-    assert 'darkroom_decoder_batch_limit_images{instance="decoder-7",pool="consumer"} 8' in text
-    assert 'darkroom_decoder_pass_seconds{instance="decoder-7",pool="consumer"} 0.25' in text
-    assert 'darkroom_decoder_images_per_second{instance="decoder-7",pool="consumer"} 3.75' in text
-    assert 'darkroom_lane_preempted_total{lane="free"} 4' in text
-    assert 'darkroom_lane_images_per_second{lane="pro"} 2.5' in text
+    decoder = {"instance": "decoder-7", "pool": "consumer", "model": ""}  # the beat names no model
+    assert metric(samples, "darkroom_fleet_decoder_batch_occupancy", **decoder) == 0.8125
+    assert metric(samples, "darkroom_fleet_decoder_batch_limit_images", **decoder) == 8
+    assert metric(samples, "darkroom_fleet_decoder_pass_seconds", **decoder) == 0.25
+    assert metric(samples, "darkroom_fleet_decoder_images_per_second", **decoder) == 3.75
+    assert metric(samples, "darkroom_fleet_decoder_passes_total", **decoder) == 90
+    assert metric(samples, "darkroom_lane_preempted_total", lane="free") == 4
+    assert metric(samples, "darkroom_lane_images_per_second", lane="pro") == 2.5
+
+
+async def test_metrics_count_requests_by_route_and_tier_and_refusals_by_code(gateway: GatewayUnderTest) -> None:
+    route = {"route": "/v1/images/generations", "method": "POST", "tier": "pro"}
+    before = metric_samples((await gateway.http.get("/metrics")).text)
+    await gateway.client.images.generate(prompt="a red circle", quality="low")
+    with pytest.raises(openai.BadRequestError):
+        await gateway.client.images.generate(prompt="a red circle", model="no-such-model")
+
+    after = metric_samples((await gateway.http.get("/metrics")).text)
+
+    def grew(name: str, **labels: str) -> float:
+        return (metric(after, name, **labels) or 0) - (metric(before, name, **labels) or 0)
+
+    assert grew("darkroom_http_requests_total", **route, status="200") == 1
+    assert grew("darkroom_http_requests_total", **route, status="400") == 1
+    assert grew("darkroom_http_request_seconds_count", **route) == 2
+    assert grew("darkroom_api_refusals_total", code="model_not_found", status="400", tier="pro") == 1
+    # The gateway's own consumers are counted too (it folds request events for its jobs).
+    assert any(name == "darkroom_events_handled_total" for name, _ in after)

@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import json
 import urllib.request
+from datetime import UTC, datetime
 
 from libs import topics
+from libs.bus import EventPublisher
 from libs.bus.memory import InMemoryBroker
 from libs.events import REGISTRY, Envelope
 from libs.events.schemas import DeadLetter, ServiceHeartbeat
@@ -14,7 +16,7 @@ from libs.runtime.service import member_groups, run_service
 from libs.settings import StorageSettings
 from libs.stores.memory import InMemoryBlobStore, InMemoryDocumentStore
 from services.storage.bootstrap import bootstrap
-from tests.helpers import eventually
+from tests.helpers import eventually, metric, metric_samples
 
 
 def _get(url: str) -> tuple[int, dict[str, object]]:
@@ -119,3 +121,31 @@ def test_job_path_groups_get_a_member_for_api_traffic() -> None:
     # A live reader without a group reads both traffics; other topics are left alone.
     assert member_groups("", [topics.REQUEST_EVENTS]) == [("", [topics.REQUEST_EVENTS, topics.REQUEST_EVENTS_API])]
     assert member_groups("decoder-api", [topics.RENDER_API]) == [("decoder-api", [topics.RENDER_API])]
+
+
+async def test_the_metrics_endpoint_serves_the_process_metrics_in_prometheus_format() -> None:
+    from libs.runtime.health import HealthServer
+
+    broker = InMemoryBroker()
+    publisher = EventPublisher(broker.producer())
+    beat = ServiceHeartbeat(service="storage", instance_id="storage-m", started_at=datetime.now(UTC))
+    await publisher.publish(topics.HEARTBEATS, Envelope.wrap(beat, aggregate_id="storage-m"))
+
+    async def healthy() -> tuple[bool, dict[str, object]]:
+        return True, {}
+
+    server = HealthServer(healthy, "127.0.0.1", 0)
+    await server.start()
+    try:
+
+        def scrape() -> tuple[int, str, str]:
+            with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/metrics", timeout=2) as response:
+                return response.status, response.headers["content-type"], response.read().decode()
+
+        status, content_type, text = await asyncio.to_thread(scrape)
+    finally:
+        await server.stop()
+    assert status == 200 and content_type.startswith("text/plain")
+    samples = metric_samples(text)
+    published = metric(samples, "darkroom_events_published_total", topic=topics.HEARTBEATS, type=ServiceHeartbeat.TYPE)
+    assert published is not None and published >= 1
