@@ -3,11 +3,11 @@
 Usage: python -m infra.stack [--profile dev|test] up [--infra-only]
        python -m infra.stack [--profile dev|test] down | status | logs
 
-Every process is started in its own session with its output in `<run dir>/logs`
-and its pid (plus the kernel's start time, so a recycled pid is never mistaken for
-ours) in `<run dir>/pids`. `up` waits on health checks, never on fixed sleeps, and
-skips whatever is already running and healthy, so a second `up` changes nothing.
-`down` stops, by recorded pid, everything `up` started.
+Every process runs under the profile's supervisord (infra/supervisor.py): restarted when
+it crashes (a crash loop backs off, then shows as FATAL in `status`), its output in
+`<run dir>/logs`, rotated. `up` starts supervisord, waits on health checks, never on
+fixed sleeps, and skips whatever is already running and healthy, so a second `up`
+changes nothing. `down` stops every program, then supervisord: nothing is left behind.
 
 Profiles keep a developer's stack, the test suite's and the benchmarks' apart: `dev`
 (ports from DARKROOM_*_PORT, data in .run/dev), `test` (DARKROOM_TEST_*_PORT, ports
@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from infra import paths
+from infra.supervisor import ProgramState, Supervisor
 
 # Service processes: name -> (package under services/, extra environment). The decoder
 # runs twice: one pool for the consumer tiers' lanes and one for API traffic.
@@ -165,73 +166,55 @@ def load_profile(name: str) -> Profile:
 # --- processes ---------------------------------------------------------------------
 
 
-def _start_time(pid: int) -> str | None:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    # Field 22 (starttime), counted after the parenthesised command name.
-    return stat.rsplit(")", 1)[1].split()[19]
-
-
 @dataclass
 class Process:
-    """A process of the stack, identified by name within a profile."""
+    """A process of the stack, identified by name within a profile: a program of the
+    profile's supervisord."""
 
     profile: Profile
     name: str
 
     @property
-    def pid_file(self) -> Path:
-        return self.profile.run_dir / "pids" / f"{self.name}.pid"
+    def supervisor(self) -> Supervisor:
+        return Supervisor(self.profile.run_dir)
 
     @property
     def log_file(self) -> Path:
         return self.profile.run_dir / "logs" / f"{self.name}.log"
 
+    def state(self) -> ProgramState | None:
+        """What supervisord says of it (None before it was ever started)."""
+        return self.supervisor.state(self.name)
+
     def pid(self) -> int | None:
-        """The recorded pid, if that process is still the one we started."""
-        try:
-            pid_text, started = self.pid_file.read_text().split()
-        except (OSError, ValueError):
-            return None
-        pid = int(pid_text)
-        return pid if _start_time(pid) == started and _alive(pid) else None
+        """The pid of the running process, if it runs."""
+        state = self.state()
+        return state.pid if state is not None and state.running else None
 
     def start(self, argv: list[str], env: dict[str, str], cwd: Path | None = None) -> int:
-        self.log_file.parent.mkdir(parents=True, exist_ok=True)
-        self.pid_file.parent.mkdir(parents=True, exist_ok=True)
-        with self.log_file.open("ab") as log:
-            log.write(f"\n--- {time.strftime('%Y-%m-%d %H:%M:%S')} starting {self.name}\n".encode())
-            proc = subprocess.Popen(
-                argv,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                env={**os.environ, **env},
-                cwd=cwd or paths.ROOT,
-                start_new_session=True,
-            )
-        self.pid_file.write_text(f"{proc.pid} {_start_time(proc.pid)}\n")
-        return proc.pid
+        """Start it under supervisord (which restarts it whenever it exits), with the
+        caller's environment and `env` over it (`DARKROOM_MODEL=... make up` reaches the
+        services even when supervisord was started earlier)."""
+        inherited = {key: value for key, value in os.environ.items() if "\n" not in value and "\0" not in value}
+        return self.supervisor.start(self.name, argv, inherited | env, cwd or paths.ROOT, self.log_file)
 
     def stop(self, timeout_s: float = 20.0, sig: int = signal.SIGTERM) -> bool:
-        """Signal the process group, wait, then SIGKILL; True if something was stopped."""
+        """Stop it and keep it stopped (SIGTERM to its group, SIGKILL after 20 s).
+
+        With `sig=signal.SIGKILL` it is a crash instead: the process group is killed at
+        once and supervisord starts it again, as it would after any crash. True if
+        something was running.
+        """
         pid = self.pid()
+        if sig != signal.SIGKILL:
+            return self.supervisor.stop(self.name)
         if pid is None:
-            self.pid_file.unlink(missing_ok=True)
             return False
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(pid, sig)
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline and _alive(pid):
-            time.sleep(0.1)
-        if _alive(pid):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(pid, signal.SIGKILL)
-            while _alive(pid):
-                time.sleep(0.05)
-        self.pid_file.unlink(missing_ok=True)
+            os.killpg(pid, signal.SIGKILL)
+        deadline = time.monotonic() + max(timeout_s, 5.0)
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.02)
         return True
 
     def tail(self, lines: int = 20) -> str:
@@ -322,13 +305,16 @@ def service_ok(profile: Profile, service: str) -> bool:
 
 
 def wait_until(check: Callable[[], bool], what: str, proc: Process | None, timeout_s: float) -> None:
-    """Poll `check` until it passes; fail early if the process died."""
+    """Poll `check` until it passes; fail early if the process is stopped or supervisord
+    gave up restarting it (a crash loop)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if check():
             return
-        if proc is not None and proc.pid() is None:
-            raise StackError(f"{what} exited during start-up; last log lines:\n{proc.tail()}")
+        state = proc.state() if proc is not None else None
+        if proc is not None and (state is None or state.state in ("FATAL", "STOPPED")):
+            reason = f"{state.state}: {state.description}" if state is not None else "not started"
+            raise StackError(f"{what} is not running ({reason}); last log lines:\n{proc.tail()}")
         time.sleep(0.25)
     tail = proc.tail() if proc else ""
     raise StackError(f"{what} not healthy after {timeout_s:.0f}s; last log lines:\n{tail}")
@@ -533,22 +519,28 @@ class Stack:
         )
 
     def down(self) -> list[str]:
-        """Stop every process of the profile: services, extra instances, then the infrastructure.
+        """Stop every process of the profile (services, extra instances, then the
+        infrastructure), then the profile's supervisord.
 
-        Extra instances (e.g. a second decoder or gateway, found in pids/) stop before Kafka,
-        MinIO and FerretDB, so they shut down cleanly instead of waiting on a broker that is gone.
+        Extra instances (e.g. a second decoder or gateway) stop before Kafka, MinIO and
+        FerretDB, so they shut down cleanly instead of waiting on a broker that is gone.
         """
-        pid_dir = self.profile.run_dir / "pids"
-        extras = sorted(p.stem for p in pid_dir.glob("*.pid")) if pid_dir.exists() else []
-        extras = [name for name in extras if name not in SERVICES and name not in INFRA]
+        supervisor = Supervisor(self.profile.run_dir)
+        known = [state.name for state in supervisor.states()]
+        extras = sorted(name for name in known if name not in SERVICES and name not in INFRA)
         stopped = []
         for name in [*reversed(SERVICES), *extras, *reversed(INFRA)]:
             if self.proc(name).stop():
                 stopped.append(name)
+        supervisor.shutdown()
         return stopped
 
     def status(self) -> dict[str, tuple[int | None, bool]]:
         return {name: (self.proc(name).pid(), self.healthy(name)) for name in [*INFRA, *SERVICES]}
+
+    def supervised(self) -> dict[str, ProgramState]:
+        """What supervisord says of every process of the profile (extra instances too)."""
+        return {state.name: state for state in Supervisor(self.profile.run_dir).states()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -584,10 +576,21 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "status":
         all_ok = True
+        supervised = stack.supervised()
         for name, (pid, ok) in stack.status().items():
             all_ok &= ok
             state = "healthy" if ok else ("UNHEALTHY" if pid else "not running")
-            print(f"{name:9} {state:11} {'pid ' + str(pid) if pid else ''}")
+            program = supervised.get(name)
+            detail = f"{program.state}: {program.description}" if program is not None else "never started"
+            print(f"{name:9} {state:11} {detail}")
+        for name, program in sorted(supervised.items()):
+            if name not in INFRA and name not in SERVICES:
+                print(f"{name:9} {'extra':11} {program.state}: {program.description}")
+        for program in supervised.values():
+            if program.crash_looping:
+                all_ok = False
+                log = profile.run_dir / "logs" / f"{program.name}.log"
+                print(f"  crash loop: {program.name} keeps exiting at start ({program.state}); see {log}")
         health = gateway_health(profile.gateway_url)
         print(f"{'healthz':9} {health.get('status', 'unreachable'):11} {profile.gateway_url}/healthz")
         for problem in health.get("problems", []):

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from infra.stack import SERVICES, Process, Stack, load_profile
+from infra.supervisor import ProgramState, Supervisor
 from libs.cli.__main__ import main as cli
 from libs.cli.kafka_tools import tool_command
 from libs.cli.schemas import render_schemas
@@ -89,18 +90,27 @@ def test_an_extra_instance_has_its_own_id_no_health_port_and_its_own_settings(mo
     assert second["DARKROOM_LOG_LEVEL"] == "DEBUG" and "DARKROOM_LOG_LEVEL" not in first
 
 
-def test_down_stops_extra_instances_before_the_infrastructure(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_down_stops_extra_instances_before_the_infrastructure_then_the_supervisor(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     profile = replace(load_profile("bench"), run_dir=tmp_path)
-    (tmp_path / "pids").mkdir()
-    for name in ("kafka", "decoder", "decoder-2", "gateway"):
-        (tmp_path / "pids" / f"{name}.pid").write_text("1 1\n")
+    running = {"kafka", "decoder", "decoder-2", "gateway"}
     order: list[str] = []
+
+    def states(supervisor: Supervisor) -> list[ProgramState]:
+        return [ProgramState(name, "RUNNING", 1, "") for name in sorted(running)]
 
     def stop(process: Process, timeout_s: float = 20.0, sig: int = 15) -> bool:
         order.append(process.name)
-        return (tmp_path / "pids" / f"{process.name}.pid").exists()
+        return process.name in running
 
+    def shutdown(supervisor: Supervisor, timeout_s: float = 60.0) -> bool:
+        order.append("supervisord")
+        return True
+
+    monkeypatch.setattr(Supervisor, "states", states)
+    monkeypatch.setattr(Supervisor, "shutdown", shutdown)
     monkeypatch.setattr(Process, "stop", stop)
     stopped = Stack(profile, say=lambda _: None).down()
     assert stopped == ["gateway", "decoder", "decoder-2", "kafka"]
-    assert order.index("decoder-2") < order.index("ferretdb")
+    assert order.index("decoder-2") < order.index("ferretdb") and order[-1] == "supervisord"
