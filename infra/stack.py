@@ -1,4 +1,4 @@
-"""Run darkroom locally without Docker: Kafka, MinIO, FerretDB and the six services.
+"""Run darkroom locally without Docker: Kafka, MinIO, FerretDB and the seven services.
 
 Usage: python -m infra.stack [--profile dev|test] up [--infra-only]
        python -m infra.stack [--profile dev|test] down | status | logs
@@ -48,6 +48,7 @@ SERVICE_PROCESSES: dict[str, tuple[str, dict[str, str]]] = {
     "decoder-api": ("decoder", {"DARKROOM_POOL": "api"}),
     "safety": ("safety", {}),
     "storage": ("storage", {}),
+    "metering": ("metering", {}),
     "gateway": ("gateway", {}),
 }
 SERVICES = tuple(SERVICE_PROCESSES)

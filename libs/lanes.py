@@ -99,6 +99,15 @@ def _declared() -> dict[str, Any]:
 
 
 @cache
+def declared_partitions(topic: str) -> int:
+    """The partitions infra/topics.yaml declares for a topic.
+
+    Raises:
+        KeyError: The topic is not declared.
+    """
+    return int(_declared()["topics"][topic]["partitions"])
+
+
 def models() -> tuple[str, ...]:
     """Every model with render topics: the default, then those declared under `models:`."""
     return (DEFAULT_MODEL, *(_declared().get("models") or {}))

@@ -23,6 +23,7 @@ POLICIES = "darkroom.policies"
 REVOCATIONS = "darkroom.revocations"
 POLICY_HISTORY = "darkroom.policies.history"
 ACCOUNT_TIERS = "darkroom.accounts.tiers"
+USAGE = "darkroom.usage"
 HEARTBEATS = "darkroom.system.heartbeats"
 DEAD_LETTERS = "darkroom.system.dlq"
 
@@ -79,6 +80,7 @@ ALL_TOPICS = (
     REVOCATIONS,
     POLICY_HISTORY,
     ACCOUNT_TIERS,
+    USAGE,
     HEARTBEATS,
     DEAD_LETTERS,
     *API_VARIANTS.values(),

@@ -11,6 +11,7 @@ darkroom dlq replay OFFSET... | --all        send parked messages back to their 
 darkroom rebuild                             drop the read models and rebuild them from the topics
 darkroom lanes                               per lane: jobs waiting, bound, taken, jobs/s, paused, refused
 darkroom models list|add|validate|rollout|promote|rollback   model versions and their rollout, applied live
+darkroom usage --account ID                  an account's metered usage per UTC day
 """
 
 from __future__ import annotations
@@ -319,6 +320,9 @@ def main(argv: list[str] | None = None) -> int:
     lanes.add_argument("--bootstrap", default=default_bootstrap(), help="broker (default: %(default)s)")
 
     _add_models_parser(commands)
+    usage = commands.add_parser("usage", help="an account's metered usage per UTC day (YAML)")
+    usage.add_argument("--account", required=True, help="the account id (acct_...)")
+    usage.add_argument("--bootstrap", default=default_bootstrap(), help="broker (default: %(default)s)")
 
     args, rest = parser.parse_known_args(argv)
     if args.command == "kafka":
@@ -341,6 +345,15 @@ def main(argv: list[str] | None = None) -> int:
         return _lanes(args)
     if args.command == "models":
         return _models(args)
+    if args.command == "usage":
+        from libs.cli.usage import show_usage
+
+        try:
+            print(show_usage(args.bootstrap, args.account), end="")
+        except (TimeoutError, OSError) as exc:
+            print(f"darkroom: {exc}", file=sys.stderr)
+            return 1
+        return 0
     if args.command == "schemas":
         written = export_schemas(args.directory)
         print(f"wrote {len(written)} files to {args.directory}")

@@ -12,7 +12,7 @@ from libs.events import REGISTRY, Envelope
 from libs.events.schemas import BatchLoad, LaneLoad, ServiceHeartbeat
 from libs.lanes import DEFAULT_MODEL
 
-SERVICES = ("gateway", "auth", "requests", "decoder", "safety", "storage")
+SERVICES = ("gateway", "auth", "requests", "decoder", "safety", "storage", "metering")
 
 
 @dataclass

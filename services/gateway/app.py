@@ -29,7 +29,7 @@ from libs.runtime.wiring import kafka_consumer_factory, kafka_producer, minio_st
 from libs.settings import GatewaySettings
 from libs.stores.grouped import GroupedInserts
 from libs.stores.ports import BlobStore, DocumentStore
-from services.gateway import accounts, admin, edits, images, library, served_models, web
+from services.gateway import accounts, admin, edits, images, library, served_models, usage, web
 from services.gateway.catalog import ImageCatalog
 from services.gateway.context import Gateway
 from services.gateway.errors import install_error_handlers
@@ -47,6 +47,7 @@ from services.gateway.limits import (
     usage_since,
 )
 from services.gateway.live import JobProjection, LiveEvents
+from services.gateway.metered import MeteredUsage
 from services.gateway.metrics import FleetCollector, RequestMetrics
 from services.gateway.metrics import exposition as metrics_exposition
 from services.gateway.tracing import TracingMiddleware
@@ -130,7 +131,10 @@ def create_app(
         runtime.publisher,
         owned=False,
     )
-    for feed in (access_feed, usage_feed):
+    metered = MeteredUsage()
+    # The metering service's per-account usage (compacted): read, never answered for.
+    metered_feed = Feed("metered", readers("metered", [topics.USAGE], {}), metered, runtime.publisher, owned=False)
+    for feed in (access_feed, usage_feed, metered_feed):
         # Loaded before the app serves (lifespan), followed in the background, closed last.
         runtime.on_start.append(feed.load)
         runtime.background.append(feed.follow)
@@ -161,6 +165,7 @@ def create_app(
         idempotency=IdempotencyKeys(docs),
         lanes=lane_monitor,
         heartbeats=monitor,
+        metered=metered,
     )
 
     @asynccontextmanager
@@ -191,6 +196,7 @@ def create_app(
     app.include_router(library.router)
     app.include_router(accounts.router)
     app.include_router(served_models.router)
+    app.include_router(usage.router)
     app.include_router(admin.router)
     app.include_router(web.router)
     app.mount("/web", web.assets(), name="web")

@@ -19,6 +19,7 @@ from services.gateway.idempotency import IdempotencyKeys
 from services.gateway.lanes import LaneMonitor
 from services.gateway.limits import Limits
 from services.gateway.live import JobProjection, LiveEvents
+from services.gateway.metered import MeteredUsage
 from services.gateway.metrics import TIER_STATE
 
 
@@ -37,6 +38,7 @@ class Gateway:
     idempotency: IdempotencyKeys
     lanes: LaneMonitor
     heartbeats: HeartbeatMonitor
+    metered: MeteredUsage
 
     @property
     def signer(self) -> str:

@@ -20,7 +20,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_PATH = REPO_ROOT / "docker-compose.yml"
 DOCKERFILE_PATH = REPO_ROOT / "Dockerfile"
 
-APP_SERVICES = ("gateway", "auth", "requests", "decoder", "safety", "storage")
+APP_SERVICES = ("gateway", "auth", "requests", "decoder", "safety", "storage", "metering")
 INFRA_SERVICES = ("kafka", "minio", "mongo")
 ONE_SHOT_SERVICES = ("topics",)
 VALID_CONDITIONS = {"service_started", "service_healthy", "service_completed_successfully"}

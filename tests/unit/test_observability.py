@@ -78,7 +78,7 @@ def test_prometheus_scrapes_every_service_on_its_metrics_port() -> None:
     assert config["rule_files"] == ["/etc/prometheus/alerts.yml"]
     jobs = {job["job_name"]: job for job in config["scrape_configs"]}
     services = compose()["services"]
-    for name in ("gateway", "auth", "requests", "decoder", "decoder-api", "safety", "storage"):
+    for name in ("gateway", "auth", "requests", "decoder", "decoder-api", "safety", "storage", "metering"):
         [target] = jobs[f"darkroom-{name}"]["dns_sd_configs"]
         assert target["names"] == [name] and name in services
         assert target["port"] == (

@@ -50,6 +50,7 @@ from libs.events.schemas.render import AbortRender, RenderJob, RenderProgressed,
 from libs.events.schemas.safety import CheckContent, CheckPrompt, PolicyCategory, SafetyPolicy, SafetyVerdict
 from libs.events.schemas.storage import ImageStored, StoreImage
 from libs.events.schemas.system import BatchLoad, DeadLetter, LaneLoad, ServiceHeartbeat
+from libs.events.schemas.usage import AccountUsage, ModelUsage
 
 __all__ = [
     "BASE_VERSION",
@@ -59,6 +60,7 @@ __all__ = [
     "AccountCommandFailed",
     "AccountCreated",
     "AccountRejected",
+    "AccountUsage",
     "BatchLoad",
     "CancelJob",
     "ChangeTier",
@@ -86,6 +88,7 @@ __all__ = [
     "KeyRevoked",
     "LaneLoad",
     "ModelRolloutChanged",
+    "ModelUsage",
     "ModelVersionAdded",
     "ModelVersionFailed",
     "ModelVersionValidated",

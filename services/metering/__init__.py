@@ -1,0 +1,1 @@
+"""The metering service: per-account usage tables, folded from the request events with faust."""

@@ -1,0 +1,120 @@
+"""The metering service's faust app: request events -> per-job facts -> per-account usage.
+
+Tables (faust, in memory, each backed by a compacted changelog topic that faust creates,
+so a restarted worker rebuilds them; partitions match the topics they are keyed by):
+
+- `metering-jobs` / `metering-jobs-api`: job id -> the job's facts, co-partitioned with the
+  request events of consumer and api jobs (6 and 3 partitions);
+- `metering-daily`: "<account>|<day>" -> that day's `AccountUsage`, fed by the internal
+  `darkroom.metering.completed` topic (one record per completed job, keyed by account);
+- `metering-per-minute`: account -> images per minute, a tumbling window of 60 s kept for
+  an hour (the per-minute view abuse detection reads).
+
+Every change of a day's usage is published as `AccountUsage` on `darkroom.usage`
+(compacted): the gateways and `darkroom usage` read it. Processing is at least once:
+a worker killed between updating a table and committing its input may count that input
+again; the per-job step drops a job's facts once it counted it, so a redelivered
+completion counts nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+from typing import Any, Final
+
+import faust
+
+from libs import topics
+from libs.events import REGISTRY, DecodeError, Envelope
+from libs.events.schemas import AccountUsage
+from libs.lanes import declared_partitions
+from services.metering.domain import (
+    CompletedJob,
+    JobFacts,
+    add_completed,
+    on_request_event,
+    usage_from_table,
+    usage_key,
+)
+
+log = logging.getLogger(__name__)
+
+APP_ID: Final = "darkroom-metering"
+COMPLETED_TOPIC: Final = "darkroom.metering.completed"
+COMPLETED_PARTITIONS: Final = 6
+MINUTE_WINDOW_S: Final = 60.0
+MINUTE_WINDOW_KEPT: Final = timedelta(hours=1)
+
+Publish = Callable[[AccountUsage], Awaitable[None]]
+
+
+def request_partitions() -> dict[str, int]:
+    """The request-event topics and their partitions, as infra/topics.yaml declares them."""
+    return {name: declared_partitions(name) for name in (topics.REQUEST_EVENTS, topics.REQUEST_EVENTS_API)}
+
+
+def build_app(bootstrap: str, publish: Publish, *, app_id: str = APP_ID) -> faust.App:
+    """The metering app on a Kafka bootstrap address; `publish` puts a day's usage on the bus."""
+    app = faust.App(
+        app_id,
+        broker=f"kafka://{bootstrap}",
+        store="memory://",
+        web_enabled=False,
+        autodiscover=False,
+        topic_partitions=COMPLETED_PARTITIONS,
+        consumer_auto_offset_reset="earliest",
+        producer_acks=-1,
+    )
+    completed = app.topic(
+        COMPLETED_TOPIC,
+        key_type=str,
+        value_type=bytes,
+        value_serializer="raw",
+        partitions=COMPLETED_PARTITIONS,
+        internal=True,
+    )
+    daily = app.Table("metering-daily", default=None, partitions=COMPLETED_PARTITIONS)
+    per_minute = app.Table("metering-per-minute", default=int, partitions=COMPLETED_PARTITIONS).tumbling(
+        MINUTE_WINDOW_S, expires=MINUTE_WINDOW_KEPT
+    )
+
+    for name, partitions in request_partitions().items():
+        jobs = app.Table(f"metering-jobs-{name.rsplit('.', 1)[-1]}", default=None, partitions=partitions)
+        source = app.topic(name, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
+        app.agent(source, name=f"jobs-of-{name}")(_job_agent(jobs, completed))
+
+    async def count(stream: faust.StreamT[Any]) -> None:
+        async for account, value in stream.items():
+            job = CompletedJob.model_validate_json(value)
+            key = usage_key(account, job.day)
+            usage = add_completed(usage_from_table(daily.get(key)), job)
+            daily[key] = usage.model_dump(mode="json")
+            per_minute[account] += job.images
+            await publish(usage)
+
+    app.agent(completed, name="usage-per-account")(count)
+    return app
+
+
+def _job_agent(jobs: Any, completed: Any) -> Callable[[Any], Awaitable[None]]:
+    async def follow(stream: Any) -> None:
+        async for key, value in stream.items():
+            try:
+                event = REGISTRY.decode(Envelope.from_bytes(value))
+            except DecodeError:
+                continue  # the requests service dead-letters it; nothing to meter
+            job_id = key.decode() if isinstance(key, bytes) else str(key)
+            stored = jobs.get(job_id)
+            facts = JobFacts.model_validate(stored) if stored else None
+            kept, done = on_request_event(facts, event)
+            if kept is None:
+                if stored is not None:
+                    del jobs[job_id]
+            elif kept != facts:
+                jobs[job_id] = kept.model_dump()
+            if done is not None:
+                await completed.send(key=done.account_id, value=done.model_dump_json().encode())
+
+    return follow

@@ -1,0 +1,108 @@
+"""What the metering service counts: pure decisions over request events (no faust, no I/O).
+
+Two steps, as the faust app runs them (services/metering/app.py):
+
+1. per job (tables keyed by job id, co-partitioned with the request events): a job's facts
+   (owner, tier, model, UTC day) are kept from `JobAccepted`; its `JobCompleted` becomes one
+   `CompletedJob` record, keyed by account, and the facts are dropped (so a redelivered
+   completion finds nothing and counts nothing); a job that ends otherwise is dropped;
+2. per account-day (tables keyed by account): each `CompletedJob` is added to the day's
+   usage, which is published as `AccountUsage` on the compacted usage topic.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from libs.events import Event
+from libs.events.schemas import (
+    AccountUsage,
+    JobAccepted,
+    JobBlocked,
+    JobCancelled,
+    JobCompleted,
+    JobFailed,
+    ModelUsage,
+)
+
+
+class JobFacts(BaseModel):
+    """What metering keeps of an accepted job until it ends."""
+
+    model_config = ConfigDict(frozen=True)
+
+    account_id: str
+    tier: str
+    model: str
+    day: str
+
+
+class CompletedJob(BaseModel):
+    """A completed job, as the per-account step counts it (keyed by account)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    job_id: str
+    account_id: str
+    tier: str
+    model: str
+    day: str
+    images: int
+    output_tokens: int
+
+
+def usage_key(account_id: str, day: str) -> str:
+    """The key of an account-day, in the tables and on the usage topic."""
+    return f"{account_id}|{day}"
+
+
+def on_request_event(facts: JobFacts | None, event: Event) -> tuple[JobFacts | None, CompletedJob | None]:
+    """A request event's effect on its job: the facts to keep (None: forget the job) and
+    the completion to count, if any."""
+    if isinstance(event, JobAccepted):
+        spec = event.spec
+        kept = JobFacts(
+            account_id=spec.account_id, tier=spec.tier, model=spec.model, day=event.created_at.date().isoformat()
+        )
+        return (facts or kept), None
+    if isinstance(event, JobCompleted):
+        if facts is None:
+            return None, None  # counted already (a redelivery), or accepted before metering began
+        done = CompletedJob(
+            job_id=event.job_id,
+            account_id=facts.account_id,
+            tier=facts.tier,
+            model=facts.model,
+            day=facts.day,
+            images=len(event.images),
+            output_tokens=event.usage.output_tokens if event.usage is not None else 0,
+        )
+        return None, done
+    if isinstance(event, JobBlocked | JobFailed | JobCancelled):
+        return None, None
+    return facts, None
+
+
+def add_completed(usage: AccountUsage | None, job: CompletedJob) -> AccountUsage:
+    """The account-day's usage with one more completed job."""
+    by_model = dict(usage.by_model) if usage is not None else {}
+    model = by_model.get(job.model) or ModelUsage()
+    by_model[job.model] = ModelUsage(
+        jobs=model.jobs + 1, images=model.images + job.images, output_tokens=model.output_tokens + job.output_tokens
+    )
+    return AccountUsage(
+        account_id=job.account_id,
+        day=job.day,
+        tier=job.tier,
+        jobs=(usage.jobs if usage else 0) + 1,
+        images=(usage.images if usage else 0) + job.images,
+        output_tokens=(usage.output_tokens if usage else 0) + job.output_tokens,
+        by_model=by_model,
+    )
+
+
+def usage_from_table(value: dict[str, Any] | None) -> AccountUsage | None:
+    """A usage table value (stored as plain JSON) read back."""
+    return AccountUsage.model_validate(value) if value else None

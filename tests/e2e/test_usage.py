@@ -1,0 +1,87 @@
+"""End to end: the metering service (faust) folds completed jobs into per-account usage.
+
+Through the official SDK, a new account makes two jobs (three images); `GET /v1/usage`
+then shows that day's jobs, images and output tokens, equal to what the jobs completed;
+another account sees none of it, and `darkroom usage --account` shows the same to operators.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import yaml
+
+from infra.stack import Stack
+from libs.cli.accounts import create_account
+from libs.settings import DEV_SIGNING_KEY
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _account(stack: Stack) -> dict[str, Any]:
+    email = f"usage-{uuid.uuid4().hex[:10]}@example.com"
+    return dict(asyncio.run(create_account(stack.profile.kafka_bootstrap, email, "pro", DEV_SIGNING_KEY)))
+
+
+def _usage(stack: Stack, key: str) -> dict[str, Any]:
+    response = httpx.get(
+        f"{stack.profile.gateway_url}/v1/usage", headers={"authorization": f"Bearer {key}"}, timeout=30
+    )
+    assert response.status_code == 200, response.text
+    return dict(response.json())
+
+
+def test_metered_usage_equals_the_completed_jobs_and_is_the_owners_alone(running: Stack) -> None:
+    owner, other = _account(running), _account(running)
+    client = openai.OpenAI(base_url=f"{running.profile.gateway_url}/v1", api_key=owner["api_key"], max_retries=0)
+    results = [
+        client.images.generate(prompt="a red circle", quality="low", n=1),
+        client.images.generate(prompt="a blue square", quality="low", n=2),
+    ]
+    images = sum(len(r.data) for r in results)
+    tokens = sum(r.usage.output_tokens for r in results if r.usage is not None)
+    assert images == 3
+
+    deadline = time.monotonic() + 60
+    while True:
+        body = _usage(running, owner["api_key"])
+        if body["data"] and body["data"][-1]["jobs"] == 2:
+            break
+        assert time.monotonic() < deadline, f"usage never reached 2 jobs: {body}"
+        time.sleep(0.5)
+    [day] = body["data"]
+    assert (day["jobs"], day["images"], day["output_tokens"]) == (2, images, tokens)
+    assert day["by_model"] == {"darkroom-mini": {"jobs": 2, "images": 3, "output_tokens": tokens}}
+    assert body["account_id"] == owner["id"]
+    assert _usage(running, other["api_key"])["data"] == []  # owner-only
+
+    env = os.environ | {"PYTHONPATH": str(REPO)}
+    shown = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "libs.cli",
+            "usage",
+            "--account",
+            owner["id"],
+            "--bootstrap",
+            running.profile.kafka_bootstrap,
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    [cli_day] = yaml.safe_load(shown.stdout)["days"]
+    assert (cli_day["jobs"], cli_day["images"], cli_day["output_tokens"]) == (2, 3, tokens)

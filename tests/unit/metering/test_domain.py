@@ -1,0 +1,67 @@
+"""What the metering service counts (pure decisions; the faust app only stores and forwards)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from libs.events.schemas import ImageRef, JobAccepted, JobBlocked, JobCompleted, JobQueued, Usage
+from services.metering.domain import JobFacts, add_completed, on_request_event, usage_from_table, usage_key
+from tests.helpers import job_spec
+
+ACCEPTED_AT = datetime(2026, 12, 5, 23, 59, tzinfo=UTC)
+
+
+def _accepted(job_id: str = "job_1", account: str = "acct_a", model: str = "darkroom-mini") -> JobAccepted:
+    return JobAccepted(job_id=job_id, spec=job_spec(account_id=account, model=model, n=2), created_at=ACCEPTED_AT)
+
+
+def _completed(job_id: str = "job_1", images: int = 2) -> JobCompleted:
+    refs = [
+        ImageRef(
+            index=i,
+            image_id=f"img_{i}",
+            object_key="k",
+            tokens_key="t",
+            content_type="image/png",
+            size_bytes=1,
+            sha256="s",
+        )
+        for i in range(images)
+    ]
+    usage = Usage(input_tokens=5, text_tokens=5, image_tokens=0, output_tokens=256 * images)
+    return JobCompleted(job_id=job_id, images=refs, usage=usage)
+
+
+def test_a_completed_job_is_counted_once_for_its_owner_on_the_day_it_was_accepted() -> None:
+    facts, done = on_request_event(None, _accepted())
+    assert facts == JobFacts(account_id="acct_a", tier=facts.tier, model="darkroom-mini", day="2026-12-05")  # type: ignore[union-attr]
+    assert done is None
+    facts, _ = on_request_event(facts, JobQueued(job_id="job_1", lane="pro", topic="t", partition=0))
+    facts, done = on_request_event(facts, _completed())
+    assert facts is None and done is not None
+    assert (done.account_id, done.day, done.images, done.output_tokens) == ("acct_a", "2026-12-05", 2, 512)
+    # A redelivered completion finds the job forgotten: nothing counted twice.
+    assert on_request_event(None, _completed()) == (None, None)
+
+
+def test_a_job_that_ends_without_images_is_forgotten_and_counts_nothing() -> None:
+    facts, _ = on_request_event(None, _accepted())
+    blocked = JobBlocked(job_id="job_1", stage="prompt", category="violence", message="no")
+    assert on_request_event(facts, blocked) == (None, None)
+
+
+def test_a_redelivered_acceptance_keeps_the_first_facts() -> None:
+    facts, _ = on_request_event(None, _accepted())
+    again, _ = on_request_event(facts, _accepted(account="acct_other"))
+    assert again == facts
+
+
+def test_a_days_usage_adds_jobs_images_and_tokens_per_model() -> None:
+    first = on_request_event(on_request_event(None, _accepted("j1"))[0], _completed("j1"))[1]
+    second = on_request_event(on_request_event(None, _accepted("j2", model="amused-256"))[0], _completed("j2", 1))[1]
+    assert first is not None and second is not None
+    usage = add_completed(add_completed(None, first), second)
+    assert (usage.jobs, usage.images, usage.output_tokens) == (2, 3, 768)
+    assert {m: (u.jobs, u.images) for m, u in usage.by_model.items()} == {"darkroom-mini": (1, 2), "amused-256": (1, 1)}
+    assert usage_from_table(usage.model_dump(mode="json")) == usage
+    assert usage_key("acct_a", "2026-12-05") == "acct_a|2026-12-05"
