@@ -67,6 +67,14 @@ class JobState(BaseModel):
         return self.status in TERMINAL
 
 
+def accepted_seed(accepted: JobAccepted) -> JobState:
+    """A job's revision 0 in the gateway's read model, as its `JobAccepted` gives it: what the
+    gateway that took the job seeded, and what a job that reached the requests service without
+    a gateway (or a rebuilt read model) gets from the event."""
+    spec = accepted.spec
+    return JobState(job_id=accepted.job_id, spec=spec, created_at=accepted.created_at, total_passes=spec.passes)
+
+
 def evolve(state: JobState | None, event: Event, sequence: int) -> JobState | None:
     """Apply one request event to a job's state.
 

@@ -28,7 +28,7 @@ from libs.bus.logreader import KafkaLogReader, read_to_end
 from libs.bus.ports import Record
 from libs.events import REGISTRY, DecodeError, Envelope
 from libs.events.schemas import JobAccepted, StoreImage
-from libs.jobs import JobState
+from libs.jobs import accepted_seed
 from libs.stores.mongo import MongoDocumentStore
 from libs.stores.ports import DocumentStore
 from services.gateway.catalog import IMAGE_HASHES
@@ -78,8 +78,7 @@ class Rebuilder:
 
     async def _accepted(self, accepted: JobAccepted) -> None:
         spec = accepted.spec
-        seeded = JobState(job_id=accepted.job_id, spec=spec, created_at=accepted.created_at, total_passes=spec.passes)
-        await self._jobs.seed(seeded)
+        await self._jobs.seed(accepted_seed(accepted))
         if spec.idempotency_key is not None:
             doc_id = claim_id(spec.account_id, spec.idempotency_key)
             claim = claim_document(spec.account_id, accepted.job_id, accepted.created_at, request_fingerprint(spec))

@@ -21,8 +21,8 @@ from typing import Any
 from libs import topics
 from libs.bus import Record, TransientError
 from libs.events import REGISTRY, Envelope
-from libs.events.schemas import JobCompleted, RenderProgressed
-from libs.jobs import JobState, evolve
+from libs.events.schemas import JobAccepted, JobCompleted, RenderProgressed
+from libs.jobs import JobState, accepted_seed, evolve
 from libs.recent import RecentMap
 from libs.stores.ports import DocumentStore, StoreUnavailable
 from libs.stores.revisions import RevisionLog
@@ -130,6 +130,10 @@ class JobProjection:
                 current = await self.get(envelope.aggregate_id)
             if current is not None and current.sequence >= envelope.sequence:
                 return
+            if isinstance(event, JobAccepted) and current is None:
+                # Revision 0 is the gateway's seed; a job that came without one (published to the
+                # command topic by another producer) gets it from the event, as a rebuild does.
+                await self._states.append(event.job_id, 0, accepted_seed(event).model_dump(mode="json"))
             state = evolve(current, event, envelope.sequence)
             if state is not None and isinstance(event, JobCompleted):
                 # Before the state: a redelivery after a crash here finds the state not yet
@@ -149,10 +153,10 @@ class JobProjection:
     async def recent(self, limit: int) -> list[str]:
         """The ids of the latest `limit` jobs of any account, newest first.
 
-        Every job has revision 0 (the gateway that took it seeded it) or revision 1 (its
-        JobAccepted; a rebuilt read model has no seeds), so the newest of each of those two
-        revisions, by id (job ids are ULIDs), name the newest jobs: two equality queries
-        instead of a read of every revision.
+        Every job has revision 0 (the gateway that took it seeded it, or its `JobAccepted`
+        did) or, in read models written before that, revision 1, so the newest of each of
+        those two revisions, by id (job ids are ULIDs), name the newest jobs: two equality
+        queries instead of a read of every revision.
         """
         found = await asyncio.gather(
             *(self._docs.find(JOBS, {"sequence": seq}, sort=[("_id", -1)], limit=limit) for seq in (0, 1))

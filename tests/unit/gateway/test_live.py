@@ -111,3 +111,22 @@ async def test_recent_jobs_are_named_by_their_seed_or_their_acceptance_newest_fi
             await projection(envelope, _record(envelope))
     assert await projection.recent(10) == ["job_c", "job_b", "job_a"]
     assert await projection.recent(2) == ["job_c", "job_b"]
+
+
+async def test_a_job_no_gateway_seeded_gets_its_seed_from_its_acceptance_as_a_rebuild_does() -> None:
+    docs = InMemoryDocumentStore()
+    projection = JobProjection(docs)
+    for envelope in _job_events("job_direct"):  # published to the command topic past any gateway
+        await projection(envelope, _record(envelope))
+    seed = await docs.get("gateway_jobs", "job_direct:0000000000")
+    assert seed is not None
+    expected = _seeded().model_copy(update={"job_id": "job_direct"}).model_dump(mode="json")
+    assert {k: v for k, v in seed.items() if not k.startswith("_")} == expected
+
+    # A job its gateway seeded keeps that seed.
+    gateway_seed = _seeded().model_copy(update={"job_id": "job_seeded", "lane": "pro"})
+    await projection.seed(gateway_seed)
+    for envelope in _job_events("job_seeded"):
+        await projection(envelope, _record(envelope))
+    kept = await docs.get("gateway_jobs", "job_seeded:0000000000")
+    assert kept is not None and kept["lane"] == "pro"
