@@ -77,6 +77,17 @@ class MinioSettings(ServiceSettings):
         return {"minio_secret_key": self.minio_secret_key}
 
 
+class MeteringSettings(ServiceSettings):
+    """The metering service: what its abuse detection does about an account over its limits."""
+
+    abuse_action: Literal["flag", "suspend"] = "flag"
+    """`flag`: publish `AccountFlagged` (a metric and an alert follow); `suspend`: also revoke
+    every key of the account (every gateway refuses it within a second)."""
+    abuse_tolerance: float = Field(default=1.5, ge=1.0)
+    """How far over its tier's admissible images (per minute, per day) an account may go before
+    it is flagged: gateways enforce limits per replica within an error bound (libs/ratelimit.py)."""
+
+
 class StorageSettings(MinioSettings, MongoSettings):
     """The storage service: MinIO and MongoDB."""
 

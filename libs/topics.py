@@ -24,6 +24,7 @@ REVOCATIONS = "darkroom.revocations"
 POLICY_HISTORY = "darkroom.policies.history"
 ACCOUNT_TIERS = "darkroom.accounts.tiers"
 USAGE = "darkroom.usage"
+ACCOUNT_FLAGS = "darkroom.accounts.flags"
 HEARTBEATS = "darkroom.system.heartbeats"
 DEAD_LETTERS = "darkroom.system.dlq"
 
@@ -81,6 +82,7 @@ ALL_TOPICS = (
     POLICY_HISTORY,
     ACCOUNT_TIERS,
     USAGE,
+    ACCOUNT_FLAGS,
     HEARTBEATS,
     DEAD_LETTERS,
     *API_VARIANTS.values(),

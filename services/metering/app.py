@@ -20,8 +20,9 @@ completion counts nothing.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
 import faust
@@ -48,6 +49,8 @@ MINUTE_WINDOW_S: Final = 60.0
 MINUTE_WINDOW_KEPT: Final = timedelta(hours=1)
 
 Publish = Callable[[AccountUsage], Awaitable[None]]
+Counted = Callable[[str, str, str, int, str, int], Awaitable[None]]
+"""(account, tier, minute, images that minute, day, images that day), after each counted job."""
 
 
 def request_partitions() -> dict[str, int]:
@@ -55,8 +58,9 @@ def request_partitions() -> dict[str, int]:
     return {name: declared_partitions(name) for name in (topics.REQUEST_EVENTS, topics.REQUEST_EVENTS_API)}
 
 
-def build_app(bootstrap: str, publish: Publish, *, app_id: str = APP_ID) -> faust.App:
-    """The metering app on a Kafka bootstrap address; `publish` puts a day's usage on the bus."""
+def build_app(bootstrap: str, publish: Publish, counted: Counted | None = None, *, app_id: str = APP_ID) -> faust.App:
+    """The metering app on a Kafka bootstrap address; `publish` puts a day's usage on the bus,
+    `counted` (abuse detection) hears each account's images in the minute and the day."""
     app = faust.App(
         app_id,
         broker=f"kafka://{bootstrap}",
@@ -93,6 +97,11 @@ def build_app(bootstrap: str, publish: Publish, *, app_id: str = APP_ID) -> faus
             daily[key] = usage.model_dump(mode="json")
             per_minute[account] += job.images
             await publish(usage)
+            if counted is not None:
+                event = faust.current_event()
+                at = event.message.timestamp if event is not None else time.time()
+                minute = datetime.fromtimestamp(at - at % MINUTE_WINDOW_S, UTC).isoformat()
+                await counted(account, job.tier, minute, per_minute[account].current(), job.day, usage.images)
 
     app.agent(completed, name="usage-per-account")(count)
     return app

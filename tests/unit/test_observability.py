@@ -33,6 +33,7 @@ def exported_names() -> set[str]:
     # Importing the modules registers their metrics in the process registry.
     import services.auth.handlers
     import services.decoder.engine
+    import services.metering.abuse
     import services.safety.handlers  # noqa: F401
 
     fleet = FleetCollector(LaneMonitor(None).figures, dict, dict, lambda: {})
@@ -97,6 +98,7 @@ def test_every_alert_rule_is_complete_and_names_exported_metrics() -> None:
         "DarkroomConsumerLag",
         "DarkroomDeadLetters",
         "DarkroomServerErrors",
+        "DarkroomAccountFlagged",
     } <= set(alerts)
     for name, rule in alerts.items():
         assert rule["labels"]["severity"] in {"page", "warn"}, name

@@ -50,7 +50,7 @@ from libs.events.schemas.render import AbortRender, RenderJob, RenderProgressed,
 from libs.events.schemas.safety import CheckContent, CheckPrompt, PolicyCategory, SafetyPolicy, SafetyVerdict
 from libs.events.schemas.storage import ImageStored, StoreImage
 from libs.events.schemas.system import BatchLoad, DeadLetter, LaneLoad, ServiceHeartbeat
-from libs.events.schemas.usage import AccountUsage, ModelUsage
+from libs.events.schemas.usage import AccountFlagged, AccountUsage, ModelUsage
 
 __all__ = [
     "BASE_VERSION",
@@ -59,6 +59,7 @@ __all__ = [
     "AbortRender",
     "AccountCommandFailed",
     "AccountCreated",
+    "AccountFlagged",
     "AccountRejected",
     "AccountUsage",
     "BatchLoad",

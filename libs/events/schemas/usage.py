@@ -38,3 +38,24 @@ class AccountUsage(Event):
     images: int = Field(ge=0)
     output_tokens: int = Field(ge=0)
     by_model: dict[str, ModelUsage] = {}
+
+
+@REGISTRY.register
+class AccountFlagged(Event):
+    """Metering: an account used more than its tier's policy could have admitted (topic
+    `darkroom.accounts.flags`, keyed by account): a bypass of the gateways' limits, a bug in
+    a gateway, or a stolen key. `action` says what was done about it."""
+
+    TYPE = "usage.account_flagged"
+
+    account_id: str
+    tier: str
+    reason: str
+    """`per_minute` (images in a minute) or `per_day` (images in a UTC day)."""
+    window: str
+    """The minute (ISO time of its start) or the day (YYYY-MM-DD) that went over."""
+    images: int = Field(ge=0)
+    admissible: int = Field(ge=0)
+    """What the tier's policy admits in that window (times the tolerance, rounded down)."""
+    action: str = "flagged"
+    """`flagged`, or `suspended` (every key of the account revoked)."""
