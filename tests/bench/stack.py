@@ -59,15 +59,19 @@ def let_stand_in_grids_through(stack: Stack) -> None:
 
 
 def cpu_seconds(run_dir: Path) -> dict[str, float]:
-    """CPU time (user + system) each component of the stack has used so far, by name."""
+    """CPU time (user + system) each component of the stack has used so far, by name (the
+    processes the stack's supervisord runs)."""
+    from infra.supervisor import Supervisor
+
     used: dict[str, float] = {}
-    for pid_file in sorted((run_dir / "pids").glob("*.pid")):
-        pid = pid_file.read_text().split()[0]
+    for program in Supervisor(run_dir).states():
+        if program.pid is None:
+            continue
         try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            fields = Path(f"/proc/{program.pid}/stat").read_text().rsplit(")", 1)[1].split()
         except (FileNotFoundError, IndexError):
             continue
-        used[pid_file.stem] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        used[program.name] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     return used
 
 
