@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 import numpy as np
 import torch
@@ -32,6 +33,19 @@ from libs.model.vq import VQConfig, VQTokenizer, images_to_tensor, tensor_to_ima
 from libs.model.world import INTERNAL_SIZE, caption_vocabulary, downsample, upsample
 
 FORMAT: Final = "darkroom-maskgit/1"
+
+#: Rows in every generator and VQ-decoder call on CUDA, and in every VQ-decoder call on a CPU.
+#: BLAS and convolution libraries choose their kernels by a tensor's shape, and another kernel
+#: sums in another order: measured on an H100, one render's pixels differed by up to 3 levels
+#: alone and among 63 companions, and were identical when both calls had one shape; on these
+#: CPUs a decoder call of 1 row and one of 3 differed by 1 level. Calls of one shape keep a
+#: job's bytes its own whatever its batch. On a GPU a call of 64 rows costs about what one of
+#: 1 does; on a CPU rows cost their full price, so there the decoder draws one image per call
+#: (about what batching it saved) and the generator takes each batch as it comes: its logits
+#: may then differ in their last bits with the batch's size, which changes a token only on
+#: an exact tie of sampled scores (none seen).
+CUDA_CALL_ROWS: Final = 64
+CPU_DECODER_CALL_ROWS: Final = 1
 
 
 @dataclass(frozen=True)
@@ -72,6 +86,21 @@ def autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
     return torch.bfloat16 if cpu_supports_bf16() else None
 
 
+def in_calls_of(rows: int | None, network: Callable[..., torch.Tensor], *inputs: torch.Tensor) -> torch.Tensor:
+    """network(*inputs) for inputs of equal rows, in calls of exactly `rows` rows when given (the
+    last call padded with copies of its first row, whose outputs are dropped), else in one."""
+    if rows is None:
+        return network(*inputs)
+    outputs = []
+    for start in range(0, inputs[0].shape[0], rows):
+        chunk = [t[start : start + rows] for t in inputs]
+        real = chunk[0].shape[0]
+        if real < rows:
+            chunk = [torch.cat([c, c[:1].expand(rows - real, *c.shape[1:])]) for c in chunk]
+        outputs.append(network(*chunk)[:real])
+    return torch.cat(outputs)
+
+
 class MaskGITImageModel(GridRenderStart):
     """VQ + MaskGIT behind the ImageModel interface (see libs.model.interface)."""
 
@@ -87,6 +116,8 @@ class MaskGITImageModel(GridRenderStart):
         device: str = "cpu",
         precision: str = "auto",
         metadata: dict[str, Any] | None = None,
+        generator_rows: int | Literal["auto"] | None = "auto",
+        decoder_rows: int | Literal["auto"] | None = "auto",
     ) -> None:
         """Wraps trained (or, for tests, untrained) networks.
 
@@ -100,6 +131,11 @@ class MaskGITImageModel(GridRenderStart):
             precision: "auto" (bf16 autocast on CUDA and on CPUs with native bf16), "float32"
                 or "bfloat16".
             metadata: Free-form facts about the weights (kept from model.json).
+            generator_rows, decoder_rows: Run the generator, the VQ decoder, in calls of
+                exactly this many rows (the last call padded), so that a render's result
+                cannot depend on its batch's size; None runs each batch in one call as it
+                comes; "auto": CUDA_CALL_ROWS on CUDA, else None for the generator and
+                CPU_DECODER_CALL_ROWS for the decoder.
         """
         if vq.config.codebook_size != generator.config.codebook_size:
             raise ValueError("VQ and generator disagree on the codebook size")
@@ -116,6 +152,16 @@ class MaskGITImageModel(GridRenderStart):
         self.precision = precision
         self.metadata = metadata or {}
         self._amp = autocast_dtype(self.device, precision)
+        on_cuda = self.device.type == "cuda"
+        if generator_rows == "auto":
+            generator_rows = CUDA_CALL_ROWS if on_cuda else None
+        if decoder_rows == "auto":
+            decoder_rows = CUDA_CALL_ROWS if on_cuda else CPU_DECODER_CALL_ROWS
+        for rows in (generator_rows, decoder_rows):
+            if rows is not None and rows < 1:
+                raise ValueError(f"a call's rows must be at least 1, got {rows}")
+        self.generator_rows: int | None = generator_rows
+        self.decoder_rows: int | None = decoder_rows
 
     # -- ImageModel -----------------------------------------------------------------------------
 
@@ -189,7 +235,7 @@ class MaskGITImageModel(GridRenderStart):
         ).to(self.device)
         latents = self.vq.fill_latent(t, self.mask_token)
         with self._autocast():
-            images = self.vq.decode_latent(latents)
+            images = in_calls_of(self.decoder_rows, self.vq.decode_latent, latents)
         return [upsample(img, size) for img in tensor_to_images(images.float())]
 
     @torch.no_grad()
@@ -212,7 +258,7 @@ class MaskGITImageModel(GridRenderStart):
         text = torch.from_numpy(self.tokenizer.batch(texts, drop)).to(self.device)
         grid = torch.cat([tokens, tokens]) if g != 1.0 else tokens
         with self._autocast():
-            logits: torch.Tensor = self.generator(grid, text).float()
+            logits = in_calls_of(self.generator_rows, self.generator, grid, text).float()
         if g == 1.0:
             return logits
         cond, uncond = logits.chunk(2)

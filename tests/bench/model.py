@@ -26,6 +26,8 @@ from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import numpy as np
+
 BATCHES = (1, 2, 4, 8, 16, 32, 64)
 PROMPTS = (
     "a red circle on green grass",
@@ -143,6 +145,80 @@ def device_name(device: str) -> str:
     return f"cpu, {torch.get_num_threads()} threads"
 
 
+@dataclass(frozen=True)
+class Invariance:
+    """Whether renders came out the same alone and among companions: how many of the subjects
+    kept every token, how many kept every encoded byte, and the largest pixel difference."""
+
+    companions: int
+    fixed_shape: bool
+    subjects: int
+    same_tokens: int
+    same_bytes: int
+    max_pixel_diff: int
+
+
+def _finish(model: Any, states: list[Any], subjects: int) -> list[Any]:
+    """Steps `states` until its first `subjects` are done; companions that finish first are
+    replaced by fresh ones, so every pass runs at the same batch size."""
+    fresh = 0
+    while not all(s.done for s in states[:subjects]):
+        active = [i for i, s in enumerate(states) if not s.done]
+        stepped = model.step([states[i] for i in active])
+        for i, state in zip(active, stepped, strict=True):
+            states[i] = state
+        for i in range(subjects, len(states)):
+            if states[i].done:
+                fresh += 1
+                states[i] = model.start(PROMPTS[fresh % len(PROMPTS)], 50_000 + fresh, 4 + fresh % 9)
+    return states[:subjects]
+
+
+def batch_invariance(
+    model: Any, companions: int, shape: RenderShape, subjects: int = 4, fixed_shape: bool = False
+) -> Invariance:
+    """Renders `subjects` renders alone, then again among `companions` other renders that
+    started earlier and take other pass counts; compares their final tokens, their pixels and
+    their encoded bytes. With `fixed_shape`, "alone" is among as many other companions, so
+    both runs step batches of one shape: it tells batch-shape effects (a library choosing
+    another kernel for another batch size) from true cross-talk between a batch's rows."""
+    from libs.imaging import encode
+
+    def subject(i: int) -> Any:
+        return model.start(PROMPTS[i % len(PROMPTS)], 7 + i, shape.passes)
+
+    def others(count: int, offset: int) -> list[Any]:
+        states = []
+        for j in range(count):
+            state = model.start(PROMPTS[(j + 3) % len(PROMPTS)], offset + j, 4 + j % 9)
+            for _ in range(j % min(3, state.total_passes)):
+                state = model.step([state])[0]
+            states.append(state)
+        return states
+
+    def rendered(states: list[Any], batch_pixels: int) -> list[tuple[np.ndarray, bytes]]:
+        grids = [s.tokens for s in states]
+        grids += [o.tokens for o in others(batch_pixels - len(states), 90_000)]
+        images = model.preview_batch(grids, shape.size)[: len(states)]
+        return [(img, encode(img, shape.output_format, shape.compression, size=shape.size)) for img in images]
+
+    alone_states = []
+    for i in range(subjects):
+        padding = others(companions, 20_000 + 100 * i) if fixed_shape else []
+        alone_states += _finish(model, [subject(i), *padding], 1)
+    alone = [rendered([s], 1 + companions if fixed_shape else 1)[0] for s in alone_states]
+    together_states = _finish(model, [subject(i) for i in range(subjects)] + others(companions, 30_000), subjects)
+    together = rendered(together_states, subjects + companions)
+    same_tokens = sum(
+        bool(np.array_equal(a.tokens, b.tokens)) for a, b in zip(alone_states, together_states, strict=True)
+    )
+    same_bytes = sum(a[1] == b[1] for a, b in zip(alone, together, strict=True))
+    diff = max(
+        int(np.abs(a[0].astype(np.int16) - b[0].astype(np.int16)).max()) for a, b in zip(alone, together, strict=True)
+    )
+    return Invariance(companions, fixed_shape, subjects, same_tokens, same_bytes, diff)
+
+
 def profile_step(model: Any, batch: int, passes: int, top: int = 18) -> str:
     """cProfile of the passes of one render of `batch` images: where a pass's time goes."""
     states = [model.start(PROMPTS[i % len(PROMPTS)], i, passes) for i in range(batch)]
@@ -170,7 +246,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compression", type=int, default=100, help="0-100 as in the API (png: zlib level)")
     parser.add_argument("--previews", default="", help="passes after which previews are drawn, e.g. 1,2,3")
     parser.add_argument("--kernels", choices=("on", "off", "both"), default="on", help="darkroom's Triton kernels")
+    parser.add_argument(
+        "--calls",
+        choices=("fixed", "as-batched", "both"),
+        default="fixed",
+        help="the built-in model's network calls: padded to one shape (as served), or as each batch comes",
+    )
     parser.add_argument("--profile", type=int, default=0, help="also profile the passes at this batch size")
+    parser.add_argument(
+        "--invariance",
+        type=int,
+        default=0,
+        help="also check that renders come out the same alone and among this many companions",
+    )
     parser.add_argument("--json", default="", help="also write the figures to this file")
     args = parser.parse_args(argv)
 
@@ -186,21 +274,39 @@ def main(argv: list[str] | None = None) -> int:
     batches = tuple(int(b) for b in args.batches.split(","))
     figures: dict[str, Any] = {"device": device_name(device), "shape": asdict(shape)}
     print(f"the model {args.model} alone on {figures['device']}: {shape}")
-    runs = ("on", "off") if args.kernels == "both" else (args.kernels,)
-    for kernels in runs:
+    runs = [
+        (kernels, calls)
+        for kernels in (("on", "off") if args.kernels == "both" else (args.kernels,))
+        for calls in (("fixed", "as-batched") if args.calls == "both" else (args.calls,))
+    ]
+    for kernels, calls in runs:
         os.environ["DARKROOM_KERNELS"] = "triton" if kernels == "on" else "reference"
-        print(f" kernels {kernels}")
         model = load(device, args.model)
+        if calls == "as-batched" and hasattr(model, "generator_rows"):
+            model.generator_rows = model.decoder_rows = None
+        print(f" kernels {kernels}, network calls {calls}")
+        run = f"kernels_{kernels}" if calls == "fixed" else f"kernels_{kernels}_{calls}"
         rates = model_alone(model, batches, shape, args.repeats)
-        figures[f"kernels_{kernels}"] = {b: asdict(r) for b, r in rates.items()}
+        figures[run] = {b: asdict(r) for b, r in rates.items()}
         best = max(rates.values(), key=lambda r: r.images_per_s)
         print(
             f" best: batch {best.batch}, {best.images_per_s / rates[batches[0]].images_per_s:.2f}x batch {batches[0]}"
         )
         if args.profile:
             report = profile_step(model, args.profile, shape.passes)
-            figures[f"profile_{kernels}"] = report
+            figures[f"profile_{run}"] = report
             print(report)
+        if args.invariance:
+            for fixed in (False, True):
+                check = batch_invariance(model, args.invariance, shape, fixed_shape=fixed)
+                figures.setdefault(f"invariance_{run}", []).append(asdict(check))
+                print(
+                    f" alone vs among {check.companions} companions"
+                    f"{' (both in batches of one shape)' if fixed else ''}: "
+                    f"{check.same_tokens}/{check.subjects} same tokens, {check.same_bytes}/{check.subjects} "
+                    f"same {shape.output_format} bytes, largest pixel difference {check.max_pixel_diff}",
+                    flush=True,
+                )
     if args.json:
         with open(args.json, "w", encoding="utf-8") as out:
             json.dump(figures, out, indent=1)

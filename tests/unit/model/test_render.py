@@ -64,3 +64,32 @@ def test_save_and_load_round_trip(model: MaskGITImageModel, tmp_path: object) ->
     assert loaded.codebook_size == model.codebook_size
     # float16 storage: the reloaded model renders (not necessarily identical tokens).
     assert run_passes(loaded, loaded.start(PROMPT, 1, 4))[-1].done
+
+
+@pytest.mark.parametrize("batch", [1, 3, 5])
+def test_calls_of_a_fixed_shape_change_no_render(model: MaskGITImageModel, batch: int) -> None:
+    # On CUDA every network call is padded to one shape (CUDA_CALL_ROWS) so that a render
+    # cannot depend on its batch's size; the padding and the chunking must change nothing.
+    fixed = MaskGITImageModel(
+        model.vq, model.generator, model.tokenizer, model.sampling, precision="float32", generator_rows=3
+    )
+    assert model.generator_rows is None, "CPU models run the generator on each batch in one call"
+    plain_states = [model.start(PROMPT, 40 + i, 4) for i in range(batch)]
+    fixed_states = [fixed.start(PROMPT, 40 + i, 4) for i in range(batch)]
+    while not plain_states[0].done:
+        plain_states, fixed_states = model.step(plain_states), fixed.step(fixed_states)
+        assert plain_states == fixed_states
+
+
+def test_an_image_has_the_same_pixels_alone_and_among_companions(model: MaskGITImageModel) -> None:
+    # A convolution's kernel depends on the batch's size, and its sums on the kernel: the
+    # decoder draws each image in calls of one shape (here on a CPU, one image a call).
+    grids = [s.tokens for s in model.step([model.start(PROMPT, 60 + i, 4) for i in range(5)])]
+    together = model.preview_batch(grids, 64)
+    for grid, among in zip(grids, together, strict=True):
+        np.testing.assert_array_equal(model.preview_batch([grid], 64)[0], among)
+
+
+def test_a_call_holds_a_row_at_least(model: MaskGITImageModel) -> None:
+    with pytest.raises(ValueError, match="at least 1"):
+        MaskGITImageModel(model.vq, model.generator, model.tokenizer, decoder_rows=0)
