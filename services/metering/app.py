@@ -10,8 +10,9 @@ so a restarted worker rebuilds them; partitions match the topics they are keyed 
 - `metering-per-minute`: account -> images per minute, a tumbling window of 60 s kept for
   an hour (the per-minute view abuse detection reads).
 
-Every change of a day's usage is published as `AccountUsage` on `darkroom.usage`
-(compacted): the gateways and `darkroom usage` read it. Processing is at least once:
+Completions are counted in batches (up to COUNT_BATCH, or what came within COUNT_WITHIN_S):
+a batch changes each account-day it holds once, in the table and as one `AccountUsage` on
+`darkroom.usage` (compacted), which the gateways and `darkroom usage` read. Processing is at least once:
 a worker killed between updating a table and committing its input may count that input
 again; the per-job step drops a job's facts once it counted it, so a redelivered
 completion counts nothing.
@@ -20,7 +21,6 @@ completion counts nothing.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
@@ -47,6 +47,11 @@ COMPLETED_TOPIC: Final = "darkroom.metering.completed"
 COMPLETED_PARTITIONS: Final = 6
 MINUTE_WINDOW_S: Final = 60.0
 MINUTE_WINDOW_KEPT: Final = timedelta(hours=1)
+COUNT_BATCH: Final = 500
+COUNT_WITHIN_S: Final = 0.25
+"""Completions are counted in batches of up to COUNT_BATCH, or what came within COUNT_WITHIN_S:
+a batch updates each account-day's usage, and publishes it, once, however many of its jobs
+it holds (an API account's burst costs one usage record, not one per job)."""
 
 Publish = Callable[[AccountUsage], Awaitable[None]]
 Counted = Callable[[str, str, str, int, str, int], Awaitable[None]]
@@ -80,7 +85,7 @@ def build_app(bootstrap: str, publish: Publish, counted: Counted | None = None, 
         internal=True,
     )
     daily = app.Table("metering-daily", default=None, partitions=COMPLETED_PARTITIONS)
-    per_minute = app.Table("metering-per-minute", default=int, partitions=COMPLETED_PARTITIONS).tumbling(
+    per_minute: Any = app.Table("metering-per-minute", default=int, partitions=COMPLETED_PARTITIONS).tumbling(
         MINUTE_WINDOW_S, expires=MINUTE_WINDOW_KEPT
     )
 
@@ -89,19 +94,36 @@ def build_app(bootstrap: str, publish: Publish, counted: Counted | None = None, 
         source = app.topic(name, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
         app.agent(source, name=f"jobs-of-{name}")(_job_agent(jobs, completed))
 
-    async def count(stream: faust.StreamT[Any]) -> None:
-        async for account, value in stream.items():
-            job = CompletedJob.model_validate_json(value)
-            key = usage_key(account, job.day)
-            usage = add_completed(usage_from_table(daily.get(key)), job)
-            daily[key] = usage.model_dump(mode="json")
-            per_minute[account] += job.images
-            await publish(usage)
-            if counted is not None:
-                event = faust.current_event()
-                at = event.message.timestamp if event is not None else time.time()
-                minute = datetime.fromtimestamp(at - at % MINUTE_WINDOW_S, UTC).isoformat()
-                await counted(account, job.tier, minute, per_minute[account].current(), job.day, usage.images)
+    async def count(stream: Any) -> None:
+        async for events in stream.take_events(COUNT_BATCH, within=COUNT_WITHIN_S):
+            folded: dict[str, AccountUsage] = {}
+            minutes: dict[tuple[str, float], tuple[str, str, int]] = {}
+            latest: dict[str, Any] = {}
+            for event in events:
+                account = event.key.decode() if isinstance(event.key, bytes) else str(event.key)
+                latest[account] = event
+                job = CompletedJob.model_validate_json(event.value)
+                key = usage_key(account, job.day)
+                folded[key] = add_completed(folded.get(key) or usage_from_table(daily.get(key)), job)
+                at = event.message.timestamp
+                start = at - at % MINUTE_WINDOW_S
+                _, _, images = minutes.get((account, start), ("", "", 0))
+                minutes[account, start] = (job.tier, job.day, images + job.images)
+            for key, usage in folded.items():
+                # A table's changelog goes to its source partition, which faust reads from
+                # the stream's current event; a batch's events are current one at a time.
+                stream._set_current_event(latest[usage.account_id])
+                daily[key] = usage.model_dump(mode="json")
+                await publish(usage)
+            for (account, start), (tier, day, images) in minutes.items():
+                stream._set_current_event(latest[account])
+                in_window = per_minute.relative_to(start)
+                in_window[account] += images
+                if counted is not None:
+                    minute = datetime.fromtimestamp(start, UTC).isoformat()
+                    day_images = folded[usage_key(account, day)].images
+                    await counted(account, tier, minute, in_window[account].current(), day, day_images)
+            stream._set_current_event(None)
 
     app.agent(completed, name="usage-per-account")(count)
     return app
