@@ -25,6 +25,7 @@ from aiokafka import TopicPartition as KafkaTopicPartition
 
 from libs.bus.kafka import KafkaConsumer
 from libs.bus.ports import Consumer, Record, TopicPartition
+from libs.events import REGISTRY, DecodeError, Envelope, Event
 
 
 class LogReader(Consumer, Protocol):
@@ -182,3 +183,34 @@ async def read_to_end(
             raise TimeoutError(f"did not reach the end of the topics within {timeout_s}s")
         for record in await reader.getmany(poll_ms, 100):
             await handle(record)
+
+
+async def fold_topics(
+    bootstrap: str,
+    topic_names: Sequence[str],
+    apply: Callable[[Event], object],
+    *,
+    client_id: str,
+    timeout_s: float = 60.0,
+) -> None:
+    """Reads `topic_names` from their beginning to their end and passes every event to `apply`,
+    in order (what an operator's command does to learn what is in force). A record that does
+    not decode is skipped: the services that consume the topic dead-letter it.
+
+    Raises:
+        TimeoutError: The end was not reached within `timeout_s`.
+    """
+    reader = KafkaLogReader(bootstrap, topic_names, client_id=client_id)
+
+    async def handle(record: Record) -> None:
+        try:
+            event = REGISTRY.decode(Envelope.from_bytes(record.value))
+        except DecodeError:
+            return
+        apply(event)
+
+    await reader.start()
+    try:
+        await read_to_end(reader, handle, timeout_s=timeout_s)
+    finally:
+        await reader.stop()

@@ -7,9 +7,10 @@ from collections.abc import Callable
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 
+from libs import topics
 from libs.bus.ports import Delivered, Producer
 from libs.bus.tracing import inject_headers
-from libs.events import Envelope
+from libs.events import Envelope, Event
 from libs.metrics import EVENTS_PUBLISHED
 
 _tracer = trace.get_tracer("darkroom.bus")
@@ -82,3 +83,12 @@ class EventPublisher:
             span.set_attribute("messaging.kafka.message.offset", delivered.offset)
         EVENTS_PUBLISHED.labels(topic, envelope.type).inc()
         return delivered
+
+
+async def publish_in_force(publisher: EventPublisher, change: Event, key: str) -> None:
+    """Publishes a change of what is in force (a tier's policy, a rollout, a model version):
+    on the compacted policy topic, where every service reads the latest change per key, then
+    on the history topic, which keeps them all."""
+    envelope = Envelope.wrap(change, aggregate_id=key)
+    await publisher.publish(topics.POLICIES, envelope, key=key)
+    await publisher.publish(topics.POLICY_HISTORY, envelope, key=key)

@@ -17,9 +17,9 @@ import yaml
 from libs import topics
 from libs.bus import EventPublisher
 from libs.bus.kafka import KafkaProducer
-from libs.bus.logreader import KafkaLogReader, read_to_end
-from libs.bus.ports import Record
-from libs.events import REGISTRY, DecodeError, Envelope, Event
+from libs.bus.logreader import fold_topics
+from libs.bus.publisher import publish_in_force
+from libs.events import Event
 from libs.events.schemas import (
     BASE_VERSION,
     ModelRolloutChanged,
@@ -200,28 +200,13 @@ def format_releases(releases: ModelReleases, model: str | None = None) -> str:
 async def read_releases(bootstrap: str, timeout_s: float = READ_TIMEOUT_S) -> ModelReleases:
     """The model events in force, read from the policy topic."""
     releases = ModelReleases()
-    reader = KafkaLogReader(bootstrap, [topics.POLICIES], client_id=CLIENT_ID)
-
-    async def apply(record: Record) -> None:
-        try:
-            releases.apply(REGISTRY.decode(Envelope.from_bytes(record.value)))
-        except DecodeError:
-            pass  # the gateways dead-letter such records
-
-    await reader.start()
-    try:
-        await read_to_end(reader, apply, timeout_s=timeout_s)
-    finally:
-        await reader.stop()
+    await fold_topics(bootstrap, [topics.POLICIES], releases.apply, client_id=CLIENT_ID, timeout_s=timeout_s)
     return releases
 
 
 async def publish_change(publisher: EventPublisher, change: Event) -> None:
     """Publish a model event on the policy topic (in force) and the history topic (kept)."""
-    key = event_key(change)
-    envelope = Envelope.wrap(change, aggregate_id=key)
-    await publisher.publish(topics.POLICIES, envelope, key=key)
-    await publisher.publish(topics.POLICY_HISTORY, envelope, key=key)
+    await publish_in_force(publisher, change, event_key(change))
 
 
 async def _publish(bootstrap: str, change: Event) -> None:

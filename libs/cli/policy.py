@@ -19,9 +19,9 @@ from libs import topics
 from libs.access import AccessState, policy_key, rollout_key
 from libs.bus import EventPublisher
 from libs.bus.kafka import KafkaProducer
-from libs.bus.logreader import KafkaLogReader, read_to_end
-from libs.bus.ports import Record
-from libs.events import REGISTRY, DecodeError, Envelope, Event
+from libs.bus.logreader import fold_topics
+from libs.bus.publisher import publish_in_force
+from libs.events import Event
 from libs.events.schemas import FEATURES, TIERS, RolloutChanged, TierPolicy, TierPolicyChanged
 from libs.lanes import base_lanes
 
@@ -45,19 +45,7 @@ class PolicyError(Exception):
 async def read_access(bootstrap: str, timeout_s: float = READ_TIMEOUT_S) -> AccessState:
     """The policies and rollouts in force, read from the policy topic."""
     state = AccessState()
-    reader = KafkaLogReader(bootstrap, [topics.POLICIES], client_id=CLIENT_ID)
-
-    async def apply(record: Record) -> None:
-        try:
-            state.apply(REGISTRY.decode(Envelope.from_bytes(record.value)))
-        except DecodeError:
-            pass  # the gateways dead-letter such records; `show` reports what is in force
-
-    await reader.start()
-    try:
-        await read_to_end(reader, apply, timeout_s=timeout_s)
-    finally:
-        await reader.stop()
+    await fold_topics(bootstrap, [topics.POLICIES], state.apply, client_id=CLIENT_ID, timeout_s=timeout_s)
     return state
 
 
@@ -107,9 +95,7 @@ def rollout_change(state: AccessState, feature: str, tier: str, percent: float, 
 async def publish_change(publisher: EventPublisher, change: TierPolicyChanged | RolloutChanged) -> None:
     """Publish a change on the policy topic (in force) and the history topic (kept)."""
     key = policy_key(change.tier) if isinstance(change, TierPolicyChanged) else rollout_key(change.feature, change.tier)
-    envelope = Envelope.wrap(change, aggregate_id=key)
-    await publisher.publish(topics.POLICIES, envelope, key=key)
-    await publisher.publish(topics.POLICY_HISTORY, envelope, key=key)
+    await publish_in_force(publisher, change, key)
 
 
 def show(bootstrap: str) -> str:

@@ -12,9 +12,8 @@ from typing import Any
 import yaml
 
 from libs import topics
-from libs.bus.logreader import KafkaLogReader, read_to_end
-from libs.bus.ports import Record
-from libs.events import REGISTRY, DecodeError, Envelope
+from libs.bus.logreader import fold_topics
+from libs.events import Event
 from libs.events.schemas import AccountUsage
 
 CLIENT_ID = "darkroom-cli"
@@ -23,24 +22,12 @@ CLIENT_ID = "darkroom-cli"
 async def read_usage(bootstrap: str, account_id: str, timeout_s: float = 30.0) -> list[AccountUsage]:
     """The account's usage per day, oldest first."""
     days: dict[str, AccountUsage] = {}
-    reader = KafkaLogReader(bootstrap, [topics.USAGE], client_id=CLIENT_ID)
 
-    async def keep(record: Record) -> None:
-        try:
-            envelope = Envelope.from_bytes(record.value)
-            if envelope.type != AccountUsage.TYPE:
-                return
-            usage = REGISTRY.decode_as(envelope, AccountUsage)
-        except DecodeError:
-            return
-        if usage.account_id == account_id:
-            days[usage.day] = usage
+    def keep(event: Event) -> None:
+        if isinstance(event, AccountUsage) and event.account_id == account_id:
+            days[event.day] = event
 
-    await reader.start()
-    try:
-        await read_to_end(reader, keep, timeout_s=timeout_s)
-    finally:
-        await reader.stop()
+    await fold_topics(bootstrap, [topics.USAGE], keep, client_id=CLIENT_ID, timeout_s=timeout_s)
     return [days[day] for day in sorted(days)]
 
 

@@ -26,10 +26,10 @@ import logging
 from collections.abc import Callable
 from typing import Final
 
-from libs import topics
 from libs.bus import EventPublisher
 from libs.bus.logreader import LogReader, read_to_end
 from libs.bus.ports import Record
+from libs.bus.publisher import publish_in_force
 from libs.events import REGISTRY, DecodeError, Envelope
 from libs.events.schemas import BASE_VERSION, ModelVersionAdded, ModelVersionFailed, RenderJob
 from libs.model.interface import ImageModel
@@ -147,10 +147,7 @@ class ModelVersions:
             reason,
             self.releases.routing(self.model).stable,
         )
-        key = event_key(failure)
-        envelope = Envelope.wrap(failure, aggregate_id=key)
-        await self._publisher.publish(topics.POLICIES, envelope, key=key)
-        await self._publisher.publish(topics.POLICY_HISTORY, envelope, key=key)
+        await publish_in_force(self._publisher, failure, event_key(failure))
 
     async def _added(self, version: str) -> ModelVersionAdded | None:
         loop = asyncio.get_running_loop()

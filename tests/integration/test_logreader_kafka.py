@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from libs.bus import Record
-from libs.bus.logreader import KafkaLogReader, read_to_end
+from libs.bus.logreader import KafkaLogReader, fold_topics, read_to_end
+from libs.events import Envelope, Event
+from libs.events.schemas import RolloutChanged
 from tests.integration.conftest import KafkaBus
 
 
@@ -40,3 +42,31 @@ async def test_a_reader_reads_to_the_end_and_is_behind_again_after_new_records(k
         assert sorted(seen) == list(range(455))
     finally:
         await reader.stop()
+
+
+async def test_folding_a_topic_decodes_its_events_in_order_and_skips_what_does_not_decode(
+    kafka_bus: KafkaBus,
+) -> None:
+    topic = await kafka_bus.new_topic(1)
+    producer = kafka_bus.producer()
+    await producer.start()
+    try:
+        for percent in (10.0, 50.0):
+            change = RolloutChanged(feature="hd", tier="free", percent=percent)
+            await producer.send(topic, Envelope.wrap(change, aggregate_id="rollout").to_bytes(), key=b"rollout")
+        await producer.send(topic, b"not an envelope", key=b"rollout")
+        await producer.send(
+            topic,
+            Envelope.wrap(RolloutChanged(feature="hd", tier="pro", percent=100.0), aggregate_id="rollout").to_bytes(),
+            key=b"rollout",
+        )
+    finally:
+        await producer.stop()
+    folded: list[Event] = []
+    await fold_topics(kafka_bus.bootstrap, [topic], folded.append, client_id="test-fold", timeout_s=30)
+    assert [(e.tier, e.percent) for e in folded if isinstance(e, RolloutChanged)] == [
+        ("free", 10.0),
+        ("free", 50.0),
+        ("pro", 100.0),
+    ]
+    assert len(folded) == 3
