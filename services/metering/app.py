@@ -21,17 +21,20 @@ completion counts nothing.
 from __future__ import annotations
 
 import logging
+import weakref
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
 import faust
+import faust.streams as faust_streams
 
 from libs import topics
 from libs.events import REGISTRY, DecodeError, Envelope
 from libs.events.schemas import AccountUsage
 from libs.lanes import declared_partitions
 from services.metering.domain import (
+    METERED_TYPES,
     CompletedJob,
     JobFacts,
     add_completed,
@@ -110,30 +113,40 @@ def build_app(bootstrap: str, publish: Publish, counted: Counted | None = None, 
                 _, _, images = minutes.get((account, start), ("", "", 0))
                 minutes[account, start] = (job.tier, job.day, images + job.images)
             for key, usage in folded.items():
-                # A table's changelog goes to its source partition, which faust reads from
-                # the stream's current event; a batch's events are current one at a time.
-                stream._set_current_event(latest[usage.account_id])
+                _make_current(latest[usage.account_id])
                 daily[key] = usage.model_dump(mode="json")
                 await publish(usage)
             for (account, start), (tier, day, images) in minutes.items():
-                stream._set_current_event(latest[account])
+                _make_current(latest[account])
                 in_window = per_minute.relative_to(start)
                 in_window[account] += images
                 if counted is not None:
                     minute = datetime.fromtimestamp(start, UTC).isoformat()
                     day_images = folded[usage_key(account, day)].images
                     await counted(account, tier, minute, in_window[account].current(), day, day_images)
-            stream._set_current_event(None)
+            faust_streams._current_event.set(None)
 
     app.agent(completed, name="usage-per-account")(count)
     return app
+
+
+def _make_current(event: Any) -> None:
+    """Makes `event` faust's current event in this task: a table write goes to the changelog
+    partition of the current event's source partition, and `take_events` hands a batch over
+    outside any event's context. Only the task's context variable is set (faust 0.15's own,
+    `faust.streams._current_event`), never the stream's `current_event` attribute, which the
+    stream's background reader is filling the next batch with."""
+    faust_streams._current_event.set(weakref.ref(event))
 
 
 def _job_agent(jobs: Any, completed: Any) -> Callable[[Any], Awaitable[None]]:
     async def follow(stream: Any) -> None:
         async for key, value in stream.items():
             try:
-                event = REGISTRY.decode(Envelope.from_bytes(value))
+                envelope = Envelope.from_bytes(value)
+                if envelope.type not in METERED_TYPES:
+                    continue
+                event = REGISTRY.decode(envelope)
             except DecodeError:
                 continue  # the requests service dead-letters it; nothing to meter
             job_id = key.decode() if isinstance(key, bytes) else str(key)

@@ -58,6 +58,11 @@ def usage_key(account_id: str, day: str) -> str:
     return f"{account_id}|{day}"
 
 
+METERED_TYPES = frozenset(event.TYPE for event in (JobAccepted, JobCompleted, JobBlocked, JobFailed, JobCancelled))
+"""The request events that change what metering keeps of a job; the rest (a job's
+progress, its stored images) are skipped before their payload is decoded."""
+
+
 def on_request_event(facts: JobFacts | None, event: Event) -> tuple[JobFacts | None, CompletedJob | None]:
     """A request event's effect on its job: the facts to keep (None: forget the job) and
     the completion to count, if any."""

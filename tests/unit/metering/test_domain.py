@@ -5,7 +5,14 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from libs.events.schemas import ImageRef, JobAccepted, JobBlocked, JobCompleted, JobQueued, Usage
-from services.metering.domain import JobFacts, add_completed, on_request_event, usage_from_table, usage_key
+from services.metering.domain import (
+    METERED_TYPES,
+    JobFacts,
+    add_completed,
+    on_request_event,
+    usage_from_table,
+    usage_key,
+)
 from tests.helpers import job_spec
 
 ACCEPTED_AT = datetime(2026, 12, 5, 23, 59, tzinfo=UTC)
@@ -65,3 +72,11 @@ def test_a_days_usage_adds_jobs_images_and_tokens_per_model() -> None:
     assert {m: (u.jobs, u.images) for m, u in usage.by_model.items()} == {"darkroom-mini": (1, 2), "amused-256": (1, 1)}
     assert usage_from_table(usage.model_dump(mode="json")) == usage
     assert usage_key("acct_a", "2026-12-05") == "acct_a|2026-12-05"
+
+
+def test_the_events_skipped_before_decoding_are_those_that_change_nothing() -> None:
+    facts, _ = on_request_event(None, _accepted())
+    queued = JobQueued(job_id="job_1", lane="pro", topic="t", partition=0)
+    assert queued.TYPE not in METERED_TYPES
+    assert on_request_event(facts, queued) == (facts, None)
+    assert {_accepted().TYPE, _completed().TYPE, JobBlocked.TYPE} <= METERED_TYPES
