@@ -33,6 +33,7 @@ from libs import topics
 from libs.events import REGISTRY, DecodeError, Envelope
 from libs.events.schemas import AccountUsage
 from libs.lanes import declared_partitions
+from libs.metrics import CONSUMER_LAG
 from services.metering.domain import (
     METERED_TYPES,
     CompletedJob,
@@ -50,6 +51,7 @@ COMPLETED_TOPIC: Final = "darkroom.metering.completed"
 COMPLETED_PARTITIONS: Final = 6
 MINUTE_WINDOW_S: Final = 60.0
 MINUTE_WINDOW_KEPT: Final = timedelta(hours=1)
+LAG_INTERVAL_S: Final = 5.0
 COUNT_BATCH: Final = 500
 COUNT_WITHIN_S: Final = 0.25
 """Completions are counted in batches of up to COUNT_BATCH, or what came within COUNT_WITHIN_S:
@@ -128,6 +130,18 @@ def build_app(bootstrap: str, publish: Publish, counted: Counted | None = None, 
 
     app.agent(completed, name="usage-per-account")(count)
     return app
+
+
+async def record_lag(app: faust.App) -> None:
+    """Publishes the lag of every partition the app's consumer holds (its input topics and the
+    changelogs it recovers from) as `darkroom_consumer_lag`, under the app's id as group: the
+    records after its fetch position, up to the end its last fetch saw."""
+    consumer = app.consumer
+    for tp in consumer.assignment():
+        end = consumer.highwater(tp)
+        position = await consumer.position(tp)
+        if end is not None and position is not None:
+            CONSUMER_LAG.labels(app.conf.id, tp.topic, str(tp.partition)).set(max(0, end - position))
 
 
 def _make_current(event: Any) -> None:

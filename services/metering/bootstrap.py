@@ -23,7 +23,7 @@ from libs.runtime.service import ConsumerFactory, ServiceRuntime
 from libs.runtime.wiring import kafka_consumer_factory, kafka_producer
 from libs.settings import MeteringSettings
 from services.metering.abuse import AbuseWatch
-from services.metering.app import build_app
+from services.metering.app import LAG_INTERVAL_S, build_app, record_lag
 from services.metering.domain import usage_key
 
 SERVICE = "metering"
@@ -100,9 +100,22 @@ def bootstrap(
         finally:
             await metering.stop()
 
+    async def report_lag(stop: asyncio.Event) -> None:
+        await started.wait()
+        while not stop.is_set():
+            try:
+                await record_lag(metering)
+            except Exception:  # metrics never stop the service (e.g. during a rebalance)
+                log.debug("consumer lag not read this time", exc_info=True)
+            try:
+                await asyncio.wait_for(stop.wait(), LAG_INTERVAL_S)
+            except TimeoutError:
+                pass
+
     async def app_running() -> bool:
         return started.is_set() and not metering.should_stop
 
     runtime.background.append(run_app)
+    runtime.background.append(report_lag)
     runtime.checks["faust"] = app_running
     return runtime

@@ -210,12 +210,19 @@ def test_every_service_exports_prometheus_metrics_that_parse(running: Stack, api
     for service in SERVICES:
         # Every service publishes (heartbeats at least) and its consumers report their lag.
         assert "darkroom_events_published_total" in names[service], service
-        if service == "metering":
-            continue  # a faust app: faust's own consumer reads its topics (see docs/operations.md)
         assert "darkroom_consumer_lag" in names[service], service
+        if service == "metering":
+            continue  # a faust app: faust's own consumer reads its topics, no darkroom handler
         if service != "decoder-api":  # the pro job went through all but the api pool
             assert "darkroom_events_handled_total" in names[service], service
             assert "darkroom_handler_seconds_bucket" in names[service], service
+    metering_lag = {
+        labels for name, labels in pages["metering"] if name == "darkroom_consumer_lag" and "group" in dict(labels)
+    }
+    assert {(dict(labels)["group"], dict(labels)["topic"]) for labels in metering_lag} >= {
+        ("darkroom-metering", topics.REQUEST_EVENTS),
+        ("darkroom-metering", topics.REQUEST_EVENTS_API),
+    }, metering_lag
     assert "darkroom_decoder_pass_seconds_bucket" in names["decoder"]
     assert metric(pages["decoder"], "darkroom_decoder_images_rendered_total", pool="consumer", lane="pro")
     assert metric(pages["safety"], "darkroom_safety_verdicts_total", stage="prompt", outcome="allowed", category="")
