@@ -86,6 +86,10 @@ class MeteringSettings(ServiceSettings):
     abuse_tolerance: float = Field(default=1.5, ge=1.0)
     """How far over its tier's admissible images (per minute, per day) an account may go before
     it is flagged: gateways enforce limits per replica within an error bound (libs/ratelimit.py)."""
+    abuse_baseline_factor: float = Field(default=10.0, ge=2.0)
+    """How many times its own mean images per hour (over the 24 hours before) an account with a
+    history may render in an hour before it is flagged, once past a quarter of its tier's images
+    per day in that hour. Only flagged, never suspended: it is within the policy."""
 
 
 class StorageSettings(MinioSettings, MongoSettings):

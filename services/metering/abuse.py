@@ -7,10 +7,18 @@ in one minute exceed what the policy admits in a minute (requests per minute x l
 gateways' own error bound leaves room), something let jobs past the limits: a bypass of
 the gateways, a bug in one, or a stolen key. The $2.1M bypass of the seed was this.
 
+An account is also compared with its own recent baseline: when it renders more in an hour
+than `abuse_baseline_factor` times its mean images per hour over the 24 hours before (and
+more than a quarter of its tier's images per day, so a light user's busy hour is not news),
+its usage changed character: a stolen key, a runaway integration. An account with no usage
+in those 24 hours has no baseline and is judged by its policy alone.
+
 Then an `AccountFlagged` event goes to `darkroom.accounts.flags` (once per account and
 window), the `darkroom_accounts_flagged_total` metric counts it (an alert rule watches it),
-and with `abuse_action=suspend` every key of the account is revoked: a `RevokeKeys` command
-to the auth service, whose revocations every gateway applies within a second.
+and, for an excess over the policy only, with `abuse_action=suspend` every key of the
+account is revoked: a `RevokeKeys` command to the auth service, whose revocations every
+gateway applies within a second. A jump over the baseline is flagged, never suspended: it
+is within what the policy admits.
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ import logging
 import math
 import uuid
 from dataclasses import dataclass
+from typing import Final
 
 from prometheus_client import Counter
 
@@ -27,6 +36,7 @@ from libs.access import AccessState
 from libs.bus import EventPublisher
 from libs.events import Envelope
 from libs.events.schemas import AccountFlagged, RevokeKeys, TierPolicy
+from services.metering.domain import Tally
 
 log = logging.getLogger(__name__)
 
@@ -47,23 +57,34 @@ class Excess:
     admissible: int
 
 
-def judge(
-    policy: TierPolicy, minute: str, minute_images: int, day: str, day_images: int, tolerance: float
-) -> Excess | None:
-    """Whether an account's metered images in a minute and a day exceed its policy.
+BASELINE_FLOOR_SHARE: Final = 0.25
+"""An hour is compared with the account's baseline only past this share of its tier's images
+per day."""
+
+
+def judge(policy: TierPolicy, tally: Tally, tolerance: float, baseline_factor: float = 10.0) -> Excess | None:
+    """Whether an account's metered images exceed its policy (in the minute, in the day) or
+    its own baseline (in the hour).
 
     Args:
         policy: The account's tier policy in force.
-        minute: The minute's label (its start); `minute_images` completed in it.
-        day: The UTC day; `day_images` completed that day.
+        tally: The account's counts after its latest completions.
         tolerance: The factor over the policy allowed before flagging (>= 1).
+        baseline_factor: The factor over the account's mean images per hour allowed in an hour.
     """
     per_minute = math.floor(policy.requests_per_minute * policy.max_n * tolerance)
-    if minute_images > per_minute:
-        return Excess("per_minute", minute, minute_images, per_minute)
+    if tally.minute_images > per_minute:
+        return Excess("per_minute", tally.minute, tally.minute_images, per_minute)
     per_day = math.floor(policy.images_per_day * tolerance)
-    if day_images > per_day:
-        return Excess("per_day", day, day_images, per_day)
+    if tally.day_images > per_day:
+        return Excess("per_day", tally.day, tally.day_images, per_day)
+    if tally.hourly_baseline > 0:
+        per_hour = max(
+            math.floor(tally.hourly_baseline * baseline_factor),
+            math.floor(policy.images_per_day * BASELINE_FLOOR_SHARE),
+        )
+        if tally.hour_images > per_hour:
+            return Excess("baseline", tally.hour, tally.hour_images, per_hour)
     return None
 
 
@@ -73,27 +94,35 @@ class AbuseWatch:
     Args:
         access: The tier policies and account tiers in force (folded from their topics).
         publisher: Publishes flags, and revocations when suspending.
-        action: `flag` or `suspend`.
+        action: `flag` or `suspend` (an excess over the policy; a baseline jump is flagged).
         tolerance: Factor over the policy before an account is flagged.
+        baseline_factor: Factor over the account's mean images per hour before it is flagged.
     """
 
-    def __init__(self, access: AccessState, publisher: EventPublisher, action: str, tolerance: float) -> None:
+    def __init__(
+        self,
+        access: AccessState,
+        publisher: EventPublisher,
+        action: str,
+        tolerance: float,
+        baseline_factor: float = 10.0,
+    ) -> None:
         self.access = access
         self._publisher = publisher
         self._action = action
         self._tolerance = tolerance
+        self._baseline_factor = baseline_factor
         self._flagged: set[tuple[str, str, str]] = set()
 
-    async def counted(
-        self, account_id: str, tier: str, minute: str, minute_images: int, day: str, day_images: int
-    ) -> None:
-        """After a completed job was counted: flag (and suspend) the account if it is over."""
-        tier = self.access.tier_of(account_id, tier)
-        excess = judge(self.access.policy(tier), minute, minute_images, day, day_images, self._tolerance)
+    async def counted(self, tally: Tally) -> None:
+        """After an account's completions were counted: flag (and suspend) it if it is over."""
+        account_id = tally.account_id
+        tier = self.access.tier_of(account_id, tally.tier)
+        excess = judge(self.access.policy(tier), tally, self._tolerance, self._baseline_factor)
         if excess is None or (account_id, excess.reason, excess.window) in self._flagged:
             return
         self._flagged.add((account_id, excess.reason, excess.window))
-        action = "suspended" if self._action == "suspend" else "flagged"
+        action = "suspended" if self._action == "suspend" and excess.reason != "baseline" else "flagged"
         flag = AccountFlagged(
             account_id=account_id,
             tier=tier,

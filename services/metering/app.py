@@ -8,7 +8,9 @@ so a restarted worker rebuilds them; partitions match the topics they are keyed 
 - `metering-daily`: "<account>|<day>" -> that day's `AccountUsage`, fed by the internal
   `darkroom.metering.completed` topic (one record per completed job, keyed by account);
 - `metering-per-minute`: account -> images per minute, a tumbling window of 60 s kept for
-  an hour (the per-minute view abuse detection reads).
+  an hour, and `metering-per-hour`: account -> images per hour, kept a day and an hour (the
+  views abuse detection reads: the minute against the tier's policy, the hour against the
+  account's own last 24 hours).
 
 Completions are counted in batches (up to COUNT_BATCH, or what came within COUNT_WITHIN_S):
 a batch changes each account-day it holds once, in the table and as one `AccountUsage` on
@@ -35,9 +37,11 @@ from libs.events.schemas import AccountUsage
 from libs.lanes import declared_partitions
 from libs.metrics import CONSUMER_LAG
 from services.metering.domain import (
+    BASELINE_HOURS,
     METERED_TYPES,
     CompletedJob,
     JobFacts,
+    Tally,
     add_completed,
     on_request_event,
     usage_from_table,
@@ -51,6 +55,8 @@ COMPLETED_TOPIC: Final = "darkroom.metering.completed"
 COMPLETED_PARTITIONS: Final = 6
 MINUTE_WINDOW_S: Final = 60.0
 MINUTE_WINDOW_KEPT: Final = timedelta(hours=1)
+HOUR_WINDOW_S: Final = 3600.0
+HOUR_WINDOW_KEPT: Final = timedelta(hours=BASELINE_HOURS + 1)
 LAG_INTERVAL_S: Final = 5.0
 COUNT_BATCH: Final = 500
 COUNT_WITHIN_S: Final = 0.25
@@ -59,8 +65,8 @@ a batch updates each account-day's usage, and publishes it, once, however many o
 it holds (an API account's burst costs one usage record, not one per job)."""
 
 Publish = Callable[[AccountUsage], Awaitable[None]]
-Counted = Callable[[str, str, str, int, str, int], Awaitable[None]]
-"""(account, tier, minute, images that minute, day, images that day), after each counted job."""
+Counted = Callable[[Tally], Awaitable[None]]
+"""Hears an account's tally after each counted batch of its completions."""
 
 
 def request_partitions() -> dict[str, int]:
@@ -93,6 +99,9 @@ def build_app(bootstrap: str, publish: Publish, counted: Counted | None = None, 
     per_minute: Any = app.Table("metering-per-minute", default=int, partitions=COMPLETED_PARTITIONS).tumbling(
         MINUTE_WINDOW_S, expires=MINUTE_WINDOW_KEPT
     )
+    per_hour: Any = app.Table("metering-per-hour", default=int, partitions=COMPLETED_PARTITIONS).tumbling(
+        HOUR_WINDOW_S, expires=HOUR_WINDOW_KEPT
+    )
 
     for name, partitions in request_partitions().items():
         jobs = app.Table(f"metering-jobs-{name.rsplit('.', 1)[-1]}", default=None, partitions=partitions)
@@ -120,12 +129,28 @@ def build_app(bootstrap: str, publish: Publish, counted: Counted | None = None, 
                 await publish(usage)
             for (account, start), (tier, day, images) in minutes.items():
                 _make_current(latest[account])
-                in_window = per_minute.relative_to(start)
-                in_window[account] += images
+                in_minute = per_minute.relative_to(start)
+                in_minute[account] += images
+                hour = start - start % HOUR_WINDOW_S
+                in_hour = per_hour.relative_to(hour)
+                in_hour[account] += images
                 if counted is not None:
-                    minute = datetime.fromtimestamp(start, UTC).isoformat()
-                    day_images = folded[usage_key(account, day)].images
-                    await counted(account, tier, minute, in_window[account].current(), day, day_images)
+                    before = [
+                        per_hour.relative_to(hour - h * HOUR_WINDOW_S)[account].current()
+                        for h in range(1, BASELINE_HOURS + 1)
+                    ]
+                    tally = Tally(
+                        account_id=account,
+                        tier=tier,
+                        minute=datetime.fromtimestamp(start, UTC).isoformat(),
+                        minute_images=in_minute[account].current(),
+                        hour=datetime.fromtimestamp(hour, UTC).isoformat(),
+                        hour_images=in_hour[account].current(),
+                        hourly_baseline=sum(before) / BASELINE_HOURS,
+                        day=day,
+                        day_images=folded[usage_key(account, day)].images,
+                    )
+                    await counted(tally)
             faust_streams._current_event.set(None)
 
     app.agent(completed, name="usage-per-account")(count)

@@ -55,7 +55,9 @@ def bootstrap(
         await runtime.publisher.publish(topics.USAGE, Envelope.wrap(usage, aggregate_id=key), key=key)
 
     access = AccessState()
-    watch = AbuseWatch(access, runtime.publisher, settings.abuse_action, settings.abuse_tolerance)
+    watch = AbuseWatch(
+        access, runtime.publisher, settings.abuse_action, settings.abuse_tolerance, settings.abuse_baseline_factor
+    )
     access_topics = [topics.POLICIES, topics.ACCOUNT_TIERS]
     if access_reader is None:
         if consumer_factory is None:

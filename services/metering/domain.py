@@ -12,6 +12,7 @@ Two steps, as the faust app runs them (services/metering/app.py):
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
@@ -51,6 +52,27 @@ class CompletedJob(BaseModel):
     day: str
     images: int
     output_tokens: int
+
+
+BASELINE_HOURS = 24
+"""An account's own baseline: its mean images per hour over the 24 hours before this one."""
+
+
+@dataclass(frozen=True)
+class Tally:
+    """An account's counts after a batch of its completions, as abuse detection judges them:
+    images in the minute, in the hour and in the UTC day (labelled by their start), and the
+    account's mean images per hour over the BASELINE_HOURS before this hour."""
+
+    account_id: str
+    tier: str
+    minute: str
+    minute_images: int
+    hour: str
+    hour_images: int
+    hourly_baseline: float
+    day: str
+    day_images: int
 
 
 def usage_key(account_id: str, day: str) -> str:
