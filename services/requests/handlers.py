@@ -41,7 +41,7 @@ from pydantic import BaseModel, ConfigDict
 from libs import topics
 from libs.bus import EventPublisher, TransientError
 from libs.events import REGISTRY, Envelope, Event
-from libs.events.schemas import SafetyVerdict
+from libs.events.schemas import GenerateImage, SafetyVerdict
 from libs.jobs import JobState, evolve
 from libs.recent import RecentMap
 from libs.stores.ports import DocumentStore, StoreUnavailable
@@ -86,6 +86,10 @@ class JobRecord(BaseModel):
         return cls.model_validate({**doc, "rev": rev})
 
 
+class RevisionTaken(TransientError):
+    """Another writer took the job's next revision: the input is decided again on fresh state."""
+
+
 class RequestHandlers:
     """Handles every input of the requests service for one job at a time."""
 
@@ -111,15 +115,28 @@ class RequestHandlers:
     async def handle(self, event: Event, envelope: Envelope) -> None:
         """Dispatcher entry point for every input payload (each has a job_id)."""
         job_id = str(getattr(event, "job_id"))  # noqa: B009 - every input payload names its job
-        record = await self._load(job_id)
-        if record.outbox and self._published.get(job_id) != record.rev:
-            await self._flush(job_id, record)
-        if envelope.event_id in record.seen:
-            return
-        decision = decide(record.state, event, self._policy, record.checkpoint, record.held)
-        if decision.empty:
-            return
-        record = await self._save_decision(job_id, record, decision, envelope)
+        # A job's command normally creates its record: it is decided on an empty record
+        # without reading the store (two reads saved per job). Where the record exists after
+        # all (a redelivered command, a prompt verdict held before it), writing revision 1
+        # fails, and the command is decided again on the record read from the store.
+        assume_new = isinstance(event, GenerateImage) and self._recent.get(job_id) is None
+        while True:
+            record = JobRecord() if assume_new else await self._load(job_id)
+            if record.outbox and self._published.get(job_id) != record.rev:
+                await self._flush(job_id, record)
+            if envelope.event_id in record.seen:
+                return
+            decision = decide(record.state, event, self._policy, record.checkpoint, record.held)
+            if decision.empty:
+                return
+            try:
+                record = await self._save_decision(job_id, record, decision, envelope)
+            except RevisionTaken:
+                if not assume_new:
+                    raise
+                assume_new = False
+                continue
+            break
         self.leases.track(record.state)
         await self._flush(job_id, record)
 
@@ -183,7 +200,7 @@ class RequestHandlers:
             raise TransientError(str(exc)) from exc
         if not written:
             self._recent.pop(job_id)
-            raise TransientError(f"job {job_id} changed concurrently; retrying on fresh state")
+            raise RevisionTaken(f"job {job_id} changed concurrently; retrying on fresh state")
         self._recent.put(job_id, record)
 
     async def _save_decision(self, job_id: str, record: JobRecord, decision: Decision, cause: Envelope) -> JobRecord:

@@ -122,21 +122,56 @@ async def test_after_a_restart_the_last_outbox_goes_out_once_more_and_changes_no
 
 
 async def test_a_concurrent_writer_makes_the_handler_retry() -> None:
-    broker, docs = InMemoryBroker(), InMemoryDocumentStore()
-    handlers = RequestHandlers(docs, EventPublisher(broker.producer()))
+    broker, docs = InMemoryBroker({topics.RENDER_CONSUMER: 12}), InMemoryDocumentStore()
     command = GenerateImage(job_id=JOB, spec=_spec(), created_at=datetime.now(UTC))
+    await RequestHandlers(docs, EventPublisher(broker.producer())).handle(command, _envelope(command))
+    handlers = RequestHandlers(docs, EventPublisher(broker.producer()))  # has not seen the job
     original_get = docs.get
 
     async def racing_get(collection: str, doc_id: str):  # type: ignore[no-untyped-def]
         doc = await original_get(collection, doc_id)
-        # Another replica writes revision 1 right after this one found none.
-        if doc_id == revision_id(JOB, 1) and doc is None:
+        # Another replica writes revision 2 right after this one found none.
+        if doc_id == revision_id(JOB, 2) and doc is None:
             await docs.insert(collection, doc_id, {"seen": [], "outbox": []})
         return doc
 
     docs.get = racing_get  # type: ignore[method-assign]
+    verdict = SafetyVerdict(job_id=JOB, stage="prompt", allowed=True, policy_version=1)
     with pytest.raises(TransientError, match="concurrently"):
-        await handlers.handle(command, _envelope(command))
+        await handlers.handle(verdict, _envelope(verdict))
+
+
+async def test_a_command_creates_its_job_without_reading_the_store() -> None:
+    broker, docs = InMemoryBroker(), InMemoryDocumentStore()
+    handlers = RequestHandlers(docs, EventPublisher(broker.producer()))
+    reads = 0
+    original_get = docs.get
+
+    async def counting_get(collection: str, doc_id: str):  # type: ignore[no-untyped-def]
+        nonlocal reads
+        reads += 1
+        return await original_get(collection, doc_id)
+
+    docs.get = counting_get  # type: ignore[method-assign]
+    command = GenerateImage(job_id=JOB, spec=_spec(), created_at=datetime.now(UTC))
+    await handlers.handle(command, _envelope(command))
+    assert reads == 0
+    assert await original_get(COLLECTION, revision_id(JOB, 1)) is not None
+    assert [e.type for e in _events(broker, topics.REQUEST_EVENTS)] == [JobAccepted.TYPE]
+
+
+async def test_a_command_whose_job_has_a_record_already_is_decided_on_that_record() -> None:
+    broker, docs = InMemoryBroker({topics.RENDER_CONSUMER: 12}), InMemoryDocumentStore()
+    # The prompt verdict came first, on another replica: it is held in revision 1.
+    verdict = SafetyVerdict(job_id=JOB, stage="prompt", allowed=True, policy_version=1)
+    await RequestHandlers(docs, EventPublisher(broker.producer())).handle(verdict, _envelope(verdict))
+    assert await docs.get(COLLECTION, revision_id(JOB, 1)) is not None
+    # Here the command finds revision 1 taken, reads it and decides with the held verdict.
+    command = GenerateImage(job_id=JOB, spec=_spec(), created_at=datetime.now(UTC))
+    await RequestHandlers(docs, EventPublisher(broker.producer())).handle(command, _envelope(command))
+    assert [e.type for e in _events(broker, topics.REQUEST_EVENTS)] == [JobAccepted.TYPE, JobQueued.TYPE]
+    assert len(broker.records(topics.RENDER_CONSUMER)) == 1
+    assert await docs.get(COLLECTION, revision_id(JOB, 2)) is not None
 
 
 async def test_the_next_input_of_a_job_needs_no_read_of_the_store() -> None:
