@@ -12,6 +12,7 @@ darkroom rebuild                             drop the read models and rebuild th
 darkroom lanes                               per lane: jobs waiting, bound, taken, jobs/s, paused, refused
 darkroom models list|add|validate|rollout|promote|rollback   model versions and their rollout, applied live
 darkroom usage --account ID                  an account's metered usage per UTC day
+darkroom capacity --images-per-s N ...       devices, replicas, brokers and partitions for a demand
 """
 
 from __future__ import annotations
@@ -324,6 +325,8 @@ def main(argv: list[str] | None = None) -> int:
     usage.add_argument("--account", required=True, help="the account id (acct_...)")
     usage.add_argument("--bootstrap", default=default_bootstrap(), help="broker (default: %(default)s)")
 
+    _add_capacity_parser(commands)
+
     args, rest = parser.parse_known_args(argv)
     if args.command == "kafka":
         return _kafka(args, rest)
@@ -345,6 +348,8 @@ def main(argv: list[str] | None = None) -> int:
         return _lanes(args)
     if args.command == "models":
         return _models(args)
+    if args.command == "capacity":
+        return _capacity(args)
     if args.command == "usage":
         from libs.cli.usage import show_usage
 
@@ -360,6 +365,62 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     parser.error(f"unknown command {args.command}")
     return 2
+
+
+def _add_capacity_parser(commands: Any) -> None:
+    from libs.cli.capacity import DEFAULT_MODEL, DEFAULT_PIPELINE, Demand
+
+    defaults = Demand(images_per_s=0, signups_per_s=0)
+    capacity = commands.add_parser(
+        "capacity", help="devices, replicas, brokers and partitions for a demand, from the benchmarks' figures"
+    )
+    capacity.add_argument("--images-per-s", type=float, required=True, help="images per second at peak")
+    capacity.add_argument("--signups-per-s", type=float, default=0.0, help="sign-ups per second at peak")
+    capacity.add_argument("--images-per-job", type=float, default=defaults.images_per_job, help="mean n")
+    capacity.add_argument("--api-share", type=float, default=defaults.api_share, help="share of images via the API")
+    capacity.add_argument(
+        "--utilisation", type=float, default=defaults.utilisation, help="how busy a core or device may be at peak"
+    )
+    capacity.add_argument(
+        "--service-over-model",
+        type=float,
+        default=defaults.service_over_model,
+        help="what the decoder service keeps of its model's images/s (bench-decoder's R)",
+    )
+    capacity.add_argument("--cores-per-broker", type=float, default=defaults.cores_per_broker)
+    capacity.add_argument("--replication", type=int, default=defaults.replication)
+    capacity.add_argument("--batch", type=int, default=None, help="the decoder's batch limit (default: the best)")
+    capacity.add_argument(
+        "--signup-cpu-ms",
+        type=float,
+        default=3.16,
+        help="CPU of one sign-up, all processes (default: docs/operations.md, make bench-auth)",
+    )
+    capacity.add_argument("--pipeline", type=Path, default=DEFAULT_PIPELINE, help="make bench-pipeline's --json")
+    capacity.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="python -m tests.bench.model's --json")
+
+
+def _capacity(args: argparse.Namespace) -> int:
+    from libs.cli.capacity import Demand, format_plan, load_measured, plan
+
+    try:
+        measured = load_measured(args.pipeline, args.model, args.signup_cpu_ms, args.batch)
+        demand = Demand(
+            images_per_s=args.images_per_s,
+            signups_per_s=args.signups_per_s,
+            images_per_job=args.images_per_job,
+            api_share=args.api_share,
+            utilisation=args.utilisation,
+            service_over_model=args.service_over_model,
+            cores_per_broker=args.cores_per_broker,
+            replication=args.replication,
+        )
+        result = plan(measured, demand)
+    except (OSError, ValueError, KeyError) as exc:
+        print(f"darkroom capacity: {exc}", file=sys.stderr)
+        return 2
+    print(format_plan(measured, demand, result), end="")
+    return 0
 
 
 def _add_models_parser(commands: Any) -> None:
