@@ -1,6 +1,6 @@
 """End to end: the metering service (faust) folds completed jobs into per-account usage.
 
-Through the official SDK, a new account makes two jobs (three images); `GET /v1/usage`
+Through the official SDK, a new account makes two jobs (three images), then a burst of six; `GET /v1/usage`
 then shows that day's jobs, images and output tokens, equal to what the jobs completed;
 another account sees none of it, and `darkroom usage --account` shows the same to operators.
 """
@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -47,20 +48,26 @@ def test_metered_usage_equals_the_completed_jobs_and_is_the_owners_alone(running
         client.images.generate(prompt="a red circle", quality="low", n=1),
         client.images.generate(prompt="a blue square", quality="low", n=2),
     ]
+    # Then a burst: completions that reach metering together are counted in one batch.
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        burst = pool.map(
+            lambda i: client.images.generate(prompt=f"a green star number {i}", quality="low", n=1), range(6)
+        )
+        results += list(burst)
     images = sum(len(r.data) for r in results)
     tokens = sum(r.usage.output_tokens for r in results if r.usage is not None)
-    assert images == 3
+    assert images == 9
 
     deadline = time.monotonic() + 60
     while True:
         body = _usage(running, owner["api_key"])
-        if body["data"] and body["data"][-1]["jobs"] == 2:
+        if body["data"] and body["data"][-1]["jobs"] == 8:
             break
-        assert time.monotonic() < deadline, f"usage never reached 2 jobs: {body}"
+        assert time.monotonic() < deadline, f"usage never reached 8 jobs: {body}"
         time.sleep(0.5)
     [day] = body["data"]
-    assert (day["jobs"], day["images"], day["output_tokens"]) == (2, images, tokens)
-    assert day["by_model"] == {"darkroom-mini": {"jobs": 2, "images": 3, "output_tokens": tokens}}
+    assert (day["jobs"], day["images"], day["output_tokens"]) == (8, images, tokens)
+    assert day["by_model"] == {"darkroom-mini": {"jobs": 8, "images": 9, "output_tokens": tokens}}
     assert body["account_id"] == owner["id"]
     assert _usage(running, other["api_key"])["data"] == []  # owner-only
 
@@ -84,4 +91,4 @@ def test_metered_usage_equals_the_completed_jobs_and_is_the_owners_alone(running
         check=True,
     )
     [cli_day] = yaml.safe_load(shown.stdout)["days"]
-    assert (cli_day["jobs"], cli_day["images"], cli_day["output_tokens"]) == (2, 3, tokens)
+    assert (cli_day["jobs"], cli_day["images"], cli_day["output_tokens"]) == (8, 9, tokens)
