@@ -80,9 +80,10 @@ class MinioSettings(ServiceSettings):
 class MeteringSettings(ServiceSettings):
     """The metering service: what its abuse detection does about an account over its limits."""
 
-    abuse_action: Literal["flag", "suspend"] = "flag"
-    """`flag`: publish `AccountFlagged` (a metric and an alert follow); `suspend`: also revoke
-    every key of the account (every gateway refuses it within a second)."""
+    abuse_action: Literal["flag", "throttle", "suspend"] = "flag"
+    """`flag`: publish `AccountFlagged` (a metric and an alert follow); `throttle`: also move
+    the account to the free tier's limits (keys intact); `suspend`: also revoke every key of
+    the account (every gateway refuses it within a second)."""
     abuse_tolerance: float = Field(default=1.5, ge=1.0)
     """How far over its tier's admissible images (per minute, per day) an account may go before
     it is flagged: gateways enforce limits per replica within an error bound (libs/ratelimit.py)."""

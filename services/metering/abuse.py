@@ -16,9 +16,11 @@ in those 24 hours has no baseline and is judged by its policy alone.
 Then an `AccountFlagged` event goes to `darkroom.accounts.flags` (once per account and
 window), the `darkroom_accounts_flagged_total` metric counts it (an alert rule watches it),
 and, for an excess over the policy only, with `abuse_action=suspend` every key of the
-account is revoked: a `RevokeKeys` command to the auth service, whose revocations every
-gateway applies within a second. A jump over the baseline is flagged, never suspended: it
-is within what the policy admits.
+account is revoked (a `RevokeKeys` command to the auth service, whose revocations every
+gateway applies within a second), and with `abuse_action=throttle` the account is moved to
+the free tier (a `ChangeTier` command: the free tier's limits, applied by every gateway
+within a second, its keys intact; an account already on the free tier is flagged). A jump
+over the baseline is flagged, never throttled or suspended: it is within the policy.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from libs import topics
 from libs.access import AccessState
 from libs.bus import EventPublisher
 from libs.events import Envelope
-from libs.events.schemas import AccountFlagged, RevokeKeys, TierPolicy
+from libs.events.schemas import AccountFlagged, ChangeTier, RevokeKeys, TierPolicy
 from services.metering.domain import Tally
 
 log = logging.getLogger(__name__)
@@ -56,6 +58,10 @@ class Excess:
     images: int
     admissible: int
 
+
+THROTTLED_TIER: Final = "free"
+"""Where `abuse_action=throttle` moves an account: the lowest tier's limits, applied by every
+gateway within a second, keys intact (an operator moves it back: `darkroom accounts upgrade`)."""
 
 BASELINE_FLOOR_SHARE: Final = 0.25
 """An hour is compared with the account's baseline only past this share of its tier's images
@@ -94,7 +100,8 @@ class AbuseWatch:
     Args:
         access: The tier policies and account tiers in force (folded from their topics).
         publisher: Publishes flags, and revocations when suspending.
-        action: `flag` or `suspend` (an excess over the policy; a baseline jump is flagged).
+        action: `flag`, `throttle` or `suspend` (an excess over the policy; a baseline jump is
+            flagged).
         tolerance: Factor over the policy before an account is flagged.
         baseline_factor: Factor over the account's mean images per hour before it is flagged.
     """
@@ -115,14 +122,14 @@ class AbuseWatch:
         self._flagged: set[tuple[str, str, str]] = set()
 
     async def counted(self, tally: Tally) -> None:
-        """After an account's completions were counted: flag (and suspend) it if it is over."""
+        """After an account's completions were counted: flag (and throttle or suspend) it if it is over."""
         account_id = tally.account_id
         tier = self.access.tier_of(account_id, tally.tier)
         excess = judge(self.access.policy(tier), tally, self._tolerance, self._baseline_factor)
         if excess is None or (account_id, excess.reason, excess.window) in self._flagged:
             return
         self._flagged.add((account_id, excess.reason, excess.window))
-        action = "suspended" if self._action == "suspend" and excess.reason != "baseline" else "flagged"
+        action = self._act_on(excess, tier)
         flag = AccountFlagged(
             account_id=account_id,
             tier=tier,
@@ -146,13 +153,31 @@ class AbuseWatch:
         await self._publisher.publish(
             topics.ACCOUNT_FLAGS, Envelope.wrap(flag, aggregate_id=account_id), key=account_id
         )
+        command: RevokeKeys | ChangeTier | None = None
         if action == "suspended":
             what = f"{excess.images} images {excess.reason} ({excess.window}), admissible {excess.admissible}"
-            revoke = RevokeKeys(
+            command = RevokeKeys(
                 request_id=f"abuse-{uuid.uuid4().hex}",
                 account_id=account_id,
                 reason=f"abuse detection: {what}",
                 requested_by="metering",
             )
-            envelope = Envelope.wrap(revoke, aggregate_id=account_id)
+        elif action == "throttled":
+            command = ChangeTier(
+                request_id=f"abuse-{uuid.uuid4().hex}",
+                account_id=account_id,
+                tier=THROTTLED_TIER,
+                requested_by="metering",
+            )
+        if command is not None:
+            envelope = Envelope.wrap(command, aggregate_id=account_id)
             await self._publisher.publish(topics.ACCOUNT_COMMANDS, envelope, key=account_id)
+
+    def _act_on(self, excess: Excess, tier: str) -> str:
+        """What is done about an excess: a jump over the baseline is only flagged (it is within
+        the policy), as is an account to throttle that is on the lowest tier already."""
+        if excess.reason == "baseline" or self._action == "flag":
+            return "flagged"
+        if self._action == "throttle":
+            return "throttled" if tier != THROTTLED_TIER else "flagged"
+        return "suspended"

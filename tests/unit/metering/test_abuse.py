@@ -7,7 +7,7 @@ from libs.access import DEFAULT_POLICIES, AccessState
 from libs.bus import EventPublisher
 from libs.bus.memory import InMemoryBroker
 from libs.events import REGISTRY, Envelope
-from libs.events.schemas import AccountFlagged, RevokeKeys, TierChanged
+from libs.events.schemas import AccountFlagged, ChangeTier, RevokeKeys, TierChanged
 from services.metering.abuse import AbuseWatch, judge
 from services.metering.domain import Tally
 
@@ -112,3 +112,24 @@ async def test_a_jump_over_the_baseline_is_flagged_but_never_suspended() -> None
     [flag] = _events(broker, topics.ACCOUNT_FLAGS)
     assert isinstance(flag, AccountFlagged) and (flag.reason, flag.action) == ("baseline", "flagged")
     assert _events(broker, topics.ACCOUNT_COMMANDS) == []
+
+
+async def test_throttling_moves_an_account_over_its_policy_to_the_free_tier() -> None:
+    broker = InMemoryBroker()
+    access = AccessState()
+    watch = AbuseWatch(access, EventPublisher(broker.producer()), action="throttle", tolerance=1.0)
+    pro = DEFAULT_POLICIES["pro"]
+    over = pro.requests_per_minute * pro.max_n + 1
+    await watch.counted(_tally(over, over, account="acct_pro", tier="pro"))
+    [flag] = _events(broker, topics.ACCOUNT_FLAGS)
+    assert isinstance(flag, AccountFlagged) and (flag.reason, flag.action) == ("per_minute", "throttled")
+    [command] = _events(broker, topics.ACCOUNT_COMMANDS)
+    assert isinstance(command, ChangeTier)
+    assert (command.account_id, command.tier, command.requested_by) == ("acct_pro", "free", "metering")
+    # A free account has no lower tier: it is flagged, nothing more.
+    await watch.counted(_tally(8, 8, account="acct_free"))
+    assert [e.action for e in _events(broker, topics.ACCOUNT_FLAGS) if isinstance(e, AccountFlagged)] == [
+        "throttled",
+        "flagged",
+    ]
+    assert len(_events(broker, topics.ACCOUNT_COMMANDS)) == 1
