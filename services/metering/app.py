@@ -58,6 +58,7 @@ MINUTE_WINDOW_KEPT: Final = timedelta(hours=1)
 HOUR_WINDOW_S: Final = 3600.0
 HOUR_WINDOW_KEPT: Final = timedelta(hours=BASELINE_HOURS + 1)
 LAG_INTERVAL_S: Final = 5.0
+BROKER_SESSION_TIMEOUT_S: Final = 10.0
 COUNT_BATCH: Final = 500
 COUNT_WITHIN_S: Final = 0.25
 """Completions are counted in batches of up to COUNT_BATCH, or what came within COUNT_WITHIN_S:
@@ -86,6 +87,9 @@ def build_app(bootstrap: str, publish: Publish, counted: Counted | None = None, 
         topic_partitions=COMPLETED_PARTITIONS,
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
+        # A worker killed with -9 holds its partitions until its session times out: faust's
+        # 60 s default kept a restarted metering unassigned (and unhealthy) for ~57 s.
+        broker_session_timeout=BROKER_SESSION_TIMEOUT_S,
     )
     completed = app.topic(
         COMPLETED_TOPIC,
