@@ -141,22 +141,27 @@ async def test_a_concurrent_writer_makes_the_handler_retry() -> None:
         await handlers.handle(verdict, _envelope(verdict))
 
 
-async def test_a_command_creates_its_job_without_reading_the_store() -> None:
-    broker, docs = InMemoryBroker(), InMemoryDocumentStore()
-    handlers = RequestHandlers(docs, EventPublisher(broker.producer()))
-    reads = 0
+def _count_reads(docs: InMemoryDocumentStore) -> list[str]:
+    """The ids the store is asked for from now on (a list the test reads)."""
+    reads: list[str] = []
     original_get = docs.get
 
     async def counting_get(collection: str, doc_id: str):  # type: ignore[no-untyped-def]
-        nonlocal reads
-        reads += 1
+        reads.append(doc_id)
         return await original_get(collection, doc_id)
 
     docs.get = counting_get  # type: ignore[method-assign]
+    return reads
+
+
+async def test_a_command_creates_its_job_without_reading_the_store() -> None:
+    broker, docs = InMemoryBroker(), InMemoryDocumentStore()
+    handlers = RequestHandlers(docs, EventPublisher(broker.producer()))
+    reads = _count_reads(docs)
     command = GenerateImage(job_id=JOB, spec=_spec(), created_at=datetime.now(UTC))
     await handlers.handle(command, _envelope(command))
-    assert reads == 0
-    assert await original_get(COLLECTION, revision_id(JOB, 1)) is not None
+    assert reads == []
+    assert await docs.get(COLLECTION, revision_id(JOB, 1)) is not None
     assert [e.type for e in _events(broker, topics.REQUEST_EVENTS)] == [JobAccepted.TYPE]
 
 
@@ -179,18 +184,10 @@ async def test_the_next_input_of_a_job_needs_no_read_of_the_store() -> None:
     handlers = RequestHandlers(docs, EventPublisher(broker.producer()))
     command = GenerateImage(job_id=JOB, spec=_spec(), created_at=datetime.now(UTC))
     await handlers.handle(command, _envelope(command))
-    reads = 0
-    original_get = docs.get
-
-    async def counting_get(collection: str, doc_id: str):  # type: ignore[no-untyped-def]
-        nonlocal reads
-        reads += 1
-        return await original_get(collection, doc_id)
-
-    docs.get = counting_get  # type: ignore[method-assign]
+    reads = _count_reads(docs)
     verdict = SafetyVerdict(job_id=JOB, stage="prompt", allowed=True, policy_version=1)
     await handlers.handle(verdict, _envelope(verdict))
-    assert reads == 0
+    assert reads == []
     assert _events(broker, topics.REQUEST_EVENTS)[-1].type == JobQueued.TYPE
 
 
