@@ -1,10 +1,23 @@
 """Rate limits shared by gateway replicas: token buckets, images per day, concurrent jobs.
 
-Every replica keeps a `UsageLedger` and feeds it two things: its own admissions (at
-once, when it admits a request) and every `GenerateImage` command on the image-command
-topic (the log of what all replicas admitted), plus the request events that end jobs.
-Since the command log is the record of admissions, every replica converges to the
-same counts without a shared database and without a message of its own.
+Every replica keeps a `UsageLedger` and feeds it three things: its own admissions (at
+once, when it admits a request), every `GenerateImage` command on the image-command
+topics (the log of what all replicas admitted) with the request events that end jobs,
+and the metering service's usage per account-day (`AccountUsage`, compacted). Since the
+logs are the record, every replica converges to the same counts without a shared
+database and without a message of its own.
+
+Images per day are what the account's jobs accepted that day delivered, as metered,
+plus what its jobs still in flight asked for: a job that fails, is blocked or is
+cancelled gives its images back. A replica starting reads the metered usage and only
+one job hold of commands and ends (not the day's commands), so its start does not grow
+with the day's traffic. A completion is in the metered count once the account-day's
+`completed_through` has reached its time; until then the ledger counts it itself.
+Completions of one account reach metering from several partitions, so one may be taken
+as metered a moment before it is (an undercount for as long as metering's lag, then
+exact); a job still in flight at a replica's start whose command is older than the
+hold counts when it completes, and metering stopped for longer than the hold is not
+made up by a replica that starts meanwhile.
 
 Error bound: a replica learns of another replica's admission one Kafka hop after it
 (the command's publish-to-read latency L, tens of milliseconds locally). Within L, N
@@ -122,7 +135,19 @@ class Decision:
 @dataclass
 class _Job:
     account_id: str
+    n: int
     started: float
+    """When it was admitted (Unix seconds)."""
+    completed: float | None = None
+    """When it completed (its `JobCompleted`'s time); None while it is in flight."""
+
+
+@dataclass(frozen=True)
+class _Ended:
+    at: float
+    """When the end was read (Unix seconds)."""
+    completed: float | None
+    """The completion's time; None for a job that failed, was blocked or was cancelled."""
 
 
 @dataclass
@@ -137,12 +162,18 @@ class UsageLedger:
     job_hold_s: float = 600.0
     buckets: dict[str, TokenBucket] = field(default_factory=dict)
     day: date | None = None
-    images: dict[str, int] = field(default_factory=dict)
-    active: dict[str, dict[str, _Job]] = field(default_factory=dict)
-    ended: dict[str, float] = field(default_factory=dict)
+    metered: dict[str, tuple[int, float]] = field(default_factory=dict)
+    """Today's metered usage: account -> (images, `completed_through` in Unix seconds)."""
+    jobs: dict[str, dict[str, _Job]] = field(default_factory=dict)
+    """account -> its jobs that count beside the metered usage: in flight, or completed
+    and not yet metered."""
+    ended: dict[str, _Ended] = field(default_factory=dict)
+    """Ends read before their job's command (another partition), kept for one hold."""
     own: set[str] = field(default_factory=set)
     """Jobs this replica admitted whose command it has not read back yet."""
     _job_accounts: dict[str, str] = field(default_factory=dict)
+    _midnight: float = 0.0
+    """00:00 UTC of `day`, in Unix seconds."""
 
     # -- admission ---------------------------------------------------------------
 
@@ -212,8 +243,7 @@ class UsageLedger:
         account.tokens -= 1
         if tier_bucket is not None:
             tier_bucket.tokens -= 1
-        self._count_images(account_id, n, now, now)
-        self._start(job_id, account_id, now)
+        self._track(job_id, _Job(account_id, n, now))
         self.own.add(job_id)
         return Decision(
             allowed=True,
@@ -246,44 +276,81 @@ class UsageLedger:
         self._bucket(f"acct:{account_id}", policy.requests_per_minute, now).debit(1, at, now)
         if policy.tier_requests_per_minute:
             self._bucket(f"tier:{tier}", policy.tier_requests_per_minute, now).debit(1, at, now)
-        self._count_images(account_id, n, at, now)
-        if job_id not in self.ended and now - at < self.job_hold_s:
-            self._start(job_id, account_id, at)
+        ended = self.ended.pop(job_id, None)
+        if ended is None:
+            if now - at < self.job_hold_s:
+                self._track(job_id, _Job(account_id, n, at))
+        elif ended.completed is not None:
+            self._track(job_id, _Job(account_id, n, at, completed=ended.completed))
+            self._drop_metered(account_id)
 
-    def record_end(self, job_id: str, now: float) -> None:
-        """A job reached its end (completed, blocked, failed, cancelled)."""
-        account_id = self._job_accounts.pop(job_id, None)
+    def record_end(self, job_id: str, now: float, completed: float | None = None) -> None:
+        """A job reached its end.
+
+        Args:
+            job_id: The job.
+            now: Unix seconds.
+            completed: For a completed job, its completion's time (Unix seconds, as its
+                `JobCompleted` envelope says, which metering's `completed_through` compares
+                with); None for a job that failed, was blocked or was cancelled: its images
+                are given back.
+        """
+        account_id = self._job_accounts.get(job_id)
         if account_id is None:
-            self.ended[job_id] = now  # its command may still be on its way (another partition)
+            self.ended[job_id] = _Ended(now, completed)  # its command may still be on its way (another partition)
             return
-        jobs = self.active.get(account_id)
-        if jobs is not None:
-            jobs.pop(job_id, None)
-            if not jobs:
-                del self.active[account_id]
+        job = self.jobs[account_id][job_id]
+        if completed is None:
+            self._untrack(job_id)
+        else:
+            job.completed = completed
+            self._drop_metered(account_id)
+
+    def record_metered(self, account_id: str, day: str, images: int, through: float | None, now: float) -> None:
+        """The metering service's usage of an account on a UTC day (its latest record).
+
+        Args:
+            account_id: Whose usage.
+            day: The UTC day (YYYY-MM-DD) its jobs were accepted; other days than today are not kept.
+            images: Images its completed jobs delivered.
+            through: The time of the latest completion counted (Unix seconds), if known.
+            now: Unix seconds.
+        """
+        if day != self._roll_day(now).isoformat():
+            return
+        self.metered[account_id] = (images, through if through is not None else 0.0)
+        self._drop_metered(account_id)
 
     # -- reading -----------------------------------------------------------------
 
     def in_flight(self, account_id: str, now: float) -> int:
-        """Jobs of the account in flight (expired holds are dropped)."""
-        jobs = self.active.get(account_id)
+        """Jobs of the account in flight (holds that expired are dropped)."""
+        jobs = self.jobs.get(account_id)
         if not jobs:
             return 0
-        for job_id in [j for j, job in jobs.items() if now - job.started >= self.job_hold_s]:
-            del jobs[job_id]
-            self._job_accounts.pop(job_id, None)
-        return len(jobs)
+        for job_id in [j for j, job in jobs.items() if job.completed is None and now - job.started >= self.job_hold_s]:
+            self._untrack(job_id)
+        return sum(1 for job in self.jobs.get(account_id, {}).values() if job.completed is None)
 
     def images_today(self, account_id: str, now: float) -> int:
-        """Images the account was granted today (UTC)."""
+        """Images the account's jobs accepted today (UTC) delivered or asked for while in flight."""
         self._roll_day(now)
-        return self.images.get(account_id, 0)
+        self.in_flight(account_id, now)
+        metered, _ = self.metered.get(account_id, (0, 0.0))
+        midnight = self._midnight
+        return metered + sum(job.n for job in self.jobs.get(account_id, {}).values() if job.started >= midnight)
 
     def prune(self, now: float) -> None:
         """Forget ended markers and full buckets that no longer matter (call now and then)."""
-        self.ended = {j: t for j, t in self.ended.items() if now - t < self.job_hold_s}
+        self.ended = {j: e for j, e in self.ended.items() if now - e.at < self.job_hold_s}
+        for account_id in list(self.jobs):
+            self.in_flight(account_id, now)
+        cutoff = now - 86400  # a completion never metered (metering down) is let go after a day
         for key in [k for k, b in self.buckets.items() if _idle_and_full(b, now)]:
             del self.buckets[key]
+        for jobs in list(self.jobs.values()):
+            for job_id in [j for j, job in jobs.items() if job.completed is not None and job.completed < cutoff]:
+                self._untrack(job_id)
 
     # -- internals ---------------------------------------------------------------
 
@@ -298,17 +365,29 @@ class UsageLedger:
     def _roll_day(self, now: float) -> date:
         today = datetime.fromtimestamp(now, UTC).date()
         if self.day != today:
-            self.day, self.images = today, {}
+            self.day, self.metered = today, {}
+            self._midnight = datetime(today.year, today.month, today.day, tzinfo=UTC).timestamp()
         return today
 
-    def _count_images(self, account_id: str, n: int, at: float, now: float) -> None:
-        today = self._roll_day(now)
-        if datetime.fromtimestamp(at, UTC).date() == today:
-            self.images[account_id] = self.images.get(account_id, 0) + n
+    def _track(self, job_id: str, job: _Job) -> None:
+        self.jobs.setdefault(job.account_id, {})[job_id] = job
+        self._job_accounts[job_id] = job.account_id
 
-    def _start(self, job_id: str, account_id: str, at: float) -> None:
-        self.active.setdefault(account_id, {})[job_id] = _Job(account_id, at)
-        self._job_accounts[job_id] = account_id
+    def _untrack(self, job_id: str) -> None:
+        account_id = self._job_accounts.pop(job_id, None)
+        if account_id is None:
+            return
+        jobs = self.jobs[account_id]
+        del jobs[job_id]
+        if not jobs:
+            del self.jobs[account_id]
+
+    def _drop_metered(self, account_id: str) -> None:
+        """Forget the account's completions that today's metered usage counts already."""
+        _, through = self.metered.get(account_id, (0, 0.0))
+        jobs = self.jobs.get(account_id, {})
+        for job_id in [j for j, job in jobs.items() if job.completed is not None and job.completed <= through]:
+            self._untrack(job_id)
 
 
 def _idle_and_full(bucket: TokenBucket, now: float) -> bool:

@@ -133,6 +133,11 @@ class GatewaySettings(SigningSettings, MinioSettings, MongoSettings):
     beyond a bound new jobs are refused with 503 and retry-after."""
     lane_poll_s: float = 1.0
     """Seconds between readings of the lanes' offsets."""
+    job_hold_s: float = 600.0
+    """A job counts against its account's concurrent jobs until its end is read, or this
+    long at most; a starting gateway reads this much of the commands and job ends (the
+    day's earlier usage comes from metering, libs/ratelimit.py). Under 60 s a starting
+    gateway's per-minute buckets miss what was admitted before its window."""
     operator_token: str = DEV_OPERATOR_TOKEN
     """The bearer token of the operator API (`/v1/admin/...`); API keys do not open it."""
 

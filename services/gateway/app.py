@@ -114,7 +114,7 @@ def create_app(
         ),
     ]
 
-    limits = limits or Limits(AccessState(), UsageLedger())
+    limits = limits or Limits(AccessState(), UsageLedger(job_hold_s=settings.job_hold_s))
     if readers is None:
         readers = port_readers(consumer_factory) if consumer_factory else kafka_readers(settings.kafka_bootstrap)
     access_feed = Feed(
@@ -131,7 +131,7 @@ def create_app(
         runtime.publisher,
         owned=False,
     )
-    metered = MeteredUsage()
+    metered = MeteredUsage(ledger=limits.ledger, clock=limits.clock)
     # The metering service's per-account usage (compacted): read, never answered for.
     metered_feed = Feed("metered", readers("metered", [topics.USAGE], {}), metered, runtime.publisher, owned=False)
     for feed in (access_feed, usage_feed, metered_feed):

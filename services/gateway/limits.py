@@ -7,9 +7,11 @@ of its topics (before the app serves) and then follows them:
   `AccessState` (libs/access.py), so a change reaches every replica in one fetch
   (`fetch_max_wait_ms` is 100 ms) and no request ever waits on a database or Kafka;
 - the usage feed folds every replica's admitted generations (the `GenerateImage`
-  commands, from 00:00 UTC today) and job ends (request events, from one job hold
-  ago) into `UsageLedger` (libs/ratelimit.py): the shared token buckets, images per
-  day and jobs in flight. libs/ratelimit.py states the error bound.
+  commands) and job ends (request events), both from one job hold ago, into
+  `UsageLedger` (libs/ratelimit.py): the shared token buckets, images per day and jobs
+  in flight; the metered feed (services/gateway/metered.py) adds each account's usage
+  earlier in the day, as the metering service counted it. libs/ratelimit.py states
+  the error bound.
 """
 
 from __future__ import annotations
@@ -20,7 +22,6 @@ import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -31,7 +32,14 @@ from libs.apikeys import Principal
 from libs.bus import EventConsumer, EventPublisher, Handler, Record
 from libs.bus.logreader import KafkaLogReader, LogReader, PortLogReader, read_to_end
 from libs.events import REGISTRY, DecodeError, Envelope
-from libs.events.schemas import GenerateImage, ModelVersionFailed
+from libs.events.schemas import (
+    GenerateImage,
+    JobBlocked,
+    JobCancelled,
+    JobCompleted,
+    JobFailed,
+    ModelVersionFailed,
+)
 from libs.events.schemas.policies import QUALITY_ORDER
 from libs.ratelimit import UsageLedger
 from libs.releases import ModelReleases
@@ -43,7 +51,8 @@ log = logging.getLogger(__name__)
 FEATURE_GENERATION = "image_generation"
 SCOPE_HEADERS = "darkroom.ratelimit_headers"
 """Where a route leaves the rate-limit headers for `RateLimitHeaders` to add."""
-_JOB_ENDS = frozenset({"images.job_completed", "images.job_blocked", "images.job_failed", "images.job_cancelled"})
+_JOB_COMPLETED = JobCompleted.TYPE
+_JOB_ENDS = frozenset({_JOB_COMPLETED, JobBlocked.TYPE, JobFailed.TYPE, JobCancelled.TYPE})
 
 ReaderFactory = Callable[[str, Sequence[str], Mapping[str, int]], LogReader]
 """(name, topics, start time in Unix ms per topic) -> a reader, not started."""
@@ -186,23 +195,20 @@ class UsageHandler:
                 now,
             )
         elif envelope.type in _JOB_ENDS:
-            self.ledger.record_end(envelope.aggregate_id, now)
+            completed = envelope.time.timestamp() if envelope.type == _JOB_COMPLETED else None
+            self.ledger.record_end(envelope.aggregate_id, now, completed)
         if now - self._last_prune > 60:
             self._last_prune = now
             self.ledger.prune(now)
 
 
 def usage_since(now: float, job_hold_s: float) -> dict[str, int]:
-    """Where the usage feed starts: commands from 00:00 UTC, job ends from one hold ago (both traffics)."""
-    midnight = datetime.fromtimestamp(now, UTC).replace(hour=0, minute=0, second=0, microsecond=0)
-    commands = int(min(midnight.timestamp(), now - job_hold_s) * 1000)
-    ends = int((now - job_hold_s) * 1000)
-    return {
-        topics.IMAGE_COMMANDS: commands,
-        topics.IMAGE_COMMANDS_API: commands,
-        topics.REQUEST_EVENTS: ends,
-        topics.REQUEST_EVENTS_API: ends,
-    }
+    """Where the usage feed starts: commands and job ends of one hold ago (both traffics).
+
+    The day's earlier images come from the metered usage (`darkroom.usage`), so a replica's
+    start reads at most one hold of traffic, however late in the day it starts."""
+    since = int((now - job_hold_s) * 1000)
+    return {name: since for name in topics.with_api_copies([topics.IMAGE_COMMANDS, topics.REQUEST_EVENTS])}
 
 
 @dataclass

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from libs.bus import Record
 from libs.events import REGISTRY, DecodeError, Envelope
 from libs.events.schemas import AccountUsage
+from libs.ratelimit import UsageLedger
 
 
 @dataclass
@@ -18,11 +21,17 @@ class MeteredUsage:
     """account id -> day (YYYY-MM-DD) -> usage."""
     changes: int = 0
     updated: asyncio.Event = field(default_factory=asyncio.Event)
+    ledger: UsageLedger | None = None
+    """The rate-limit ledger that counts today's metered images toward the daily quota."""
+    clock: Callable[[], float] = time.time
 
     def apply(self, usage: AccountUsage) -> None:
         self.days.setdefault(usage.account_id, {})[usage.day] = usage
         self.changes += 1
         self.updated.set()
+        if self.ledger is not None:
+            through = usage.completed_through.timestamp() if usage.completed_through is not None else None
+            self.ledger.record_metered(usage.account_id, usage.day, usage.images, through, self.clock())
 
     def of(self, account_id: str, since: str) -> list[AccountUsage]:
         """The account's days from `since` (YYYY-MM-DD) on, oldest first."""

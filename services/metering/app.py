@@ -195,7 +195,7 @@ def _job_agent(jobs: Any, completed: Any) -> Callable[[Any], Awaitable[None]]:
             job_id = key.decode() if isinstance(key, bytes) else str(key)
             stored = jobs.get(job_id)
             facts = JobFacts.model_validate(stored) if stored else None
-            kept, done = on_request_event(facts, event)
+            kept, done = on_request_event(facts, event, envelope.time)
             if kept is None:
                 if stored is not None:
                     del jobs[job_id]

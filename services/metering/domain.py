@@ -13,6 +13,7 @@ Two steps, as the faust app runs them (services/metering/app.py):
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
@@ -52,6 +53,8 @@ class CompletedJob(BaseModel):
     day: str
     images: int
     output_tokens: int
+    completed_at: datetime | None = None
+    """Its `JobCompleted` envelope's time (None in records from before it was kept)."""
 
 
 BASELINE_HOURS = 24
@@ -85,9 +88,12 @@ METERED_TYPES = frozenset(event.TYPE for event in (JobAccepted, JobCompleted, Jo
 progress, its stored images) are skipped before their payload is decoded."""
 
 
-def on_request_event(facts: JobFacts | None, event: Event) -> tuple[JobFacts | None, CompletedJob | None]:
+def on_request_event(
+    facts: JobFacts | None, event: Event, at: datetime | None = None
+) -> tuple[JobFacts | None, CompletedJob | None]:
     """A request event's effect on its job: the facts to keep (None: forget the job) and
-    the completion to count, if any."""
+    the completion to count, if any; `at` is the event's envelope time (a completion's
+    time, which the gateways compare with `AccountUsage.completed_through`)."""
     if isinstance(event, JobAccepted):
         spec = event.spec
         kept = JobFacts(
@@ -105,6 +111,7 @@ def on_request_event(facts: JobFacts | None, event: Event) -> tuple[JobFacts | N
             day=facts.day,
             images=len(event.images),
             output_tokens=event.usage.output_tokens if event.usage is not None else 0,
+            completed_at=at,
         )
         return None, done
     if isinstance(event, JobBlocked | JobFailed | JobCancelled):
@@ -119,6 +126,9 @@ def add_completed(usage: AccountUsage | None, job: CompletedJob) -> AccountUsage
     by_model[job.model] = ModelUsage(
         jobs=model.jobs + 1, images=model.images + job.images, output_tokens=model.output_tokens + job.output_tokens
     )
+    through = usage.completed_through if usage is not None else None
+    if job.completed_at is not None and (through is None or job.completed_at > through):
+        through = job.completed_at
     return AccountUsage(
         account_id=job.account_id,
         day=job.day,
@@ -127,6 +137,7 @@ def add_completed(usage: AccountUsage | None, job: CompletedJob) -> AccountUsage
         images=(usage.images if usage else 0) + job.images,
         output_tokens=(usage.output_tokens if usage else 0) + job.output_tokens,
         by_model=by_model,
+        completed_through=through,
     )
 
 

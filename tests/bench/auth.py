@@ -10,12 +10,16 @@
    rate limits (`Limits.admit_generation`), with 100,000 revoked keys and 50,000
    accounts with buckets in memory, measured call by call in this process pinned to
    one CPU.
-3. Usage replay at start: a gateway replica restores the day's image counts by reading
-   every `GenerateImage` command since 00:00 UTC (services/gateway/limits.py). The
-   bench writes `--replay` such commands, of 20,000 accounts, to a private topic on the
-   stack's Kafka and times the usage feed's `load` over it, as a replica starting does;
-   then the same decoding and folding with no Kafka, to show where the time goes. The
-   figure is commands per second, and what that makes of a launch day's commands.
+3. A gateway's start: a replica restores its limits from the metering service's usage
+   of each account-day (`darkroom.usage`) and the `GenerateImage` commands and request
+   events of one job hold (services/gateway/limits.py; until metering, it read every
+   command since 00:00 UTC). The bench writes `--replay` commands, of 20,000 accounts,
+   to a private topic on the stack's Kafka and times the usage feed's `load` over it, as
+   a replica starting does, then the same decoding and folding with no Kafka, to show
+   where the time goes; and `--replay` account-days of usage to another, timed through
+   the metered feed's `load` into the same ledger. From the two rates: how long a
+   replica's start takes at launch-day scale now (one hold of traffic and a day of
+   account-days) and how long it took replaying the day's commands.
 
 Figures are from one run on a shared machine; each level runs `--repeats` times and
 the median is printed.
@@ -45,15 +49,21 @@ from libs.bus.kafka import KafkaProducer
 from libs.bus.logreader import KafkaLogReader
 from libs.bus.ports import Record
 from libs.events import Envelope
-from libs.events.schemas import GenerateImage, KeyRevoked, TierPolicyChanged
+from libs.events.schemas import AccountUsage, GenerateImage, KeyRevoked, TierPolicyChanged
 from libs.ratelimit import UsageLedger
+from libs.settings import GatewaySettings
 from services.gateway.limits import Feed, Limits, UsageHandler
+from services.gateway.metered import MeteredUsage
 from tests.bench.stack import fresh_bench_stack
 from tests.bench.stats import percentile
 from tests.helpers import job_spec, scratch_topic
 
 LAUNCH_DAY_COMMANDS = 100_000_000
 """About a launch day's images (700M in the first week), one command each at n=1."""
+LAUNCH_DAY_ACCOUNTS = 20_000_000
+"""Accounts that generate on such a day (about five images each): one usage record each."""
+REQUEST_EVENTS_PER_JOB = 6
+"""Request events of a job (docs/benchmarks/pipeline-2core.json), read for jobs' ends."""
 
 
 async def signups(base_url: str, total: int, concurrency: int) -> dict[str, Any]:
@@ -189,6 +199,40 @@ async def usage_replay(bootstrap: str, commands: int, accounts: int = 20_000) ->
     }
 
 
+async def metered_load(bootstrap: str, records: int) -> dict[str, Any]:
+    """Account-days of metered usage per second the metered feed loads at start, into a ledger."""
+    topic = await scratch_topic(bootstrap, "bench.metered-load", 3)
+    now = datetime.now(UTC)
+    day = now.date().isoformat()
+    values = [
+        Envelope.wrap(
+            AccountUsage(
+                account_id=f"acct_{i}", day=day, tier="pro", jobs=1, images=5, output_tokens=1280, completed_through=now
+            ),
+            aggregate_id=f"acct_{i}|{day}",
+        ).to_bytes()
+        for i in range(records)
+    ]
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=50, max_batch_size=1 << 20)
+    await producer.start()
+    try:
+        pending = [await producer.send(topic, value=v, key=f"acct_{i}".encode()) for i, v in enumerate(values)]
+        await asyncio.gather(*pending)
+    finally:
+        await producer.stop()
+    ledger = UsageLedger()
+    metered = MeteredUsage(ledger=ledger)
+    reader = KafkaLogReader(bootstrap, [topic], client_id="bench-metered-load")
+    publisher = EventPublisher(KafkaProducer(bootstrap))
+    feed = Feed("metered-bench", reader, metered, publisher, owned=False)
+    t0 = time.perf_counter()
+    await feed.load(timeout_s=3600)
+    elapsed = time.perf_counter() - t0
+    await feed.close()
+    counted = sum(ledger.images_today(f"acct_{i}", now.timestamp()) for i in range(records))
+    return {"records": records, "images_counted": counted, "over_kafka_per_s": round(records / elapsed)}
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; prints the figures and their JSON."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -222,6 +266,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"p50 {result['p50_ms']} ms, p99 {result['p99_ms']} ms, errors {result['errors'] or 0}"
             )
         replays = [asyncio.run(usage_replay(stack.profile.kafka_bootstrap, args.replay)) for _ in range(args.repeats)]
+        loads = [asyncio.run(metered_load(stack.profile.kafka_bootstrap, args.replay)) for _ in range(args.repeats)]
     finally:
         if not args.keep:
             stack.down()
@@ -234,7 +279,24 @@ def main(argv: list[str] | None = None) -> int:
         f"{LAUNCH_DAY_COMMANDS / replay['over_kafka_per_s'] / 60:.1f} minutes for {LAUNCH_DAY_COMMANDS:,} commands "
         f"(median of {len(replays)} runs of {args.replay})"
     )
-    print(json.dumps({"request_overhead": overhead, "signups": runs, "usage_replay": replays}, indent=2))
+    usage_rate = statistics.median(r["over_kafka_per_s"] for r in loads)
+    hold_s = GatewaySettings().job_hold_s
+    hold_records = LAUNCH_DAY_COMMANDS * hold_s / 86400 * (1 + REQUEST_EVENTS_PER_JOB)
+    start_s = hold_records / replay["over_kafka_per_s"] + LAUNCH_DAY_ACCOUNTS / usage_rate
+    print(
+        f"metered usage at start: {usage_rate:.0f} account-days/s over Kafka (median of {len(loads)} runs of "
+        f"{args.replay})"
+    )
+    print(
+        f"gateway start at launch-day scale: {start_s / 60:.1f} minutes ({hold_records:,.0f} commands and request "
+        f"events of one {hold_s:.0f} s hold, {LAUNCH_DAY_ACCOUNTS:,} account-days of metered usage), "
+        f"was {LAUNCH_DAY_COMMANDS / replay['over_kafka_per_s'] / 60:.1f} minutes replaying the day's commands"
+    )
+    print(
+        json.dumps(
+            {"request_overhead": overhead, "signups": runs, "usage_replay": replays, "metered_load": loads}, indent=2
+        )
+    )
     return 0
 
 

@@ -3,11 +3,14 @@
 Through the official SDK, a new account makes two jobs (three images), then a burst of six; `GET /v1/usage`
 then shows that day's jobs, images and output tokens, equal to what the jobs completed;
 another account sees none of it, and `darkroom usage --account` shows the same to operators.
+A gateway started after an account's jobs, reading too little of the command log to see
+them, holds the account to its daily quota from the metered usage alone.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import subprocess
 import sys
@@ -19,18 +22,20 @@ from typing import Any
 
 import httpx
 import openai
+import pytest
 import yaml
 
 from infra.stack import Stack
 from libs.cli.accounts import create_account
+from libs.cli.policy import set_policy
 from libs.settings import DEV_SIGNING_KEY
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _account(stack: Stack) -> dict[str, Any]:
+def _account(stack: Stack, tier: str = "pro") -> dict[str, Any]:
     email = f"usage-{uuid.uuid4().hex[:10]}@example.com"
-    return dict(asyncio.run(create_account(stack.profile.kafka_bootstrap, email, "pro", DEV_SIGNING_KEY)))
+    return dict(asyncio.run(create_account(stack.profile.kafka_bootstrap, email, tier, DEV_SIGNING_KEY)))
 
 
 def _usage(stack: Stack, key: str) -> dict[str, Any]:
@@ -92,3 +97,36 @@ def test_metered_usage_equals_the_completed_jobs_and_is_the_owners_alone(running
     )
     [cli_day] = yaml.safe_load(shown.stdout)["days"]
     assert (cli_day["jobs"], cli_day["images"], cli_day["output_tokens"]) == (8, 9, tokens)
+
+
+def test_a_gateway_started_late_holds_an_account_to_its_metered_quota(running: Stack) -> None:
+    bootstrap = running.profile.kafka_bootstrap
+    before = set_policy(bootstrap, changed_by="e2e-usage", tier="plus", changes={"images_per_day": 3})
+    late = Stack(
+        dataclasses.replace(
+            running.profile, process_env=(*running.profile.process_env, ("gateway", "DARKROOM_JOB_HOLD_S", "1"))
+        ),
+        say=print,
+    )
+    try:
+        account = _account(running, "plus")
+        client = openai.OpenAI(base_url=f"{running.profile.gateway_url}/v1", api_key=account["api_key"], max_retries=0)
+        client.images.generate(prompt="two circles", quality="low", n=2)  # under either policy
+        deadline = time.monotonic() + 60
+        while not (days := _usage(running, account["api_key"])["data"]) or days[-1]["images"] != 2:
+            assert time.monotonic() < deadline, f"metering never counted the 2 images: {days}"
+            time.sleep(0.5)
+        # A gateway that reads one second of commands: the job above is metering's alone to know.
+        running.proc("gateway").stop()
+        time.sleep(1.5)
+        late.up_services()
+        with pytest.raises(openai.RateLimitError) as error:
+            client.images.generate(prompt="two more", quality="low", n=2)
+        assert error.value.code == "insufficient_quota" and "used 2 of the 3" in error.value.message
+        assert len(client.images.generate(prompt="the last one", quality="low", n=1).data) == 1
+        with pytest.raises(openai.RateLimitError):
+            client.images.generate(prompt="none left", quality="low", n=1)
+    finally:
+        set_policy(bootstrap, changed_by="e2e-usage", tier="plus", changes=before.model_dump()["previous"])
+        running.proc("gateway").stop()
+        running.up_services()

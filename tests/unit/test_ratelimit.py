@@ -51,17 +51,58 @@ def test_own_commands_read_back_are_not_charged_twice() -> None:
     assert ledger.admit("j2", "a", "free", POLICY, 1, T0).remaining == 4
 
 
-def test_old_commands_do_not_weigh_on_the_bucket_but_count_for_the_day() -> None:
+def test_the_days_metered_images_count_toward_the_quota_but_not_the_bucket() -> None:
     ledger = UsageLedger()
-    for i in range(3):
-        ledger.record_command(f"old{i}", "a", "free", POLICY, 3, T0 - 3600, T0)
+    ledger.record_metered("a", "2026-03-25", 9, T0 - 3600, T0)  # earlier today, as metering counted it
     assert ledger.images_today("a", T0) == 9
     decision = ledger.admit("j", "a", "free", POLICY, 2, T0)
     assert (decision.allowed, decision.code) == (False, "insufficient_quota")
     assert decision.headers()["x-should-retry"] == "false"
     assert ledger.admit("j", "a", "free", POLICY, 1, T0).remaining == 5
-    # Yesterday's images do not count today.
+    # Other days' usage is not today's, and yesterday's images do not count today.
+    ledger.record_metered("a", "2026-03-24", 50, T0 - 86400, T0)
+    assert ledger.images_today("a", T0) == 10
     assert ledger.images_today("a", T0 + 12 * 3600) == 0
+
+
+def test_a_completion_counts_once_before_and_after_metering_reaches_it() -> None:
+    ledger = UsageLedger()
+    assert ledger.admit("j1", "a", "free", POLICY, 2, T0).allowed
+    ledger.record_command("j2", "a", "free", POLICY, 3, T0, T0)  # admitted by another replica
+    assert ledger.images_today("a", T0) == 5
+    ledger.record_end("j1", T0 + 5, completed=T0 + 4)
+    ledger.record_end("j2", T0 + 6, completed=T0 + 6)
+    assert (ledger.images_today("a", T0 + 6), ledger.in_flight("a", T0 + 6)) == (5, 0)
+    ledger.record_metered("a", "2026-03-25", 2, T0 + 4, T0 + 7)  # j1 metered, j2 not yet
+    assert ledger.images_today("a", T0 + 7) == 5
+    ledger.record_metered("a", "2026-03-25", 5, T0 + 6, T0 + 8)
+    assert ledger.images_today("a", T0 + 8) == 5
+    assert "a" not in ledger.jobs  # both forgotten: metering holds them
+
+
+def test_a_job_that_does_not_complete_gives_its_images_back() -> None:
+    ledger = UsageLedger()
+    assert ledger.admit("j1", "a", "free", POLICY, 4, T0).allowed
+    assert ledger.admit("j2", "a", "free", POLICY, 4, T0).allowed
+    assert ledger.admit("j3", "a", "free", POLICY, 4, T0).code == "insufficient_quota"
+    ledger.record_end("j1", T0 + 1)  # blocked, failed or cancelled
+    assert ledger.images_today("a", T0 + 1) == 4
+    assert ledger.admit("j3", "a", "free", POLICY, 4, T0 + 1).allowed
+
+
+def test_a_replica_starting_late_counts_the_metered_day_and_one_hold_of_traffic() -> None:
+    """What a gateway reads at start: the metered usage, then commands and ends of the last
+    hold, in any order (the end of j2 before its command, metering after both)."""
+    ledger = UsageLedger(job_hold_s=600)
+    ledger.record_end("j2", T0, completed=T0 - 10)
+    ledger.record_command("j1", "a", "free", POLICY, 1, T0 - 100, T0)  # still in flight
+    ledger.record_command("j2", "a", "free", POLICY, 2, T0 - 200, T0)  # completed, not yet metered
+    ledger.record_command("j3", "a", "free", POLICY, 3, T0 - 300, T0)
+    ledger.record_end("j3", T0, completed=T0 - 250)  # completed and metered below
+    ledger.record_metered("a", "2026-03-25", 3 + 4, T0 - 250, T0)  # j3 and 4 images from the morning
+    assert ledger.images_today("a", T0) == 1 + 2 + 7
+    assert ledger.in_flight("a", T0) == 1
+    assert ledger.admit("j4", "a", "free", POLICY, 1, T0).code == "insufficient_quota"
 
 
 def test_jobs_in_flight_end_by_event_or_after_the_hold() -> None:

@@ -7,6 +7,8 @@ record per key ("<account>|<YYYY-MM-DD>") is the day's usage so far.
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from pydantic import BaseModel, ConfigDict, Field
 
 from libs.events.envelope import Event
@@ -38,6 +40,10 @@ class AccountUsage(Event):
     images: int = Field(ge=0)
     output_tokens: int = Field(ge=0)
     by_model: dict[str, ModelUsage] = {}
+    completed_through: datetime | None = None
+    """The time (its `JobCompleted` envelope's) of the latest completion counted here; the
+    gateways count a completion themselves until it is reached. None in records from
+    before it was kept."""
 
 
 @REGISTRY.register

@@ -21,7 +21,15 @@ from libs.apikeys import verify
 from libs.bus import EventPublisher
 from libs.bus.memory import InMemoryBroker
 from libs.events import Envelope, Event
-from libs.events.schemas import GenerateImage, KeyRevoked, RolloutChanged, Tier, TierChanged, TierPolicyChanged
+from libs.events.schemas import (
+    AccountUsage,
+    GenerateImage,
+    KeyRevoked,
+    RolloutChanged,
+    Tier,
+    TierChanged,
+    TierPolicyChanged,
+)
 from libs.ratelimit import UsageLedger
 from services.gateway.limits import Feed, Limits, UsageHandler, port_readers
 from tests.helpers import eventually, job_spec
@@ -112,6 +120,36 @@ async def test_the_daily_image_quota_is_insufficient_quota_not_to_retry(gateway:
     assert error.value.code == "insufficient_quota"
     assert error.value.response.headers["x-should-retry"] == "false"
     assert "2 of the 3 images per day" in error.value.message
+    await gateway.client.images.generate(prompt="the last one", quality="low", n=1)
+
+
+async def test_the_metered_usage_of_the_day_counts_toward_the_quota(gateway: GatewayUnderTest) -> None:
+    """Images completed before this gateway started (older than the commands it reads at
+    start) reach it as the metering service's usage of the day."""
+    await _set_policy(gateway, "pro", images_per_day=3)
+    now = datetime.now(UTC)
+    usage = AccountUsage(
+        account_id="acct_owner",
+        day=now.date().isoformat(),
+        tier="pro",
+        jobs=1,
+        images=2,
+        output_tokens=512,
+        completed_through=now,
+    )
+    key = f"acct_owner|{usage.day}"
+    await EventPublisher(gateway.pipeline.broker.producer()).publish(
+        topics.USAGE, Envelope.wrap(usage, aggregate_id=key), key=key
+    )
+    ledger = gateway.app.state.gateway.limits.ledger
+
+    async def metered() -> bool:
+        return ledger.images_today("acct_owner", time.time()) == 2
+
+    await eventually(metered, 5, "the gateway to read the metered usage")
+    with pytest.raises(openai.RateLimitError) as error:
+        await gateway.client.images.generate(prompt="two more", quality="low", n=2)
+    assert error.value.code == "insufficient_quota" and "2 of the 3 images per day" in error.value.message
     await gateway.client.images.generate(prompt="the last one", quality="low", n=1)
 
 

@@ -80,3 +80,16 @@ def test_the_events_skipped_before_decoding_are_those_that_change_nothing() -> N
     assert queued.TYPE not in METERED_TYPES
     assert on_request_event(facts, queued) == (facts, None)
     assert {_accepted().TYPE, _completed().TYPE, JobBlocked.TYPE} <= METERED_TYPES
+
+
+def test_a_days_usage_says_up_to_which_completion_it_counts() -> None:
+    """`completed_through` is the latest completion time folded, whatever order they came in
+    (the gateways count a completion themselves until it is reached)."""
+    late, early = ACCEPTED_AT.replace(second=30), ACCEPTED_AT.replace(second=10)
+    first = on_request_event(on_request_event(None, _accepted("j1"))[0], _completed("j1"), late)[1]
+    second = on_request_event(on_request_event(None, _accepted("j2"))[0], _completed("j2"), early)[1]
+    assert first is not None and second is not None and first.completed_at == late
+    usage = add_completed(add_completed(None, first), second)
+    assert usage.completed_through == late
+    assert usage_from_table(usage.model_dump(mode="json")) == usage
+    assert add_completed(None, second.model_copy(update={"completed_at": None})).completed_through is None
