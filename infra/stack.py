@@ -73,10 +73,38 @@ class Profile:
     otlp_endpoint: str = ""
     process_env: tuple[tuple[str, str, str], ...] = ()
     """Extra (process, variable, value) settings, e.g. another model for one decoder pool."""
+    kafka_brokers: int = 1
+    """KRaft nodes, each a broker and a controller: 1, or 3 for a replicated cluster."""
+    replicas: tuple[tuple[str, int], ...] = ()
+    """(service process, how many) where a service runs more than one process, each joining
+    its consumer group: `decoder-2`, `decoder-3`, ... beside `decoder`."""
+
+    @property
+    def kafka_nodes(self) -> list[KafkaNode]:
+        """The cluster's nodes: `kafka` on the profile's ports, then `kafka-<n>` 10 ports higher each."""
+        return [
+            KafkaNode(
+                name="kafka" if n == 1 else f"kafka-{n}",
+                node_id=n,
+                port=self.kafka_port + 10 * (n - 1),
+                controller_port=self.controller_port + 10 * (n - 1),
+            )
+            for n in range(1, self.kafka_brokers + 1)
+        ]
 
     @property
     def kafka_bootstrap(self) -> str:
-        return f"127.0.0.1:{self.kafka_port}"
+        return ",".join(f"127.0.0.1:{node.port}" for node in self.kafka_nodes)
+
+    @property
+    def replication_factor(self) -> int:
+        """Topics' replicas: three on a cluster of three or more, else one per broker."""
+        return min(3, self.kafka_brokers)
+
+    @property
+    def infra(self) -> list[str]:
+        """The infrastructure's processes, in start order."""
+        return [*(node.name for node in self.kafka_nodes), "minio", "ferretdb"]
 
     @property
     def mongo_url(self) -> str:
@@ -98,6 +126,7 @@ class Profile:
         return {
             "DARKROOM_ENV": "development",
             "DARKROOM_KAFKA_BOOTSTRAP": self.kafka_bootstrap,
+            "DARKROOM_KAFKA_REPLICATION_FACTOR": str(self.replication_factor),
             "DARKROOM_MONGO_URL": self.mongo_url,
             "DARKROOM_MINIO_ENDPOINT": self.minio_endpoint,
             "DARKROOM_MINIO_ACCESS_KEY": DEV_MINIO_USER,
@@ -116,6 +145,20 @@ class Profile:
         }
 
 
+@dataclass(frozen=True)
+class KafkaNode:
+    """One KRaft node of a profile's cluster."""
+
+    name: str
+    node_id: int
+    port: int
+    controller_port: int
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+
 def gateway_health(gateway_url: str) -> dict[str, Any]:
     """The gateway's /healthz body (a 503 carries one too), or {} when it does not answer."""
     try:
@@ -132,7 +175,7 @@ def load_profile(name: str) -> Profile:
     """The dev, test or bench profile, with ports overridable from the environment.
 
     `<PREFIX>PORT_OFFSET` moves every port of the profile at once; `<PREFIX><NAME>_PORT`
-    sets one port.
+    sets one port; `<PREFIX>KAFKA_BROKERS` (1 or 3) runs that many Kafka nodes.
     """
     prefix, offset, default_dir = {
         "dev": ("DARKROOM_", 0, paths.ROOT / ".run" / "dev"),
@@ -161,7 +204,40 @@ def load_profile(name: str) -> Profile:
         gateway_port=port("GATEWAY", 8000),
         health_port_base=port("HEALTH_BASE", 8100),
         otlp_endpoint=os.environ.get(f"{prefix}OTLP_ENDPOINT", ""),
+        kafka_brokers=kafka_brokers(f"{prefix}KAFKA_BROKERS", os.environ.get(f"{prefix}KAFKA_BROKERS", "1")),
+        replicas=parse_replicas(f"{prefix}REPLICAS", os.environ.get(f"{prefix}REPLICAS", "")),
     )
+
+
+def parse_replicas(variable: str, value: str) -> tuple[tuple[str, int], ...]:
+    """A `*REPLICAS` setting, "decoder=4,requests=2": processes per service (1 by default).
+
+    Raises:
+        StackError: An unknown service, the gateway (its replicas need a load balancer in
+            front, which the local stack does not run), or a count below 1.
+    """
+    replicas = []
+    for part in filter(None, (p.strip() for p in value.split(","))):
+        name, _, count = part.partition("=")
+        name = name.strip()
+        if name not in SERVICE_PROCESSES or name == "gateway":
+            known = ", ".join(s for s in SERVICES if s != "gateway")
+            raise StackError(f"{variable}: no service {name!r} to replicate (one of {known})")
+        if not count.strip().isdigit() or int(count) < 1:
+            raise StackError(f"{variable}: {name} needs a whole number of processes, at least 1, not {count!r}")
+        replicas.append((name, int(count)))
+    return tuple(replicas)
+
+
+def kafka_brokers(variable: str, value: str) -> int:
+    """A `*KAFKA_BROKERS` setting (`variable`): 1, or 3 (a quorum of three controllers).
+
+    Raises:
+        StackError: Any other value.
+    """
+    if value.strip() not in ("1", "3"):
+        raise StackError(f"{variable} must be 1 or 3 (a KRaft quorum of controllers), not {value!r}")
+    return int(value)
 
 
 # --- processes ---------------------------------------------------------------------
@@ -245,6 +321,10 @@ def _alive(pid: int) -> bool:
 # --- health checks -----------------------------------------------------------------
 
 
+def _read_or(path: Path, default: str) -> str:
+    return path.read_text().strip() if path.exists() else default
+
+
 def port_open(port: int) -> bool:
     with socket.socket() as sock:
         sock.settimeout(0.5)
@@ -259,15 +339,17 @@ def http_ok(url: str) -> bool:
         return False
 
 
-def kafka_ok(profile: Profile) -> bool:
-    """The broker answers a metadata request (not just an open port)."""
-    if not port_open(profile.kafka_port):
+def kafka_ok(profile: Profile, node: KafkaNode | None = None) -> bool:
+    """The broker (one node, or the first of the cluster) answers a metadata request (not
+    just an open port); on a cluster, only once the quorum is up."""
+    node = node or profile.kafka_nodes[0]
+    if not port_open(node.port):
         return False
 
     async def probe() -> bool:
         from aiokafka.admin import AIOKafkaAdminClient
 
-        admin = AIOKafkaAdminClient(bootstrap_servers=profile.kafka_bootstrap, request_timeout_ms=3000)
+        admin = AIOKafkaAdminClient(bootstrap_servers=node.bootstrap, request_timeout_ms=3000)
         try:
             await admin.start()
             await admin.list_topics()
@@ -340,10 +422,11 @@ class Stack:
 
     def healthy(self, name: str) -> bool:
         checks: dict[str, Callable[[], bool]] = {
-            "kafka": lambda: kafka_ok(self.profile),
             "minio": lambda: minio_ok(self.profile),
             "ferretdb": lambda: ferretdb_ok(self.profile),
         }
+        for node in self.profile.kafka_nodes:
+            checks[node.name] = lambda node=node: kafka_ok(self.profile, node)  # type: ignore[misc]
         if name in checks:
             return checks[name]()
         return service_ok(self.profile, name)
@@ -362,20 +445,35 @@ class Stack:
         wait_until(lambda: self.healthy(name), name, proc, timeout_s)
         self.say(f"  {name:9} healthy in {time.monotonic() - t0:4.1f}s (pid {proc.pid()})")
 
-    def start_kafka(self) -> None:
+    def start_kafka(self, node: KafkaNode | None = None) -> None:
+        """Start one KRaft node (the first when `node` is None), formatting its storage once."""
+        node = node or self.profile.kafka_nodes[0]
         home = paths.kafka_home()
         if not (home / ".complete").exists():
             raise StackError(f"Kafka is not installed at {home}: run `make setup`")
         kdir = self.profile.run_dir / "kafka"
-        data = kdir / "data"
-        kdir.mkdir(parents=True, exist_ok=True)
+        ndir = kdir if node.node_id == 1 else kdir / f"node-{node.node_id}"
+        data = ndir / "data"
+        ndir.mkdir(parents=True, exist_ok=True)
+        brokers = self.profile.kafka_brokers
+        formatted_for = kdir / "brokers"
+        if (data / "meta.properties").exists() and int(_read_or(formatted_for, "1")) != brokers:
+            raise StackError(
+                f"{kdir} holds a {_read_or(formatted_for, '1')}-node Kafka cluster, not {brokers}: "
+                f"`make down` and remove {kdir} to change the broker count"
+            )
+        replicas = self.profile.replication_factor
         template = string.Template((paths.ROOT / "infra" / "kafka" / "server.properties.template").read_text())
-        props = kdir / "server.properties"
+        props = ndir / "server.properties"
         props.write_text(
             template.substitute(
-                kafka_port=self.profile.kafka_port,
-                controller_port=self.profile.controller_port,
+                node_id=node.node_id,
+                voters=",".join(f"{n.node_id}@127.0.0.1:{n.controller_port}" for n in self.profile.kafka_nodes),
+                kafka_port=node.port,
+                controller_port=node.controller_port,
                 data_dir=data,
+                replicas=replicas,
+                min_insync=min(2, replicas),
             )
         )
         java = ["java", "-cp", paths.kafka_classpath()]
@@ -384,6 +482,7 @@ class Stack:
             cluster_file = kdir / "cluster-id"
             if not cluster_file.exists():
                 cluster_file.write_text(base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=") + "\n")
+            formatted_for.write_text(f"{brokers}\n")
             subprocess.run(
                 [
                     *java[:1],
@@ -400,8 +499,8 @@ class Stack:
                 check=True,
                 stdout=subprocess.DEVNULL,
             )
-        heap = os.environ.get("DARKROOM_KAFKA_HEAP", "512m")
-        self.proc("kafka").start(
+        heap = os.environ.get("DARKROOM_KAFKA_HEAP", "512m" if brokers == 1 else "384m")
+        self.proc(node.name).start(
             [
                 "java",
                 f"-Xms{heap}",
@@ -491,16 +590,31 @@ class Stack:
     def create_topics(self) -> None:
         from infra.topics import create_topics
 
-        created = asyncio.run(create_topics(self.profile.kafka_bootstrap))
+        created = asyncio.run(create_topics(self.profile.kafka_bootstrap, replicas=self.profile.replication_factor))
         self.say(f"  topics    {len(created)} created" + (f": {', '.join(created)}" if created else ", all present"))
 
     def up_kafka(self) -> None:
         """Kafka alone, with every topic (for benchmarks of one service on the real broker)."""
-        self._ensure("kafka", self.start_kafka, timeout_s=90)
+        self.ensure_kafka()
         self.create_topics()
 
+    def ensure_kafka(self) -> None:
+        """Every Kafka node running and healthy. The nodes of a cluster start together: none
+        answers before a quorum of controllers is up."""
+        nodes = self.profile.kafka_nodes
+        if len(nodes) == 1:
+            self._ensure(nodes[0].name, self.start_kafka, timeout_s=90)
+            return
+        t0 = time.monotonic()
+        for node in nodes:
+            if self.proc(node.name).pid() is None:
+                self.start_kafka(node)
+        for node in nodes:
+            wait_until(lambda node=node: self.healthy(node.name), node.name, self.proc(node.name), 120)  # type: ignore[misc]
+        self.say(f"  kafka     {len(nodes)} nodes healthy in {time.monotonic() - t0:4.1f}s")
+
     def up_infra(self) -> None:
-        self._ensure("kafka", self.start_kafka, timeout_s=90)
+        self.ensure_kafka()
         self._ensure("minio", self.start_minio, timeout_s=60)
         self._ensure("ferretdb", self.start_ferretdb, timeout_s=60)
         self.create_topics()
@@ -518,6 +632,28 @@ class Stack:
             self.proc("gateway"),
             timeout_s=30,
         )
+        self.up_replicas()
+
+    def up_replicas(self) -> None:
+        """The extra processes the profile's replicas ask for, until the gateway hears them all
+        (an extra instance has no health port of its own; its heartbeats count it)."""
+        if not self.profile.replicas:
+            return
+        expected: dict[str, int] = {}
+        for package, _ in SERVICE_PROCESSES.values():
+            expected[package] = expected.get(package, 0) + 1
+        for name, count in self.profile.replicas:
+            for n in range(2, count + 1):
+                if self.proc(f"{name}-{n}").pid() is None:
+                    self.start_service(name, instance=f"{name}-{n}")
+            expected[SERVICE_PROCESSES[name][0]] += count - 1
+
+        def all_heard() -> bool:
+            heard = gateway_health(self.profile.gateway_url).get("services", {})
+            return all(int(heard.get(service, {}).get("instances", 0)) >= n for service, n in expected.items())
+
+        wait_until(all_heard, "every replica heartbeating", self.proc("gateway"), timeout_s=60)
+        self.say("  replicas  " + ", ".join(f"{name} x{count}" for name, count in self.profile.replicas))
 
     def down(self) -> list[str]:
         """Stop every process of the profile (services, extra instances, then the
@@ -528,16 +664,17 @@ class Stack:
         """
         supervisor = Supervisor(self.profile.run_dir)
         known = [state.name for state in supervisor.states()]
-        extras = sorted(name for name in known if name not in SERVICES and name not in INFRA)
+        infra = self.profile.infra
+        extras = sorted(name for name in known if name not in SERVICES and name not in infra)
         stopped = []
-        for name in [*reversed(SERVICES), *extras, *reversed(INFRA)]:
+        for name in [*reversed(SERVICES), *extras, *reversed(infra)]:
             if self.proc(name).stop():
                 stopped.append(name)
         supervisor.shutdown()
         return stopped
 
     def status(self) -> dict[str, tuple[int | None, bool]]:
-        return {name: (self.proc(name).pid(), self.healthy(name)) for name in [*INFRA, *SERVICES]}
+        return {name: (self.proc(name).pid(), self.healthy(name)) for name in [*self.profile.infra, *SERVICES]}
 
     def supervised(self) -> dict[str, ProgramState]:
         """What supervisord says of every process of the profile (extra instances too)."""
@@ -553,7 +690,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("command", choices=["up", "down", "status", "logs"])
     parser.add_argument("--infra-only", action="store_true", help="up: Kafka, MinIO, FerretDB and topics only")
     args = parser.parse_args(argv)
-    stack = Stack(load_profile(args.profile))
+    try:
+        stack = Stack(load_profile(args.profile))
+    except StackError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     profile = stack.profile
     if args.command == "up":
         t0 = time.monotonic()
@@ -585,7 +726,7 @@ def main(argv: list[str] | None = None) -> int:
             detail = f"{program.state}: {program.description}" if program is not None else "never started"
             print(f"{name:9} {state:11} {detail}")
         for name, program in sorted(supervised.items()):
-            if name not in INFRA and name not in SERVICES:
+            if name not in profile.infra and name not in SERVICES:
                 print(f"{name:9} {'extra':11} {program.state}: {program.description}")
         for program in supervised.values():
             if program.crash_looping:

@@ -40,7 +40,8 @@ def main(argv: list[str]) -> int:
             print(f"test stack: stopped {', '.join(stopped)}")
     if needs_stack and code == 0:
         profile = stack.profile
-        ports = [profile.kafka_port, profile.controller_port, profile.minio_port, profile.ferretdb_port]
+        ports = [port for node in profile.kafka_nodes for port in (node.port, node.controller_port)]
+        ports += [profile.minio_port, profile.ferretdb_port]
         ports += [profile.health_port(s) for s in SERVICES]
         left = [p for p in ports if port_open(p)]
         if left:

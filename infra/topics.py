@@ -69,8 +69,15 @@ def load_specs(path: Path = DECLARATION) -> list[TopicSpec]:
     return specs
 
 
-async def create_topics(bootstrap: str, specs: list[TopicSpec] | None = None) -> list[str]:
+async def create_topics(bootstrap: str, specs: list[TopicSpec] | None = None, *, replicas: int = 1) -> list[str]:
     """Create every declared topic that does not exist yet.
+
+    Args:
+        bootstrap: The cluster.
+        specs: The topics (infra/topics.yaml's by default).
+        replicas: The cluster's replication factor (1 on one broker, 3 on three): each
+            topic gets the smaller of it and its declared factor, and `min.insync.replicas`
+            of the smaller of that and its declared minimum.
 
     Returns:
         The names of the topics created now.
@@ -84,9 +91,10 @@ async def create_topics(bootstrap: str, specs: list[TopicSpec] | None = None) ->
         created = []
         for spec in missing:
             try:
-                await admin.create_topics(
-                    [NewTopic(spec.name, spec.partitions, spec.replication_factor, topic_configs=spec.config)]
-                )
+                factor = min(replicas, spec.replication_factor)
+                config = dict(spec.config)
+                config["min.insync.replicas"] = str(min(factor, int(config.get("min.insync.replicas", "1"))))
+                await admin.create_topics([NewTopic(spec.name, spec.partitions, factor, topic_configs=config)])
                 created.append(spec.name)
             except TopicAlreadyExistsError:
                 pass
@@ -100,6 +108,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m infra.topics", description=__doc__)
     parser.add_argument("command", choices=["create", "show"])
     parser.add_argument("--bootstrap", default=os.environ.get("DARKROOM_KAFKA_BOOTSTRAP", "127.0.0.1:9092"))
+    parser.add_argument(
+        "--replicas",
+        type=int,
+        default=int(os.environ.get("DARKROOM_KAFKA_REPLICATION_FACTOR", "1")),
+        help="the cluster's replication factor (1 on one broker, 3 on three)",
+    )
     args = parser.parse_args(argv)
     specs = load_specs()
     if args.command == "show":
@@ -107,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
             lanes = " ".join(f"{t}={p[0]}-{p[-1]}" for t, p in spec.lanes.items())
             print(f"{spec.name:32} {spec.partitions:3}  {lanes}")
         return 0
-    created = asyncio.run(create_topics(args.bootstrap, specs))
+    created = asyncio.run(create_topics(args.bootstrap, specs, replicas=args.replicas))
     print(f"topics: {len(created)} created, {len(specs) - len(created)} already present")
     return 0
 

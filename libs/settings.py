@@ -30,6 +30,9 @@ class ServiceSettings(BaseSettings):
 
     env: Literal["development", "test", "production"] = "development"
     kafka_bootstrap: str = "127.0.0.1:9092"
+    kafka_replication_factor: int = 1
+    """The cluster's replication factor (3 on a cluster of three): for topics a service creates
+    itself (the metering service's table changelogs)."""
     kafka_fetch_max_wait_ms: int = 100
     """How long the broker holds a consumer's fetch when there is nothing new (see libs.bus.kafka)."""
     otlp_endpoint: str = ""

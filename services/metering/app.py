@@ -75,12 +75,17 @@ def request_partitions() -> dict[str, int]:
     return {name: declared_partitions(name) for name in (topics.REQUEST_EVENTS, topics.REQUEST_EVENTS_API)}
 
 
-def build_app(bootstrap: str, publish: Publish, counted: Counted | None = None, *, app_id: str = APP_ID) -> faust.App:
-    """The metering app on a Kafka bootstrap address; `publish` puts a day's usage on the bus,
-    `counted` (abuse detection) hears each account's images in the minute and the day."""
+def build_app(
+    bootstrap: str, publish: Publish, counted: Counted | None = None, *, app_id: str = APP_ID, replicas: int = 1
+) -> faust.App:
+    """The metering app on a Kafka bootstrap address ("host:port", comma-separated for a
+    cluster); `publish` puts a day's usage on the bus, `counted` (abuse detection) hears each
+    account's images in the minute and the day; `replicas` is the replication factor of the
+    topics faust creates (its internal topic and the tables' changelogs)."""
     app = faust.App(
         app_id,
-        broker=f"kafka://{bootstrap}",
+        broker=[f"kafka://{host.strip()}" for host in bootstrap.split(",")],
+        topic_replication_factor=replicas,
         store="memory://",
         web_enabled=False,
         autodiscover=False,

@@ -91,7 +91,9 @@ def bootstrap(
     runtime.background.append(follow_access)
     runtime.on_stop.append(close_access)
 
-    metering = app or build_app(settings.kafka_bootstrap, publish, watch.counted)
+    metering = app or build_app(
+        settings.kafka_bootstrap, publish, watch.counted, replicas=settings.kafka_replication_factor
+    )
     started = asyncio.Event()
 
     async def run_app(stop: asyncio.Event) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from infra.stack import SERVICES, Process, Stack, load_profile
+from infra.stack import SERVICES, Process, Stack, StackError, load_profile
 from infra.supervisor import ProgramState, Supervisor
 from libs.cli.__main__ import main as cli
 from libs.cli.kafka_tools import tool_command
@@ -54,6 +54,33 @@ def test_dev_and_test_profiles_never_share_a_port_or_folder(monkeypatch: pytest.
     assert not ports(dev) & ports(test)
     assert dev.run_dir != test.run_dir
     assert dev.gateway_url == "http://127.0.0.1:8000"
+
+
+def test_a_three_broker_profile_has_three_nodes_on_ports_of_their_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DARKROOM_KAFKA_BROKERS", "3")
+    monkeypatch.delenv("DARKROOM_KAFKA_PORT", raising=False)
+    dev = load_profile("dev")
+    assert [n.name for n in dev.kafka_nodes] == ["kafka", "kafka-2", "kafka-3"]
+    assert dev.kafka_bootstrap == "127.0.0.1:9092,127.0.0.1:9102,127.0.0.1:9112"
+    assert (dev.replication_factor, dev.infra) == (3, ["kafka", "kafka-2", "kafka-3", "minio", "ferretdb"])
+    assert dev.service_env("requests")["DARKROOM_KAFKA_REPLICATION_FACTOR"] == "3"
+    node_ports = [port for n in dev.kafka_nodes for port in (n.port, n.controller_port)]
+    others = {dev.minio_port, dev.minio_console_port, dev.ferretdb_port, dev.gateway_port}
+    assert len(set(node_ports)) == 6 and not set(node_ports) & (others | {dev.health_port(s) for s in SERVICES})
+    monkeypatch.setenv("DARKROOM_KAFKA_BROKERS", "2")
+    with pytest.raises(StackError, match="1 or 3"):
+        load_profile("dev")
+    monkeypatch.delenv("DARKROOM_KAFKA_BROKERS")
+    assert load_profile("dev").kafka_bootstrap == "127.0.0.1:9092"
+
+
+def test_replicas_name_services_and_counts(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DARKROOM_REPLICAS", "decoder=4, requests=2,")
+    assert load_profile("dev").replicas == (("decoder", 4), ("requests", 2))
+    for wrong, said in (("gateway=2", "no service 'gateway'"), ("decodr=2", "no service"), ("safety=0", "at least 1")):
+        monkeypatch.setenv("DARKROOM_REPLICAS", wrong)
+        with pytest.raises(StackError, match=said):
+            load_profile("dev")
 
 
 def test_ports_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:

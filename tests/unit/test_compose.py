@@ -307,3 +307,26 @@ def test_dockerfile_puts_code_on_pythonpath() -> None:
     envs = " ".join(args for keyword, args in instructions if keyword == "ENV")
     assert re.search(r"\bPYTHONPATH=/app\b", envs)
     assert any(keyword == "COPY" and args.split()[-1].rstrip("/") in {"/app", "."} for keyword, args in instructions)
+
+
+# --- the three-broker override (docker-compose.cluster.yml) --------------------------------
+
+
+def test_the_cluster_override_runs_three_replicated_nodes_and_tells_every_service(services: dict) -> None:
+    cluster = yaml.safe_load((REPO_ROOT / "docker-compose.cluster.yml").read_text(encoding="utf-8"))["services"]
+    nodes = {name: _environment(cluster[name]) for name in ("kafka", "kafka-2", "kafka-3")}
+    assert sorted(str(env["KAFKA_NODE_ID"]) for env in nodes.values()) == ["1", "2", "3"]
+    voters = {env["KAFKA_CONTROLLER_QUORUM_VOTERS"] for env in nodes.values()}
+    assert voters == {"1@kafka:9093,2@kafka-2:9093,3@kafka-3:9093"}
+    for name, env in nodes.items():
+        assert str(env["KAFKA_DEFAULT_REPLICATION_FACTOR"]) == "3" and str(env["KAFKA_MIN_INSYNC_REPLICAS"]) == "2"
+        assert str(env["KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR"]) == "3"
+        assert env["KAFKA_ADVERTISED_LISTENERS"].startswith(f"PLAINTEXT://{name}:9092")
+    assert cluster["kafka-2"]["image"] == cluster["kafka-3"]["image"] == services["kafka"]["image"]
+    # Every process of the base file that talks to Kafka is told of all three brokers.
+    clients = [name for name, body in services.items() if "DARKROOM_KAFKA_BOOTSTRAP" in _environment(body)]
+    assert set(clients) >= {*APP_SERVICES, "decoder-api", "topics"}
+    for name in clients:
+        env = _environment(cluster[name])
+        assert env["DARKROOM_KAFKA_BOOTSTRAP"] == "kafka:9092,kafka-2:9092,kafka-3:9092", name
+        assert env["DARKROOM_KAFKA_REPLICATION_FACTOR"] == "3", name
