@@ -6,9 +6,11 @@ from collections.abc import Mapping, Sequence
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka import TopicPartition as KafkaTopicPartition
+from aiokafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
 from aiokafka.errors import KafkaConnectionError, KafkaError, KafkaTimeoutError, RecordTooLargeError
 from aiokafka.structs import OffsetAndMetadata
 
+from libs.bus.affinity import JobAffinityAssignor
 from libs.bus.errors import RejectedMessage, TransientError
 from libs.bus.ports import Delivered, Record, TopicPartition
 
@@ -88,10 +90,14 @@ class KafkaConsumer:
         auto_offset_reset: str = "earliest",
         max_poll_interval_ms: int = 300000,
         fetch_max_wait_ms: int = 100,
+        job_affinity: bool = False,
     ) -> None:
+        """Args (beyond aiokafka's): `job_affinity` keeps every input of one job (records keyed
+        by job id, on any of the topics) on one member of the group (libs/bus/affinity.py);
+        round robin is kept as the fallback a group with older members agrees on."""
         self._topics = list(topics)
         self._group = group
-        self._options = {
+        self._options: dict[str, object] = {
             "bootstrap_servers": bootstrap,
             "group_id": group,
             "client_id": client_id,
@@ -105,6 +111,8 @@ class KafkaConsumer:
             "fetch_max_bytes": MAX_REQUEST_BYTES * 2,
             "max_partition_fetch_bytes": MAX_REQUEST_BYTES,
         }
+        if job_affinity:
+            self._options["partition_assignment_strategy"] = (JobAffinityAssignor, RoundRobinPartitionAssignor)
         self._client: AIOKafkaConsumer | None = None
 
     @property

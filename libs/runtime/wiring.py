@@ -18,8 +18,9 @@ def kafka_producer(settings: ServiceSettings, service: str) -> KafkaProducer:
     return KafkaProducer(settings.kafka_bootstrap, client_id=f"darkroom-{service}")
 
 
-def kafka_consumer_factory(settings: ServiceSettings, service: str) -> ConsumerFactory:
-    """Makes consumer-group members for the service's subscriptions (group "" = none)."""
+def kafka_consumer_factory(settings: ServiceSettings, service: str, *, job_affinity: bool = False) -> ConsumerFactory:
+    """Makes consumer-group members for the service's subscriptions (group "" = none);
+    `job_affinity`: a job's inputs on every topic go to one member (libs/bus/affinity.py)."""
 
     def make(group: str, topics: Sequence[str]) -> Consumer:
         if not group:
@@ -38,6 +39,7 @@ def kafka_consumer_factory(settings: ServiceSettings, service: str) -> ConsumerF
             topics=topics,
             client_id=f"darkroom-{service}",
             fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms,
+            job_affinity=job_affinity,
         )
 
     return make

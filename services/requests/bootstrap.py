@@ -32,7 +32,9 @@ def bootstrap(
         name=SERVICE,
         settings=settings,
         producer=producer or kafka_producer(settings, SERVICE),
-        consumer_factory=consumer_factory or kafka_consumer_factory(settings, SERVICE),
+        # A job's records are cached and its render lease watched in this process: every input
+        # of one job must reach the same member of the group (libs/bus/affinity.py).
+        consumer_factory=consumer_factory or kafka_consumer_factory(settings, SERVICE, job_affinity=True),
     )
     handlers = RequestHandlers(
         # Jobs handled side by side write their revisions together (group commit).
