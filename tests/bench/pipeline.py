@@ -114,10 +114,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs-per-level", type=int, default=0, help="default: max(30, 4 x concurrency)")
     parser.add_argument("--keep", action="store_true", help="leave the bench stack running")
     parser.add_argument("--json", default="", help="also write the figures to this file")
+    parser.add_argument(
+        "--replicas", default="", help='processes per service, e.g. "decoder=2,requests=2" (DARKROOM_BENCH_REPLICAS)'
+    )
     args = parser.parse_args(argv)
 
     os.environ["DARKROOM_MODEL"] = "noop"  # the decoders' model; every other service is real
-    stack = fresh_bench_stack("decoders on NoOpModel")
+    if args.replicas:
+        os.environ["DARKROOM_BENCH_REPLICAS"] = args.replicas
+    stack = fresh_bench_stack("decoders on NoOpModel" + (f", replicas {args.replicas}" if args.replicas else ""))
     if stack is None:
         return 1
     results: list[dict[str, Any]] = []

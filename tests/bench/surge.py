@@ -17,8 +17,15 @@ services fold them), so a job the client lost sight of is still accounted for.
 It writes `reports/surge-<UTC time>/report.json` and PNG plots, and prints a table per
 tier and phase and the targets: zero accepted jobs lost; paid (pro + plus) p99 in the
 spike at most 1.5x its baseline, API at most 1.2x; every deferred free job completed
-after the spike; every 503 with `retry-after`. `--quick` plays a shorter launch (under
-3 minutes with the stack's start). Run only one at a time: the machine is the limit.
+after the spike; every 503 with `retry-after`; no job completed twice. `--quick` plays a
+shorter launch (under 3 minutes with the stack's start). Run only one at a time: the machine
+is the limit.
+
+`--kill-broker` runs the stack on a three-broker Kafka cluster and, a third of the way into
+the spike, kills with -9 the broker that leads the request events' partition 0 (held down:
+supervisord does not restart it), starting it again after KILLED_FOR_S (a third of the
+spike). The paid p99 of jobs submitted from the kill until FAILOVER_TAIL_S after the
+restart, over the baseline's, must stay within 2x, besides the targets above.
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ import math
 import os
 import platform
 import resource
+import signal
 import sys
 import time
 import urllib.request
@@ -41,6 +49,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from aiokafka.admin import AIOKafkaAdminClient
 
 from infra import paths
 from infra.stack import Profile, Stack, wait_until
@@ -108,6 +117,8 @@ class Plan:
     seed: int
     pass_seconds: float
     lane_max_waiting: str
+    kill_broker: bool = False
+    """Run on three brokers and kill one in the spike (module docstring)."""
 
     @property
     def model(self) -> str:
@@ -210,7 +221,7 @@ def wait_for_second_decoder(stack: Stack) -> None:
 class Surge:
     """One run of the launch against a started stack."""
 
-    profile: Profile
+    stack: Stack
     plan: Plan
     http: httpx.AsyncClient
     records: list[RequestRecord] = field(default_factory=list)
@@ -226,7 +237,13 @@ class Surge:
     drain_end_s: float = 0.0
     server: dict[str, Any] = field(default_factory=dict)
     """The server's account of our jobs (see `run`)."""
+    failover: dict[str, Any] = field(default_factory=dict)
+    """With --kill-broker: the node killed, and when (seconds from the start of the load)."""
     _emails: int = 0
+
+    @property
+    def profile(self) -> Profile:
+        return self.stack.profile
 
     def now_s(self) -> float:
         """Seconds since the start of the load."""
@@ -375,6 +392,8 @@ class Surge:
         self.t0, self.origin = time.monotonic(), time.time()
         stop = asyncio.Event()
         watchers = [asyncio.create_task(self.sample_lanes(stop)), asyncio.create_task(self.mark_phases())]
+        if self.plan.kill_broker:
+            watchers.append(asyncio.create_task(self.kill_a_broker()))
         tasks: set[asyncio.Task[None]] = set()
         for n, (at, stream) in enumerate(arrivals):
             await asyncio.sleep(max(0.0, at - self.now_s()))
@@ -393,8 +412,31 @@ class Surge:
         stop.set()
         watchers[1].cancel()
         await asyncio.gather(*watchers, return_exceptions=True)
+        if self.plan.kill_broker and not self.failover.get("restarted_s"):
+            raise RuntimeError(f"the broker failover did not finish: {self.failover}")
         self.snapshots.append(("end", self.drain_end_s, cpu_snapshot(self.profile.run_dir)))
         print(f"  {self.drain_end_s:6.1f}s  drained; {len(pending)} requests still open (cancelled)")
+
+    async def kill_a_broker(self) -> None:
+        """A third of the way into the spike, kill -9 the leader of the request events'
+        partition 0 and hold it down for a third of the spike; then start it again."""
+        shape = self.plan.shape
+        await asyncio.sleep(max(0.0, shape.baseline_s + shape.spike_s / 3 - self.now_s()))
+        admin = AIOKafkaAdminClient(bootstrap_servers=self.profile.kafka_bootstrap)
+        await admin.start()
+        try:
+            [described] = await admin.describe_topics([topics.REQUEST_EVENTS])
+        finally:
+            await admin.close()
+        leader = next(p["leader"] for p in described["partitions"] if p["partition"] == 0)
+        node = next(n for n in self.profile.kafka_nodes if n.node_id == leader)
+        await asyncio.to_thread(self.stack.proc(node.name).stop, 0, signal.SIGKILL)
+        self.failover = {"node": node.name, "killed_s": round(self.now_s(), 2)}
+        print(f"  {self.now_s():6.1f}s  killed {node.name} (kill -9; leader of {topics.REQUEST_EVENTS}[0])")
+        await asyncio.sleep(shape.spike_s / 3)
+        await asyncio.to_thread(self.stack.start_kafka, node)
+        self.failover["restarted_s"] = round(self.now_s(), 2)
+        print(f"  {self.now_s():6.1f}s  started {node.name} again")
 
     async def mark_phases(self) -> None:
         """CPU snapshots at every phase boundary (the drain's end adds the last)."""
@@ -471,12 +513,13 @@ class Surge:
         return jobs
 
 
-async def run(profile: Profile, plan: Plan, steps: Steps) -> Surge:
+async def run(stack: Stack, plan: Plan, steps: Steps) -> Surge:
     """Create the accounts, warm up, play the launch, drain, and read the server's account."""
+    profile = stack.profile
     limits = httpx.Limits(max_connections=2000, max_keepalive_connections=200)
     timeout = httpx.Timeout(10.0, read=None)  # a synchronous generation is held until its job ends
     async with httpx.AsyncClient(base_url=profile.gateway_url, limits=limits, timeout=timeout) as http:
-        surge = Surge(profile, plan, http)
+        surge = Surge(stack, plan, http)
         await surge.create_accounts()
         steps.done("accounts")
         await surge.warm_up()
@@ -494,6 +537,8 @@ async def run(profile: Profile, plan: Plan, steps: Steps) -> Surge:
         "jobs_terminal": sum(job.terminal_s is not None for job in mine),
         "free_jobs_deferred": sum(r.deferred for r in surge.records),
         "not_terminal": sorted(job.job_id for job in mine if job.terminal_s is None),
+        "completed_twice": [job.job_id for job in mine if len(job.completions) > 1],
+        "failover": surge.failover,
     }
     return surge
 
@@ -526,6 +571,7 @@ def report_meta(plan: Plan, stack: Stack, started_at: datetime, steps: Steps, su
         "stack": {
             "profile": stack.profile.name,
             "gateway": stack.profile.gateway_url,
+            "kafka_brokers": stack.profile.kafka_brokers,
             "consumer_decoders": CONSUMER_DECODERS,
             "api_decoders": API_DECODERS,
             "process_env": [list(entry) for entry in plan.process_env()],
@@ -552,13 +598,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lane-max-waiting", default=LANE_MAX_WAITING, help="the gateway's DARKROOM_LANE_MAX_WAITING")
     parser.add_argument("--reports", type=Path, default=paths.ROOT / "reports", help="where the report folder goes")
     parser.add_argument("--keep", action="store_true", help="leave the bench stack running")
+    parser.add_argument(
+        "--kill-broker", action="store_true", help="three Kafka brokers; kill -9 one in the spike, restart it later"
+    )
     args = parser.parse_args(argv)
+    if args.kill_broker:
+        os.environ["DARKROOM_BENCH_KAFKA_BROKERS"] = "3"
     plan = Plan(
         mode="quick" if args.quick else "full",
         shape=QUICK if args.quick else FULL,
         seed=args.seed,
         pass_seconds=args.pass_seconds,
         lane_max_waiting=args.lane_max_waiting,
+        kill_broker=args.kill_broker,
     )
     started_at, steps = datetime.now(UTC), Steps()
     folder = args.reports / f"surge-{started_at:%Y%m%dT%H%M%SZ}"
@@ -572,7 +624,7 @@ def main(argv: list[str] | None = None) -> int:
             set_tier_policy(stack.profile.kafka_bootstrap, changed_by="surge", tier=tier, changes=LIFTED_LIMITS)
         wait_for_second_decoder(stack)
         steps.done("stack start")
-        surge = asyncio.run(run(stack.profile, plan, steps))
+        surge = asyncio.run(run(stack, plan, steps))
     finally:
         if not args.keep:
             stack.down()

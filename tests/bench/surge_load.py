@@ -18,7 +18,7 @@ from typing import Any
 from prometheus_client.parser import text_string_to_metric_families
 
 from libs.events import REGISTRY, DecodeError, Envelope
-from libs.events.schemas import GenerateImage
+from libs.events.schemas import GenerateImage, JobCompleted
 from libs.jobs import TERMINAL, JobState, evolve
 
 TIERS = ("pro", "plus", "free", "api")
@@ -291,6 +291,8 @@ class ServerJob:
     started_s: float | None = None
     """When a decoder first started rendering it."""
     terminal_s: float | None = None
+    completions: set[str] = field(default_factory=set)
+    """The event ids of its `JobCompleted` events: more than one is a job completed twice."""
     deferred: bool = False
     """Its status was `deferred` in the server's events (the gateway may also show a queued
     job as deferred on its own reckoning: see `deferral_times`)."""
@@ -324,11 +326,15 @@ class ServerJobs:
             job.accepted_s = min(job.accepted_s, at)
             return
         job_id = envelope.aggregate_id
+        if isinstance(event, JobCompleted) and job_id in self.jobs:
+            self.jobs[job_id].completions.add(envelope.event_id)
         state = evolve(self._states.get(job_id), event, envelope.sequence)
         if state is None:
             return
         self._states[job_id] = state
         job = self.jobs.setdefault(job_id, ServerJob(job_id, state.spec.tier, state.spec.user, accepted_s=at))
+        if isinstance(event, JobCompleted):
+            job.completions.add(envelope.event_id)
         job.status = state.status
         job.deferred |= state.status == "deferred"
         if state.status == "queued" and state.lane and job.queued_s is None:
@@ -337,6 +343,10 @@ class ServerJobs:
             job.started_s = at
         if state.terminal and job.terminal_s is None:
             job.terminal_s = at
+
+    def completed_twice(self) -> list[str]:
+        """Jobs with more than one `JobCompleted` event (distinct events, not redeliveries)."""
+        return sorted(job.job_id for job in self.jobs.values() if len(job.completions) > 1)
 
     def by_user(self) -> dict[str, ServerJob]:
         """Jobs by their request's `user` (the load generator's request key)."""

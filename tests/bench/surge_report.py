@@ -19,6 +19,10 @@ PAID_P99_LIMIT = 1.5
 """Paid (pro + plus) p99 latency in the spike over its baseline p99, at most."""
 API_P99_LIMIT = 1.2
 """API p99 latency in the spike over its baseline p99, at most."""
+FAILOVER_P99_LIMIT = 2.0
+"""Paid p99 latency of jobs submitted while a broker is down (and FAILOVER_TAIL_S after it is
+back) over the baseline p99, at most (`make surge ARGS=--kill-broker`)."""
+FAILOVER_TAIL_S = 10.0
 
 
 def _p(values: Sequence[float], q: float) -> float | None:
@@ -143,14 +147,50 @@ def lost(records: Sequence[RequestRecord]) -> dict[str, Any]:
     }
 
 
-def targets(records: Sequence[RequestRecord], shape: Shape) -> dict[str, dict[str, Any]]:
-    """Every target of the surge, with its figures and PASS / MISS / n/a."""
-    return {
+def targets(
+    records: Sequence[RequestRecord], shape: Shape, server: Mapping[str, Any] | None = None
+) -> dict[str, dict[str, Any]]:
+    """Every target of the surge, with its figures and PASS / MISS / n/a; with a broker killed
+    (`server["failover"]`), the paid p99 in the failover too."""
+    server = server or {}
+    twice = list(server.get("completed_twice", []))
+    found = {
         "zero_lost": lost(records),
+        "none_completed_twice": {"completed_twice": twice, "verdict": "MISS" if twice else "PASS"},
         "paid_p99_spike_over_baseline": p99_ratio(records, PAID, PAID_P99_LIMIT),
         "api_p99_spike_over_baseline": p99_ratio(records, ("api",), API_P99_LIMIT),
         "deferred_free_completed_after_spike": deferred_free(records, shape),
         "every_503_has_retry_after": retry_after(records),
+    }
+    failover = server.get("failover")
+    if failover:
+        found["paid_p99_failover_over_baseline"] = window_p99_ratio(
+            records, PAID, failover["killed_s"], failover["restarted_s"] + FAILOVER_TAIL_S, FAILOVER_P99_LIMIT
+        )
+    return found
+
+
+def window_p99_ratio(
+    records: Sequence[RequestRecord], tiers: Iterable[str], start_s: float, end_s: float, limit: float
+) -> dict[str, Any]:
+    """p99 latency of completed requests of `tiers` submitted in [start_s, end_s) over the baseline's."""
+    wanted = set(tiers)
+    done = [r for r in records if r.tier in wanted and r.latency_s is not None]
+    base = [r.latency_s for r in done if r.phase == "baseline" and r.latency_s is not None]
+    window = [r.latency_s for r in done if start_s <= r.submit_s < end_s and r.latency_s is not None]
+    ratio = None
+    if base and window and percentile(base, 99) > 0:
+        ratio = percentile(window, 99) / percentile(base, 99)
+    return {
+        "tiers": sorted(wanted),
+        "window_s": [round(start_s, 1), round(end_s, 1)],
+        "baseline_p99_s": _p(base, 99),
+        "window_p99_s": _p(window, 99),
+        "baseline_samples": len(base),
+        "window_samples": len(window),
+        "ratio": None if ratio is None else round(ratio, 3),
+        "limit": limit,
+        "verdict": "n/a" if ratio is None else ("PASS" if ratio <= limit else "MISS"),
     }
 
 
@@ -235,7 +275,7 @@ def build_report(
     return {
         **meta,
         "shape": shape.to_json(),
-        "targets": targets(records, shape),
+        "targets": targets(records, shape, server),
         "summary": summarize(records),
         "signups": {
             "attempted": len(signups),
@@ -297,6 +337,8 @@ def format_summary(report: Mapping[str, Any]) -> str:
     lines.append("targets:")
     zl = t["zero_lost"]
     lines.append(f"  [{zl['verdict']}] zero accepted jobs lost: {zl['lost']} lost of {zl['accepted']} accepted")
+    twice = t["none_completed_twice"]
+    lines.append(f"  [{twice['verdict']}] no job completed twice: {len(twice['completed_twice'])} completed twice")
     for name, label in (("paid_p99_spike_over_baseline", "paid"), ("api_p99_spike_over_baseline", "api")):
         r = t[name]
         ratio = "-" if r["ratio"] is None else f"{r['ratio']:.3f}x"
@@ -304,6 +346,14 @@ def format_summary(report: Mapping[str, Any]) -> str:
             f"  [{r['verdict']}] {label} p99 spike/baseline {ratio} (limit {r['limit']}x): "
             f"{_ms(r['spike_p99_s'])} ms over {_ms(r['baseline_p99_s'])} ms "
             f"({r['spike_samples']} and {r['baseline_samples']} jobs)"
+        )
+    fo = t.get("paid_p99_failover_over_baseline")
+    if fo is not None:
+        ratio = "-" if fo["ratio"] is None else f"{fo['ratio']:.3f}x"
+        lines.append(
+            f"  [{fo['verdict']}] paid p99 in the failover/baseline {ratio} (limit {fo['limit']}x): "
+            f"{_ms(fo['window_p99_s'])} ms over {_ms(fo['baseline_p99_s'])} ms "
+            f"(jobs submitted {fo['window_s'][0]:.0f}-{fo['window_s'][1]:.0f} s: {fo['window_samples']})"
         )
     d = t["deferred_free_completed_after_spike"]
     lines.append(

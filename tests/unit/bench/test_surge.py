@@ -38,6 +38,8 @@ from tests.bench.surge_report import (
     phase_stats,
     retry_after,
     summarize,
+    targets,
+    window_p99_ratio,
     windowed_percentile,
 )
 from tests.helpers import job_spec
@@ -336,3 +338,33 @@ def test_the_report_shows_batch_occupancy_per_phase_and_preemptions_per_lane() -
         "occupancy_by_pool_and_phase": {"consumer": {"baseline": 0.25, "spike": 0.75}},
         "preempted_by_lane": {"free": 3},
     }
+
+
+def test_a_job_completed_twice_is_one_with_two_distinct_completion_events() -> None:
+    origin = datetime(2026, 1, 1, tzinfo=UTC)
+    usage = Usage(input_tokens=1, text_tokens=1, image_tokens=0, output_tokens=1)
+    image = ImageRef(
+        index=0, image_id="img", object_key="k", tokens_key="t", content_type="image/png", size_bytes=1, sha256="s"
+    )
+    jobs = ServerJobs(origin=origin.timestamp())
+    jobs.apply(_envelope(JobAccepted(job_id="job_1", spec=job_spec(), created_at=origin), "job_1", 1, origin))
+    completed = _envelope(JobCompleted(job_id="job_1", images=[image], usage=usage), "job_1", 2, origin)
+    jobs.apply(completed)
+    jobs.apply(completed)  # the same event read twice (a redelivery) is one completion
+    assert jobs.completed_twice() == []
+    jobs.apply(_envelope(JobCompleted(job_id="job_1", images=[image], usage=usage), "job_1", 3, origin))
+    assert jobs.completed_twice() == ["job_1"]
+
+
+def test_the_failover_window_is_judged_against_the_baseline() -> None:
+    base = [record(f"b{i}", "pro", "baseline", i, 200, i + 1.0) for i in range(10)]
+    during = [record(f"f{i}", "plus", "spike", 20 + i, 200, 20 + i + 1.8) for i in range(5)]
+    later = [record(f"l{i}", "pro", "spike", 40 + i, 200, 40 + i + 5.0) for i in range(5)]
+    judged = window_p99_ratio(base + during + later, ("pro", "plus"), 20, 30, 2.0)
+    assert (judged["verdict"], judged["ratio"], judged["window_samples"]) == ("PASS", 1.8, 5)
+    assert window_p99_ratio(base + later, ("pro", "plus"), 38, 50, 2.0)["verdict"] == "MISS"
+    server = {"failover": {"node": "kafka-2", "killed_s": 20.0, "restarted_s": 25.0}, "completed_twice": ["job_9"]}
+    found = targets(base + during + later, SHAPE, server)
+    assert found["paid_p99_failover_over_baseline"]["window_s"] == [20.0, 35.0]
+    assert found["none_completed_twice"] == {"completed_twice": ["job_9"], "verdict": "MISS"}
+    assert "paid_p99_failover_over_baseline" not in targets(base, SHAPE, {})
