@@ -52,6 +52,9 @@ SERVICE_PROCESSES: dict[str, tuple[str, dict[str, str]]] = {
     "gateway": ("gateway", {}),
 }
 SERVICES = tuple(SERVICE_PROCESSES)
+API_SPLIT = ("requests", "safety", "storage")
+"""Services whose api path runs as a process of its own with `*API_PROCESSES=1` (the decoder's
+already does: `decoder-api`)."""
 INFRA = ("kafka", "minio", "ferretdb")
 DEV_MINIO_USER = "darkroom"
 DEV_MINIO_PASSWORD = "darkroom-dev-secret"  # noqa: S105 - development default, refused in production
@@ -78,6 +81,10 @@ class Profile:
     replicas: tuple[tuple[str, int], ...] = ()
     """(service process, how many) where a service runs more than one process, each joining
     its consumer group: `decoder-2`, `decoder-3`, ... beside `decoder`."""
+    api_processes: bool = False
+    """The api path in processes of its own: `requests-api`, `safety-api`, `storage-api`
+    (with `decoder-api`) take the api copies of the job topics, `requests`, `safety`,
+    `storage` and `decoder` the consumer tiers' at a lower CPU priority (nice 10)."""
 
     @property
     def kafka_nodes(self) -> list[KafkaNode]:
@@ -121,9 +128,21 @@ class Profile:
     def health_port(self, service: str) -> int:
         return self.gateway_port if service == "gateway" else self.health_port_base + SERVICES.index(service)
 
+    def traffic(self, service: str, instance: str = "") -> str:
+        """The traffic a process serves (`DARKROOM_TRAFFIC`): all, unless the api path has
+        processes of its own."""
+        if not self.api_processes or service not in API_SPLIT:
+            return "all"
+        return "api" if instance == f"{service}-api" else "consumer"
+
+    def niced(self, service: str, instance: str = "") -> bool:
+        """Whether a process runs at the lower CPU priority of consumer traffic."""
+        return self.api_processes and (service == "decoder" or self.traffic(service, instance) == "consumer")
+
     def service_env(self, service: str, instance: str = "") -> dict[str, str]:
         """Environment for a service process of this stack."""
         return {
+            "DARKROOM_TRAFFIC": self.traffic(service, instance),
             "DARKROOM_ENV": "development",
             "DARKROOM_KAFKA_BOOTSTRAP": self.kafka_bootstrap,
             "DARKROOM_KAFKA_REPLICATION_FACTOR": str(self.replication_factor),
@@ -206,6 +225,7 @@ def load_profile(name: str) -> Profile:
         otlp_endpoint=os.environ.get(f"{prefix}OTLP_ENDPOINT", ""),
         kafka_brokers=kafka_brokers(f"{prefix}KAFKA_BROKERS", os.environ.get(f"{prefix}KAFKA_BROKERS", "1")),
         replicas=parse_replicas(f"{prefix}REPLICAS", os.environ.get(f"{prefix}REPLICAS", "")),
+        api_processes=os.environ.get(f"{prefix}API_PROCESSES", "0").strip() in ("1", "true", "yes"),
     )
 
 
@@ -293,6 +313,24 @@ class Process:
         while _alive(pid) and time.monotonic() < deadline:
             time.sleep(0.02)
         return True
+
+    def kill_and_hold(self, timeout_s: float = 15.0) -> bool:
+        """kill -9 its process group and keep it down, as a lost machine would be: the
+        restart supervisord makes after the crash is stopped at once. True if it was running.
+
+        Raises:
+            StackError: It would not stay stopped.
+        """
+        if not self.stop(0, signal.SIGKILL):
+            return False
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            state = self.state()
+            if state is None or state.state in ("STOPPED", "FATAL"):
+                return True
+            self.supervisor.stop(self.name)  # a no-op while it is EXITED, before the restart
+            time.sleep(0.05)
+        raise StackError(f"{self.name} did not stay stopped after kill -9")
 
     def tail(self, lines: int = 20) -> str:
         try:
@@ -582,10 +620,10 @@ class Stack:
         settings = {var: value for process, var, value in self.profile.process_env if process == name}
         if instance:
             settings |= {var: value for process, var, value in self.profile.process_env if process == instance}
-        self.proc(instance or name).start(
-            [sys.executable, "-m", f"services.{package}"],
-            env=self.profile.service_env(name, instance) | extra | settings,
-        )
+        argv = [sys.executable, "-m", f"services.{package}"]
+        if self.profile.niced(name, instance):
+            argv = ["nice", "-n", "10", *argv]
+        self.proc(instance or name).start(argv, env=self.profile.service_env(name, instance) | extra | settings)
 
     def create_topics(self) -> None:
         from infra.topics import create_topics
@@ -635,25 +673,28 @@ class Stack:
         self.up_replicas()
 
     def up_replicas(self) -> None:
-        """The extra processes the profile's replicas ask for, until the gateway hears them all
-        (an extra instance has no health port of its own; its heartbeats count it)."""
-        if not self.profile.replicas:
+        """The extra processes the profile's replicas and api processes ask for, until the
+        gateway hears them all (an extra instance has no health port of its own; its
+        heartbeats count it)."""
+        extras = [(name, f"{name}-{n}") for name, count in self.profile.replicas for n in range(2, count + 1)]
+        if self.profile.api_processes:
+            extras += [(name, f"{name}-api") for name in API_SPLIT]
+        if not extras:
             return
         expected: dict[str, int] = {}
         for package, _ in SERVICE_PROCESSES.values():
             expected[package] = expected.get(package, 0) + 1
-        for name, count in self.profile.replicas:
-            for n in range(2, count + 1):
-                if self.proc(f"{name}-{n}").pid() is None:
-                    self.start_service(name, instance=f"{name}-{n}")
-            expected[SERVICE_PROCESSES[name][0]] += count - 1
+        for name, instance in extras:
+            if self.proc(instance).pid() is None:
+                self.start_service(name, instance=instance)
+            expected[SERVICE_PROCESSES[name][0]] += 1
 
         def all_heard() -> bool:
             heard = gateway_health(self.profile.gateway_url).get("services", {})
             return all(int(heard.get(service, {}).get("instances", 0)) >= n for service, n in expected.items())
 
-        wait_until(all_heard, "every replica heartbeating", self.proc("gateway"), timeout_s=60)
-        self.say("  replicas  " + ", ".join(f"{name} x{count}" for name, count in self.profile.replicas))
+        wait_until(all_heard, "every extra process heartbeating", self.proc("gateway"), timeout_s=60)
+        self.say("  extra     " + ", ".join(instance for _, instance in extras))
 
     def down(self) -> list[str]:
         """Stop every process of the profile (services, extra instances, then the

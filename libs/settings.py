@@ -43,6 +43,10 @@ class ServiceSettings(BaseSettings):
     log_level: str = "INFO"
     handler_concurrency: int = 16
     """Records of one poll handled side by side, by key, where a service allows it."""
+    traffic: Literal["all", "consumer", "api"] = "all"
+    """Which traffic's job-path consumer groups this process joins: both (one process serves
+    consumer and api jobs), or one, so the api path runs in processes of its own
+    (libs.runtime.service.member_groups)."""
 
     def secrets(self) -> dict[str, str]:
         """Secret settings of this service, by name (checked at start-up)."""

@@ -40,20 +40,23 @@ BackgroundTask = Callable[[asyncio.Event], Coroutine[object, object, None]]
 ConsumerFactory = Callable[[str, Sequence[str]], Consumer]
 
 
-def member_groups(group: str, names: Sequence[str]) -> list[tuple[str, list[str]]]:
+def member_groups(group: str, names: Sequence[str], traffic: str = "all") -> list[tuple[str, list[str]]]:
     """The consumer-group members a subscription runs: one per traffic, same handler.
 
     A group on job-path topics gets a second member, group "<group>-api" on the api
     copies (libs.topics.API_VARIANTS), so api-tier jobs never wait in a partition or a
-    fetch behind consumer traffic. A group-less reader (a live view of every message)
-    reads both in one member.
+    fetch behind consumer traffic. A process of one traffic (`traffic` "consumer" or "api",
+    the setting `DARKROOM_TRAFFIC`) runs only that traffic's member, so the api path can
+    have processes (and CPU) of its own. A group-less reader (a live view of every
+    message) reads both in one member.
     """
     copies = [topics.API_VARIANTS[t] for t in names if t in topics.API_VARIANTS]
     if not copies:
         return [(group, list(names))]
     if not group:
         return [(group, [*names, *copies])]
-    return [(group, list(names)), (f"{group}-api", copies)]
+    members = {"consumer": (group, list(names)), "api": (f"{group}-api", copies)}
+    return [members[traffic]] if traffic in members else list(members.values())
 
 
 @dataclass
@@ -134,7 +137,7 @@ class ServiceRuntime:
         for hook in self.on_start:
             await hook()
         for sub in self.subscriptions:
-            for group, names in member_groups(sub.group, sub.topics):
+            for group, names in member_groups(sub.group, sub.topics, self.settings.traffic):
                 member = self.consumer_factory(group, names)
                 await member.start()
                 self._members.append(member)

@@ -21,10 +21,14 @@ after the spike; every 503 with `retry-after`; no job completed twice. `--quick`
 shorter launch (under 3 minutes with the stack's start). Run only one at a time: the machine
 is the limit.
 
+The api path runs in processes of its own (`requests-api`, `safety-api`, `storage-api` and
+`decoder-api`, DARKROOM_BENCH_API_PROCESSES=1), the consumer tiers' processes at a lower CPU
+priority; `--shared-processes` runs one process per stage for both traffics, to compare.
+
 `--kill-broker` runs the stack on a three-broker Kafka cluster and, a third of the way into
-the spike, kills with -9 the broker that leads the request events' partition 0 (held down:
-supervisord does not restart it), starting it again after KILLED_FOR_S (a third of the
-spike). The paid p99 of jobs submitted from the kill until FAILOVER_TAIL_S after the
+the spike, kills with -9 the broker that leads the request events' partition 0 and holds it
+down (supervisord's restart after the crash is stopped), starting it again a third of the
+spike later. The paid p99 of jobs submitted from the kill until FAILOVER_TAIL_S after the
 restart, over the baseline's, must stay within 2x, besides the targets above.
 """
 
@@ -38,7 +42,6 @@ import math
 import os
 import platform
 import resource
-import signal
 import sys
 import time
 import urllib.request
@@ -430,7 +433,7 @@ class Surge:
             await admin.close()
         leader = next(p["leader"] for p in described["partitions"] if p["partition"] == 0)
         node = next(n for n in self.profile.kafka_nodes if n.node_id == leader)
-        await asyncio.to_thread(self.stack.proc(node.name).stop, 0, signal.SIGKILL)
+        await asyncio.to_thread(self.stack.proc(node.name).kill_and_hold)
         self.failover = {"node": node.name, "killed_s": round(self.now_s(), 2)}
         print(f"  {self.now_s():6.1f}s  killed {node.name} (kill -9; leader of {topics.REQUEST_EVENTS}[0])")
         await asyncio.sleep(shape.spike_s / 3)
@@ -572,6 +575,7 @@ def report_meta(plan: Plan, stack: Stack, started_at: datetime, steps: Steps, su
             "profile": stack.profile.name,
             "gateway": stack.profile.gateway_url,
             "kafka_brokers": stack.profile.kafka_brokers,
+            "api_processes": stack.profile.api_processes,
             "consumer_decoders": CONSUMER_DECODERS,
             "api_decoders": API_DECODERS,
             "process_env": [list(entry) for entry in plan.process_env()],
@@ -601,7 +605,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--kill-broker", action="store_true", help="three Kafka brokers; kill -9 one in the spike, restart it later"
     )
+    parser.add_argument(
+        "--shared-processes", action="store_true", help="one process per stage for both traffics (no api processes)"
+    )
     args = parser.parse_args(argv)
+    os.environ["DARKROOM_BENCH_API_PROCESSES"] = "0" if args.shared_processes else "1"
     if args.kill_broker:
         os.environ["DARKROOM_BENCH_KAFKA_BROKERS"] = "3"
     plan = Plan(

@@ -83,6 +83,22 @@ def test_replicas_name_services_and_counts(monkeypatch: pytest.MonkeyPatch) -> N
             load_profile("dev")
 
 
+def test_api_processes_split_the_job_path_and_lower_the_consumer_traffics_priority(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("DARKROOM_API_PROCESSES", raising=False)
+    shared = load_profile("dev")
+    assert shared.service_env("requests")["DARKROOM_TRAFFIC"] == "all" and not shared.niced("decoder")
+    monkeypatch.setenv("DARKROOM_API_PROCESSES", "1")
+    split = load_profile("dev")
+    assert split.service_env("requests")["DARKROOM_TRAFFIC"] == "consumer"
+    assert split.service_env("requests", "requests-api")["DARKROOM_TRAFFIC"] == "api"
+    assert split.service_env("requests", "requests-2")["DARKROOM_TRAFFIC"] == "consumer"
+    assert split.service_env("auth")["DARKROOM_TRAFFIC"] == "all"
+    assert [s for s in SERVICES if split.niced(s)] == ["requests", "decoder", "safety", "storage"]
+    assert not split.niced("requests", "requests-api")
+
+
 def test_ports_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DARKROOM_GATEWAY_PORT", "8123")
     monkeypatch.setenv("DARKROOM_TEST_KAFKA_PORT", "29092")

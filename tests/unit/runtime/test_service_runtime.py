@@ -121,6 +121,11 @@ def test_job_path_groups_get_a_member_for_api_traffic() -> None:
     # A live reader without a group reads both traffics; other topics are left alone.
     assert member_groups("", [topics.REQUEST_EVENTS]) == [("", [topics.REQUEST_EVENTS, topics.REQUEST_EVENTS_API])]
     assert member_groups("decoder-api", [topics.RENDER_API]) == [("decoder-api", [topics.RENDER_API])]
+    # A process of one traffic runs that traffic's member only; readers without a group are not split.
+    names = [topics.IMAGE_COMMANDS]
+    assert member_groups("requests", names, "consumer") == [("requests", [topics.IMAGE_COMMANDS])]
+    assert member_groups("requests", names, "api") == [("requests-api", [topics.IMAGE_COMMANDS_API])]
+    assert member_groups("", names, "api") == [("", [topics.IMAGE_COMMANDS, topics.IMAGE_COMMANDS_API])]
 
 
 async def test_the_metrics_endpoint_serves_the_process_metrics_in_prometheus_format() -> None:
