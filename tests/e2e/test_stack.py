@@ -65,7 +65,7 @@ def test_healthz_names_a_decoder_pool_left_without_decoders(running: Stack, api_
         # A job still queues, durably, and says that no decoder is up rather than a wait.
         created = httpx.post(
             f"{running.profile.gateway_url}/v1/images/generations",
-            json={"prompt": "a red circle", "quality": "low"},
+            json={"prompt": "a red circle", "quality": "low", "seed": 1},
             headers={"authorization": f"Bearer {api_key}", "prefer": "respond-async"},
             timeout=30,
         )
