@@ -147,6 +147,17 @@ def request_overhead(calls: int = 200_000, accounts: int = 50_000, revoked: int 
     }
 
 
+async def _produce(bootstrap: str, topic: str, records: list[tuple[bytes, bytes]]) -> None:
+    """Write (key, value) records to `topic` in large batches, waiting for every ack."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=50, max_batch_size=1 << 20)
+    await producer.start()
+    try:
+        pending = [await producer.send(topic, value=value, key=key) for key, value in records]
+        await asyncio.gather(*pending)
+    finally:
+        await producer.stop()
+
+
 async def usage_replay(bootstrap: str, commands: int, accounts: int = 20_000) -> dict[str, Any]:
     """Commands per second the usage feed folds at start: over Kafka, and decoding and folding alone."""
     topic = await scratch_topic(bootstrap, "bench.usage-replay", 4)
@@ -160,13 +171,7 @@ async def usage_replay(bootstrap: str, commands: int, accounts: int = 20_000) ->
         ).to_bytes()
         for i in range(commands)
     ]
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=50, max_batch_size=1 << 20)
-    await producer.start()
-    try:
-        pending = [await producer.send(topic, value=v, key=f"job_{i}".encode()) for i, v in enumerate(values)]
-        await asyncio.gather(*pending)
-    finally:
-        await producer.stop()
+    await _produce(bootstrap, topic, [(f"job_{i}".encode(), v) for i, v in enumerate(values)])
 
     def ledger_handler() -> tuple[UsageLedger, UsageHandler]:
         access = AccessState()
@@ -213,13 +218,7 @@ async def metered_load(bootstrap: str, records: int) -> dict[str, Any]:
         ).to_bytes()
         for i in range(records)
     ]
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=50, max_batch_size=1 << 20)
-    await producer.start()
-    try:
-        pending = [await producer.send(topic, value=v, key=f"acct_{i}".encode()) for i, v in enumerate(values)]
-        await asyncio.gather(*pending)
-    finally:
-        await producer.stop()
+    await _produce(bootstrap, topic, [(f"acct_{i}".encode(), v) for i, v in enumerate(values)])
     ledger = UsageLedger()
     metered = MeteredUsage(ledger=ledger)
     reader = KafkaLogReader(bootstrap, [topic], client_id="bench-metered-load")
