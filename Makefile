@@ -5,7 +5,7 @@ STACK := $(PY) -m infra.stack
 
 .DEFAULT_GOAL := help
 
-.PHONY: help setup up down status logs test test-unit test-integration test-e2e lint typecheck check schemas bench-pipeline bench-throughput bench-decoder bench-auth surge train-model eval-model
+.PHONY: help setup up down status logs test test-unit test-integration test-e2e lint typecheck check schemas bench-pipeline bench-throughput bench-decoder bench-partitions bench-auth surge train-model eval-model
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -56,6 +56,9 @@ bench-throughput: ## the share of the built-in model's images/s that reaches use
 
 bench-decoder: ## batching: the model's images/s per batch size, the decoder service at saturation, paid latency in a free flood
 	@$(PY) -m tests.bench.decoder $(ARGS)
+
+bench-partitions: ## a decoder pool larger than a lane's partitions: images/s and join stall at 4 vs 8 partitions per lane
+	@$(PY) -m tests.bench.partitions $(ARGS)
 
 bench-auth: ## sign-ups per second end to end, and what key checks and rate limits add per request (one core)
 	@$(PY) -m tests.bench.auth

@@ -626,10 +626,16 @@ class Stack:
         self.proc(instance or name).start(argv, env=self.profile.service_env(name, instance) | extra | settings)
 
     def create_topics(self) -> None:
-        from infra.topics import create_topics
+        from infra.topics import LayoutMismatch, create_topics
 
-        created = asyncio.run(create_topics(self.profile.kafka_bootstrap, replicas=self.profile.replication_factor))
-        self.say(f"  topics    {len(created)} created" + (f": {', '.join(created)}" if created else ", all present"))
+        try:
+            created = asyncio.run(create_topics(self.profile.kafka_bootstrap, replicas=self.profile.replication_factor))
+        except (LayoutMismatch, ValueError) as exc:
+            raise StackError(f"topics: {exc}") from exc
+        self.say(
+            f"  topics    {len(created)} created or widened"
+            + (f": {', '.join(created)}" if created else ", all present")
+        )
 
     def up_kafka(self) -> None:
         """Kafka alone, with every topic (for benchmarks of one service on the real broker)."""

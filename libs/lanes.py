@@ -8,10 +8,20 @@ its tier for the default model and `<model>/<tier>` for another.
 A lane also has a priority and a bound. A decoder serves the lanes of the lowest
 priority number first (`partitions_to_pause`), and the gateway takes no more jobs for
 a lane than its bound allows to wait (503 with retry-after beyond it).
+
+A lane's partitions bound its decoders: a decoder with no partition of a lane never
+renders that lane's jobs. `DARKROOM_PARTITIONS_PER_LANE` (a multiple of the declared
+count, the same for every process of a deployment) widens every render topic for a
+larger pool: copy c of the declared layout adds `c x partitions` to each number, so
+partitions only ever grow (Kafka cannot remove any), a lane keeps the ones it had, and
+`python -m infra.topics create` adds the new ones to existing topics
+(`widen_lanes`, docs/scaling.md). Decoders spread each lane over the pool
+(services/decoder/assignor.py).
 """
 
 from __future__ import annotations
 
+import os
 import re
 import zlib
 from collections.abc import Mapping, Set
@@ -32,6 +42,8 @@ DEFAULT_MODEL = "darkroom-mini"
 POOLS = {"consumer": topics.RENDER_CONSUMER, "api": topics.RENDER_API}
 """A decoder pool -> the default model's render topic it serves."""
 MODEL_NAME = re.compile(r"^[a-z0-9][a-z0-9.-]{0,62}$")
+PARTITIONS_PER_LANE = "DARKROOM_PARTITIONS_PER_LANE"
+"""The setting that widens every render topic's lanes (unset: as declared)."""
 
 
 def model_topic(model: str, pool: str) -> str:
@@ -41,15 +53,65 @@ def model_topic(model: str, pool: str) -> str:
     return POOLS[pool] if model == DEFAULT_MODEL else f"darkroom.render.{model}.{pool}"
 
 
-def with_model_topics(raw: dict[str, Any]) -> dict[str, Any]:
+def partitions_per_lane_setting() -> int | None:
+    """The partitions per lane this deployment asks for (`DARKROOM_PARTITIONS_PER_LANE`), or None.
+
+    Raises:
+        ValueError: The setting is not a whole number of at least one.
+    """
+    text = os.environ.get(PARTITIONS_PER_LANE, "").strip()
+    if not text:
+        return None
+    if not text.isdigit() or int(text) < 1:
+        raise ValueError(f"{PARTITIONS_PER_LANE}={text!r}: expected a whole number of partitions per lane, e.g. 8")
+    return int(text)
+
+
+def widen_lanes(topic: str, body: dict[str, Any], per_lane: int) -> dict[str, Any]:
+    """A render topic's declaration with `per_lane` partitions in each lane.
+
+    The declared layout is repeated: copy c (from 1) holds every declared partition p as
+    `p + c x partitions`, in the same lane. Earlier partitions keep their lanes, so a
+    topic grows in place and jobs already queued stay in their lane.
+
+    Raises:
+        ValueError: The lanes differ in size, or `per_lane` is not a multiple of it
+            (fewer than declared would need partitions removed, which Kafka cannot do).
+    """
+    lanes_of = {tier: list(parts) for tier, parts in (body.get("lanes") or {}).items()}
+    sizes = {len(parts) for parts in lanes_of.values()}
+    if not lanes_of:
+        return body  # not a render topic
+    if len(sizes) != 1:
+        raise ValueError(f"{topic}: lanes of different sizes cannot be widened by {PARTITIONS_PER_LANE}")
+    declared = sizes.pop()
+    if per_lane == declared:
+        return body
+    if per_lane % declared:
+        raise ValueError(
+            f"{PARTITIONS_PER_LANE}={per_lane}: {topic} declares {declared} partitions per lane; "
+            f"use a multiple of {declared} (Kafka adds partitions but never removes them)"
+        )
+    partitions = int(body["partitions"])
+    copies = range(per_lane // declared)
+    return {
+        **body,
+        "partitions": partitions * len(copies),
+        "lanes": {tier: [p + c * partitions for c in copies for p in parts] for tier, parts in lanes_of.items()},
+    }
+
+
+def with_model_topics(raw: dict[str, Any], per_lane: int | None = None) -> dict[str, Any]:
     """The declared topics plus the render topics of every model under `models:`.
 
     A model beside the default one gets a copy of each default render topic, named by
     `model_topic`, with the same partitions, lanes, priorities and bounds unless its entry
-    overrides them (`consumer:` or `api:` with the keys of a topic).
+    overrides them (`consumer:` or `api:` with the keys of a topic). With `per_lane`, every
+    render topic is widened to that many partitions per lane (`widen_lanes`).
 
     Raises:
-        ValueError: A model's name is not a lowercase name fit for a topic.
+        ValueError: A model's name is not a lowercase name fit for a topic, or the
+            lanes cannot be widened to `per_lane`.
     """
     declared: dict[str, Any] = dict(raw["topics"])
     for model, overrides in (raw.get("models") or {}).items():
@@ -59,6 +121,8 @@ def with_model_topics(raw: dict[str, Any]) -> dict[str, Any]:
             body = {**declared[topic], **((overrides or {}).get(pool) or {})}
             body["description"] = f"render jobs of the model {model} ({pool} pool), laid out like {topic}"
             declared[model_topic(model, pool)] = body
+    if per_lane is not None:
+        declared = {topic: widen_lanes(topic, body, per_lane) for topic, body in declared.items()}
     return declared
 
 
@@ -100,12 +164,13 @@ def _declared() -> dict[str, Any]:
 
 @cache
 def declared_partitions(topic: str) -> int:
-    """The partitions infra/topics.yaml declares for a topic.
+    """The partitions a topic has in this deployment (infra/topics.yaml, render topics
+    widened by `DARKROOM_PARTITIONS_PER_LANE`).
 
     Raises:
         KeyError: The topic is not declared.
     """
-    return int(_declared()["topics"][topic]["partitions"])
+    return int(with_model_topics(_declared(), partitions_per_lane_setting())[topic]["partitions"])
 
 
 def models() -> tuple[str, ...]:
@@ -116,7 +181,7 @@ def models() -> tuple[str, ...]:
 @cache
 def lanes() -> dict[str, Lane]:
     """Every lane of every model, by name (`lane_name`), read once from the declaration."""
-    declared = with_model_topics(_declared())
+    declared = with_model_topics(_declared(), partitions_per_lane_setting())
     result: dict[str, Lane] = {}
     for model in models():
         for pool in POOLS:

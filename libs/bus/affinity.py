@@ -19,44 +19,24 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 
-from aiokafka.cluster import ClusterMetadata
-from aiokafka.coordinator.assignors.abstract import AbstractPartitionAssignor
-from aiokafka.coordinator.protocol import ConsumerProtocolMemberAssignment, ConsumerProtocolMemberMetadata
+from libs.bus.assignment import Members, Plan, PlannedAssignor
 
 log = logging.getLogger(__name__)
 
 
-class JobAffinityAssignor(AbstractPartitionAssignor):  # type: ignore[misc]
+class JobAffinityAssignor(PlannedAssignor):
     """Residue classes of partition numbers (modulo the topics' common divisor) per member."""
 
     name = "darkroom-job-affinity"
-    version = 0
 
     @classmethod
-    def assign(
-        cls, cluster: ClusterMetadata, members: Mapping[str, ConsumerProtocolMemberMetadata]
-    ) -> dict[str, ConsumerProtocolMemberAssignment]:
-        topics = sorted({topic for metadata in members.values() for topic in metadata.subscription})
-        partitions = {topic: sorted(cluster.partitions_for_topic(topic) or ()) for topic in topics}
-        return {
-            member: ConsumerProtocolMemberAssignment(cls.version, sorted(owned.items()), b"")
-            for member, owned in affinity_assignment(partitions, members).items()
-        }
-
-    @classmethod
-    def metadata(cls, topics: Iterable[str]) -> ConsumerProtocolMemberMetadata:
-        return ConsumerProtocolMemberMetadata(cls.version, list(topics), b"")
-
-    @classmethod
-    def on_assignment(cls, assignment: ConsumerProtocolMemberAssignment) -> None:
-        pass
+    def plan(cls, partitions: Mapping[str, list[int]], members: Members) -> Plan:
+        return affinity_assignment(partitions, members)
 
 
-def affinity_assignment(
-    partitions: Mapping[str, list[int]], members: Mapping[str, ConsumerProtocolMemberMetadata]
-) -> dict[str, dict[str, list[int]]]:
+def affinity_assignment(partitions: Mapping[str, list[int]], members: Members) -> Plan:
     """member -> topic -> partitions: residue class r (mod the common divisor of the
     partition counts) to the r-th member in id order, wrapping; each member gets only the
     topics it subscribed to."""

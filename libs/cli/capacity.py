@@ -26,6 +26,8 @@ DEFAULT_MODEL = REPO / "docs" / "benchmarks" / "model-h100.json"
 
 DECODER_PROCESSES = ("decoder", "decoder-api")
 STORES = ("kafka", "ferretdb", "minio")
+DECLARED_PER_LANE = 4
+"""Partitions of each lane in infra/topics.yaml; lanes widen by multiples of it."""
 """Processes of the bench stack that are not darkroom services: sized as cores, not replicas."""
 
 
@@ -112,11 +114,10 @@ def plan(measured: Measured, demand: Demand) -> Plan:
             replicas[process] = max(1, math.ceil(cores / demand.cores_per_replica))
     brokers = max(demand.replication, math.ceil(store_cores.get("kafka", 0.0) / demand.cores_per_broker))
     # Every decoder of a pool takes its lanes' jobs: a lane needs a partition per decoder
-    # (a decoder without one sits idle), and never fewer than the four it has today.
-    partitions = {
-        "pro, plus, free (each)": max(4, decoders["consumer"]),
-        "api": max(4, decoders["api"]),
-    }
+    # (a decoder without one sits idle). Lanes widen by whole copies of the declared four
+    # (DARKROOM_PARTITIONS_PER_LANE, one setting for every render topic: libs.lanes).
+    per_lane = DECLARED_PER_LANE * math.ceil(max(decoders["consumer"], decoders["api"], 1) / DECLARED_PER_LANE)
+    partitions = {"pro, plus, free (each)": per_lane, "api": per_lane}
     return Plan(
         jobs_per_s=jobs_per_s,
         decoders=decoders,
@@ -194,7 +195,9 @@ def format_plan(measured: Measured, demand: Demand, result: Plan) -> str:
         "  service replicas: " + ", ".join(f"{p} {n}" for p, n in result.replicas.items()),
         f"  Kafka: {result.brokers} brokers ({result.store_cores.get('kafka', 0):g} cores with "
         f"{demand.replication} replicas), {result.messages_per_s:,.0f} messages/s",
-        "  partitions per lane: " + ", ".join(f"{lane} {n}" for lane, n in result.partitions_per_lane.items()),
+        "  partitions per lane: "
+        + ", ".join(f"{lane} {n}" for lane, n in result.partitions_per_lane.items())
+        + f" (DARKROOM_PARTITIONS_PER_LANE={max(result.partitions_per_lane.values())})",
         "  stores: " + ", ".join(f"{p} {cores:g} cores" for p, cores in result.store_cores.items() if p != "kafka"),
     ]
     return "\n".join(lines) + "\n"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from libs.bus.assignment import PlannedAssignor
 from libs.bus.kafka import KafkaConsumer, KafkaProducer
 from libs.bus.ports import Consumer
 from libs.runtime.service import ConsumerFactory, HealthCheck
@@ -18,9 +19,11 @@ def kafka_producer(settings: ServiceSettings, service: str) -> KafkaProducer:
     return KafkaProducer(settings.kafka_bootstrap, client_id=f"darkroom-{service}")
 
 
-def kafka_consumer_factory(settings: ServiceSettings, service: str, *, job_affinity: bool = False) -> ConsumerFactory:
+def kafka_consumer_factory(
+    settings: ServiceSettings, service: str, *, assignor: type[PlannedAssignor] | None = None
+) -> ConsumerFactory:
     """Makes consumer-group members for the service's subscriptions (group "" = none);
-    `job_affinity`: a job's inputs on every topic go to one member (libs/bus/affinity.py)."""
+    `assignor` places their groups' partitions (Kafka's round robin when None)."""
 
     def make(group: str, topics: Sequence[str]) -> Consumer:
         if not group:
@@ -39,7 +42,7 @@ def kafka_consumer_factory(settings: ServiceSettings, service: str, *, job_affin
             topics=topics,
             client_id=f"darkroom-{service}",
             fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms,
-            job_affinity=job_affinity,
+            assignor=assignor,
         )
 
     return make

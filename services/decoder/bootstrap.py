@@ -16,6 +16,7 @@ from libs.runtime.dispatch import Dispatcher
 from libs.runtime.service import ConsumerFactory, ServiceRuntime, Subscription
 from libs.runtime.wiring import kafka_consumer_factory, kafka_producer
 from libs.settings import DecoderSettings
+from services.decoder.assignor import LaneSpreadAssignor
 from services.decoder.engine import BatchEngine
 from services.decoder.handlers import DecoderHandlers
 from services.decoder.lanes import LaneGate, lane_name, lane_priority
@@ -69,7 +70,9 @@ def bootstrap(
         name=SERVICE,
         settings=settings,
         producer=producer or kafka_producer(settings, SERVICE),
-        consumer_factory=consumer_factory or kafka_consumer_factory(settings, SERVICE),
+        # Every lane spread over the pool: a decoder with no partition of a lane idles
+        # while that lane has work (services/decoder/assignor.py).
+        consumer_factory=consumer_factory or kafka_consumer_factory(settings, SERVICE, assignor=LaneSpreadAssignor),
     )
     versions = ModelVersions(
         settings.served_model,

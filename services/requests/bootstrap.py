@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from libs import topics
+from libs.bus.affinity import JobAffinityAssignor
 from libs.bus.ports import Producer
 from libs.runtime.dispatch import Dispatcher
 from libs.runtime.service import ConsumerFactory, ServiceRuntime, Subscription
@@ -34,7 +35,7 @@ def bootstrap(
         producer=producer or kafka_producer(settings, SERVICE),
         # A job's records are cached and its render lease watched in this process: every input
         # of one job must reach the same member of the group (libs/bus/affinity.py).
-        consumer_factory=consumer_factory or kafka_consumer_factory(settings, SERVICE, job_affinity=True),
+        consumer_factory=consumer_factory or kafka_consumer_factory(settings, SERVICE, assignor=JobAffinityAssignor),
     )
     handlers = RequestHandlers(
         # Jobs handled side by side write their revisions together (group commit).

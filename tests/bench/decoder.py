@@ -87,6 +87,9 @@ class Watcher:
         self.started: dict[str, float] = {}
         self.finished: dict[str, float] = {}
         self.preempted: set[str] = set()
+        self.decoder_of: dict[str, str] = {}
+        """job id -> the decoder that started rendering it."""
+        self.healthy_decoders: set[str] = set()
         self.batch_passes = 0
         self._consumer: AIOKafkaConsumer | None = None
         self._task: asyncio.Task[None] | None = None
@@ -127,10 +130,14 @@ class Watcher:
             return
         if isinstance(event, RenderStarted):
             self.started.setdefault(event.job_id, now)
+            self.decoder_of.setdefault(event.job_id, event.decoder)
         elif isinstance(event, RenderProgressed) and event.pass_index == event.total_passes:
             self.finished.setdefault(event.job_id, now)
-        elif isinstance(event, ServiceHeartbeat) and event.batch is not None:
-            self.batch_passes = max(self.batch_passes, event.batch.passes)
+        elif isinstance(event, ServiceHeartbeat):
+            if event.service == "decoder" and event.healthy:
+                self.healthy_decoders.add(event.instance_id)
+            if event.batch is not None:
+                self.batch_passes = max(self.batch_passes, event.batch.passes)
         elif getattr(event, "reason", "") == "preempted":
             self.preempted.add(str(getattr(event, "job_id", "")))
 

@@ -8,7 +8,18 @@ from pathlib import Path
 
 import pytest
 
-from libs.cli.capacity import DEFAULT_MODEL, DEFAULT_PIPELINE, Demand, Measured, format_plan, load_measured, plan
+from infra.topics import load_specs
+from libs import topics
+from libs.cli.capacity import (
+    DECLARED_PER_LANE,
+    DEFAULT_MODEL,
+    DEFAULT_PIPELINE,
+    Demand,
+    Measured,
+    format_plan,
+    load_measured,
+    plan,
+)
 
 MEASURED = Measured(
     device="a test GPU",
@@ -40,7 +51,10 @@ def test_devices_replicas_and_brokers_follow_from_the_demand_and_the_costs() -> 
 def test_a_lane_gets_a_partition_for_every_decoder_of_its_pool() -> None:
     result = plan(MEASURED, Demand(images_per_s=10_000, signups_per_s=0, api_share=0.0))
     assert result.decoders["consumer"] == 38  # 10,000 / (500 x 0.9 x 0.6) = 37.04
-    assert result.partitions_per_lane["pro, plus, free (each)"] == 38
+    # Lanes widen by whole copies of the declared four (DARKROOM_PARTITIONS_PER_LANE=40).
+    assert result.partitions_per_lane == {"pro, plus, free (each)": 40, "api": 40}
+    declared = {s.name: s for s in load_specs(per_lane=None)}[topics.RENDER_CONSUMER]
+    assert {len(parts) for parts in declared.lanes.values()} == {DECLARED_PER_LANE}
     assert result.brokers >= 3, "never fewer brokers than replicas of a partition"
 
 

@@ -78,3 +78,31 @@ def test_every_job_path_topic_has_an_api_copy_declared_alike() -> None:
     assert topics.route(topics.SAFETY_CHECKS, "api") == topics.SAFETY_CHECKS_API
     assert topics.route(topics.SAFETY_CHECKS, "free") == topics.SAFETY_CHECKS
     assert topics.route(topics.HEARTBEATS, "api") == topics.HEARTBEATS
+
+
+def test_partitions_per_lane_widens_render_topics_in_place() -> None:
+    specs = {s.name: s for s in load_specs(per_lane=8)}
+    consumer = specs[topics.RENDER_CONSUMER]
+    assert consumer.partitions == 24
+    # Copy 1 of the declared layout sits 12 above it: a lane keeps the partitions it had.
+    assert consumer.lanes == {
+        "pro": [0, 1, 2, 3, 12, 13, 14, 15],
+        "plus": [4, 5, 6, 7, 16, 17, 18, 19],
+        "free": [8, 9, 10, 11, 20, 21, 22, 23],
+    }
+    assert specs[topics.RENDER_API].partitions == 8 and specs[topics.RENDER_API].lanes == {"api": list(range(8))}
+    assert specs[model_topic("amused-256", "consumer")].lanes == consumer.lanes
+    assert specs[topics.REQUEST_EVENTS].partitions == 6, "only render topics have lanes to widen"
+    assert {s.name: s.partitions for s in load_specs(per_lane=4)} == {s.name: s.partitions for s in load_specs()}
+
+
+def test_partitions_per_lane_must_be_a_multiple_of_the_declared_lanes(monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ValueError, match="multiple of 4"):
+        load_specs(per_lane=6)
+    with pytest.raises(ValueError, match="multiple of 4"):
+        load_specs(per_lane=2)
+    monkeypatch.setenv("DARKROOM_PARTITIONS_PER_LANE", "eight")
+    with pytest.raises(ValueError, match="whole number"):
+        load_specs()
+    monkeypatch.setenv("DARKROOM_PARTITIONS_PER_LANE", "12")
+    assert {s.name: s.partitions for s in load_specs()}[topics.RENDER_CONSUMER] == 36
