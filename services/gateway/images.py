@@ -19,11 +19,12 @@ from libs.apikeys import Principal
 from libs.events import Envelope, new_ulid
 from libs.events.schemas import CancelJob, GenerateImage, JobSpec
 from libs.jobs import JobState, new_job, preview_passes
+from libs.readmodels.catalog import catalog_entries
+from libs.readmodels.idempotency import request_fingerprint
 from libs.stores.ports import StoreUnavailable
-from services.gateway.catalog import catalog_entries
 from services.gateway.context import Gateway, get_gateway, get_principal
 from services.gateway.errors import APIError, invalid
-from services.gateway.idempotency import MAX_KEY_LENGTH, KeyReused, key_seed, request_fingerprint
+from services.gateway.idempotency import MAX_KEY_LENGTH, KeyReused, key_seed
 from services.gateway.live import JobFollower
 from services.gateway.models import PASSES, RESOLVED_QUALITY, SIZES, ImageGenerationRequest, count_text_tokens
 from services.gateway.served_models import admit_to_lane, lane_served, resolve_model
