@@ -67,12 +67,29 @@ class JobState(BaseModel):
         return self.status in TERMINAL
 
 
+def new_job(job_id: str, spec: JobSpec, created_at: datetime, sequence: int = 0) -> JobState:
+    """A job as it stands before anything but its acceptance happened: queued, every pass ahead.
+
+    The one constructor of a job's first state, so the gateway's seed, the fold of
+    `JobAccepted` and a rebuilt read model cannot disagree on it.
+
+    Args:
+        job_id: The job.
+        spec: What it renders (its `passes` are the passes ahead).
+        created_at: When the gateway took it.
+        sequence: The sequence of the event this state follows (0: none yet, the gateway's seed).
+
+    Returns:
+        The queued state.
+    """
+    return JobState(job_id=job_id, spec=spec, created_at=created_at, sequence=sequence, total_passes=spec.passes)
+
+
 def accepted_seed(accepted: JobAccepted) -> JobState:
     """A job's revision 0 in the gateway's read model, as its `JobAccepted` gives it: what the
     gateway that took the job seeded, and what a job that reached the requests service without
     a gateway (or a rebuilt read model) gets from the event."""
-    spec = accepted.spec
-    return JobState(job_id=accepted.job_id, spec=spec, created_at=accepted.created_at, total_passes=spec.passes)
+    return new_job(accepted.job_id, accepted.spec, accepted.created_at)
 
 
 def evolve(state: JobState | None, event: Event, sequence: int) -> JobState | None:
@@ -87,13 +104,7 @@ def evolve(state: JobState | None, event: Event, sequence: int) -> JobState | No
         The new state; None only while the job has not been accepted.
     """
     if isinstance(event, JobAccepted):
-        return JobState(
-            job_id=event.job_id,
-            spec=event.spec,
-            created_at=event.created_at,
-            sequence=sequence,
-            total_passes=event.spec.passes,
-        )
+        return new_job(event.job_id, event.spec, event.created_at, sequence)
     if state is None:
         return None
     update: dict[str, object] = {"sequence": sequence}

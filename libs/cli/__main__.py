@@ -46,7 +46,7 @@ def _kafka(args: argparse.Namespace, rest: list[str]) -> int:
 
 def _safety_policy(args: argparse.Namespace) -> int:
     from libs.cli.safety_policy import format_policy, operator_name, set_policy, show_policy
-    from services.safety.domain import InvalidPolicy
+    from libs.safety_policy import InvalidPolicy
 
     try:
         if args.action == "show":

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from libs.readmodels.jobs import JobProjection
 from libs.runtime.wiring import mongo_store
 from libs.settings import MongoSettings
 from libs.stores.ports import StoreUnavailable
@@ -19,8 +20,6 @@ async def show_job(job_id: str, settings: MongoSettings | None = None) -> dict[s
     Raises:
         OSError: The document store cannot be reached.
     """
-    from services.gateway.live import JobProjection
-
     store = mongo_store(settings or MongoSettings())
     try:
         state = await JobProjection(store).get(job_id)

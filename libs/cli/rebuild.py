@@ -6,11 +6,13 @@ same documents:
 
 - `gateway_jobs` (gateway) from `darkroom.requests.events`, kept forever: each job's
   revision 0 as the gateway seeded it from `JobAccepted`, then one revision per request
-  event (`JobProjection`, the gateway's own code), and with it the gateway's image
-  catalog (`gateway_images`, `gateway_image_hashes`) from each completed job;
-- `gateway_idempotency` (gateway) from the `idempotency_key` each `JobAccepted` records;
-- `images` (storage) from `darkroom.storage.blobs` (`plan_storage`, the storage service's
-  own function).
+  event (`libs.readmodels.jobs.JobProjection`, the gateway's own projection), and with it
+  the gateway's image catalog (`gateway_images`, `gateway_image_hashes`) from each
+  completed job;
+- `gateway_idempotency` (gateway) from the `idempotency_key` each `JobAccepted` records
+  (`libs.readmodels.idempotency`, the claims the gateway writes);
+- `images` (storage) from `darkroom.storage.blobs` (`libs.storage_plan.plan_storage`, the
+  function the storage service stores by).
 
 The image metadata can only come back for the images still retained on the blobs topic
 (7 days by default); the objects themselves stay in MinIO. Services may keep running:
@@ -29,13 +31,13 @@ from libs.bus.ports import Record
 from libs.events import REGISTRY, DecodeError, Envelope
 from libs.events.schemas import JobAccepted, StoreImage
 from libs.jobs import accepted_seed
+from libs.readmodels.catalog import IMAGE_HASHES
+from libs.readmodels.catalog import IMAGES as CATALOG_IMAGES
+from libs.readmodels.idempotency import KEYS, claim_document, claim_id, request_fingerprint
+from libs.readmodels.jobs import JOBS, JobProjection
+from libs.storage_plan import IMAGES, InvalidImage, plan_storage
 from libs.stores.mongo import MongoDocumentStore
 from libs.stores.ports import DocumentStore
-from services.gateway.catalog import IMAGE_HASHES
-from services.gateway.catalog import IMAGES as CATALOG_IMAGES
-from services.gateway.idempotency import KEYS, claim_document, claim_id, request_fingerprint
-from services.gateway.live import JOBS, JobProjection
-from services.storage.domain import IMAGES, InvalidImage, plan_storage
 
 CLIENT_ID = "darkroom-rebuild"
 READ_TIMEOUT_S = 600.0

@@ -2,10 +2,11 @@
 
 The policy lives on the compacted policy topic; every safety service reads it from
 the beginning at start and follows it, so a `set` applies within moments on every
-replica, without restart. `set` validates the file with the safety service's own
-rules (shape, unique category names, regexes that compile) before publishing, and
-publishes it as the next version: one above the policy in force, or 2 when the
-topic is still empty (version 1 is the default a starting service publishes).
+replica, without restart. `set` validates the file with the rules the safety service
+loads policies by (`libs.safety_policy`: shape, unique category names, regexes that
+compile) before publishing, and publishes it as the next version: one above the policy
+in force, or 2 when the topic is still empty (version 1 is the default a starting
+service publishes).
 
 The output of `show` (YAML) is a valid input of `set`: its `version` and
 `updated_by` keys are ignored there, since `set` assigns both.
@@ -26,7 +27,7 @@ from libs.bus.logreader import KafkaLogReader, LogReader, read_to_end
 from libs.bus.ports import Record
 from libs.events import REGISTRY, DecodeError, Envelope
 from libs.events.schemas import SafetyPolicy
-from services.safety.domain import (
+from libs.safety_policy import (
     POLICY_AGGREGATE,
     latest_policy,
     next_version,
@@ -69,7 +70,7 @@ def set_policy(bootstrap: str, path_to_yaml: str | Path, updated_by: str) -> Saf
         The policy as published, with its version.
 
     Raises:
-        services.safety.domain.InvalidPolicy: The file is not a valid policy (nothing is published).
+        libs.safety_policy.InvalidPolicy: The file is not a valid policy (nothing is published).
         OSError: The file cannot be read.
         TimeoutError: The current policy could not be read in time.
     """
@@ -149,7 +150,7 @@ async def publish_policy(
         The policy as published.
 
     Raises:
-        services.safety.domain.InvalidPolicy: The document is not a valid policy.
+        libs.safety_policy.InvalidPolicy: The document is not a valid policy.
     """
     # Validate before touching Kafka, so a bad file fails fast and publishes nothing.
     policy_from_yaml(text, version=next_version(None), updated_by=updated_by)

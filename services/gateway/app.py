@@ -23,6 +23,8 @@ from libs.bus.offsets import KafkaLaneOffsets, LaneOffsets
 from libs.bus.ports import Producer
 from libs.lanes import POOLS, parse_max_waiting
 from libs.ratelimit import UsageLedger
+from libs.readmodels.catalog import ImageCatalog
+from libs.readmodels.jobs import JobProjection
 from libs.runtime.heartbeats import HeartbeatMonitor
 from libs.runtime.service import ConsumerFactory, ServiceRuntime, Subscription
 from libs.runtime.wiring import kafka_consumer_factory, kafka_producer, minio_store, mongo_store, reachable
@@ -30,7 +32,6 @@ from libs.settings import GatewaySettings
 from libs.stores.grouped import GroupedInserts
 from libs.stores.ports import BlobStore, DocumentStore
 from services.gateway import accounts, admin, edits, images, library, served_models, usage, web
-from services.gateway.catalog import ImageCatalog
 from services.gateway.context import Gateway
 from services.gateway.errors import install_error_handlers
 from services.gateway.idempotency import IdempotencyKeys
@@ -46,7 +47,7 @@ from services.gateway.limits import (
     port_readers,
     usage_since,
 )
-from services.gateway.live import JobProjection, LiveEvents
+from services.gateway.live import LiveEvents
 from services.gateway.metered import MeteredUsage
 from services.gateway.metrics import FleetCollector, RequestMetrics
 from services.gateway.metrics import exposition as metrics_exposition

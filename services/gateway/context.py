@@ -10,15 +10,16 @@ from fastapi import Header, Request
 
 from libs.apikeys import InvalidApiKey, Principal, verify
 from libs.bus import EventPublisher
+from libs.readmodels.catalog import ImageCatalog
+from libs.readmodels.jobs import JobProjection
 from libs.runtime.heartbeats import HeartbeatMonitor
 from libs.settings import GatewaySettings
 from libs.stores.ports import BlobStore
-from services.gateway.catalog import ImageCatalog
 from services.gateway.errors import APIError
 from services.gateway.idempotency import IdempotencyKeys
 from services.gateway.lanes import LaneMonitor
 from services.gateway.limits import Limits
-from services.gateway.live import JobProjection, LiveEvents
+from services.gateway.live import LiveEvents
 from services.gateway.metered import MeteredUsage
 from services.gateway.metrics import TIER_STATE
 

@@ -24,7 +24,7 @@ from starlette.datastructures import UploadFile
 from libs.apikeys import Principal
 from libs.events.schemas import EditSource
 from libs.model.interface import pack_cells
-from services.gateway.catalog import CatalogImage
+from libs.readmodels.catalog import CatalogImage
 from services.gateway.context import Gateway, get_gateway, get_principal
 from services.gateway.errors import APIError, invalid
 from services.gateway.images import job_spec, run_job

@@ -5,7 +5,8 @@ gets the job the first request made instead of a second render. A key holds for
 `KEY_TTL` after its first use; the claim is an insert keyed by a hash of the account and
 the key, so two concurrent requests with the same key make one job between them. The
 key is also recorded in the job's specification, so a rebuild of the read models from
-the request events restores the claims (`darkroom rebuild`, libs/cli/rebuild.py).
+the request events restores the claims (`darkroom rebuild`, libs/cli/rebuild.py); the claim
+documents both write are built in libs.readmodels.idempotency.
 
 A key names one request: the claim records a fingerprint of the job the request asks for
 (`request_fingerprint`), and a request with the key that asks for another job is refused
@@ -21,20 +22,13 @@ released (`release`) and the key is free for any request, as if it had never bee
 from __future__ import annotations
 
 import hashlib
-import json
 from datetime import UTC, datetime, timedelta
 
-from libs.events.schemas.images import JobSpec
+from libs.readmodels.idempotency import KEYS, claim_document, claim_id
 from libs.stores.ports import DocumentStore
 
-KEYS = "gateway_idempotency"
 KEY_TTL = timedelta(hours=24)
 MAX_KEY_LENGTH = 255
-
-
-def claim_id(account_id: str, key: str) -> str:
-    """The claim document's id: a hash, so keys of any content make safe ids."""
-    return hashlib.sha256(f"{account_id}\0{key}".encode()).hexdigest()
 
 
 def key_seed(account_id: str, key: str) -> int:
@@ -42,25 +36,8 @@ def key_seed(account_id: str, key: str) -> int:
     return int.from_bytes(hashlib.sha256(f"seed\0{account_id}\0{key}".encode()).digest()[:4], "big") >> 1
 
 
-_SET_BY_THE_SERVICE = {"lane", "tier"}
-"""Spec fields the service decides (admission's lane, the account's tier at the time), not the body."""
-
-
 class KeyReused(ValueError):
     """The key already names a job that another request asked for."""
-
-
-def request_fingerprint(spec: JobSpec) -> str:
-    """A hash of everything the request decides in a job's spec (the same before and after
-    admission, so a rebuild from `JobAccepted` records the same fingerprint)."""
-    fields = spec.model_dump(mode="json", exclude=_SET_BY_THE_SERVICE)
-    return hashlib.sha256(json.dumps(fields, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
-
-
-def claim_document(account_id: str, job_id: str, created_at: datetime, request: str) -> dict[str, str]:
-    """The claim of a key: the job it names, when (the job's creation time), and the
-    fingerprint of the request that made it."""
-    return {"account_id": account_id, "job_id": job_id, "created_at": created_at.isoformat(), "request": request}
 
 
 class IdempotencyKeys:

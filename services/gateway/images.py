@@ -18,12 +18,13 @@ from libs import topics
 from libs.apikeys import Principal
 from libs.events import Envelope, new_ulid
 from libs.events.schemas import CancelJob, GenerateImage, JobSpec
-from libs.jobs import JobState, preview_passes
+from libs.jobs import JobState, new_job, preview_passes
+from libs.readmodels.catalog import catalog_entries
+from libs.readmodels.idempotency import request_fingerprint
 from libs.stores.ports import StoreUnavailable
-from services.gateway.catalog import catalog_entries
 from services.gateway.context import Gateway, get_gateway, get_principal
 from services.gateway.errors import APIError, invalid
-from services.gateway.idempotency import MAX_KEY_LENGTH, KeyReused, key_seed, request_fingerprint
+from services.gateway.idempotency import MAX_KEY_LENGTH, KeyReused, key_seed
 from services.gateway.live import JobFollower
 from services.gateway.models import PASSES, RESOLVED_QUALITY, SIZES, ImageGenerationRequest, count_text_tokens
 from services.gateway.served_models import admit_to_lane, lane_served, resolve_model
@@ -114,7 +115,7 @@ async def run_job(
         # The model version is chosen once, at admission, by the rollout in force.
         version = gateway.limits.releases.route(spec.model, principal.account_id)
         spec = spec.model_copy(update={"lane": lane, "version": version})
-    seeded = existing or _queued(job_id, spec, created)
+    seeded = existing or new_job(job_id, spec, created)
     if existing is None:
         await gateway.projection.seed(seeded)
     cancel_on_disconnect = request.headers.get(CANCEL_ON_DISCONNECT, "").lower() in ("1", "true", "yes")
@@ -275,10 +276,6 @@ def _seed(asked: int | None, principal: Principal, idempotency_key: str | None) 
     if idempotency_key is not None:
         return key_seed(principal.account_id, idempotency_key)
     return secrets.randbits(31)
-
-
-def _queued(job_id: str, spec: JobSpec, created: datetime) -> JobState:
-    return JobState(job_id=job_id, spec=spec, created_at=created, total_passes=spec.passes)
 
 
 async def _wait_for_end(

@@ -1,6 +1,6 @@
 """The caller's own images: the list (newest first), one image, and its file.
 
-Everything is read from the gateway's image catalog (services.gateway.catalog) and
+Everything is read from the gateway's image catalog (libs.readmodels.catalog) and
 the blob store, and only the owner sees an image: another account's is a 404, the
 same as an unknown id. The list pages by cursor (`after` = the last image id of the
 previous page), which stays stable while new images arrive at the top.
@@ -15,7 +15,7 @@ from fastapi import APIRouter, Depends, Query
 from fastapi.responses import JSONResponse, Response
 
 from libs.apikeys import Principal
-from services.gateway.catalog import CatalogImage
+from libs.readmodels.catalog import CatalogImage
 from services.gateway.context import Gateway, get_gateway, get_principal
 from services.gateway.errors import APIError
 

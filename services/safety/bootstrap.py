@@ -15,9 +15,9 @@ from libs.model.interface import ImageModel, load_model
 from libs.runtime.dispatch import Dispatcher
 from libs.runtime.service import ConsumerFactory, ServiceRuntime, Subscription
 from libs.runtime.wiring import kafka_consumer_factory, kafka_producer
+from libs.safety_policy import DEFAULT_POLICY_VERSION, policy_from_yaml
 from libs.settings import SafetySettings
 from services.safety.content import ContentClassifier, ContentInspector
-from services.safety.domain import DEFAULT_POLICY_VERSION, policy_from_yaml
 from services.safety.handlers import SafetyHandlers
 from services.safety.policy_feed import KafkaLogReader, LogReader, PolicyFeed, PortLogReader
 

@@ -22,7 +22,8 @@ from libs.bus.logreader import KafkaLogReader, LogReader, PortLogReader, read_to
 from libs.events import Envelope
 from libs.events.schemas import SafetyPolicy
 from libs.runtime.dispatch import Dispatcher
-from services.safety.domain import POLICY_AGGREGATE, CompiledPolicy, compile_policy, policy_key, supersedes
+from libs.safety_policy import POLICY_AGGREGATE, policy_key, supersedes
+from services.safety.domain import CompiledPolicy, compile_policy
 
 log = logging.getLogger(__name__)
 

@@ -9,8 +9,8 @@ from libs import topics
 from libs.bus import EventPublisher, RejectedMessage, TransientError
 from libs.events import Envelope
 from libs.events.schemas import StoreImage
+from libs.storage_plan import IMAGES, TOKENS_CONTENT_TYPE, InvalidImage, plan_storage
 from libs.stores.ports import BlobStore, DocumentStore, StoreUnavailable
-from services.storage.domain import IMAGES, TOKENS_CONTENT_TYPE, InvalidImage, plan_storage
 
 log = logging.getLogger(__name__)
 

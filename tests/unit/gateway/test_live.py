@@ -8,8 +8,9 @@ from libs.bus import Record
 from libs.events import Envelope, Event
 from libs.events.schemas import JobAccepted, JobBlocked, JobProgressed, JobQueued, RenderProgressed
 from libs.jobs import JobState
+from libs.readmodels.jobs import JobProjection
 from libs.stores.memory import InMemoryDocumentStore
-from services.gateway.live import JobFollower, JobProjection, LiveEvents
+from services.gateway.live import JobFollower, LiveEvents
 from tests.helpers import job_spec
 
 JOB = "job_live"

@@ -6,22 +6,24 @@ import pytest
 
 from libs.events.schemas import CheckContent, CheckPrompt, PolicyCategory, SafetyPolicy
 from libs.model.safety_classifier import CATEGORY
-from services.safety.bootstrap import load_default_policy
-from services.safety.domain import (
-    UNVERIFIABLE,
-    Detection,
+from libs.safety_policy import (
     InvalidPolicy,
-    check_content,
-    check_prompt,
-    compile_policy,
-    content_unverifiable,
     latest_policy,
     next_version,
-    normalize_text,
     policy_from_yaml,
     policy_key,
     policy_to_yaml,
     supersedes,
+)
+from services.safety.bootstrap import load_default_policy
+from services.safety.domain import (
+    UNVERIFIABLE,
+    Detection,
+    check_content,
+    check_prompt,
+    compile_policy,
+    content_unverifiable,
+    normalize_text,
 )
 
 

@@ -15,9 +15,9 @@ from libs.cli.safety_policy import format_policy, publish_policy, read_policy, s
 from libs.events import REGISTRY, Envelope, new_ulid
 from libs.events.schemas import SafetyPolicy
 from libs.runtime.service import run_service
+from libs.safety_policy import InvalidPolicy
 from libs.settings import SafetySettings
 from services.safety.bootstrap import build
-from services.safety.domain import InvalidPolicy
 from tests.helpers import eventually
 from tests.unit.safety.test_service import FakeClassifier
 

@@ -27,9 +27,10 @@ from libs.events.schemas import (
 from libs.imaging import encode
 from libs.model.interface import NoOpModel, pack_tokens
 from libs.runtime.service import run_service
+from libs.safety_policy import POLICY_AGGREGATE, policy_key
 from libs.settings import SafetySettings
 from services.safety.bootstrap import SafetyService, build
-from services.safety.domain import POLICY_AGGREGATE, UNVERIFIABLE, policy_key
+from services.safety.domain import UNVERIFIABLE
 from tests.helpers import eventually, job_spec
 
 

@@ -17,10 +17,10 @@ from libs.events import REGISTRY, Envelope
 from libs.events.schemas import DeadLetter, ImageStored, StoreImage
 from libs.runtime.service import run_service
 from libs.settings import StorageSettings
+from libs.storage_plan import InvalidImage, plan_storage
 from libs.stores.memory import InMemoryBlobStore, InMemoryDocumentStore
 from libs.stores.ports import BlobInfo, StoreUnavailable
 from services.storage.bootstrap import bootstrap
-from services.storage.domain import InvalidImage, plan_storage
 from tests.helpers import eventually
 
 IMAGE = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4

@@ -3,6 +3,9 @@
 Every key and field is a function of the `StoreImage` command alone (no clock, no
 random id), so a redelivered command writes the same objects to the same keys, the
 same document, and announces the same `ImageStored`: retries overwrite, never duplicate.
+
+The storage service carries out the plan; `darkroom rebuild` replays the blobs topic
+through the same function to restore the `images` collection, hence its place in libs.
 """
 
 from __future__ import annotations
