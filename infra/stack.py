@@ -52,9 +52,10 @@ SERVICE_PROCESSES: dict[str, tuple[str, dict[str, str]]] = {
     "gateway": ("gateway", {}),
 }
 SERVICES = tuple(SERVICE_PROCESSES)
-API_SPLIT = ("requests", "safety", "storage")
+API_SPLIT = ("requests", "safety", "storage", "gateway")
 """Services whose api path runs as a process of its own with `*API_PROCESSES=1` (the decoder's
-already does: `decoder-api`)."""
+already does: `decoder-api`). The api path's gateway, `gateway-api`, listens on a port of its
+own (`Profile.api_gateway_port`): the API's address, where a deployment's API clients go."""
 INFRA = ("kafka", "minio", "ferretdb")
 DEV_MINIO_USER = "darkroom"
 DEV_MINIO_PASSWORD = "darkroom-dev-secret"  # noqa: S105 - development default, refused in production
@@ -73,6 +74,8 @@ class Profile:
     ferretdb_port: int
     gateway_port: int
     health_port_base: int
+    api_gateway_port: int = 0
+    """The api path's own gateway (`gateway-api`, with `api_processes`); 0: the gateway's port + 1."""
     otlp_endpoint: str = ""
     process_env: tuple[tuple[str, str, str], ...] = ()
     """Extra (process, variable, value) settings, e.g. another model for one decoder pool."""
@@ -82,9 +85,10 @@ class Profile:
     """(service process, how many) where a service runs more than one process, each joining
     its consumer group: `decoder-2`, `decoder-3`, ... beside `decoder`."""
     api_processes: bool = False
-    """The api path in processes of its own: `requests-api`, `safety-api`, `storage-api`
-    (with `decoder-api`) take the api copies of the job topics, `requests`, `safety`,
-    `storage` and `decoder` the consumer tiers' at a lower CPU priority (nice 10)."""
+    """The api path in processes of its own: `requests-api`, `safety-api`, `storage-api`,
+    `gateway-api` (with `decoder-api`) take the api copies of the job topics, `requests`,
+    `safety`, `storage`, `gateway` and `decoder` the consumer tiers' at a lower CPU priority
+    (nice 10)."""
 
     @property
     def kafka_nodes(self) -> list[KafkaNode]:
@@ -125,6 +129,17 @@ class Profile:
     def gateway_url(self) -> str:
         return f"http://127.0.0.1:{self.gateway_port}"
 
+    @property
+    def api_url(self) -> str:
+        """Where API clients send requests: the api path's own gateway when it has processes of
+        its own, else the one gateway."""
+        return f"http://127.0.0.1:{self.api_port}" if self.api_processes else self.gateway_url
+
+    @property
+    def api_port(self) -> int:
+        """The port of `gateway-api`."""
+        return self.api_gateway_port or self.gateway_port + 1
+
     def health_port(self, service: str) -> int:
         return self.gateway_port if service == "gateway" else self.health_port_base + SERVICES.index(service)
 
@@ -150,7 +165,7 @@ class Profile:
             "DARKROOM_MINIO_ENDPOINT": self.minio_endpoint,
             "DARKROOM_MINIO_ACCESS_KEY": DEV_MINIO_USER,
             "DARKROOM_MINIO_SECRET_KEY": DEV_MINIO_PASSWORD,
-            "DARKROOM_GATEWAY_PORT": str(self.gateway_port),
+            "DARKROOM_GATEWAY_PORT": str(self.api_port if instance == "gateway-api" else self.gateway_port),
             # The gateway serves /healthz on its API port; the others on a port of their own. An
             # extra instance has none (its service's port is taken): the gateway's /healthz
             # counts it among the service's instances by its heartbeats.
@@ -222,6 +237,7 @@ def load_profile(name: str) -> Profile:
         ferretdb_port=port("FERRETDB", 27017),
         gateway_port=port("GATEWAY", 8000),
         health_port_base=port("HEALTH_BASE", 8100),
+        api_gateway_port=port("API_GATEWAY", 8001),
         otlp_endpoint=os.environ.get(f"{prefix}OTLP_ENDPOINT", ""),
         kafka_brokers=kafka_brokers(f"{prefix}KAFKA_BROKERS", os.environ.get(f"{prefix}KAFKA_BROKERS", "1")),
         replicas=parse_replicas(f"{prefix}REPLICAS", os.environ.get(f"{prefix}REPLICAS", "")),

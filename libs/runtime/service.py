@@ -48,13 +48,17 @@ def member_groups(group: str, names: Sequence[str], traffic: str = "all") -> lis
     fetch behind consumer traffic. A process of one traffic (`traffic` "consumer" or "api",
     the setting `DARKROOM_TRAFFIC`) runs only that traffic's member, so the api path can
     have processes (and CPU) of its own. A group-less reader (a live view of every
-    message) reads both in one member.
+    message) reads its process's traffic: both in one member for "all", and the other
+    topics (those without an api copy) whatever the traffic, so a gateway of the api path
+    never reads the consumer tiers' progress.
     """
     copies = [topics.API_VARIANTS[t] for t in names if t in topics.API_VARIANTS]
     if not copies:
         return [(group, list(names))]
     if not group:
-        return [(group, [*names, *copies])]
+        shared = [t for t in names if t not in topics.API_VARIANTS]
+        own = {"consumer": list(names), "api": [*shared, *copies]}
+        return [(group, own.get(traffic, [*names, *copies]))]
     members = {"consumer": (group, list(names)), "api": (f"{group}-api", copies)}
     return [members[traffic]] if traffic in members else list(members.values())
 

@@ -21,9 +21,11 @@ after the spike; every 503 with `retry-after`; no job completed twice. `--quick`
 shorter launch (under 3 minutes with the stack's start). Run only one at a time: the machine
 is the limit.
 
-The api path runs in processes of its own (`requests-api`, `safety-api`, `storage-api` and
-`decoder-api`, DARKROOM_BENCH_API_PROCESSES=1), the consumer tiers' processes at a lower CPU
-priority; `--shared-processes` runs one process per stage for both traffics, to compare.
+The api path runs in processes of its own (`gateway-api`, `requests-api`, `safety-api`,
+`storage-api` and `decoder-api`, DARKROOM_BENCH_API_PROCESSES=1), the consumer tiers' processes
+at a lower CPU priority; API clients send to the API's own address (`gateway-api`), the others
+to the gateway the web app uses. `--shared-processes` runs one process per stage for both
+traffics, and one gateway for every client, to compare.
 
 `--kill-broker` runs the stack on a three-broker Kafka cluster and, a third of the way into
 the spike, kills with -9 the broker that leads the request events' partition 0 and holds it
@@ -301,13 +303,20 @@ class Surge:
     def headers(self, account: Account) -> dict[str, str]:
         return {"authorization": f"Bearer {account.api_key}"}
 
+    def url(self, account: Account, path: str) -> str:
+        """Where an account's request goes: API clients to the API's address (the api path's
+        own gateway with api processes), everyone else to the gateway the web app uses."""
+        return f"{self.profile.api_url}{path}" if account.tier == "api" else path
+
     # --- requests ------------------------------------------------------------------
 
     async def generate(self, record: RequestRecord, account: Account) -> None:
         """One synchronous generation; for a 202 (still running), follow the job to its end."""
         body = {"prompt": PROMPT, "quality": "low", "size": "256x256", "response_format": "url", "user": record.key}
         try:
-            response = await self.http.post("/v1/images/generations", json=body, headers=self.headers(account))
+            response = await self.http.post(
+                self.url(account, "/v1/images/generations"), json=body, headers=self.headers(account)
+            )
         except httpx.HTTPError as exc:
             record.end_s, record.error_code = self.now_s(), type(exc).__name__
             return
@@ -342,7 +351,9 @@ class Surge:
             await asyncio.sleep(POLL_EVERY_S)
             with contextlib.suppress(httpx.HTTPError, ValueError):
                 response = await self.http.get(
-                    f"/v1/images/jobs/{record.job_id}", params={"response_format": "url"}, headers=self.headers(account)
+                    self.url(account, f"/v1/images/jobs/{record.job_id}"),
+                    params={"response_format": "url"},
+                    headers=self.headers(account),
                 )
                 if response.status_code == 200:
                     self.note_job(record, response.json())

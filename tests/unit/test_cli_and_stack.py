@@ -95,8 +95,13 @@ def test_api_processes_split_the_job_path_and_lower_the_consumer_traffics_priori
     assert split.service_env("requests", "requests-api")["DARKROOM_TRAFFIC"] == "api"
     assert split.service_env("requests", "requests-2")["DARKROOM_TRAFFIC"] == "consumer"
     assert split.service_env("auth")["DARKROOM_TRAFFIC"] == "all"
-    assert [s for s in SERVICES if split.niced(s)] == ["requests", "decoder", "safety", "storage"]
-    assert not split.niced("requests", "requests-api")
+    assert [s for s in SERVICES if split.niced(s)] == ["requests", "decoder", "safety", "storage", "gateway"]
+    assert not split.niced("requests", "requests-api") and not split.niced("gateway", "gateway-api")
+    # The api path's gateway listens on the API's own address; the first gateway stays where it was.
+    assert split.service_env("gateway", "gateway-api")["DARKROOM_TRAFFIC"] == "api"
+    assert split.service_env("gateway", "gateway-api")["DARKROOM_GATEWAY_PORT"] == "8001"
+    assert split.service_env("gateway")["DARKROOM_GATEWAY_PORT"] == "8000"
+    assert split.api_url == "http://127.0.0.1:8001" and shared.api_url == shared.gateway_url
 
 
 def test_ports_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:

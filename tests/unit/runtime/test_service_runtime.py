@@ -121,11 +121,17 @@ def test_job_path_groups_get_a_member_for_api_traffic() -> None:
     # A live reader without a group reads both traffics; other topics are left alone.
     assert member_groups("", [topics.REQUEST_EVENTS]) == [("", [topics.REQUEST_EVENTS, topics.REQUEST_EVENTS_API])]
     assert member_groups("decoder-api", [topics.RENDER_API]) == [("decoder-api", [topics.RENDER_API])]
-    # A process of one traffic runs that traffic's member only; readers without a group are not split.
+    # A process of one traffic runs that traffic's member only; a reader without a group
+    # reads its traffic's copies and every topic that has none.
     names = [topics.IMAGE_COMMANDS]
     assert member_groups("requests", names, "consumer") == [("requests", [topics.IMAGE_COMMANDS])]
     assert member_groups("requests", names, "api") == [("requests-api", [topics.IMAGE_COMMANDS_API])]
-    assert member_groups("", names, "api") == [("", [topics.IMAGE_COMMANDS, topics.IMAGE_COMMANDS_API])]
+    live = [topics.REQUEST_EVENTS, topics.RENDER_PROGRESS, topics.ACCOUNT_EVENTS]
+    assert member_groups("", live, "api") == [
+        ("", [topics.ACCOUNT_EVENTS, topics.REQUEST_EVENTS_API, topics.RENDER_PROGRESS_API])
+    ]
+    assert member_groups("", live, "consumer") == [("", live)]
+    assert member_groups("", live) == [("", [*live, topics.REQUEST_EVENTS_API, topics.RENDER_PROGRESS_API])]
 
 
 async def test_the_metrics_endpoint_serves_the_process_metrics_in_prometheus_format() -> None:
