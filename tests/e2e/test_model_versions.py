@@ -71,7 +71,9 @@ def newest_image(stack: Stack, api_key: str) -> dict[str, Any]:
 
 def generate(stack: Stack, api_key: str) -> dict[str, Any]:
     client = openai.OpenAI(base_url=f"{stack.profile.gateway_url}/v1", api_key=api_key, timeout=120, max_retries=0)
-    client.images.generate(prompt="a small red circle on a gray background", quality="low", size="256x256")
+    # A fixed seed the content check clears (renders are deterministic; a server-chosen seed
+    # can draw something the built-in model's check takes for a blocked class).
+    client.images.generate(prompt="a red circle", quality="low", size="256x256", extra_body={"seed": 1})
     return newest_image(stack, api_key)
 
 

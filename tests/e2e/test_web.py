@@ -314,8 +314,10 @@ def test_the_admin_console_changes_the_free_tier_limit_and_the_gateway_enforces_
         signed_up = http.post("/v1/accounts", json={"email": _email()})
         assert signed_up.status_code == 201, signed_up.text
         auth = {"authorization": f"Bearer {signed_up.json()['api_key']}"}
-        for i in range(2):
-            ok = http.post("/v1/images/generations", json={"prompt": f"a dot {i}", "quality": "low"}, headers=auth)
+        for _ in range(2):
+            # A fixed seed the content check clears: both must complete.
+            body = {"prompt": "a red circle", "quality": "low", "seed": 1}
+            ok = http.post("/v1/images/generations", json=body, headers=auth)
             assert ok.status_code == 200, ok.text
         refused = http.post("/v1/images/generations", json={"prompt": "a dot 3", "quality": "low"}, headers=auth)
         assert refused.status_code == 429, refused.text
