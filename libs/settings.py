@@ -36,6 +36,9 @@ class ServiceSettings(BaseSettings):
     kafka_fetch_max_wait_ms: int = 100
     """How long the broker holds a consumer's fetch when there is nothing new (see libs.bus.kafka)."""
     otlp_endpoint: str = ""
+    """OTLP/HTTP base URL traces are exported to; none (and no span recorded) when empty."""
+    trace_sample_ratio: float = Field(default=1.0, ge=0.0, le=1.0)
+    """The share of traces recorded and exported (decided where a trace starts, in the gateway)."""
     health_host: str = "127.0.0.1"
     health_port: int = 0
     heartbeat_interval_s: float = 2.0

@@ -29,5 +29,5 @@ def main(service: str, settings_type: type[S], bootstrap: Callable[[S], ServiceR
     """Configure logging and tracing, wire the service and run it until SIGTERM."""
     settings = load_settings(settings_type)
     configure_logging(settings.log_level, service)
-    configure_tracing(service, settings.otlp_endpoint, settings.instance_id)
+    configure_tracing(service, settings.otlp_endpoint, settings.instance_id, settings.trace_sample_ratio)
     asyncio.run(run_service(bootstrap(settings)))

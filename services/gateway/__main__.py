@@ -14,7 +14,7 @@ def main() -> None:
     """Serve the gateway until SIGTERM (uvicorn drains requests, then the lifespan stops Kafka)."""
     settings = load_settings(GatewaySettings)
     configure_logging(settings.log_level, "gateway")
-    configure_tracing("gateway", settings.otlp_endpoint, settings.instance_id)
+    configure_tracing("gateway", settings.otlp_endpoint, settings.instance_id, settings.trace_sample_ratio)
     uvicorn.run(
         create_app(settings),
         host=settings.gateway_host,
