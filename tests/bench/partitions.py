@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--decoders", type=int, default=8, help="decoders in the pool")
     parser.add_argument("--per-lane", type=int, default=8, help="partitions per lane once widened")
-    parser.add_argument("--pass-s", type=float, default=0.05, help="the stand-in model's seconds per pass")
+    parser.add_argument("--pass-s", type=float, default=0.1, help="the stand-in model's seconds per pass")
     parser.add_argument("--backlog", type=int, default=0, help="pro jobs per drain (0: 8 per decoder)")
     parser.add_argument("--json", default="", help="also write the figures to this file")
     args = parser.parse_args(argv)
