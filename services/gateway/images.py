@@ -23,10 +23,12 @@ from libs.readmodels.catalog import catalog_entries
 from libs.readmodels.idempotency import request_fingerprint
 from libs.stores.ports import StoreUnavailable
 from services.gateway.context import Gateway, get_gateway, get_principal
-from services.gateway.errors import APIError, invalid
+from services.gateway.errors import APIError, invalid, refused
 from services.gateway.idempotency import MAX_KEY_LENGTH, KeyReused, key_seed
+from services.gateway.limits import SCOPE_HEADERS
 from services.gateway.live import JobFollower
 from services.gateway.models import PASSES, RESOLVED_QUALITY, SIZES, ImageGenerationRequest, count_text_tokens
+from services.gateway.refusals import Refusal
 from services.gateway.served_models import admit_to_lane, lane_served, resolve_model
 
 router = APIRouter(prefix="/v1/images", tags=["images"])
@@ -99,22 +101,18 @@ async def run_job(
     else:
         # Rollout, tier limits, room in the lane (503 with retry-after) and rate limits (429 with
         # OpenAI's headers); nothing leaves the process.
-        try:
-            lane = gateway.limits.admit_generation(
-                request.scope,
-                principal,
-                job_id,
-                spec.n,
-                spec.quality,
-                lane_open=lambda lane: admit_to_lane(gateway, spec.model, lane),
-            )
-        except APIError:
+        admission = gateway.limits.admit_generation(
+            principal, job_id, spec.n, spec.quality, lane_open=lambda lane: admit_to_lane(gateway, spec.model, lane)
+        )
+        if isinstance(admission, Refusal):
             if spec.idempotency_key is not None and job_id == new_job_id:
                 await _release(gateway, principal, spec.idempotency_key, job_id)
-            raise
+            raise refused(admission)
+        # Every response to the request carries them, an error's too (`RateLimitHeaders`).
+        request.scope[SCOPE_HEADERS] = admission.headers
         # The model version is chosen once, at admission, by the rollout in force.
         version = gateway.limits.releases.route(spec.model, principal.account_id)
-        spec = spec.model_copy(update={"lane": lane, "version": version})
+        spec = spec.model_copy(update={"lane": admission.lane, "version": version})
     seeded = existing or new_job(job_id, spec, created)
     if existing is None:
         await gateway.projection.seed(seeded)
