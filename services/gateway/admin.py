@@ -33,7 +33,7 @@ from libs.jobs import JobState, Status
 from libs.lanes import POOLS
 from services.gateway.context import Gateway, get_operator
 from services.gateway.errors import APIError, invalid
-from services.gateway.images import job_object
+from services.gateway.jobs_http import job_object
 
 router = APIRouter(prefix="/v1/admin", tags=["operator"])
 

@@ -25,9 +25,10 @@ from libs.apikeys import Principal
 from libs.events.schemas import EditSource
 from libs.model.interface import pack_cells
 from libs.readmodels.catalog import CatalogImage
+from services.gateway import jobs
 from services.gateway.context import Gateway, get_gateway, get_principal
 from services.gateway.errors import APIError, invalid
-from services.gateway.images import job_spec, run_job
+from services.gateway.jobs_http import job_spec, respond
 from services.gateway.library import owned_image
 from services.gateway.models import ImageEditRequest
 from services.gateway.tweaks import DEFAULT_STRENGTH, TweakInputError, cells_from_mask, cells_from_strength, read_upload
@@ -90,11 +91,10 @@ async def create_edit(
     if body.stream and total > 1:
         raise invalid("n", "Streaming returns one image; send one image with n=1, or turn off stream.")
     spec = spec.model_copy(update={"n": total, "edits": sources})
-    return await run_job(
+    return await respond(
         gateway,
         request,
-        principal,
-        spec,
+        jobs.SubmitJob(principal, spec),
         stream=body.stream,
         response_format=body.response_format,
         prefer=prefer,

@@ -16,6 +16,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from services.gateway.metrics import TIER_STATE, count_refusal
+from services.gateway.refusals import Refusal
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +68,13 @@ class APIError(Exception):
 def invalid(param: str, message: str, code: str | None = "invalid_value") -> APIError:
     """A 400 naming the offending parameter."""
     return APIError(400, message, param=param, code=code)
+
+
+def refused(refusal: Refusal) -> APIError:
+    """The error a refusal is answered with: its status, body and headers."""
+    return APIError(
+        refusal.status, refusal.message, param=refusal.param, code=refusal.code, headers=dict(refusal.headers)
+    )
 
 
 def _validation_error(exc: RequestValidationError) -> APIError:

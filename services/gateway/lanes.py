@@ -32,7 +32,8 @@ from dataclasses import dataclass
 from libs.bus.offsets import LaneCounts, LaneOffsets
 from libs.events.schemas import LaneLoad
 from libs.lanes import Lane, lanes
-from services.gateway.errors import APIError
+from services.gateway.errors import refused
+from services.gateway.refusals import Refusal
 
 log = logging.getLogger(__name__)
 
@@ -148,11 +149,12 @@ class LaneMonitor:
         wait = self.estimated_wait_s(lane)
         return wait is None or wait > DEFERRED_AFTER_S
 
-    def admit(self, lane: str) -> None:
+    def take(self, lane: str) -> Refusal | None:
         """Takes a job into the lane, or refuses it when the lane is full.
 
-        Raises:
-            APIError: 503 with `retry-after` (seconds for the pool to drain the excess).
+        Returns:
+            None when taken; else a 503 `lane_full` with `retry-after` (seconds for the pool
+            to drain the excess).
         """
         bound = self._bounds.get(lane)
         waiting = self.waiting(lane)
@@ -162,7 +164,7 @@ class LaneMonitor:
             excess = waiting - bound + 1
             retry = math.ceil(excess / rate) if rate > 0 else UNKNOWN_DRAIN_RETRY_S
             retry = min(max(retry, 1), MAX_RETRY_AFTER_S)
-            raise APIError(
+            return Refusal(
                 503,
                 f"The {lane} lane is at capacity ({waiting} jobs waiting for a renderer); "
                 f"please retry after {retry} seconds.",
@@ -170,6 +172,17 @@ class LaneMonitor:
                 headers={"retry-after": str(retry)},
             )
         self._admitted[lane] += 1
+        return None
+
+    def admit(self, lane: str) -> None:
+        """`take`, for a caller that answers a full lane at once.
+
+        Raises:
+            APIError: The refusal `take` returns.
+        """
+        refusal = self.take(lane)
+        if refusal is not None:
+            raise refused(refusal)
 
     def figures(self) -> list[LaneFigures]:
         """Every lane now."""

@@ -44,13 +44,14 @@ from libs.events.schemas.policies import QUALITY_ORDER
 from libs.ratelimit import UsageLedger
 from libs.releases import ModelReleases
 from libs.runtime.service import ConsumerFactory
-from services.gateway.errors import APIError, invalid
+from services.gateway.errors import APIError
+from services.gateway.refusals import Refusal
 
 log = logging.getLogger(__name__)
 
 FEATURE_GENERATION = "image_generation"
 SCOPE_HEADERS = "darkroom.ratelimit_headers"
-"""Where a route leaves the rate-limit headers for `RateLimitHeaders` to add."""
+"""Where a route leaves an admission's rate-limit headers for `RateLimitHeaders` to add."""
 _JOB_COMPLETED = JobCompleted.TYPE
 _JOB_ENDS = frozenset({_JOB_COMPLETED, JobBlocked.TYPE, JobFailed.TYPE, JobCancelled.TYPE})
 
@@ -211,6 +212,16 @@ def usage_since(now: float, job_hold_s: float) -> dict[str, int]:
     return {name: since for name in topics.with_api_copies([topics.IMAGE_COMMANDS, topics.REQUEST_EVENTS])}
 
 
+@dataclass(frozen=True)
+class Admission:
+    """A generation request let in."""
+
+    lane: str
+    """The lane the tier's jobs go to."""
+    headers: dict[str, str]
+    """OpenAI's rate-limit headers, for every response to the request (`RateLimitHeaders`)."""
+
+
 @dataclass
 class Limits:
     """The access state, the usage ledger and the clock one gateway decides with."""
@@ -236,37 +247,32 @@ class Limits:
 
     def admit_generation(
         self,
-        scope: Scope,
         principal: Principal,
         job_id: str,
         n: int,
         quality: str,
-        lane_open: Callable[[str], None] | None = None,
-    ) -> str:
+        lane_open: Callable[[str], Refusal | None] | None = None,
+    ) -> Admission | Refusal:
         """Decide a generation request: rollout, tier limits, room in the lane, then the rate limits.
 
-        Leaves the rate-limit headers in the request's scope for the response.
-
         Args:
-            scope: The request's ASGI scope.
             principal: The authorized caller (tier already current).
             job_id: The job the request creates.
             n: Images asked for.
             quality: The resolved quality (low, medium, high).
-            lane_open: Raises when the tier's lane takes no more jobs; checked before the
-                rate limits, so a refused request spends none of the account's allowance.
+            lane_open: Takes the job into the tier's lane, or refuses it when the lane takes no
+                more jobs; asked before the rate limits, so a refused request spends none of
+                the account's allowance.
 
         Returns:
-            The lane the tier's jobs go to.
-
-        Raises:
-            APIError: 403 outside the rollout, 400 over the tier's n or quality, what
-                `lane_open` raises (503 when the lane is full), 429 over a limit.
+            The lane and the rate-limit headers of an admitted request; else the refusal: 403
+            outside the rollout, 400 over the tier's n or quality, what `lane_open` refuses
+            with (503 when the lane is full), 429 over a limit (with the rate-limit headers).
         """
         tier = principal.tier
         if not self.access.has_feature(principal.account_id, tier, FEATURE_GENERATION):
             percent = self.access.rollout_percent(FEATURE_GENERATION, tier)
-            raise APIError(
+            return Refusal(
                 403,
                 f"Image generation is being rolled out gradually and is not yet available to this account "
                 f"({percent:g}% of {tier} accounts have it so far). Please try again later.",
@@ -274,17 +280,18 @@ class Limits:
             )
         policy = self.access.policy(tier)
         if n > policy.max_n:
-            raise invalid("n", f"The {tier} tier allows at most {policy.max_n} image(s) per request.", "tier_limit")
+            message = f"The {tier} tier allows at most {policy.max_n} image(s) per request."
+            return Refusal(400, message, code="tier_limit", param="n")
         if QUALITY_ORDER.get(quality, 0) > QUALITY_ORDER[policy.max_quality]:
-            raise invalid("quality", f"The {tier} tier allows quality up to '{policy.max_quality}'.", "tier_limit")
-        if lane_open is not None:
-            lane_open(policy.lane)
+            message = f"The {tier} tier allows quality up to '{policy.max_quality}'."
+            return Refusal(400, message, code="tier_limit", param="quality")
+        if lane_open is not None and (full := lane_open(policy.lane)) is not None:
+            return full
         decision = self.ledger.admit(job_id, principal.account_id, tier, policy, n, self.clock())
         headers = decision.headers()
         if not decision.allowed:
-            raise APIError(429, decision.message, code=decision.code, headers=headers)
-        scope[SCOPE_HEADERS] = headers
-        return policy.lane
+            return Refusal(429, decision.message, code=decision.code, headers=headers)
+        return Admission(policy.lane, headers)
 
 
 class RateLimitHeaders:

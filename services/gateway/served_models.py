@@ -20,6 +20,7 @@ from libs.runtime.heartbeats import HeartbeatMonitor
 from libs.settings import GatewaySettings
 from services.gateway.context import Gateway, get_gateway, get_principal
 from services.gateway.errors import APIError, invalid
+from services.gateway.refusals import Refusal
 
 OWNER: Final = "darkroom"
 UNSERVED_RETRY_S: Final = 30
@@ -64,7 +65,7 @@ def check_models_declared(settings: GatewaySettings) -> None:
         )
 
 
-def admit_to_lane(gateway: Gateway, model: str, lane: str) -> None:
+def admit_to_lane(gateway: Gateway, model: str, lane: str) -> Refusal | None:
     """Takes a job of `model` into its lane (`lane` as a tier's policy names it).
 
     A model other than the default must have a decoder of the lane's pool heard from
@@ -72,12 +73,13 @@ def admit_to_lane(gateway: Gateway, model: str, lane: str) -> None:
     left waiting for a pool that may never come. The default model's jobs always queue
     (durably: a decoder that restarts takes them).
 
-    Raises:
-        APIError: 503 `model_unavailable` with retry-after, or what LaneMonitor.admit raises.
+    Returns:
+        None when taken; else a 503 `model_unavailable` with retry-after, or what
+        `LaneMonitor.take` refuses with.
     """
     declared = lane_for(lane, model)
     if model != DEFAULT_MODEL and not serving(gateway.heartbeats, model, declared.pool, gateway.settings):
-        raise APIError(
+        return Refusal(
             503,
             f"No decoder serves the model '{model}' ({declared.pool} pool) right now; "
             f"please retry after {UNSERVED_RETRY_S} seconds.",
@@ -85,7 +87,7 @@ def admit_to_lane(gateway: Gateway, model: str, lane: str) -> None:
             code="model_unavailable",
             headers={"retry-after": str(UNSERVED_RETRY_S)},
         )
-    gateway.lanes.admit(declared.name)
+    return gateway.lanes.take(declared.name)
 
 
 def serving(heartbeats: HeartbeatMonitor, model: str, pool: str, settings: GatewaySettings | None = None) -> bool:

@@ -127,15 +127,14 @@ def request_overhead(calls: int = 200_000, accounts: int = 50_000, revoked: int 
     api_keys = [mint(f"acct_{i:06d}", "pro", new_key_id(), keys) for i in range(accounts)]
     rng = random.Random(7)
     order = [rng.randrange(accounts) for _ in range(calls)]
-    scope: dict[str, Any] = {}
     for i in range(accounts):  # every account has its bucket before timing starts
-        limits.admit_generation(scope, limits.authorize(verify(api_keys[i], keys)), f"warm{i}", 1, "low")
+        limits.admit_generation(limits.authorize(verify(api_keys[i], keys)), f"warm{i}", 1, "low")
     samples: list[float] = []
     clock = time.perf_counter_ns
     for n, i in enumerate(order):
         t0 = clock()
         principal = limits.authorize(verify(api_keys[i], keys))
-        limits.admit_generation(scope, principal, f"job{n}", 1, "low")
+        limits.admit_generation(principal, f"job{n}", 1, "low")
         samples.append((clock() - t0) / 1000)
     return {
         "calls": calls,

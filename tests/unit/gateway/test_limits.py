@@ -17,7 +17,7 @@ from openai import AsyncOpenAI
 
 from libs import topics
 from libs.access import DEFAULT_POLICIES, AccessState, rollout_position
-from libs.apikeys import verify
+from libs.apikeys import Principal, verify
 from libs.bus import EventPublisher
 from libs.bus.memory import InMemoryBroker
 from libs.events import Envelope, Event
@@ -31,7 +31,9 @@ from libs.events.schemas import (
     TierPolicyChanged,
 )
 from libs.ratelimit import UsageLedger
-from services.gateway.limits import Feed, Limits, UsageHandler, port_readers
+from services.gateway.errors import refused
+from services.gateway.limits import Admission, Feed, Limits, UsageHandler, port_readers
+from services.gateway.refusals import Refusal
 from tests.helpers import eventually, job_spec
 from tests.unit.gateway.conftest import SIGNING, GatewayUnderTest, key_for
 
@@ -258,3 +260,31 @@ async def test_the_usage_feed_skips_garbage_on_the_command_topic_and_counts_the_
     # gateway's usage feed skips them (no copy per replica) and counts the valid ones.
     assert broker.records(topics.DEAD_LETTERS) == []
     assert limits.ledger.in_flight("acct_a", time.time()) == 1
+
+
+def test_a_refusal_leaves_as_openais_error_with_its_headers() -> None:
+    refusal = Refusal(429, "Slow down.", code="rate_limit_exceeded", headers={"retry-after": "3"})
+    response = refused(refusal).response()
+    assert response.status_code == 429
+    assert response.headers["retry-after"] == "3"
+    assert response.body == (
+        b'{"error":{"message":"Slow down.","type":"rate_limit_error","param":null,"code":"rate_limit_exceeded"}}'
+    )
+
+
+def test_admission_answers_a_value_and_a_refused_lane_spends_no_allowance() -> None:
+    limits = Limits(AccessState(), UsageLedger())
+    free = Principal("acct_free", "free", "k1:free", 0)
+
+    over_n = limits.admit_generation(free, "job_1", 2, "low")
+    message = "The free tier allows at most 1 image(s) per request."
+    assert over_n == Refusal(400, message, code="tier_limit", param="n")
+
+    full = Refusal(503, "The free lane is at capacity.", code="lane_full", headers={"retry-after": "2"})
+    assert limits.admit_generation(free, "job_2", 1, "low", lane_open=lambda lane: full) is full
+
+    admitted = limits.admit_generation(free, "job_3", 1, "low", lane_open=lambda lane: None)
+    assert isinstance(admitted, Admission) and admitted.lane == "free"
+    # The refused requests took nothing from the bucket: this is the first one counted.
+    limit = int(admitted.headers["x-ratelimit-limit-requests"])
+    assert admitted.headers["x-ratelimit-remaining-requests"] == str(limit - 1)
