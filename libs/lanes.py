@@ -163,6 +163,19 @@ def _declared() -> dict[str, Any]:
 
 
 @cache
+def _deployed() -> dict[str, Any]:
+    """Every topic as this deployment has it: declared, with each model's render topics,
+    lanes widened by `DARKROOM_PARTITIONS_PER_LANE` (read once, like the declaration)."""
+    return with_model_topics(_declared(), partitions_per_lane_setting())
+
+
+def reload_layout() -> None:
+    """Read the lanes again, after `DARKROOM_PARTITIONS_PER_LANE` changed (benches and tests
+    that run more than one layout in a process)."""
+    _deployed.cache_clear()
+    lanes.cache_clear()
+
+
 def declared_partitions(topic: str) -> int:
     """The partitions a topic has in this deployment (infra/topics.yaml, render topics
     widened by `DARKROOM_PARTITIONS_PER_LANE`).
@@ -170,7 +183,7 @@ def declared_partitions(topic: str) -> int:
     Raises:
         KeyError: The topic is not declared.
     """
-    return int(with_model_topics(_declared(), partitions_per_lane_setting())[topic]["partitions"])
+    return int(_deployed()[topic]["partitions"])
 
 
 def models() -> tuple[str, ...]:
@@ -181,7 +194,7 @@ def models() -> tuple[str, ...]:
 @cache
 def lanes() -> dict[str, Lane]:
     """Every lane of every model, by name (`lane_name`), read once from the declaration."""
-    declared = with_model_topics(_declared(), partitions_per_lane_setting())
+    declared = _deployed()
     result: dict[str, Lane] = {}
     for model in models():
         for pool in POOLS:

@@ -215,7 +215,7 @@ async def job_object(gateway: Gateway, state: JobState, response_format: str = "
         body["decoders_up"] = up
     if state.status == "completed":
         body |= await _images_response(gateway, state, response_format)
-    elif state.status in ("blocked", "failed", "cancelled"):
+    elif state.terminal:  # blocked, failed or cancelled
         body["error"] = _job_error(state).body()["error"]
     return body
 

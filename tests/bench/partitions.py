@@ -54,8 +54,7 @@ def _use_layout(per_lane: int | None) -> None:
         os.environ.pop(lane_layout.PARTITIONS_PER_LANE, None)
     else:
         os.environ[lane_layout.PARTITIONS_PER_LANE] = str(per_lane)
-    lane_layout.lanes.cache_clear()
-    lane_layout.declared_partitions.cache_clear()
+    lane_layout.reload_layout()
 
 
 def _start_decoder(stack: Stack, instance: str, pass_s: float) -> None:

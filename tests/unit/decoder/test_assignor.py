@@ -30,10 +30,10 @@ def _lanes_held(owned: dict[str, list[int]], topic: str = topics.RENDER_CONSUMER
 @pytest.fixture
 def eight_per_lane(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monkeypatch.setenv("DARKROOM_PARTITIONS_PER_LANE", "8")
-    lane_layout.lanes.cache_clear()
+    lane_layout.reload_layout()
     yield
     monkeypatch.delenv("DARKROOM_PARTITIONS_PER_LANE")
-    lane_layout.lanes.cache_clear()
+    lane_layout.reload_layout()
 
 
 def _check_plan(partition_count: int, decoders: int) -> dict[str, dict[str, list[int]]]:
