@@ -67,7 +67,7 @@ surge: ## a scaled viral launch against a private stack: latency per tier, lanes
 	@$(PY) -m tests.bench.surge $(ARGS)
 
 train-model: ## train the built-in model from scratch (90 minutes on 2 CPU cores; faster on a GPU)
-	@$(PY) -m libs.model.train --out libs/model/weights --minutes 90
+	@$(PY) -m libs.modeltools.train --out libs/model/weights --minutes 90
 
 eval-model: ## the built-in model's figures (PSNR, prompt adherence, safety detector, speed)
-	@$(PY) -m libs.model.eval
+	@$(PY) -m libs.modeltools.eval

@@ -18,7 +18,7 @@ import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final
+from typing import Any
 
 from libs.access import rollout_position
 from libs.events import Event
@@ -29,10 +29,8 @@ from libs.events.schemas import (
     ModelVersionFailed,
     ModelVersionValidated,
 )
-from libs.model.interface import AMUSED_PREFIX, BUILTIN_NAMES, DEFAULT_WEIGHTS_DIR, ImageModel, load_model
-
-WORLD_SOURCE: Final = "world"
-"""The procedural model, which draws through the built-in VQ: its weights are the built-in ones."""
+from libs.model.interface import ImageModel
+from libs.model.registry import load_model, weights_folder
 
 
 def version_key(model: str, version: str) -> str:
@@ -71,15 +69,15 @@ def event_key(event: Event) -> str:
 def source_folder(source: str) -> Path | None:
     """The folder whose files a source loads, when it has one.
 
-    `amused:/path` and a folder path name their folder; the built-in names load the
-    repository's weights; `noop` stand-ins and `module:factory` models have none.
+    `amused:/path` and a folder path name their folder; the built-in names (and `world`, which
+    draws through the built-in VQ) load the repository's weights; `noop` stand-ins,
+    `module:factory` models and names of nothing have none. Each kind of model says which
+    folder it loads when it registers (libs.model.registry).
     """
-    if source in BUILTIN_NAMES or source == WORLD_SOURCE:
-        return DEFAULT_WEIGHTS_DIR
-    if source.startswith(AMUSED_PREFIX):
-        return Path(source.removeprefix(AMUSED_PREFIX))
-    path = Path(source)
-    return path if path.is_dir() else None
+    try:
+        return weights_folder(source)
+    except FileNotFoundError:
+        return None
 
 
 def folder_sha256(folder: Path) -> str:

@@ -182,7 +182,7 @@ class DecoderSettings(ServiceSettings):
 
     model: str = "builtin"
     """What renders: "builtin", "noop", a weights directory, "amused:/path", or
-    "package.module:factory" (libs.model.interface.load_model)."""
+    "package.module:factory" (libs.model.registry.load_model)."""
     device: str = "auto"
     """"auto" (CUDA when present, else CPU), "cpu", "cuda", "cuda:N"."""
     pool: Literal["consumer", "api"] = "consumer"

@@ -172,7 +172,7 @@ def validation_event(
     max_false_positive_rate: float,
     changed_by: str,
 ) -> ModelVersionValidated:
-    """The event that stores a validation result (a `libs.model.validation.ValidationResult`)."""
+    """The event that stores a validation result (a `libs.modeltools.validation.ValidationResult`)."""
     return ModelVersionValidated(
         model=model,
         version=version,
@@ -260,7 +260,7 @@ def validate_version(
         ModelsError: Unknown or failed version, or weights that do not match their checksum.
     """
     from libs.model.safety_classifier import load_safety_classifier
-    from libs.model.validation import validate
+    from libs.modeltools.validation import validate
 
     async def run() -> ModelVersionValidated:
         releases = await read_releases(bootstrap)

@@ -43,9 +43,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from libs.model.interface import AMUSED_PREFIX as PREFIX
 from libs.model.interface import GridRenderStart, RenderState, next_masked_count, pass_seed
 
+PREFIX: Final = "amused:"
+"""`amused:/path/to/folder` names an aMUSEd model (the registry's "amused" kind and its argument)."""
 PIPELINE_CLASS: Final = "AmusedPipeline"
 SUBFOLDERS: Final = ("vqvae", "text_encoder", "tokenizer", "transformer", "scheduler")
 PROMPT_CACHE: Final = 512
@@ -304,3 +305,18 @@ class AmusedImageModel(GridRenderStart):
             indices = self.vqvae.quantize(latents)[2][2]
         grid: np.ndarray = indices.reshape(self.grid_size, self.grid_size).cpu().numpy().astype(np.int64)
         return grid
+
+
+def load(argument: str | None, device: str) -> AmusedImageModel:
+    """The registry's loader of the "amused" kind (libs.model.registry).
+
+    Args:
+        argument: The folder of a saved aMUSEd pipeline (`amused:/path` names it).
+        device: Torch device.
+
+    Raises:
+        ValueError: no folder given. FileNotFoundError: the folder is not a saved aMUSEd pipeline.
+    """
+    if not argument:
+        raise ValueError("the amused kind needs a folder: amused:/path/to/folder")
+    return AmusedImageModel.load(f"{PREFIX}{argument}", device)

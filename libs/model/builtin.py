@@ -22,6 +22,7 @@ import torch
 
 from kernels import confidence_sample
 from libs.model.interface import (
+    DEFAULT_WEIGHTS_DIR,
     GRID_SIZE,
     GridRenderStart,
     RenderState,
@@ -29,8 +30,8 @@ from libs.model.interface import (
     pass_seed,
 )
 from libs.model.maskgit import CaptionTokenizer, MaskGIT, MaskGITConfig
+from libs.model.scenes import INTERNAL_SIZE, downsample, upsample
 from libs.model.vq import VQConfig, VQTokenizer, images_to_tensor, tensor_to_images
-from libs.model.world import INTERNAL_SIZE, caption_vocabulary, downsample, upsample
 
 FORMAT: Final = "darkroom-maskgit/1"
 
@@ -347,32 +348,6 @@ class MaskGITImageModel(GridRenderStart):
             metadata=meta.get("metadata", {}),
         )
 
-    @classmethod
-    def untrained(
-        cls,
-        vq_config: VQConfig | None = None,
-        gen_config: MaskGITConfig | None = None,
-        seed: int = 0,
-        device: str = "cpu",
-        precision: str = "float32",
-    ) -> MaskGITImageModel:
-        """A randomly initialised model (deterministic from `seed`), for tests and as the
-        starting point of training."""
-        torch.manual_seed(seed)
-        vocab = caption_vocabulary()
-        tokenizer = CaptionTokenizer(vocab)
-        vq = VQTokenizer(vq_config or VQConfig())
-        base = gen_config or MaskGITConfig()
-        gen_cfg = MaskGITConfig(
-            **{
-                **base.to_json(),
-                "codebook_size": vq.config.codebook_size,
-                "vocab_size": tokenizer.vocab_size,
-                "max_text_len": tokenizer.max_len,
-            }
-        )
-        return cls(vq, MaskGIT(gen_cfg), tokenizer, device=device, precision=precision)
-
 
 def _gumbel(u: torch.Tensor) -> torch.Tensor:
     # Clamp away from 0 and 1 so the noise is finite.
@@ -435,3 +410,13 @@ def describe(model: MaskGITImageModel) -> dict[str, Any]:
         "sampling": asdict(model.sampling),
         "log2_codebook_bits_per_image": model.grid_size**2 * math.log2(model.codebook_size),
     }
+
+
+def load(argument: str | None, device: str) -> MaskGITImageModel:
+    """The registry's loader of the "builtin" kind (libs.model.registry).
+
+    Args:
+        argument: A folder written by `MaskGITImageModel.save`; None for the shipped weights.
+        device: Torch device.
+    """
+    return MaskGITImageModel.load(argument or DEFAULT_WEIGHTS_DIR, device=device)

@@ -1,4 +1,4 @@
-"""The image-model interface the decoder service depends on, and the model registry.
+"""The image-model interface the decoder service depends on.
 
 Why this module is torch-free: the decoder's scheduler, the requests service and the tests import
 RenderState, the schedule and the token packing without paying for (or needing) torch. Token grids
@@ -11,17 +11,17 @@ comes only from the current masked count (see `next_masked_count`). So a state r
 checkpoint of pass k continues exactly like the uninterrupted render, on the same device and
 batch composition (floating-point results of a batched matmul can differ across batch sizes or
 devices; that changes a sample only at an exact near-tie).
+
+This module imports no model: models depend on it, and `libs.model.registry` loads them by name.
 """
 
 from __future__ import annotations
 
 import hashlib
-import importlib
 import math
-import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final, Protocol, runtime_checkable
+from typing import Final, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -29,9 +29,7 @@ GRID_SIZE: Final = 16
 """Side of the token grid every darkroom model produces."""
 
 DEFAULT_WEIGHTS_DIR: Final = Path(__file__).resolve().parent / "weights"
-BUILTIN_NAMES: Final = frozenset({"builtin", "darkroom-mini", "default"})
-AMUSED_PREFIX: Final = "amused:"
-"""`amused:/path/to/folder`: an aMUSEd pipeline saved by diffusers (libs.model.amused)."""
+"""Where the built-in model's files ship (the generator, its VQ, and the safety detector)."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -327,7 +325,7 @@ class ImageModel(Protocol):
 
 
 # ---------------------------------------------------------------------------------------------
-# The no-op model
+# A base for models over a masked grid
 
 
 class GridRenderStart:
@@ -355,145 +353,3 @@ class GridRenderStart:
         """See ImageModel.start."""
         grid = initial_tokens(self.grid_size, self.mask_token, init_tokens, remask)
         return RenderState(prompt, seed, total_passes, 0, grid, self.mask_token)
-
-
-class NoOpModel(GridRenderStart):
-    """A model with the full interface and almost no compute, for pipeline benchmarks and tests.
-
-    Tokens are a deterministic function of (seed, pass, cell); commits follow the same cosine
-    schedule and resume contract as a real model. `pass_seconds` adds a fixed sleep per `step`
-    call and `image_seconds` a sleep per image of the batch beyond the first, to emulate a
-    model of known cost that batching makes cheaper per image but not free.
-    """
-
-    name: str = "noop"
-    grid_size: int = GRID_SIZE
-    codebook_size: int = 256
-    mask_token: int = 256
-
-    def __init__(self, pass_seconds: float = 0.0, image_seconds: float = 0.0) -> None:
-        """Creates the model.
-
-        Args:
-            pass_seconds: Sleep per `step` call (one batched pass), in seconds.
-            image_seconds: More sleep per image of a batched pass beyond the first, in seconds.
-        """
-        self.pass_seconds = pass_seconds
-        self.image_seconds = image_seconds
-        # A fixed palette so previews of different tokens differ visibly.
-        self._palette = np.random.default_rng(0).integers(0, 256, (self.codebook_size + 1, 3)).astype(np.uint8)
-        self._palette[self.mask_token] = 128
-
-    def step(self, states: list[RenderState]) -> list[RenderState]:
-        """See ImageModel.step."""
-        out: list[RenderState] = []
-        for state in states:
-            if state.done:
-                raise ValueError("step() called on a finished render")
-            rng = np.random.default_rng(pass_seed(state.seed, state.pass_index))
-            values = rng.integers(0, self.codebook_size, state.tokens.size)
-            order = rng.permutation(state.tokens.size)
-            flat = state.tokens.reshape(-1).copy()
-            masked = np.flatnonzero(flat == self.mask_token)
-            keep = next_masked_count(masked.size, state.pass_index, state.total_passes)
-            # Commit the masked cells that come first in this pass's random order.
-            rank = np.empty_like(order)
-            rank[order] = np.arange(order.size)
-            chosen = masked[np.argsort(rank[masked], kind="stable")][: masked.size - keep]
-            flat[chosen] = values[chosen]
-            out.append(state.with_tokens(flat.reshape(state.tokens.shape)))
-        cost = self.pass_seconds + self.image_seconds * max(0, len(states) - 1)
-        if cost > 0:
-            time.sleep(cost)
-        return out
-
-    def preview(self, tokens: np.ndarray, size: int) -> np.ndarray:
-        """See ImageModel.preview: one flat colour per cell."""
-        grid = np.asarray(tokens, dtype=np.int64).reshape(self.grid_size, self.grid_size)
-        img = self._palette[np.clip(grid, 0, self.mask_token)]
-        reps = -(-size // self.grid_size)
-        return np.ascontiguousarray(np.repeat(np.repeat(img, reps, 0), reps, 1)[:size, :size])
-
-    def encode_image(self, rgb: np.ndarray) -> np.ndarray:
-        """See ImageModel.encode_image: the mean brightness of each cell, quantized."""
-        img = np.asarray(rgb, dtype=np.float32)
-        h, w = img.shape[0] // self.grid_size, img.shape[1] // self.grid_size
-        if h == 0 or w == 0:
-            raise ValueError("image smaller than the token grid")
-        cells = img[: h * self.grid_size, : w * self.grid_size].reshape(self.grid_size, h, self.grid_size, w, -1)
-        mean = cells.mean(axis=(1, 3, 4))
-        out: np.ndarray = np.clip(mean / 256.0 * self.codebook_size, 0, self.codebook_size - 1).astype(np.int64)
-        return out
-
-
-# ---------------------------------------------------------------------------------------------
-# Registry
-
-
-def load_model(name_or_path: str | None = None, device: str = "cpu") -> ImageModel:
-    """Loads an image model.
-
-    Args:
-        name_or_path: None or "builtin" (also "darkroom-mini", "default"): the built-in model
-            from libs/model/weights/. "noop": NoOpModel; "noop:S" (S a number): NoOpModel
-            sleeping S seconds per pass, a stand-in of fixed cost; "noop:S+I": S seconds per
-            pass plus I per further image of a batched pass. "world": WorldModel (draws the
-            prompt's scene procedurally, through the built-in VQ). "amused:/path/to/folder": an
-            aMUSEd pipeline folder saved by diffusers (libs.model.amused). A directory path: a built-in-format
-            model saved there (model.json plus weight files). "package.module:factory": an
-            operator's own model; `factory(device=device)` must return an ImageModel.
-        device: Torch device for models that use torch ("cpu", "cuda", "cuda:1"...).
-
-    Returns:
-        The model, ready for `start`/`step`.
-
-    Raises:
-        FileNotFoundError: the weights are missing. TypeError: a factory returned something that
-        is not an ImageModel.
-    """
-    if name_or_path is None or name_or_path in BUILTIN_NAMES:
-        return _load_builtin(DEFAULT_WEIGHTS_DIR, device)
-    if name_or_path == "noop":
-        return NoOpModel()
-    if name_or_path.startswith("noop:"):
-        base, _, per_image = name_or_path.removeprefix("noop:").partition("+")
-        try:
-            pass_seconds, image_seconds = float(base), float(per_image or 0)
-        except ValueError:
-            raise ValueError(
-                f"{name_or_path!r}: the stand-in's cost is seconds per pass, e.g. noop:0.15, "
-                "or per pass plus per further image of a batch, e.g. noop:0.06+0.09"
-            ) from None
-        if not (0 <= pass_seconds <= 60 and 0 <= image_seconds <= 60):
-            raise ValueError(f"{name_or_path!r}: seconds per pass must be between 0 and 60")
-        return NoOpModel(pass_seconds, image_seconds)
-    if name_or_path.startswith(AMUSED_PREFIX):
-        try:
-            from libs.model.amused import AmusedImageModel
-        except ModuleNotFoundError as exc:
-            raise ModuleNotFoundError(
-                f"{name_or_path}: the aMUSEd adapter needs diffusers and transformers ({exc}); run `make setup`"
-            ) from exc
-        return AmusedImageModel.load(name_or_path, device)
-    if name_or_path == "world":
-        from libs.model.world_model import WorldModel
-
-        return WorldModel(load_model(None, device))
-    path = Path(name_or_path)
-    if path.is_dir() or (path / "model.json").exists():
-        return _load_builtin(path, device)
-    if ":" in name_or_path and not path.exists():
-        module_name, _, attr = name_or_path.partition(":")
-        factory: Any = getattr(importlib.import_module(module_name), attr)
-        model = factory(device=device)
-        if not isinstance(model, ImageModel):
-            raise TypeError(f"{name_or_path} returned {type(model).__name__}, not an ImageModel")
-        return model
-    raise FileNotFoundError(f"no model named or stored at {name_or_path!r}")
-
-
-def _load_builtin(path: Path, device: str) -> ImageModel:
-    # Imported here so that torch loads only when a torch model is actually requested.
-    from libs.model.builtin import MaskGITImageModel
-
-    return MaskGITImageModel.load(path, device=device)

@@ -1,5 +1,5 @@
 """The MaskGIT generator: a bidirectional transformer over the 16x16 token grid, conditioned on
-the caption, plus the caption tokenizer and the training-time masking.
+the caption, and the caption tokenizer (training masks: libs.modeltools.train.random_mask).
 
 Conditioning: the caption's word tokens are a prefix of the sequence and every position attends
 to every other (no causal mask), so image cells read the caption directly at every layer. A
@@ -9,7 +9,6 @@ examples, which gives the unconditional prediction that classifier-free guidance
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -19,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from libs.model.world import words_of
+from libs.model.scenes import words_of
 
 
 class CaptionTokenizer:
@@ -174,17 +173,3 @@ class MaskGIT(nn.Module):
             x = block(x, keep)
         out: torch.Tensor = self.head(self.norm(x[:, length:]))
         return out
-
-
-def random_mask(batch: int, cells: int, generator: torch.Generator) -> torch.Tensor:
-    """Training masks: per example, a masking ratio r = cos(pi/2 * u), u ~ U(0, 1) (the same
-    cosine law the sampler follows), and ceil(r * cells) cells chosen uniformly.
-
-    Returns:
-        (batch, cells) bool, True where masked; at least one cell per row.
-    """
-    u = torch.rand(batch, generator=generator)
-    count = torch.clamp(torch.ceil(torch.cos(u * math.pi / 2) * cells), 1, cells)
-    scores = torch.rand(batch, cells, generator=generator)
-    rank = scores.argsort(dim=1).argsort(dim=1)
-    return rank < count[:, None]

@@ -2,7 +2,7 @@
 
 Why a learned detector and not a prompt filter: the content check must react to what is drawn,
 so a render that drifts into the forbidden class is blocked mid-render even when its prompt was
-allowed. It is trained on real renders, on their VQ round trips and on partial previews (grids
+allowed. It is trained (libs.modeltools.train) on real renders, on their VQ round trips and on partial previews (grids
 with cells masked and filled from the prior), so it reads what the decoder actually shows.
 
 The safety service uses `load_safety_classifier()` and `SafetyClassifier.score` / `is_forbidden`;
@@ -17,11 +17,10 @@ from typing import Any, Final
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from libs.model.interface import DEFAULT_WEIGHTS_DIR
-from libs.model.world import FORBIDDEN_SHAPE, INTERNAL_SIZE, Scene, downsample, object_cells
+from libs.model.scenes import FORBIDDEN_SHAPE, INTERNAL_SIZE, downsample
 
 FILENAME: Final = "safety.pt"
 CATEGORY: Final = FORBIDDEN_SHAPE
@@ -33,11 +32,12 @@ class SafetyNet(nn.Module):
 
     A dense detector: a fully convolutional 16x16 map of "a skull is centred here" logits
     (receptive field 30 px, enough for a large skull), and the image logit is the map's
-    maximum. Training supervises the map cell by cell from the scene description (`target_maps`),
-    which learns far faster than an image-level label alone, and stays position-agnostic for
-    generated images. Version 2 (`norm=True`, what ships) adds batch normalisation after every
-    convolution and a strided first layer (5x cheaper per step): version 1 stayed at the base rate
-    in its 600 training steps (recall 14% on VQ round trips).
+    maximum. Training supervises the map cell by cell from the scene description
+    (`libs.modeltools.detector.target_maps`), which learns far faster than an image-level label
+    alone, and stays position-agnostic for generated images. Version 2 (`norm=True`, what
+    ships) adds batch normalisation after every convolution and a strided first layer (5x
+    cheaper per step): version 1 stayed at the base rate in its 600 training steps (recall 14%
+    on VQ round trips).
     """
 
     def __init__(self, width: int = 32, norm: bool = True) -> None:
@@ -68,16 +68,6 @@ class SafetyNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out: torch.Tensor = self.dense(x).flatten(1).amax(dim=1)
         return out
-
-
-def target_maps(scenes: Sequence[Scene], grid: int = 16) -> torch.Tensor:
-    """Per-cell training targets: 1 in the cells within 0.7 object radii of a skull's centre.
-
-    Returns:
-        (len(scenes), grid, grid) float32.
-    """
-    cells = object_cells(scenes, grid, lambda radius, cell: max(radius * 0.7, cell * 0.75), FORBIDDEN_SHAPE)
-    return torch.from_numpy(cells)
 
 
 class SafetyClassifier:
@@ -144,38 +134,3 @@ def load_safety_classifier(path: str | Path | None = None, device: str = "cpu") 
     net = SafetyNet(int(blob["width"]), bool(blob.get("norm", False)))
     net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in blob["state_dict"].items()})
     return SafetyClassifier(net, float(blob["threshold"]), device, dict(blob.get("metadata", {})))
-
-
-def detector_loss(
-    net: SafetyNet,
-    x: torch.Tensor,
-    maps: torch.Tensor,
-    cell_weight: torch.Tensor | None = None,
-    image_weight: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Training loss: per-cell BCE (positives up-weighted, they are ~1% of cells) plus BCE of the
-    image-level maximum against "any skull".
-
-    Args:
-        net: The detector.
-        x: (B, 3, 64, 64) images in [-1, 1].
-        maps: (B, 16, 16) per-cell targets (`target_maps`).
-        cell_weight: (B, 16, 16) weights of the cell terms (0 ignores a cell: a skull cell that
-            a partial preview has not committed yet); None for all ones.
-        image_weight: (B,) weights of the image terms (0 for a preview that shows only part of
-            its skull, whose label is ambiguous); None for all ones.
-
-    Returns:
-        (loss, image-level logits).
-    """
-    dense = net.dense(x).float()
-    image = dense.flatten(1).amax(dim=1)
-    labels = (maps.flatten(1).amax(dim=1) > 0).float()
-    pos_weight = torch.tensor(20.0, device=x.device)
-    cw = torch.ones_like(maps) if cell_weight is None else cell_weight
-    cell_terms = F.binary_cross_entropy_with_logits(dense, maps, pos_weight=pos_weight, reduction="none") * cw
-    cell_loss = cell_terms.sum() / cw.sum().clamp_min(1.0)
-    iw = torch.ones_like(labels) if image_weight is None else image_weight
-    image_terms = F.binary_cross_entropy_with_logits(image, labels, reduction="none") * iw
-    image_loss = image_terms.sum() / iw.sum().clamp_min(1.0)
-    return cell_loss + image_loss, image

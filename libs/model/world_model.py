@@ -2,7 +2,7 @@
 
 Why this exists: the built-in generator is not trained well enough yet to draw a requested
 object, but demos and end-to-end tests of the content check need a real model that does. This
-one parses the prompt into a scene of the synthetic world (libs.model.world), renders it at
+one parses the prompt into a scene of the synthetic world (libs.model.scenes), renders it at
 64x64, tokenizes it with the wrapped model's VQ (`encode_image`), and reveals that target grid
 progressively: each pass commits cells in a random order drawn from pass_seed(seed, pass), as
 many as the cosine schedule says. So it keeps the whole ImageModel contract (batched `step`,
@@ -28,13 +28,14 @@ from typing import Final
 import numpy as np
 
 from libs.model.interface import (
+    DEFAULT_WEIGHTS_DIR,
     GridRenderStart,
     ImageModel,
     RenderState,
     next_masked_count,
     pass_seed,
 )
-from libs.model.world import (
+from libs.model.scenes import (
     BACKGROUNDS,
     COLOUR_NAMES,
     FORBIDDEN_SHAPE,
@@ -244,3 +245,17 @@ class WorldModel(GridRenderStart):
                 self._targets.pop(next(iter(self._targets)))
             self._targets[key] = grid
         return grid
+
+
+def load(argument: str | None, device: str) -> WorldModel:
+    """The registry's loader of the "world" kind (libs.model.registry): a WorldModel over the
+    built-in model's shipped weights.
+
+    Args:
+        argument: None, or a folder of built-in-format weights to tokenize and preview with.
+        device: Torch device of the wrapped model.
+    """
+    # Imported here so that importing this module (to parse prompts) does not import torch.
+    from libs.model.builtin import MaskGITImageModel
+
+    return WorldModel(MaskGITImageModel.load(argument or DEFAULT_WEIGHTS_DIR, device=device))

@@ -24,7 +24,8 @@ import numpy as np
 
 from libs.events.schemas import BASE_VERSION, EditSource
 from libs.imaging import decode, encode
-from libs.model.interface import ImageModel, RenderState, cells_for_grid, load_model, unpack_tokens
+from libs.model.interface import ImageModel, RenderState, cells_for_grid, unpack_tokens
+from libs.model.registry import load_model
 
 T = TypeVar("T")
 

@@ -11,7 +11,8 @@ from libs import topics
 from libs.bus.ports import Producer
 from libs.events import new_ulid
 from libs.events.schemas import CheckContent, CheckPrompt, GenerateImage, RenderProgressed, SafetyPolicy
-from libs.model.interface import ImageModel, load_model
+from libs.model.interface import ImageModel
+from libs.model.registry import load_model
 from libs.runtime.dispatch import Dispatcher
 from libs.runtime.service import ConsumerFactory, ServiceRuntime, Subscription
 from libs.runtime.wiring import kafka_consumer_factory, kafka_producer

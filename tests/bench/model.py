@@ -66,7 +66,7 @@ class BatchRate:
 def load(device: str, name: str = "builtin") -> Any:
     """A model on `device` (by default the built-in MaskGITImageModel), warmed up (first
     calls allocate and compile)."""
-    from libs.model.interface import load_model
+    from libs.model.registry import load_model
 
     model: Any = load_model(name, device)
     states = [model.start(PROMPTS[0], 0, 2)]

@@ -84,7 +84,7 @@ def model_pass_times(passes: int = 8, repeats: int = 3) -> dict[str, Any]:
     """Time per pass (and per image) of the built-in model on this machine's CPU."""
     import torch
 
-    from libs.model.interface import load_model
+    from libs.model.registry import load_model
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
     model = load_model("builtin", device="cpu")

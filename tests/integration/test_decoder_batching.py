@@ -17,7 +17,8 @@ from libs.bus.kafka import KafkaProducer
 from libs.bus.memory import InMemoryBroker
 from libs.events import REGISTRY, Envelope
 from libs.events.schemas import RenderJob, RenderProgressed, RenderStarted, RenderStopped, StoreImage
-from libs.model.interface import NoOpModel, RenderState, pack_tokens
+from libs.model.interface import RenderState, pack_tokens
+from libs.model.noop import NoOpModel
 from libs.runtime.service import run_service
 from libs.runtime.wiring import kafka_consumer_factory
 from libs.settings import DecoderSettings

@@ -16,7 +16,7 @@ from libs.bus.memory import InMemoryBroker
 from libs.events import REGISTRY, Envelope
 from libs.events.schemas import RenderJob, RenderStarted
 from libs.lanes import lane_for, lane_of
-from libs.model.interface import NoOpModel
+from libs.model.noop import NoOpModel
 from libs.runtime.service import run_service
 from libs.runtime.wiring import kafka_consumer_factory
 from libs.settings import DecoderSettings

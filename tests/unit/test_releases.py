@@ -21,7 +21,7 @@ from libs.events.schemas import (
     ModelVersionFailed,
     ModelVersionValidated,
 )
-from libs.model.validation import ValidationResult
+from libs.modeltools.validation import ValidationResult
 from libs.releases import ModelReleases, event_key, folder_sha256, source_sha256
 
 MODEL = "darkroom-mini"

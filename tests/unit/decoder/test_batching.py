@@ -17,7 +17,9 @@ from libs.bus import EventPublisher
 from libs.bus.memory import InMemoryBroker
 from libs.events import REGISTRY, Envelope
 from libs.events.schemas import EditSource, RenderJob, RenderProgressed, RenderStarted, RenderStopped, StoreImage
-from libs.model.interface import ImageModel, NoOpModel, RenderState, load_model, pack_cells, pack_tokens
+from libs.model.interface import ImageModel, RenderState, pack_cells, pack_tokens
+from libs.model.noop import NoOpModel
+from libs.model.registry import load_model
 from libs.runtime.service import ServiceRuntime
 from libs.settings import DecoderSettings
 from services.decoder.bootstrap import bootstrap

@@ -32,15 +32,8 @@ from libs.events.schemas import (
     RenderStopped,
     StoreImage,
 )
-from libs.model.interface import (
-    ImageModel,
-    NoOpModel,
-    RenderState,
-    pack_cells,
-    pack_tokens,
-    state_from_checkpoint,
-    unpack_tokens,
-)
+from libs.model.interface import ImageModel, RenderState, pack_cells, pack_tokens, state_from_checkpoint, unpack_tokens
+from libs.model.noop import NoOpModel
 from libs.runtime.service import ServiceRuntime
 from libs.settings import DecoderSettings
 from services.decoder.bootstrap import bootstrap

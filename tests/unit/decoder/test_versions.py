@@ -18,7 +18,8 @@ from libs.events.schemas import (
     ModelVersionFailed,
     RenderStarted,
 )
-from libs.model.interface import ImageModel, NoOpModel, RenderState
+from libs.model.interface import ImageModel, RenderState
+from libs.model.noop import NoOpModel
 from libs.releases import VersionMismatch, checked_loader, folder_sha256
 from libs.settings import DecoderSettings
 from services.decoder.bootstrap import bootstrap

@@ -13,14 +13,8 @@ import pytest
 import torch
 
 from libs.model.amused import AmusedImageModel, AmusedSampling
-from libs.model.interface import (
-    cells_for_grid,
-    load_model,
-    pack_cells,
-    pack_tokens,
-    state_from_checkpoint,
-    unpack_tokens,
-)
+from libs.model.interface import cells_for_grid, pack_cells, pack_tokens, state_from_checkpoint, unpack_tokens
+from libs.model.registry import load_model
 from tests.contracts.image_model import PROMPT, ImageModelContract, run_passes
 from tests.tiny_amused import CODEBOOK, build_tiny_amused
 

@@ -7,15 +7,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from libs.model.attributes import AttributeNet, Reading, ReadObject, satisfies, scene_read_correctly, scene_targets
-from libs.model.safety_classifier import (
-    SafetyClassifier,
-    SafetyNet,
-    detector_loss,
-    load_safety_classifier,
-    target_maps,
-)
-from libs.model.world import Caption, ObjectClaim, Scene, SceneObject
+from libs.model.safety_classifier import SafetyClassifier, SafetyNet, load_safety_classifier
+from libs.model.scenes import Scene, SceneObject
+from libs.modeltools.attributes import AttributeNet, Reading, ReadObject, satisfies, scene_read_correctly, scene_targets
+from libs.modeltools.detector import detector_loss, target_maps
+from libs.modeltools.world import Caption, ObjectClaim
 
 
 def _scene(*objects: SceneObject) -> Scene:

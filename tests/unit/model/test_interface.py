@@ -1,4 +1,4 @@
-"""The torch-free interface: schedule, state, token packing, registry and NoOpModel."""
+"""The torch-free interface: schedule, state, token packing, and NoOpModel that keeps it."""
 
 from __future__ import annotations
 
@@ -8,17 +8,16 @@ import pytest
 from libs.model.interface import (
     GRID_SIZE,
     ImageModel,
-    NoOpModel,
     RenderState,
     cosine_schedule,
     initial_tokens,
-    load_model,
     next_masked_count,
     pack_tokens,
     pass_seed,
     state_from_checkpoint,
     unpack_tokens,
 )
+from libs.model.noop import NoOpModel
 
 
 @pytest.mark.parametrize("passes", range(1, 16))
@@ -118,30 +117,3 @@ def test_noop_model_resumes_exactly() -> None:
     while not resumed.done:
         resumed = model.step([resumed])[0]
     assert resumed == full
-
-
-def test_registry_names() -> None:
-    assert isinstance(load_model("noop"), NoOpModel)
-    stand_in = load_model("noop:0.25")
-    assert isinstance(stand_in, NoOpModel) and stand_in.pass_seconds == 0.25
-    for bad in ("noop:fast", "noop:-1"):
-        with pytest.raises(ValueError, match="seconds per pass"):
-            load_model(bad)
-    # An operator's own model: "package.module:factory".
-    model = load_model("tests.unit.model.test_interface:_noop_factory")
-    assert isinstance(model, NoOpModel) and model.pass_seconds == 0.001
-    with pytest.raises(FileNotFoundError):
-        load_model("/nonexistent/model/dir")
-
-
-def test_registry_rejects_non_models() -> None:
-    with pytest.raises(TypeError):
-        load_model("tests.unit.model.test_interface:_not_a_model")
-
-
-def _noop_factory(device: str = "cpu") -> NoOpModel:
-    return NoOpModel(pass_seconds=0.001)
-
-
-def _not_a_model(device: str = "cpu") -> object:
-    return object()

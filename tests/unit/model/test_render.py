@@ -13,13 +13,14 @@ from libs.model.builtin import MaskGITImageModel
 from libs.model.interface import pack_tokens, state_from_checkpoint, unpack_tokens
 from libs.model.maskgit import MaskGITConfig
 from libs.model.vq import VQConfig
+from libs.modeltools.train import untrained_model
 from tests.contracts.image_model import PROMPT, ImageModelContract, run_passes
 
 
 @pytest.fixture(scope="module")
 def model() -> MaskGITImageModel:
     torch.set_num_threads(1)
-    return MaskGITImageModel.untrained(
+    return untrained_model(
         VQConfig(channels=(8, 16, 32), res_blocks=1, codebook_size=64, code_dim=8),
         MaskGITConfig(dim=32, depth=2, heads=2, mlp_ratio=2),
         seed=0,

@@ -8,13 +8,15 @@ import numpy as np
 import pytest
 import torch
 
-from libs.model.attributes import ATTRIBUTES, AttributeClassifier, forbidden_seen, satisfies
 from libs.model.builtin import MaskGITImageModel
-from libs.model.eval import psnr
-from libs.model.interface import DEFAULT_WEIGHTS_DIR, ImageModel, load_model
+from libs.model.interface import DEFAULT_WEIGHTS_DIR, ImageModel
+from libs.model.registry import load_model
 from libs.model.safety_classifier import load_safety_classifier
-from libs.model.world import Caption, ObjectClaim, Scene, SceneObject, World, render_scene
+from libs.model.scenes import Scene, SceneObject, render_scene
 from libs.model.world_model import WorldModel
+from libs.modeltools.attributes import ATTRIBUTES, AttributeClassifier, forbidden_seen, satisfies
+from libs.modeltools.eval import psnr
+from libs.modeltools.world import Caption, ObjectClaim, World
 
 
 @pytest.fixture(scope="module")

@@ -11,11 +11,13 @@ import numpy as np
 import pytest
 import torch
 
-from libs.model.attributes import Reading, ReadObject
 from libs.model.builtin import MaskGITImageModel
 from libs.model.maskgit import MaskGITConfig
 from libs.model.safety_classifier import load_safety_classifier
-from libs.model.train import (
+from libs.model.scenes import SHAPES, SIZES, Scene, SceneObject, render_scene
+from libs.model.vq import VQConfig
+from libs.modeltools.attributes import Reading, ReadObject
+from libs.modeltools.train import (
     SAFETY_CALIBRATION_RENDERS,
     SAFETY_GENERATED_PASSES,
     Logger,
@@ -27,9 +29,9 @@ from libs.model.train import (
     retrain_classifiers,
     retrain_generator,
     train_generator,
+    untrained_model,
 )
-from libs.model.vq import VQConfig
-from libs.model.world import SHAPES, SIZES, Scene, SceneObject, World, object_cells, object_reach, render_scene
+from libs.modeltools.world import World, object_cells, object_reach
 
 TINY_VQ = VQConfig(channels=(8, 8, 8), res_blocks=1, codebook_size=32, code_dim=8)
 TINY_GEN = MaskGITConfig(codebook_size=32, dim=32, depth=1, heads=2, mlp_ratio=2)
@@ -79,7 +81,7 @@ def test_train_generator_continues_from_the_given_weights(tmp_path: Path) -> Non
     world = World(0, "train")
     scenes = [world.scene(i) for i in range(8)]
     tokens = torch.randint(0, 32, (8, 256))
-    saved = MaskGITImageModel.untrained(TINY_VQ, TINY_GEN, seed=3)
+    saved = untrained_model(TINY_VQ, TINY_GEN, seed=3)
     log = Logger(tmp_path / "log.tsv")
     far = float("inf")
     plan = _tiny_plan(gen_steps=1, gen_lr=0.0)  # lr 0: weights stay where they started
@@ -95,7 +97,7 @@ def test_train_generator_continues_from_the_given_weights(tmp_path: Path) -> Non
 
 def test_generator_only_retrain_keeps_the_tokenizer_and_records_how(tmp_path: Path) -> None:
     torch.set_num_threads(1)
-    MaskGITImageModel.untrained(TINY_VQ, TINY_GEN, seed=3).save(tmp_path)
+    untrained_model(TINY_VQ, TINY_GEN, seed=3).save(tmp_path)
     vq_before = (tmp_path / "vq.pt").read_bytes()
     generator_before = (tmp_path / "generator.pt").read_bytes()
     retrain_generator(_tiny_plan(), tmp_path, torch.device("cpu"), minutes=5, warm_start=True)
@@ -140,7 +142,7 @@ def test_harmless_captions_never_ask_for_the_forbidden_object() -> None:
 
 def test_generated_previews_keep_every_pass_of_every_render_in_order() -> None:
     torch.set_num_threads(1)
-    model = MaskGITImageModel.untrained(TINY_VQ, TINY_GEN, seed=3)
+    model = untrained_model(TINY_VQ, TINY_GEN, seed=3)
     texts = ["a red circle", "a blue star on the left", "a green square", "a small heart"]
     trails = generated_previews(model, texts, seed=9, batch=3)
     passes = [SAFETY_GENERATED_PASSES[i % len(SAFETY_GENERATED_PASSES)] for i in range(len(texts))]
@@ -155,7 +157,7 @@ def test_generated_previews_keep_every_pass_of_every_render_in_order() -> None:
 
 def test_safety_retrain_learns_from_and_calibrates_on_the_models_own_renders(tmp_path: Path) -> None:
     torch.set_num_threads(1)
-    MaskGITImageModel.untrained(TINY_VQ, TINY_GEN, seed=3).save(tmp_path)
+    untrained_model(TINY_VQ, TINY_GEN, seed=3).save(tmp_path)
     plan = _tiny_plan(scenes=16, safety_steps=2, safety_batch=8, safety_generated=4, safety_reader_labels=False)
     retrain_classifiers(plan, tmp_path, ["safety"], torch.device("cpu"), minutes=5)
     detector = load_safety_classifier(tmp_path)
@@ -167,7 +169,7 @@ def test_safety_retrain_learns_from_and_calibrates_on_the_models_own_renders(tmp
 
 def test_a_safety_retrain_that_labels_renders_needs_the_reader(tmp_path: Path) -> None:
     torch.set_num_threads(1)
-    MaskGITImageModel.untrained(TINY_VQ, TINY_GEN, seed=3).save(tmp_path)
+    untrained_model(TINY_VQ, TINY_GEN, seed=3).save(tmp_path)
     labels = {"safety_generated_skulls": 2, "safety_reader_labels": True}
     plan = _tiny_plan(scenes=16, safety_steps=2, safety_batch=8, safety_generated=4, **labels)
     with pytest.raises(ValueError, match=r"attributes\.pt"):

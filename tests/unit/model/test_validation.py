@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from libs.model.interface import NoOpModel, load_model
+from libs.model.noop import NoOpModel
+from libs.model.registry import load_model
 from libs.model.safety_classifier import load_safety_classifier
-from libs.model.validation import held_out_prompts, validate
+from libs.modeltools.validation import held_out_prompts, validate
 
 
 def test_the_held_out_set_has_forbidden_and_harmless_prompts_apart_from_training() -> None:

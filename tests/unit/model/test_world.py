@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from libs.model.maskgit import CaptionTokenizer
-from libs.model.world import (
+from libs.model.scenes import (
     BACKGROUNDS,
     COLOUR_NAMES,
     FORBIDDEN_SHAPE,
@@ -13,11 +13,9 @@ from libs.model.world import (
     SHAPES,
     SIZES,
     STYLES,
-    UNSEEN_PAIRS,
-    World,
-    caption_vocabulary,
     render_scene,
 )
+from libs.modeltools.world import UNSEEN_PAIRS, World, caption_vocabulary
 
 
 def test_world_covers_the_issue_minimums() -> None:

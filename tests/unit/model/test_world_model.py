@@ -6,8 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from libs.model.interface import ImageModel, NoOpModel, cosine_schedule, load_model, state_from_checkpoint
-from libs.model.world import FORBIDDEN_SHAPE, INTERNAL_SIZE, render_scene
+from libs.model.interface import ImageModel, cosine_schedule, state_from_checkpoint
+from libs.model.noop import NoOpModel
+from libs.model.registry import load_model
+from libs.model.scenes import FORBIDDEN_SHAPE, INTERNAL_SIZE, render_scene
 from libs.model.world_model import WorldModel, parse_prompt
 
 PROMPT = "a large red circle at the top left and a small blue star on the right on a gray background"

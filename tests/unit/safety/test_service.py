@@ -25,7 +25,8 @@ from libs.events.schemas import (
     SafetyVerdict,
 )
 from libs.imaging import encode
-from libs.model.interface import NoOpModel, pack_tokens
+from libs.model.interface import pack_tokens
+from libs.model.noop import NoOpModel
 from libs.runtime.service import run_service
 from libs.safety_policy import POLICY_AGGREGATE, policy_key
 from libs.settings import SafetySettings

@@ -1,6 +1,6 @@
 """Trains the built-in model from scratch: VQ tokenizer, then generator, then the two classifiers.
 
-    python -m libs.model.train --out libs/model/weights --minutes 90
+    python -m libs.modeltools.train --out libs/model/weights --minutes 90
 
 Budget and reproducibility: `--minutes` is split between the stages by fixed fractions; each
 stage's step count is set from a short throughput calibration on throwaway copies of its networks
@@ -32,18 +32,20 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from libs.model.attributes import (
+from libs.model.builtin import MaskGITImageModel, SamplingConfig, autocast_dtype, describe
+from libs.model.maskgit import CaptionTokenizer, MaskGIT, MaskGITConfig
+from libs.model.safety_classifier import FILENAME, SafetyClassifier, SafetyNet
+from libs.model.scenes import Scene, render_scene
+from libs.model.vq import VQConfig, VQTokenizer, images_to_tensor, tensor_to_images
+from libs.modeltools.attributes import (
     AttributeClassifier,
     AttributeNet,
     attribute_loss,
     forbidden_seen,
     scene_targets,
 )
-from libs.model.builtin import MaskGITImageModel, SamplingConfig, autocast_dtype, describe
-from libs.model.maskgit import CaptionTokenizer, MaskGIT, MaskGITConfig, random_mask
-from libs.model.safety_classifier import FILENAME, SafetyClassifier, SafetyNet, detector_loss, target_maps
-from libs.model.vq import VQConfig, VQTokenizer, images_to_tensor, tensor_to_images
-from libs.model.world import Scene, World, caption_vocabulary, object_cells, object_reach, render_scene
+from libs.modeltools.detector import detector_loss, target_maps
+from libs.modeltools.world import World, caption_vocabulary, object_cells, object_reach
 
 STAGES = ("vq", "generator", "safety", "attributes")
 BUDGET_SHARE = {"vq": 0.25, "generator": 0.52, "safety": 0.08, "attributes": 0.15}
@@ -209,6 +211,44 @@ def encode_all(vq: VQTokenizer, images: np.ndarray, device: torch.device, batch:
         out.append(ids.reshape(ids.shape[0], -1).cpu())
     vq.prior_latent.copy_(total / images.shape[0])
     return torch.cat(out)
+
+
+def random_mask(batch: int, cells: int, generator: torch.Generator) -> torch.Tensor:
+    """Training masks: per example, a masking ratio r = cos(pi/2 * u), u ~ U(0, 1) (the same
+    cosine law the sampler follows), and ceil(r * cells) cells chosen uniformly.
+
+    Returns:
+        (batch, cells) bool, True where masked; at least one cell per row.
+    """
+    u = torch.rand(batch, generator=generator)
+    count = torch.clamp(torch.ceil(torch.cos(u * math.pi / 2) * cells), 1, cells)
+    scores = torch.rand(batch, cells, generator=generator)
+    rank = scores.argsort(dim=1).argsort(dim=1)
+    return rank < count[:, None]
+
+
+def untrained_model(
+    vq_config: VQConfig | None = None,
+    gen_config: MaskGITConfig | None = None,
+    seed: int = 0,
+    device: str = "cpu",
+    precision: str = "float32",
+) -> MaskGITImageModel:
+    """A randomly initialised built-in model (deterministic from `seed`) with the world's caption
+    vocabulary, for tests of the model's code that need no trained weights."""
+    torch.manual_seed(seed)
+    tokenizer = CaptionTokenizer(caption_vocabulary())
+    vq = VQTokenizer(vq_config or VQConfig())
+    base = gen_config or MaskGITConfig()
+    gen_cfg = MaskGITConfig(
+        **{
+            **base.to_json(),
+            "codebook_size": vq.config.codebook_size,
+            "vocab_size": tokenizer.vocab_size,
+            "max_text_len": tokenizer.max_len,
+        }
+    )
+    return MaskGITImageModel(vq, MaskGIT(gen_cfg), tokenizer, device=device, precision=precision)
 
 
 def train_generator(
@@ -832,7 +872,7 @@ def run(plan: TrainPlan, out: Path, device: torch.device, minutes: float, short_
         "threads": torch.get_num_threads(),
         "plan": "train_plan.json",
         "command": (
-            f"python -m libs.model.train --out {out} --plan {out / 'train_plan.json'}"
+            f"python -m libs.modeltools.train --out {out} --plan {out / 'train_plan.json'}"
             f" --threads {torch.get_num_threads()}" + (" --short-run" if short_run else "")
         ),
     }
@@ -923,7 +963,7 @@ def retrain_classifiers(
         reader.save(out / "attributes.pt")
     if safety_net is not None:
         command = (
-            f"python -m libs.model.train --out {out} --plan {out / f'{name}_plan.json'} --only {','.join(stages)}"
+            f"python -m libs.modeltools.train --out {out} --plan {out / f'{name}_plan.json'} --only {','.join(stages)}"
             f" --threads {torch.get_num_threads()}"
         )
         save_safety(model, safety_net, plan.seed, device, out, command, reader if plan.safety_reader_labels else None)
@@ -952,7 +992,7 @@ def retrain_generator(plan: TrainPlan, out: Path, device: torch.device, minutes:
     generator = train_generator(plan, tokens, scenes, world, model.tokenizer, device, log, deadline, init)
     log.close()
     command = (
-        f"python -m libs.model.train --out {out} --plan {out / f'generator_plan_{k}.json'} --only generator"
+        f"python -m libs.modeltools.train --out {out} --plan {out / f'generator_plan_{k}.json'} --only generator"
         f" --threads {torch.get_num_threads()}" + (" --warm-start" if warm_start else "")
     )
     record = {

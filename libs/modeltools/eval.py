@@ -1,6 +1,6 @@
 """Measures the built-in model: the figures of the model card.
 
-    python -m libs.model.eval [--weights DIR] [--n 200] [--json out.json]
+    python -m libs.modeltools.eval [--weights DIR] [--n 200] [--json out.json]
 
 Figures:
 - VQ reconstruction PSNR on held-out scenes at 64x64.
@@ -22,7 +22,7 @@ Figures:
   the model's own renders of harmless prompts (4, 8 and 12 passes), how many it would block.
   Generated images have no ground truth, so these figures are also split by whether the
   attribute reader sees a skull in the final image.
-    python -m libs.model.eval --only-safety --n 300   # just the detector's figures (~2 min)
+    python -m libs.modeltools.eval --only-safety --n 300   # just the detector's figures (~2 min)
 - Time per pass and per full image at 256x256 on the CPU (and on the GPU when present).
 
 If attributes.pt is missing from the weights, an attribute classifier is trained first (about
@@ -43,7 +43,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from libs.model.attributes import (
+from libs.model.builtin import MaskGITImageModel
+from libs.model.interface import DEFAULT_WEIGHTS_DIR
+from libs.model.safety_classifier import SafetyClassifier, load_safety_classifier
+from libs.model.scenes import Scene, render_scene
+from libs.model.vq import images_to_tensor, tensor_to_images
+from libs.model.world_model import WorldModel
+from libs.modeltools.attributes import (
     ATTRIBUTES,
     AttributeClassifier,
     Reading,
@@ -51,12 +57,7 @@ from libs.model.attributes import (
     satisfies,
     scene_read_correctly,
 )
-from libs.model.builtin import MaskGITImageModel
-from libs.model.interface import DEFAULT_WEIGHTS_DIR
-from libs.model.safety_classifier import SafetyClassifier, load_safety_classifier
-from libs.model.vq import images_to_tensor, tensor_to_images
-from libs.model.world import Caption, Scene, World, object_cells, object_reach, render_scene
-from libs.model.world_model import WorldModel
+from libs.modeltools.world import Caption, World, object_cells, object_reach
 
 EVAL_SEED = 7
 """World seed of every held-out set (training uses seed 0 for the train split)."""
@@ -399,7 +400,7 @@ def load_reader(model: MaskGITImageModel, weights: Path, device: str) -> Attribu
     path = weights / "attributes.pt"
     if path.exists():
         return AttributeClassifier.load(path, device)
-    from libs.model.train import Logger, TrainPlan, fit_attribute_classifier
+    from libs.modeltools.train import Logger, TrainPlan, fit_attribute_classifier
 
     plan = TrainPlan()
     log = Logger(weights / "attributes_log.tsv")

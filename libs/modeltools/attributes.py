@@ -20,8 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from libs.model.safety_classifier import target_maps
-from libs.model.world import (
+from libs.model.scenes import (
     ANCHORS,
     BACKGROUNDS,
     COLOUR_NAMES,
@@ -30,11 +29,12 @@ from libs.model.world import (
     SHAPES,
     SIZES,
     STYLES,
-    Caption,
     Scene,
     SceneObject,
     downsample,
 )
+from libs.modeltools.detector import target_maps
+from libs.modeltools.world import Caption
 
 FILENAME: Final = "attributes.pt"
 SLOTS: Final = len(POSITIONS)
@@ -274,7 +274,7 @@ def forbidden_seen(
 ) -> tuple[np.ndarray, np.ndarray, torch.Tensor]:
     """Whether the reader sees the forbidden object in each image (some slot's most likely
     shape), its probability (Reading.forbidden_probability), and the skull detector's per-cell
-    targets (safety_classifier.target_maps) placed where it sees it: labels for images with no
+    targets (detector.target_maps) placed where it sees it: labels for images with no
     ground truth, such as the generator's.
 
     Returns:

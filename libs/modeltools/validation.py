@@ -2,7 +2,7 @@
 
 The content check during rendering is the layer a new model version can break: its
 pictures may look nothing like what the content detector learned. So before promotion a
-version renders a held-out set of labelled prompts (libs.model.eval: prompts of scenes
+version renders a held-out set of labelled prompts (libs.modeltools.eval: prompts of scenes
 that hold the forbidden object, and prompts of scenes that do not), its picture after
 every pass is scored by the detector exactly as the safety service scores the decoder's
 check images (64x64, the detector's threshold), and
@@ -51,7 +51,7 @@ class ValidationResult:
 
 def held_out_prompts(n: int) -> tuple[list[str], list[str]]:
     """n held-out prompts whose scene holds the forbidden object, and n whose scene does not."""
-    from libs.model.eval import prompts, skull_prompts
+    from libs.modeltools.eval import prompts, skull_prompts
 
     forbidden = [p.caption.text for p in skull_prompts(n)]
     harmless = [p.caption.text for p in prompts("heldout", 1, 4 * n, offset=7000) if not p.scene.has_forbidden][:n]
