@@ -14,6 +14,7 @@ from libs.bus.ports import Consumer, Producer, Record
 from libs.events import Envelope
 from libs.events.schemas import JobSpec, RenderJob
 from libs.lanes import lane_for
+from libs.stores.memory import InMemoryDocumentStore
 
 T = TypeVar("T")
 
@@ -117,3 +118,16 @@ def metric_samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], fl
 def metric(samples: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str, **labels: str) -> float | None:
     """The value of the sample with this name and these labels (all of them), if any."""
     return samples.get((name, frozenset(labels.items())))
+
+
+def count_reads(docs: InMemoryDocumentStore) -> list[str]:
+    """The ids the store is asked for from now on (a list the test reads)."""
+    reads: list[str] = []
+    original_get = docs.get
+
+    async def counting_get(collection: str, doc_id: str):  # type: ignore[no-untyped-def]
+        reads.append(doc_id)
+        return await original_get(collection, doc_id)
+
+    docs.get = counting_get  # type: ignore[method-assign]
+    return reads
