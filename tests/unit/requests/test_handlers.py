@@ -25,7 +25,7 @@ from libs.stores.memory import InMemoryDocumentStore
 from libs.stores.revisions import revision_id
 from services.requests.handlers import COLLECTION, RequestHandlers
 from services.requests.leases import LeaseMonitor
-from tests.helpers import job_spec
+from tests.helpers import count_reads, job_spec
 
 JOB = "job_h"
 
@@ -141,23 +141,10 @@ async def test_a_concurrent_writer_makes_the_handler_retry() -> None:
         await handlers.handle(verdict, _envelope(verdict))
 
 
-def _count_reads(docs: InMemoryDocumentStore) -> list[str]:
-    """The ids the store is asked for from now on (a list the test reads)."""
-    reads: list[str] = []
-    original_get = docs.get
-
-    async def counting_get(collection: str, doc_id: str):  # type: ignore[no-untyped-def]
-        reads.append(doc_id)
-        return await original_get(collection, doc_id)
-
-    docs.get = counting_get  # type: ignore[method-assign]
-    return reads
-
-
 async def test_a_command_creates_its_job_without_reading_the_store() -> None:
     broker, docs = InMemoryBroker(), InMemoryDocumentStore()
     handlers = RequestHandlers(docs, EventPublisher(broker.producer()))
-    reads = _count_reads(docs)
+    reads = count_reads(docs)
     command = GenerateImage(job_id=JOB, spec=_spec(), created_at=datetime.now(UTC))
     await handlers.handle(command, _envelope(command))
     assert reads == []
@@ -184,7 +171,7 @@ async def test_the_next_input_of_a_job_needs_no_read_of_the_store() -> None:
     handlers = RequestHandlers(docs, EventPublisher(broker.producer()))
     command = GenerateImage(job_id=JOB, spec=_spec(), created_at=datetime.now(UTC))
     await handlers.handle(command, _envelope(command))
-    reads = _count_reads(docs)
+    reads = count_reads(docs)
     verdict = SafetyVerdict(job_id=JOB, stage="prompt", allowed=True, policy_version=1)
     await handlers.handle(verdict, _envelope(verdict))
     assert reads == []
@@ -255,3 +242,19 @@ async def test_a_prompt_verdict_before_the_command_is_kept_in_the_record_until_t
     assert [e.type for e in _events(broker, topics.REQUEST_EVENTS)] == [JobAccepted.TYPE, JobQueued.TYPE]
     [render] = _events(broker, topics.RENDER_CONSUMER)
     assert REGISTRY.decode_as(render, RenderJob).job_id == JOB
+
+
+async def test_a_jobs_record_is_stored_in_the_fields_records_already_stored_use() -> None:
+    broker, docs = InMemoryBroker({topics.RENDER_CONSUMER: 12}), InMemoryDocumentStore()
+    command = GenerateImage(job_id=JOB, spec=_spec(), created_at=datetime.now(UTC))
+    await RequestHandlers(docs, EventPublisher(broker.producer())).handle(command, _envelope(command))
+    saved = await docs.get(COLLECTION, revision_id(JOB, 1))
+    assert saved is not None
+    assert set(saved) == {"_id", "state", "seen", "outbox", "checkpoint", "held"}
+    assert set(saved["outbox"][0]) == {"topic", "partition", "envelope"}
+    # A revision written field by field in that layout (as by an earlier release) loads.
+    await docs.insert(COLLECTION, revision_id(JOB, 2), {**saved, "checkpoint": ["CCCC"]})
+    verdict = SafetyVerdict(job_id=JOB, stage="prompt", allowed=True, policy_version=1)
+    await RequestHandlers(docs, EventPublisher(broker.producer())).handle(verdict, _envelope(verdict))
+    third = await docs.get(COLLECTION, revision_id(JOB, 3))
+    assert third is not None and third["checkpoint"] == ["CCCC"] and third["state"]["status"] == "queued"
