@@ -93,6 +93,11 @@ class ImageCatalog:
     def __init__(self, documents: DocumentStore) -> None:
         self._docs = documents
 
+    async def record_job(self, state: JobState) -> None:
+        """Add a job's images once it completed (nothing before): the one writer of both
+        collections, for the read model's fold and the gateway that answered the job."""
+        await self.record(catalog_entries(state))
+
     async def record(self, images: list[CatalogImage]) -> None:
         """Add images (idempotent: an image already recorded is left as it is)."""
         for image in images:

@@ -16,7 +16,7 @@ from libs.bus import Record, TransientError
 from libs.events import REGISTRY, Envelope
 from libs.events.schemas import JobAccepted, JobCompleted
 from libs.jobs import JobState, accepted_seed, evolve
-from libs.readmodels.catalog import ImageCatalog, catalog_entries
+from libs.readmodels.catalog import ImageCatalog
 from libs.recent import RecentMap
 from libs.stores.ports import DocumentStore, StoreUnavailable
 from libs.stores.revisions import RevisionLog
@@ -61,7 +61,7 @@ class JobProjection:
             if state is not None and isinstance(event, JobCompleted):
                 # Before the state: a redelivery after a crash here finds the state not yet
                 # written and records the (idempotent) catalog entries again.
-                await self._catalog.record(catalog_entries(state))
+                await self._catalog.record_job(state)
             if state is not None:
                 await self._states.append(state.job_id, envelope.sequence, state.model_dump(mode="json"))
                 self._recent.put(state.job_id, state)

@@ -29,7 +29,6 @@ from libs.apikeys import Principal
 from libs.events import Envelope, new_ulid
 from libs.events.schemas import CancelJob, GenerateImage, JobSpec, RenderProgressed
 from libs.jobs import JobState, new_job, preview_passes
-from libs.readmodels.catalog import catalog_entries
 from libs.readmodels.idempotency import request_fingerprint
 from libs.stores.ports import StoreUnavailable
 from services.gateway.context import Gateway
@@ -294,8 +293,7 @@ class JobRun:
 async def _record_images(gateway: Gateway, state: JobState) -> None:
     """Add a completed job's images to the catalog: its read model records them too, a moment
     later, and the client that was answered may ask for them (or tweak them) now."""
-    if state.status == "completed":
-        await gateway.catalog.record(catalog_entries(state))
+    await gateway.catalog.record_job(state)
 
 
 async def find(gateway: Gateway, account_id: str, job_id: str) -> JobState | Refusal:

@@ -66,6 +66,7 @@ from libs.cli.accounts import create_account
 from libs.cli.lanes import lane_reports
 from libs.cli.policy import set_policy as set_tier_policy
 from libs.events import Envelope
+from libs.jobs import TERMINAL
 from libs.settings import DEV_SIGNING_KEY
 from services.gateway.lanes import DEFERRED_AFTER_S
 from tests.bench.stack import cpu_seconds, fresh_bench_stack, let_stand_in_grids_through
@@ -342,7 +343,7 @@ class Surge:
             record.deferred = True
             if record.estimated_wait_s is None and isinstance(job.get("estimated_wait_s"), int | float):
                 record.estimated_wait_s = float(job["estimated_wait_s"])
-        if status in ("completed", "blocked", "failed", "cancelled"):
+        if status in TERMINAL:
             record.final_status, record.end_s = str(status), self.now_s()
 
     async def follow(self, record: RequestRecord, account: Account) -> None:

@@ -18,6 +18,7 @@ from libs import topics
 from libs.bus.kafka import KafkaConsumer
 from libs.bus.ports import Record
 from libs.events import DecodeError, Envelope
+from libs.jobs import TERMINAL
 
 JOB_TOPICS = topics.with_api_copies(
     [
@@ -129,7 +130,7 @@ async def wait_done(http: httpx.AsyncClient, job_id: str) -> dict[str, Any]:
     deadline = time.monotonic() + JOB_TIMEOUT_S
     while True:
         job: dict[str, Any] = (await http.get(f"/v1/images/jobs/{job_id}")).json()
-        if job["status"] in ("completed", "failed", "blocked", "cancelled"):
+        if job["status"] in TERMINAL:
             return job
         if time.monotonic() > deadline:
             pytest.fail(f"job {job_id} still {job['status']} after {JOB_TIMEOUT_S}s")

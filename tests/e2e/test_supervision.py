@@ -16,6 +16,7 @@ import httpx
 import pytest
 
 from infra.stack import SERVICES, Stack
+from libs.jobs import TERMINAL
 from tests.e2e.jobs import JOB_TIMEOUT_S, api, create_async, exactly_once, watching
 
 JOB = {"prompt": "a red circle on a gray background", "n": 2, "size": "256x256", "quality": "high"}
@@ -31,7 +32,7 @@ async def completed(http: httpx.AsyncClient, job_id: str) -> dict[str, Any]:
             response = None
         if response is not None and response.status_code == 200:
             job: dict[str, Any] = response.json()
-            if job["status"] in ("completed", "failed", "blocked", "cancelled"):
+            if job["status"] in TERMINAL:
                 return job
         await asyncio.sleep(0.2)
     pytest.fail(f"job {job_id} did not end within {JOB_TIMEOUT_S}s")
