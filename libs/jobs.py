@@ -1,20 +1,25 @@
-"""The image job as a fold over its request events (pure, shared).
+"""A job's lifecycle as its request events tell it (pure, shared).
 
-The requests service folds a job's events into its aggregate state to decide what
-happens next; the gateway folds the same events into its read model for job status.
-One fold, so both always agree on what a job's status means.
+Two folds read a job's events, each into its own type: the requests service's aggregate
+(`services.requests.domain.JobAggregate`, what `decide` needs: which images are stored,
+whether the content was cleared) and the read side's view (`libs.readmodels.jobs.JobView`,
+what the API shows: images, usage, errors, the model version). What both must agree on
+lives here, once: the statuses and which of them end a job, the fields every fold keeps,
+the one constructor of a job's first state and how each request event moves a job along
+(`advance`), so the service that decides and the gateway that answers cannot disagree on
+what a job's status means.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
-from typing import Literal
+from typing import Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
 from libs.events.envelope import Event
 from libs.events.schemas import (
-    ImageRef,
     JobAccepted,
     JobBlocked,
     JobCancelled,
@@ -27,7 +32,6 @@ from libs.events.schemas import (
     JobRenderStarted,
     JobRequeued,
     JobSpec,
-    Usage,
 )
 from libs.model.interface import next_masked_count
 
@@ -35,10 +39,12 @@ Status = Literal["queued", "deferred", "rendering", "completed", "blocked", "fai
 TERMINAL: frozenset[str] = frozenset({"completed", "blocked", "failed", "cancelled"})
 
 
-class JobState(BaseModel):
-    """What is known about a job after some of its events."""
+class JobLifecycle(BaseModel):
+    """What every fold of a job's events keeps: the job, where it stands, where it renders."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # Stored records and documents written while one type served both folds carry the
+    # other's fields too: they are ignored on reading.
+    model_config = ConfigDict(frozen=True, extra="ignore")
 
     job_id: str
     spec: JobSpec
@@ -48,18 +54,9 @@ class JobState(BaseModel):
     pass_index: int = 0
     total_passes: int = 0
     lane: str = ""
+    """The lane it was queued on; empty until its prompt was allowed (not dispatched yet)."""
     attempt: int = 0
     """Dispatches of the render so far minus one (re-dispatches after a lost decoder)."""
-    stored: list[ImageRef] = []
-    content_cleared: bool = False
-    images: list[ImageRef] = []
-    usage: Usage | None = None
-    error_code: str | None = None
-    error_message: str | None = None
-    blocked_stage: str | None = None
-    blocked_category: str | None = None
-    version: str = ""
-    """The model version rendering (or that rendered) the job; empty before a decoder started it."""
 
     @property
     def terminal(self) -> bool:
@@ -67,13 +64,17 @@ class JobState(BaseModel):
         return self.status in TERMINAL
 
 
-def new_job(job_id: str, spec: JobSpec, created_at: datetime, sequence: int = 0) -> JobState:
+J = TypeVar("J", bound=JobLifecycle)
+
+
+def new_job(kind: type[J], job_id: str, spec: JobSpec, created_at: datetime, sequence: int = 0) -> J:
     """A job as it stands before anything but its acceptance happened: queued, every pass ahead.
 
-    The one constructor of a job's first state, so the gateway's seed, the fold of
-    `JobAccepted` and a rebuilt read model cannot disagree on it.
+    The one constructor of a job's first state, for either fold, so the gateway's seed, the
+    fold of `JobAccepted` and a rebuilt read model cannot disagree on it.
 
     Args:
+        kind: The fold's type (the aggregate or the view).
         job_id: The job.
         spec: What it renders (its `passes` are the passes ahead).
         created_at: When the gateway took it.
@@ -82,29 +83,35 @@ def new_job(job_id: str, spec: JobSpec, created_at: datetime, sequence: int = 0)
     Returns:
         The queued state.
     """
-    return JobState(job_id=job_id, spec=spec, created_at=created_at, sequence=sequence, total_passes=spec.passes)
+    return kind(job_id=job_id, spec=spec, created_at=created_at, sequence=sequence, total_passes=spec.passes)
 
 
-def accepted_seed(accepted: JobAccepted) -> JobState:
-    """A job's revision 0 in the gateway's read model, as its `JobAccepted` gives it: what the
-    gateway that took the job seeded, and what a job that reached the requests service without
-    a gateway (or a rebuilt read model) gets from the event."""
-    return new_job(accepted.job_id, accepted.spec, accepted.created_at)
+def _no_fields(state: JobLifecycle, event: Event) -> dict[str, object]:
+    return {}
 
 
-def evolve(state: JobState | None, event: Event, sequence: int) -> JobState | None:
-    """Apply one request event to a job's state.
+def advance(
+    kind: type[J],
+    state: J | None,
+    event: Event,
+    sequence: int,
+    own: Callable[[J, Event], dict[str, object]] = _no_fields,
+) -> J | None:
+    """Apply one request event to a job's state: the lifecycle's fields, then the fold's own.
 
     Args:
+        kind: The fold's type.
         state: The state before the event (None before JobAccepted).
         event: A request event (other payloads leave the state unchanged).
         sequence: The event's sequence number in the job's stream.
+        own: The fold's own fields that the event changes (the lifecycle's already applied
+            are not in its `state`; it sees the state before the event).
 
     Returns:
         The new state; None only while the job has not been accepted.
     """
     if isinstance(event, JobAccepted):
-        return new_job(event.job_id, event.spec, event.created_at, sequence)
+        return new_job(kind, event.job_id, event.spec, event.created_at, sequence)
     if state is None:
         return None
     update: dict[str, object] = {"sequence": sequence}
@@ -116,39 +123,22 @@ def evolve(state: JobState | None, event: Event, sequence: int) -> JobState | No
             "status": "rendering",
             "attempt": event.attempt,
             "pass_index": max(state.pass_index, event.pass_index),
-            "version": event.version,
         }
     elif isinstance(event, JobRequeued):
         update |= {"status": "queued", "attempt": event.attempt}
     elif isinstance(event, JobProgressed):
         update |= {"status": "rendering", "pass_index": event.pass_index, "total_passes": event.total_passes}
-    elif isinstance(event, JobImageStored):
-        others = [ref for ref in state.stored if ref.index != event.image.index]
-        update |= {"stored": sorted([*others, event.image], key=lambda ref: ref.index)}
-    elif isinstance(event, JobContentCleared):
-        update |= {"content_cleared": True}
     elif isinstance(event, JobCompleted):
-        update |= {
-            "status": "completed",
-            "images": event.images,
-            "usage": event.usage,
-            "pass_index": state.total_passes,
-        }
+        update |= {"status": "completed", "pass_index": state.total_passes}
     elif isinstance(event, JobBlocked):
-        update |= {
-            "status": "blocked",
-            "error_code": "moderation_blocked",
-            "error_message": event.message,
-            "blocked_stage": event.stage,
-            "blocked_category": event.category,
-        }
+        update |= {"status": "blocked"}
     elif isinstance(event, JobCancelled):
-        update |= {"status": "cancelled", "error_code": "job_cancelled", "error_message": "The job was cancelled."}
+        update |= {"status": "cancelled"}
     elif isinstance(event, JobFailed):
-        update |= {"status": "failed", "error_code": event.code, "error_message": event.message}
-    else:
+        update |= {"status": "failed"}
+    elif not isinstance(event, JobImageStored | JobContentCleared):
         return state
-    return state.model_copy(update=update)
+    return state.model_copy(update=update | own(state, event))
 
 
 def preview_passes(total_passes: int, partial_images: int) -> list[int]:

@@ -30,11 +30,10 @@ from libs.bus.logreader import KafkaLogReader, read_to_end
 from libs.bus.ports import Record
 from libs.events import REGISTRY, DecodeError, Envelope
 from libs.events.schemas import JobAccepted, StoreImage
-from libs.jobs import accepted_seed
 from libs.readmodels.catalog import IMAGE_HASHES
 from libs.readmodels.catalog import IMAGES as CATALOG_IMAGES
 from libs.readmodels.idempotency import KEYS, claim_document, claim_id, request_fingerprint
-from libs.readmodels.jobs import JOBS, JobProjection
+from libs.readmodels.jobs import JOBS, JobProjection, accepted_seed
 from libs.storage_plan import IMAGES, InvalidImage, plan_storage
 from libs.stores.mongo import MongoDocumentStore
 from libs.stores.ports import DocumentStore

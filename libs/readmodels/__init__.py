@@ -5,7 +5,8 @@ The gateway writes them as it takes jobs and follows the request-event topic;
 same code, so both produce the same documents. Each module owns its collections'
 names and document format:
 
-- `jobs`: `gateway_jobs`, one revision per event of each job (`JobProjection`);
+- `jobs`: `gateway_jobs`, one revision per event of each job (`JobProjection`), each a
+  `JobView`, what the read side shows of a job;
 - `catalog`: `gateway_images` and `gateway_image_hashes`, the finished images;
 - `idempotency`: `gateway_idempotency`, the claims of `Idempotency-Key`s.
 """

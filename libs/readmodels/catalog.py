@@ -16,12 +16,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from libs.events.schemas import BASE_VERSION
-from libs.jobs import JobState
 from libs.lanes import DEFAULT_MODEL
 from libs.stores.ports import DocumentStore
+
+if TYPE_CHECKING:
+    # The job read model records a completed job's images here: it imports this module.
+    from libs.readmodels.jobs import JobView
 
 IMAGES: Final = "gateway_images"
 IMAGE_HASHES: Final = "gateway_image_hashes"
@@ -60,7 +63,7 @@ class CatalogImage:
         return cls(image_id=image_id, **fields)
 
 
-def catalog_entries(state: JobState) -> list[CatalogImage]:
+def catalog_entries(state: JobView) -> list[CatalogImage]:
     """The images a completed job adds to the catalog (pure; none before it completed).
 
     Image i of a tweak was made from the job's edit source i % len(sources).
@@ -93,7 +96,7 @@ class ImageCatalog:
     def __init__(self, documents: DocumentStore) -> None:
         self._docs = documents
 
-    async def record_job(self, state: JobState) -> None:
+    async def record_job(self, state: JobView) -> None:
         """Add a job's images once it completed (nothing before): the one writer of both
         collections, for the read model's fold and the gateway that answered the job."""
         await self.record(catalog_entries(state))

@@ -29,8 +29,9 @@ from libs.cli import dlq
 from libs.cli.policy import PolicyError, publish_change, rollout_change, tier_change
 from libs.events import DecodeError, Envelope
 from libs.events.schemas import RolloutChanged, TierPolicyChanged
-from libs.jobs import JobState, Status
+from libs.jobs import Status
 from libs.lanes import POOLS
+from libs.readmodels.jobs import JobView
 from services.gateway.context import Gateway, get_operator
 from services.gateway.errors import APIError, invalid
 from services.gateway.jobs_http import job_object
@@ -199,7 +200,7 @@ async def get_job(
     return JSONResponse(await job_object(gateway, state, response_format) | job_fields(state))
 
 
-def job_fields(state: JobState) -> dict[str, Any]:
+def job_fields(state: JobView) -> dict[str, Any]:
     """What an operator sees of a job beyond its owner's view: whose it is and what it asked for."""
     spec = state.spec
     return {
@@ -219,7 +220,7 @@ def job_fields(state: JobState) -> dict[str, Any]:
     }
 
 
-def job_summary(job: dict[str, Any], state: JobState) -> dict[str, Any]:
+def job_summary(job: dict[str, Any], state: JobView) -> dict[str, Any]:
     """A listed job: its job object without the images, and `job_fields`."""
     return {key: job[key] for key in JOB_SUMMARY if key in job} | job_fields(state)
 

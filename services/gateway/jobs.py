@@ -28,8 +28,9 @@ from libs import topics
 from libs.apikeys import Principal
 from libs.events import Envelope, new_ulid
 from libs.events.schemas import CancelJob, GenerateImage, JobSpec, RenderProgressed
-from libs.jobs import JobState, new_job, preview_passes
+from libs.jobs import new_job, preview_passes
 from libs.readmodels.idempotency import request_fingerprint
+from libs.readmodels.jobs import JobView
 from libs.stores.ports import StoreUnavailable
 from services.gateway.context import Gateway
 from services.gateway.idempotency import MAX_KEY_LENGTH, KeyReused
@@ -59,7 +60,7 @@ class SubmitJob:
 class Admitted:
     """A submitted job that the request answers with."""
 
-    job: JobState
+    job: JobView
     """The state to follow it from: a new job's first state, or the key's earlier job as it stands."""
     new: bool
     """Whether this request makes the job (False: an earlier request with the same key did)."""
@@ -92,14 +93,14 @@ class KeepAlive:
 class Ended:
     """The job ended (a completed one's images are in the catalog)."""
 
-    state: JobState
+    state: JobView
 
 
 @dataclass(frozen=True)
 class StillRunning:
     """The job is still running after the synchronous limit; it can be fetched later."""
 
-    state: JobState
+    state: JobView
 
 
 Update = Preview | KeepAlive | Ended | StillRunning
@@ -140,7 +141,7 @@ async def admit(gateway: Gateway, command: SubmitJob) -> Admitted | Refusal:
     # The model version is chosen once, at admission, by the rollout in force.
     version = gateway.limits.releases.route(spec.model, principal.account_id)
     spec = spec.model_copy(update={"lane": admission.lane, "version": version})
-    return Admitted(new_job(job_id, spec, created), new=True, rate_limit_headers=admission.headers)
+    return Admitted(new_job(JobView, job_id, spec, created), new=True, rate_limit_headers=admission.headers)
 
 
 async def _claim(
@@ -202,7 +203,7 @@ async def start(gateway: Gateway, admitted: Admitted) -> AsyncIterator[JobRun]:
 class JobRun:
     """A started job as the request that submitted it follows it."""
 
-    def __init__(self, gateway: Gateway, job: JobState, queue: asyncio.Queue[Envelope]) -> None:
+    def __init__(self, gateway: Gateway, job: JobView, queue: asyncio.Queue[Envelope]) -> None:
         """Wires the run.
 
         Args:
@@ -214,11 +215,11 @@ class JobRun:
         self._gateway = gateway
         self._queue = queue
 
-    async def latest(self) -> JobState:
+    async def latest(self) -> JobView:
         """The job as the read model has it (as it started, until the read model has it)."""
         return await self._gateway.projection.get(self.job.job_id) or self.job
 
-    async def to_end(self, left: Callable[[], Awaitable[bool]] | None = None) -> JobState:
+    async def to_end(self, left: Callable[[], Awaitable[bool]] | None = None) -> JobView:
         """Wait for the job's end, for at most the synchronous limit (`sync_wait_s`).
 
         Args:
@@ -290,13 +291,13 @@ class JobRun:
                     return
 
 
-async def _record_images(gateway: Gateway, state: JobState) -> None:
+async def _record_images(gateway: Gateway, state: JobView) -> None:
     """Add a completed job's images to the catalog: its read model records them too, a moment
     later, and the client that was answered may ask for them (or tweak them) now."""
     await gateway.catalog.record_job(state)
 
 
-async def find(gateway: Gateway, account_id: str, job_id: str) -> JobState | Refusal:
+async def find(gateway: Gateway, account_id: str, job_id: str) -> JobView | Refusal:
     """A job of the account as the read model has it; another account's job is not found either.
 
     Returns:
@@ -308,7 +309,7 @@ async def find(gateway: Gateway, account_id: str, job_id: str) -> JobState | Ref
     return state
 
 
-async def cancel(gateway: Gateway, command: CancelOwnJob) -> JobState | Refusal:
+async def cancel(gateway: Gateway, command: CancelOwnJob) -> JobView | Refusal:
     """Cancel a job: a queued job never starts, a rendering one stops at its next pass.
 
     Returns:
@@ -359,7 +360,7 @@ async def _wait_for_end(
     queue: asyncio.Queue[Envelope],
     timeout_s: float,
     left: Callable[[], Awaitable[bool]] | None = None,
-) -> JobState:
+) -> JobView:
     """Wait until the job is terminal, the timeout passes or (with `left`) the client left.
 
     Returns:

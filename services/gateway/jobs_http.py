@@ -21,7 +21,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from libs.apikeys import Principal
 from libs.events.schemas import JobSpec
-from libs.jobs import JobState
+from libs.readmodels.jobs import JobView
 from services.gateway import jobs
 from services.gateway.context import Gateway
 from services.gateway.errors import APIError, invalid, refused
@@ -131,7 +131,7 @@ async def respond(
     return JSONResponse(await _images_response(gateway, state, response_format), headers=job_header)
 
 
-def _job_error(state: JobState) -> APIError:
+def _job_error(state: JobView) -> APIError:
     if state.status == "blocked":
         return APIError(
             400,
@@ -145,7 +145,7 @@ def _job_error(state: JobState) -> APIError:
     return APIError(500, state.error_message or "The image could not be generated.", code=state.error_code)
 
 
-async def _image_items(gateway: Gateway, state: JobState, response_format: str) -> list[dict[str, str]]:
+async def _image_items(gateway: Gateway, state: JobView, response_format: str) -> list[dict[str, str]]:
     # `image_id` is darkroom's addition: what `GET /v1/images/{id}` and a tweak's `image_id` take.
     items: list[dict[str, str]] = []
     for ref in state.images:
@@ -158,7 +158,7 @@ async def _image_items(gateway: Gateway, state: JobState, response_format: str) 
     return items
 
 
-def _usage(state: JobState) -> dict[str, Any] | None:
+def _usage(state: JobView) -> dict[str, Any] | None:
     if state.usage is None:
         return None
     usage = state.usage
@@ -174,7 +174,7 @@ def _size(spec: JobSpec) -> str:
     return f"{spec.size}x{spec.size}"
 
 
-async def _images_response(gateway: Gateway, state: JobState, response_format: str) -> dict[str, Any]:
+async def _images_response(gateway: Gateway, state: JobView, response_format: str) -> dict[str, Any]:
     spec = state.spec
     return {
         "created": int(state.created_at.timestamp()),
@@ -187,7 +187,7 @@ async def _images_response(gateway: Gateway, state: JobState, response_format: s
     }
 
 
-async def job_object(gateway: Gateway, state: JobState, response_format: str = "b64_json") -> dict[str, Any]:
+async def job_object(gateway: Gateway, state: JobView, response_format: str = "b64_json") -> dict[str, Any]:
     """The `image.job` object of a job, in any state.
 
     A job waiting in its lane is `queued`, or `deferred` when it waits behind
@@ -220,7 +220,7 @@ async def job_object(gateway: Gateway, state: JobState, response_format: str = "
     return body
 
 
-def _pass_reached(gateway: Gateway, state: JobState) -> int:
+def _pass_reached(gateway: Gateway, state: JobView) -> int:
     """The job's progress: the last pass its decoder reported (passes are progress events,
     which every replica reads live, not request events), or what its request events say."""
     return max(state.pass_index, gateway.live.pass_reached(state.job_id))
@@ -264,7 +264,7 @@ async def _stream(gateway: Gateway, run: jobs.JobRun, kind: str, cancel_on_disco
                 yield _sse("error", {"type": "error", "error": _job_error(update.state).body()["error"]})
 
 
-def _timeout_error(state: JobState) -> dict[str, Any]:
+def _timeout_error(state: JobView) -> dict[str, Any]:
     return {
         "message": f"The job {state.job_id} is still running; fetch it with GET /v1/images/jobs/{state.job_id}.",
         "type": "server_error",

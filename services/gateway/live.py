@@ -19,7 +19,7 @@ from libs import topics
 from libs.bus import Record
 from libs.events import REGISTRY, Envelope
 from libs.events.schemas import RenderProgressed
-from libs.jobs import JobState, evolve
+from libs.readmodels.jobs import JobView, project
 from libs.recent import RecentMap
 
 JOB_EVENT_PREFIX = "images.job_"
@@ -71,7 +71,7 @@ class LiveEvents:
 class JobFollower:
     """A job's state as a waiting request folds it from the live events it receives."""
 
-    def __init__(self, state: JobState) -> None:
+    def __init__(self, state: JobView) -> None:
         self.state = state
 
     def apply(self, envelope: Envelope) -> bool:
@@ -84,12 +84,12 @@ class JobFollower:
             return True
         if envelope.sequence != self.state.sequence + 1 or REGISTRY.get(envelope.type) is None:
             return False
-        state = evolve(self.state, REGISTRY.decode(envelope), envelope.sequence)
+        state = project(self.state, REGISTRY.decode(envelope), envelope.sequence)
         if state is not None:
             self.state = state
         return True
 
-    def catch_up(self, state: JobState | None) -> None:
+    def catch_up(self, state: JobView | None) -> None:
         """Take a state read from the read model when it is further along."""
         if state is not None and state.sequence > self.state.sequence:
             self.state = state

@@ -1,10 +1,11 @@
 """The image-request process manager: pure decisions over a job's state.
 
-`decide` takes the job's current state (the fold of its request events, see
-libs.jobs) and one input (the gateway's command, a safety verdict, decoder
-progress, a stored image) and returns what follows: new request events for the
-job's own stream and messages for other services. No I/O happens here; the
-handlers load and save state and publish.
+`decide` takes the job's current state (`JobAggregate`, the fold of its request
+events: the lifecycle libs.jobs shares with the read side, and what completion waits
+for) and one input (the gateway's command, a safety verdict, decoder progress, a stored
+image) and returns what follows: new request events for the job's own stream and
+messages for other services. No I/O happens here; the handlers load and save
+state and publish.
 
 The flow: GenerateImage -> JobAccepted (the safety service reads the same command and
 answers a prompt verdict; one that arrives before the command is held in the job's
@@ -57,10 +58,38 @@ from libs.events.schemas import (
     SafetyVerdict,
     Usage,
 )
-from libs.jobs import JobState, content_check_passes, evolve, preview_passes
+from libs.jobs import JobLifecycle, advance, content_check_passes, preview_passes
 from libs.lanes import lane_for
 
 IMAGE_TOKENS_PER_IMAGE = 16 * 16
+
+
+class JobAggregate(JobLifecycle):
+    """A job as the process manager decides on it: its lifecycle, and what its completion waits for.
+
+    The read side folds the same events into its own view (libs.readmodels.jobs.JobView),
+    with what the API shows instead (images, usage, errors).
+    """
+
+    stored: list[ImageRef] = []
+    """The images stored so far, by index."""
+    content_cleared: bool = False
+    """Whether the safety service cleared the last pass's content."""
+
+
+def _decided_fields(state: JobAggregate, event: Event) -> dict[str, object]:
+    if isinstance(event, JobImageStored):
+        others = [ref for ref in state.stored if ref.index != event.image.index]
+        return {"stored": sorted([*others, event.image], key=lambda ref: ref.index)}
+    if isinstance(event, JobContentCleared):
+        return {"content_cleared": True}
+    return {}
+
+
+def evolve(state: JobAggregate | None, event: Event, sequence: int) -> JobAggregate | None:
+    """Fold one request event into the job's aggregate: `libs.jobs.advance` (same arguments and
+    result) with the fields only the aggregate keeps."""
+    return advance(JobAggregate, state, event, sequence, _decided_fields)
 
 
 @dataclass(frozen=True)
@@ -110,14 +139,14 @@ class Policy:
 NOTHING = Decision()
 
 
-def reached(state: JobState, checkpoint: Checkpoint) -> JobState:
+def reached(state: JobAggregate, checkpoint: Checkpoint) -> JobAggregate:
     """The job's state once its decoder reported this pass."""
     return state.model_copy(
         update={"status": "rendering", "pass_index": checkpoint.pass_index, "total_passes": checkpoint.total_passes}
     )
 
 
-def leased(state: JobState | None) -> bool:
+def leased(state: JobAggregate | None) -> bool:
     """Whether a decoder holds the job's render and must keep reporting within the lease.
 
     The last pass's progress is published only after the images went to storage, so
@@ -127,7 +156,7 @@ def leased(state: JobState | None) -> bool:
 
 
 def decide(
-    state: JobState | None,
+    state: JobAggregate | None,
     event: Event,
     policy: Policy = Policy(),
     checkpoint: Sequence[str] = (),
@@ -173,7 +202,7 @@ def decide(
 
 
 def _on_generate(
-    state: JobState | None, command: GenerateImage, policy: Policy, held: SafetyVerdict | None
+    state: JobAggregate | None, command: GenerateImage, policy: Policy, held: SafetyVerdict | None
 ) -> Decision:
     if state is not None:
         return NOTHING  # the same job again (a retried command): already accepted
@@ -187,7 +216,7 @@ def _on_generate(
     return Decision(events=[accepted, *verdict.events], messages=verdict.messages)
 
 
-def _on_verdict(state: JobState, verdict: SafetyVerdict, policy: Policy) -> Decision:
+def _on_verdict(state: JobAggregate, verdict: SafetyVerdict, policy: Policy) -> Decision:
     if verdict.stage == "prompt":
         if state.lane:
             return NOTHING  # already queued: a redelivered verdict
@@ -213,7 +242,7 @@ def _on_verdict(state: JobState, verdict: SafetyVerdict, policy: Policy) -> Deci
 
 
 def _render_job(
-    state: JobState, policy: Policy, attempt: int = 0, resume_pass: int = 0, tokens: Sequence[str] = ()
+    state: JobAggregate, policy: Policy, attempt: int = 0, resume_pass: int = 0, tokens: Sequence[str] = ()
 ) -> Message:
     """The render job for the job's lane partition (the same partition on every attempt)."""
     lane = lane_for(state.spec.lane or state.spec.tier, state.spec.model)
@@ -242,7 +271,7 @@ def _render_job(
     return Message(lane.topic, render, lane.partition_for(state.job_id))
 
 
-def _on_cancel(state: JobState, cancel: CancelJob) -> Decision:
+def _on_cancel(state: JobAggregate, cancel: CancelJob) -> Decision:
     if cancel.account_id != state.spec.account_id:
         return NOTHING  # only the owner cancels (the gateway checked; this keeps the rule here too)
     cancelled = JobCancelled(job_id=state.job_id, pass_index=state.pass_index, reason=cancel.reason)
@@ -252,7 +281,7 @@ def _on_cancel(state: JobState, cancel: CancelJob) -> Decision:
     return Decision(events=[cancelled], messages=[Message(topics.RENDER_CONTROL, abort)])
 
 
-def _on_started(state: JobState, started: RenderStarted) -> Decision:
+def _on_started(state: JobAggregate, started: RenderStarted) -> Decision:
     if started.attempt != state.attempt or state.status != "queued" or not state.lane:
         return NOTHING  # a stale attempt, a redelivery, or already reporting progress
     event = JobRenderStarted(
@@ -266,7 +295,7 @@ def _on_started(state: JobState, started: RenderStarted) -> Decision:
 
 
 def _on_lease_expired(
-    state: JobState, expired: ExpireRenderLease, checkpoint: Sequence[str], policy: Policy
+    state: JobAggregate, expired: ExpireRenderLease, checkpoint: Sequence[str], policy: Policy
 ) -> Decision:
     if not leased(state) or (expired.attempt, expired.pass_index) != (state.attempt, state.pass_index):
         return NOTHING  # the decoder reported since the proposal (or the job ended)
@@ -278,7 +307,7 @@ def _on_lease_expired(
     )
 
 
-def _on_preempted(state: JobState, stopped: RenderStopped, checkpoint: Sequence[str], policy: Policy) -> Decision:
+def _on_preempted(state: JobAggregate, stopped: RenderStopped, checkpoint: Sequence[str], policy: Policy) -> Decision:
     """A decoder handed the render back for a higher-priority job: dispatch it again.
 
     The decoder published the checkpoint of its last pass before this, on the same
@@ -295,7 +324,7 @@ def _on_preempted(state: JobState, stopped: RenderStopped, checkpoint: Sequence[
     )
 
 
-def _blocked(state: JobState, verdict: SafetyVerdict) -> Decision:
+def _blocked(state: JobAggregate, verdict: SafetyVerdict) -> Decision:
     category = verdict.category or "policy"
     where = "prompt" if verdict.stage == "prompt" else f"image content at pass {verdict.pass_index}"
     message = (
@@ -316,7 +345,7 @@ def _blocked(state: JobState, verdict: SafetyVerdict) -> Decision:
     )
 
 
-def _on_progress(state: JobState, progress: RenderProgressed) -> Decision:
+def _on_progress(state: JobAggregate, progress: RenderProgressed) -> Decision:
     """A pass completed: the job's new checkpoint, and nothing to publish.
 
     The progress event itself is the pass's record on the bus: the gateway streams its
@@ -327,7 +356,7 @@ def _on_progress(state: JobState, progress: RenderProgressed) -> Decision:
     return Decision(checkpoint=Checkpoint(progress.pass_index, progress.total_passes, list(progress.tokens)))
 
 
-def _on_stored(state: JobState, stored: ImageStored) -> Decision:
+def _on_stored(state: JobAggregate, stored: ImageStored) -> Decision:
     if any(ref.index == stored.index for ref in state.stored):
         return NOTHING
     ref = ImageRef(
@@ -343,7 +372,7 @@ def _on_stored(state: JobState, stored: ImageStored) -> Decision:
     return Decision(events=[JobImageStored(job_id=state.job_id, image=ref), *_completion(state, refs)])
 
 
-def _completion(state: JobState, refs: list[ImageRef]) -> list[Event]:
+def _completion(state: JobAggregate, refs: list[ImageRef]) -> list[Event]:
     if not state.content_cleared or len(refs) < state.spec.n:
         return []
     # A tweak reads the grid of each image it starts from: those are its input image tokens.

@@ -28,10 +28,9 @@ from libs import topics
 from libs.bus import EventPublisher, TransientError
 from libs.events import REGISTRY, Envelope, Event
 from libs.events.schemas import GenerateImage, SafetyVerdict
-from libs.jobs import JobState, evolve
 from libs.processing import OutboxItem, ProcessRecorder
 from libs.stores.ports import DocumentStore, StoreUnavailable
-from services.requests.domain import Decision, Policy, decide, reached
+from services.requests.domain import Decision, JobAggregate, Policy, decide, evolve, reached
 from services.requests.leases import LeaseMonitor
 
 log = logging.getLogger(__name__)
@@ -44,7 +43,7 @@ class JobRecord(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    state: JobState | None = None
+    state: JobAggregate | None = None
     checkpoint: list[str] = []
     """Per image, the packed token grid (base64) of the last reported pass."""
     held: SafetyVerdict | None = None

@@ -16,8 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from libs.events.schemas import ExpireRenderLease
-from libs.jobs import JobState
-from services.requests.domain import leased
+from services.requests.domain import JobAggregate, leased
 
 
 @dataclass(frozen=True)
@@ -43,7 +42,7 @@ class LeaseMonitor:
         self._leases: dict[str, Lease] = {}
         self._tiers: dict[str, str] = {}
 
-    def track(self, state: JobState | None) -> None:
+    def track(self, state: JobAggregate | None) -> None:
         """Starts or renews the job's lease after a report, or ends it (queued, done, ended)."""
         if state is None:
             return

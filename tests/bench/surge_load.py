@@ -19,7 +19,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from libs.events import REGISTRY, DecodeError, Envelope
 from libs.events.schemas import GenerateImage, JobCompleted
-from libs.jobs import TERMINAL, JobState, evolve
+from libs.jobs import TERMINAL
+from libs.readmodels.jobs import JobView, project
 
 TIERS = ("pro", "plus", "free", "api")
 PAID = ("pro", "plus")
@@ -308,7 +309,7 @@ class ServerJobs:
 
     origin: float
     jobs: dict[str, ServerJob] = field(default_factory=dict)
-    _states: dict[str, JobState] = field(default_factory=dict)
+    _states: dict[str, JobView] = field(default_factory=dict)
 
     def apply(self, envelope: Envelope) -> None:
         """Fold one envelope from the image-command or request-event topic; others are ignored."""
@@ -328,7 +329,7 @@ class ServerJobs:
         job_id = envelope.aggregate_id
         if isinstance(event, JobCompleted) and job_id in self.jobs:
             self.jobs[job_id].completions.add(envelope.event_id)
-        state = evolve(self._states.get(job_id), event, envelope.sequence)
+        state = project(self._states.get(job_id), event, envelope.sequence)
         if state is None:
             return
         self._states[job_id] = state

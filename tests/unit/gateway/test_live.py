@@ -7,8 +7,7 @@ from datetime import UTC, datetime
 from libs.bus import Record
 from libs.events import Envelope, Event
 from libs.events.schemas import JobAccepted, JobBlocked, JobProgressed, JobQueued, RenderProgressed
-from libs.jobs import JobState
-from libs.readmodels.jobs import JobProjection
+from libs.readmodels.jobs import JobProjection, JobView
 from libs.stores.memory import InMemoryDocumentStore
 from services.gateway.live import JobFollower, LiveEvents
 from tests.helpers import job_spec
@@ -18,8 +17,8 @@ CREATED = datetime(2026, 1, 1, tzinfo=UTC)
 SPEC = job_spec()
 
 
-def _seeded() -> JobState:
-    return JobState(job_id=JOB, spec=SPEC, created_at=CREATED, total_passes=SPEC.passes)
+def _seeded() -> JobView:
+    return JobView(job_id=JOB, spec=SPEC, created_at=CREATED, total_passes=SPEC.passes)
 
 
 def _job_events(job: str = JOB) -> list[Envelope]:

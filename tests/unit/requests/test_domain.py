@@ -29,9 +29,10 @@ from libs.events.schemas import (
     RenderStopped,
     SafetyVerdict,
 )
-from libs.jobs import JobState, content_check_passes, evolve, preview_passes
+from libs.jobs import content_check_passes, preview_passes
 from libs.lanes import lane_for
-from services.requests.domain import Checkpoint, Decision, Policy, decide, leased, reached
+from libs.readmodels.jobs import JobView, project
+from services.requests.domain import Checkpoint, Decision, JobAggregate, Policy, decide, evolve, leased, reached
 
 JOB = "job_1"
 
@@ -57,15 +58,27 @@ def _spec(**overrides: object) -> JobSpec:
     return JobSpec.model_validate(values | overrides)
 
 
-def _apply(state: JobState | None, decision: Decision) -> JobState | None:
+class Folded(JobAggregate, JobView):
+    """The aggregate `decide` reads, with what the read side shows of the same events:
+    the tests follow a job through both folds of what was decided."""
+
+
+def _fold(state: Folded | None, event: Event, sequence: int) -> Folded | None:
+    decided, shown = evolve(state, event, sequence), project(state, event, sequence)
+    if decided is None or shown is None:
+        return None
+    return Folded.model_validate(shown.model_dump() | decided.model_dump(include=set(JobAggregate.model_fields)))
+
+
+def _apply(state: Folded | None, decision: Decision) -> Folded | None:
     for event in decision.events:
-        state = evolve(state, event, (state.sequence if state else 0) + 1)
+        state = _fold(state, event, (state.sequence if state else 0) + 1)
     if decision.checkpoint is not None and state is not None:
-        state = reached(state, decision.checkpoint)
+        state = Folded.model_validate(reached(state, decision.checkpoint).model_dump())
     return state
 
 
-def _run(state: JobState | None, *inputs: Event) -> tuple[JobState | None, list[Decision]]:
+def _run(state: Folded | None, *inputs: Event) -> tuple[Folded | None, list[Decision]]:
     decisions = []
     for event in inputs:
         decision = decide(state, event)

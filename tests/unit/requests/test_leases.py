@@ -5,14 +5,14 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from libs.events.schemas import ExpireRenderLease
-from libs.jobs import JobState
+from services.requests.domain import JobAggregate
 from services.requests.leases import LeaseMonitor
 from tests.helpers import job_spec
 
 
-def _state(status: str = "rendering", pass_index: int = 1, attempt: int = 0) -> JobState:
+def _state(status: str = "rendering", pass_index: int = 1, attempt: int = 0) -> JobAggregate:
     spec = job_spec(account_id="a", prompt="p", model="m")
-    return JobState.model_validate(
+    return JobAggregate.model_validate(
         {
             "job_id": "job",
             "spec": spec,
