@@ -1,6 +1,6 @@
 """The gateway's job use cases without HTTP: submitting a job, following it, cancelling it.
 
-They run on the in-memory gateway and its fake pipeline (conftest.py), called directly
+They run on the in-memory gateway and the services behind it (conftest.py), called directly
 rather than through a route; refusals come back as values that the routes answer.
 """
 

@@ -1,4 +1,4 @@
-"""Cancelling jobs and Idempotency-Key, against the in-memory gateway and its fake pipeline."""
+"""Cancelling jobs and Idempotency-Key, against the in-memory gateway and the services behind it."""
 
 from __future__ import annotations
 
