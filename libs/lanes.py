@@ -46,11 +46,12 @@ PARTITIONS_PER_LANE = "DARKROOM_PARTITIONS_PER_LANE"
 """The setting that widens every render topic's lanes (unset: as declared)."""
 
 
-def model_topic(model: str, pool: str) -> str:
-    """The render topic of a model's decoder pool ("consumer" or "api")."""
+def model_topic(model: str, pool: str) -> topics.Topic:
+    """The render topic of a model's decoder pool ("consumer" or "api"), which carries what
+    the default model's does (render jobs)."""
     if pool not in POOLS:
         raise KeyError(f"unknown decoder pool {pool!r} (pools: {', '.join(POOLS)})")
-    return POOLS[pool] if model == DEFAULT_MODEL else f"darkroom.render.{model}.{pool}"
+    return POOLS[pool] if model == DEFAULT_MODEL else POOLS[pool].renamed(f"darkroom.render.{model}.{pool}")
 
 
 def partitions_per_lane_setting() -> int | None:

@@ -1,67 +1,150 @@
-"""Topic names, as declared (with partitions and configs) in infra/topics.yaml.
+"""Topics, as declared (with partitions and configs) in infra/topics.yaml, with their events.
 
-Code refers to topics through these constants; tests/unit/test_topics.py checks
-that they match the declaration file, so the two cannot drift.
+Code refers to topics through these constants; tests/unit/test_topics.py checks that they
+match the declaration file, so the two cannot drift. Each is a `Topic`: its name (a `str`,
+usable wherever a topic name is), the event types it carries, and its api copy where it
+has one. The publisher refuses an envelope whose type its topic does not declare
+(`Topic.check`), so a message cannot land where no consumer expects it.
 """
 
 from __future__ import annotations
 
-IMAGE_COMMANDS = "darkroom.images.commands"
-REQUEST_EVENTS = "darkroom.requests.events"
-ACCOUNT_COMMANDS = "darkroom.accounts.commands"
-ACCOUNT_EVENTS = "darkroom.accounts.events"
-RENDER_CONSUMER = "darkroom.render.consumer"
-RENDER_API = "darkroom.render.api"
-RENDER_CONTROL = "darkroom.render.control"
-RENDER_PROGRESS = "darkroom.render.progress"
-SAFETY_CHECKS = "darkroom.safety.checks"
-SAFETY_VERDICTS = "darkroom.safety.verdicts"
-SAFETY_POLICY = "darkroom.safety.policy"
-STORAGE_BLOBS = "darkroom.storage.blobs"
-STORAGE_EVENTS = "darkroom.storage.events"
-POLICIES = "darkroom.policies"
-REVOCATIONS = "darkroom.revocations"
-POLICY_HISTORY = "darkroom.policies.history"
-ACCOUNT_TIERS = "darkroom.accounts.tiers"
-USAGE = "darkroom.usage"
-ACCOUNT_FLAGS = "darkroom.accounts.flags"
-HEARTBEATS = "darkroom.system.heartbeats"
-DEAD_LETTERS = "darkroom.system.dlq"
+from collections.abc import Sequence
+
+from libs.events import Event, schemas
+
+API_TIER = "api"
+
+
+class UndeclaredEvent(TypeError):
+    """An envelope was published on a topic that does not carry its type (a programming error)."""
+
+
+class Topic(str):
+    """A topic's name, with the event types it carries and its api copy.
+
+    A `str` subclass, so a topic goes wherever a topic name goes (Kafka clients, dict keys,
+    comparisons with names read back from a record or a document) and equals its name.
+    """
+
+    __slots__ = ("api", "type_names", "types")
+
+    types: tuple[type[Event], ...]
+    """The payload classes its messages may carry."""
+    type_names: frozenset[str]
+    """Their type names, as envelopes carry them."""
+    api: Topic | None
+    """The copy that carries api-tier jobs, for a job-path topic (`route`); None otherwise."""
+
+    def __new__(cls, name: str, *types: type[Event], api: str | None = None) -> Topic:
+        """A topic.
+
+        Args:
+            name: The topic's name in Kafka.
+            types: The payload classes its messages may carry.
+            api: The name of its api copy, which carries the same types, if it has one.
+        """
+        topic = super().__new__(cls, name)
+        topic.types = types
+        topic.type_names = frozenset(t.TYPE for t in types)
+        topic.api = Topic(api, *types) if api is not None else None
+        return topic
+
+    def check(self, type_name: str) -> None:
+        """Refuse a message of a type this topic does not carry.
+
+        Raises:
+            UndeclaredEvent: `type_name` is not among the topic's types.
+        """
+        if type_name not in self.type_names:
+            raise UndeclaredEvent(
+                f"{type_name!r} is not an event of {str(self)!r} (it carries {', '.join(sorted(self.type_names))})"
+            )
+
+    def renamed(self, name: str) -> Topic:
+        """A topic of another name that carries the same types (a model's own render topics)."""
+        return Topic(name, *self.types)
+
+
+IMAGE_COMMANDS = Topic(
+    "darkroom.images.commands",
+    schemas.GenerateImage,
+    schemas.CancelJob,
+    schemas.ExpireRenderLease,
+    api="darkroom.images.commands.api",
+)
+REQUEST_EVENTS = Topic(
+    "darkroom.requests.events",
+    schemas.JobAccepted,
+    schemas.JobQueued,
+    schemas.JobRenderStarted,
+    schemas.JobRequeued,
+    schemas.JobProgressed,
+    schemas.JobImageStored,
+    schemas.JobContentCleared,
+    schemas.JobCompleted,
+    schemas.JobBlocked,
+    schemas.JobCancelled,
+    schemas.JobFailed,
+    api="darkroom.requests.events.api",
+)
+ACCOUNT_COMMANDS = Topic("darkroom.accounts.commands", schemas.CreateAccount, schemas.RevokeKeys, schemas.ChangeTier)
+ACCOUNT_EVENTS = Topic(
+    "darkroom.accounts.events", schemas.AccountCreated, schemas.AccountRejected, schemas.AccountCommandFailed
+)
+RENDER_CONSUMER = Topic("darkroom.render.consumer", schemas.RenderJob)
+RENDER_API = Topic("darkroom.render.api", schemas.RenderJob)
+RENDER_CONTROL = Topic("darkroom.render.control", schemas.AbortRender)
+RENDER_PROGRESS = Topic(
+    "darkroom.render.progress",
+    schemas.RenderStarted,
+    schemas.RenderProgressed,
+    schemas.RenderStopped,
+    api="darkroom.render.progress.api",
+)
+SAFETY_CHECKS = Topic(
+    "darkroom.safety.checks", schemas.CheckPrompt, schemas.CheckContent, api="darkroom.safety.checks.api"
+)
+SAFETY_VERDICTS = Topic("darkroom.safety.verdicts", schemas.SafetyVerdict, api="darkroom.safety.verdicts.api")
+SAFETY_POLICY = Topic("darkroom.safety.policy", schemas.SafetyPolicy)
+STORAGE_BLOBS = Topic("darkroom.storage.blobs", schemas.StoreImage, api="darkroom.storage.blobs.api")
+STORAGE_EVENTS = Topic("darkroom.storage.events", schemas.ImageStored, api="darkroom.storage.events.api")
+_IN_FORCE = (
+    schemas.TierPolicyChanged,
+    schemas.RolloutChanged,
+    schemas.ModelVersionAdded,
+    schemas.ModelVersionValidated,
+    schemas.ModelRolloutChanged,
+    schemas.ModelVersionFailed,
+)
+"""What is in force: tiers' policies, rollouts, models' versions (libs.bus.publisher.publish_in_force)."""
+POLICIES = Topic("darkroom.policies", *_IN_FORCE)
+REVOCATIONS = Topic("darkroom.revocations", schemas.KeyRevoked)
+POLICY_HISTORY = Topic("darkroom.policies.history", *_IN_FORCE)
+ACCOUNT_TIERS = Topic("darkroom.accounts.tiers", schemas.TierChanged)
+USAGE = Topic("darkroom.usage", schemas.AccountUsage)
+ACCOUNT_FLAGS = Topic("darkroom.accounts.flags", schemas.AccountFlagged)
+HEARTBEATS = Topic("darkroom.system.heartbeats", schemas.ServiceHeartbeat)
+DEAD_LETTERS = Topic("darkroom.system.dlq", schemas.DeadLetter)
+
+
+def _api_copy(topic: Topic) -> Topic:
+    if topic.api is None:
+        raise ValueError(f"{topic} has no api copy")
+    return topic.api
+
 
 # API traffic's own copies of every topic a job travels through, so a surge of consumer
 # jobs never sits in front of an api job in a partition or a consumer group. Publishers
 # route by the envelope's tier (`route`); each service's runtime runs a second consumer
-# group, "<group>-api", on these (libs.runtime.service).
-IMAGE_COMMANDS_API = "darkroom.images.commands.api"
-REQUEST_EVENTS_API = "darkroom.requests.events.api"
-RENDER_PROGRESS_API = "darkroom.render.progress.api"
-SAFETY_CHECKS_API = "darkroom.safety.checks.api"
-SAFETY_VERDICTS_API = "darkroom.safety.verdicts.api"
-STORAGE_BLOBS_API = "darkroom.storage.blobs.api"
-STORAGE_EVENTS_API = "darkroom.storage.events.api"
-
-API_TIER = "api"
-API_VARIANTS = {
-    IMAGE_COMMANDS: IMAGE_COMMANDS_API,
-    REQUEST_EVENTS: REQUEST_EVENTS_API,
-    RENDER_PROGRESS: RENDER_PROGRESS_API,
-    SAFETY_CHECKS: SAFETY_CHECKS_API,
-    SAFETY_VERDICTS: SAFETY_VERDICTS_API,
-    STORAGE_BLOBS: STORAGE_BLOBS_API,
-    STORAGE_EVENTS: STORAGE_EVENTS_API,
-}
-"""A job-path topic -> the copy that carries api-tier jobs."""
-
-
-def route(topic: str, tier: str | None) -> str:
-    """The topic a message of this tier goes to: the api copy for api-tier jobs."""
-    return API_VARIANTS.get(topic, topic) if tier == API_TIER else topic
-
-
-def with_api_copies(names: list[str] | tuple[str, ...]) -> list[str]:
-    """The topics and, after them, the api copies of those that have one (for readers of all traffic)."""
-    return [*names, *(API_VARIANTS[t] for t in names if t in API_VARIANTS)]
-
+# group, "<group>-api", on these (libs.runtime.service.member_groups).
+IMAGE_COMMANDS_API = _api_copy(IMAGE_COMMANDS)
+REQUEST_EVENTS_API = _api_copy(REQUEST_EVENTS)
+RENDER_PROGRESS_API = _api_copy(RENDER_PROGRESS)
+SAFETY_CHECKS_API = _api_copy(SAFETY_CHECKS)
+SAFETY_VERDICTS_API = _api_copy(SAFETY_VERDICTS)
+STORAGE_BLOBS_API = _api_copy(STORAGE_BLOBS)
+STORAGE_EVENTS_API = _api_copy(STORAGE_EVENTS)
 
 ALL_TOPICS = (
     IMAGE_COMMANDS,
@@ -85,5 +168,41 @@ ALL_TOPICS = (
     ACCOUNT_FLAGS,
     HEARTBEATS,
     DEAD_LETTERS,
-    *API_VARIANTS.values(),
+    IMAGE_COMMANDS_API,
+    REQUEST_EVENTS_API,
+    RENDER_PROGRESS_API,
+    SAFETY_CHECKS_API,
+    SAFETY_VERDICTS_API,
+    STORAGE_BLOBS_API,
+    STORAGE_EVENTS_API,
 )
+
+_BY_NAME = {str(topic): topic for topic in ALL_TOPICS}
+
+
+def declared(name: str) -> Topic | None:
+    """The topic of a name, or None for a name this module does not declare.
+
+    A name read back as a plain `str` (from a record, or a message saved in a document)
+    finds its topic again here; a `Topic` is its own answer.
+    """
+    return name if isinstance(name, Topic) else _BY_NAME.get(name)
+
+
+def route(topic: str, tier: str | None) -> str:
+    """The topic a message of this tier goes to: the api copy for api-tier jobs."""
+    if tier != API_TIER:
+        return topic
+    found = declared(topic)
+    return found.api if found is not None and found.api is not None else topic
+
+
+def api_copy(name: str) -> Topic | None:
+    """The api copy of a topic, or None where it has none (or the name is not declared)."""
+    found = declared(name)
+    return found.api if found is not None else None
+
+
+def with_api_copies(names: Sequence[str]) -> list[str]:
+    """The topics and, after them, the api copies of those that have one (for readers of all traffic)."""
+    return [*names, *(copy for copy in map(api_copy, names) if copy is not None)]

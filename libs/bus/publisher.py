@@ -20,7 +20,8 @@ class EventPublisher:
     """Puts envelopes on topics, one producer span per message.
 
     The key defaults to the envelope's aggregate id, so every event of one aggregate
-    lands on one partition, in order.
+    lands on one partition, in order. An envelope whose type its topic does not carry
+    (`libs.topics.Topic.check`) is refused before anything is sent.
     """
 
     def __init__(self, producer: Producer, route: Callable[[str, str | None], str] | None = None) -> None:
@@ -58,7 +59,14 @@ class EventPublisher:
 
         Returns:
             Where the message landed.
+
+        Raises:
+            libs.topics.UndeclaredEvent: The topic does not carry the envelope's type (a
+                topic libs.topics does not declare, e.g. a test's, carries anything).
         """
+        declared = topic if isinstance(topic, topics.Topic) else topics.declared(topic)
+        if declared is not None and envelope.type not in declared.type_names:
+            declared.check(envelope.type)
         if self._route is not None:
             topic = self._route(topic, envelope.tier)
         with _tracer.start_as_current_span(

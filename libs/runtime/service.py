@@ -44,7 +44,7 @@ def member_groups(group: str, names: Sequence[str], traffic: str = "all") -> lis
     """The consumer-group members a subscription runs: one per traffic, same handler.
 
     A group on job-path topics gets a second member, group "<group>-api" on the api
-    copies (libs.topics.API_VARIANTS), so api-tier jobs never wait in a partition or a
+    copies (`libs.topics.Topic.api`), so api-tier jobs never wait in a partition or a
     fetch behind consumer traffic. A process of one traffic (`traffic` "consumer" or "api",
     the setting `DARKROOM_TRAFFIC`) runs only that traffic's member, so the api path can
     have processes (and CPU) of its own. A group-less reader (a live view of every
@@ -52,11 +52,11 @@ def member_groups(group: str, names: Sequence[str], traffic: str = "all") -> lis
     topics (those without an api copy) whatever the traffic, so a gateway of the api path
     never reads the consumer tiers' progress.
     """
-    copies = [topics.API_VARIANTS[t] for t in names if t in topics.API_VARIANTS]
+    copies: list[str] = [copy for copy in map(topics.api_copy, names) if copy is not None]
     if not copies:
         return [(group, list(names))]
     if not group:
-        shared = [t for t in names if t not in topics.API_VARIANTS]
+        shared = [t for t in names if topics.api_copy(t) is None]
         own = {"consumer": list(names), "api": [*shared, *copies]}
         return [(group, own.get(traffic, [*names, *copies]))]
     members = {"consumer": (group, list(names)), "api": (f"{group}-api", copies)}
@@ -104,7 +104,7 @@ class ServiceRuntime:
     def __post_init__(self) -> None:
         if not self.instance_id:
             self.instance_id = self.settings.instance_id or f"{self.name}-{socket.gethostname()}-{os.getpid()}"
-        # api-tier jobs travel on their own topics (libs.topics.API_VARIANTS).
+        # api-tier jobs travel on their own topics (libs.topics.Topic.api).
         self.publisher = EventPublisher(self.producer, route=topics.route)
         self._stop = asyncio.Event()
         self._members: list[Consumer] = []

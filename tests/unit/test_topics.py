@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from copy import deepcopy
 from pathlib import Path
 
 import pytest
 
 from infra.topics import load_specs
 from libs import topics
+from libs.bus import EventPublisher
+from libs.bus.memory import InMemoryBroker
+from libs.events import REGISTRY, Envelope
+from libs.events.schemas import RenderJob, SafetyVerdict
 from libs.lanes import DEFAULT_MODEL, POOLS, lane_for, lane_name, lanes, model_topic, models, pool_group
 
 
@@ -71,8 +76,11 @@ def test_overlapping_lanes_are_rejected(tmp_path: Path) -> None:
 
 def test_every_job_path_topic_has_an_api_copy_declared_alike() -> None:
     specs = {s.name: s for s in load_specs()}
-    for topic, copy in topics.API_VARIANTS.items():
+    copies = {topic: topic.api for topic in topics.ALL_TOPICS if topic.api is not None}
+    assert len(copies) == 7
+    for topic, copy in copies.items():
         assert copy in specs and copy != topic
+        assert copy.types == topic.types and copy.api is None
         assert specs[copy].config["retention.ms"] == specs[topic].config["retention.ms"]
         assert specs[copy].config["max.message.bytes"] == specs[topic].config["max.message.bytes"]
     assert topics.route(topics.SAFETY_CHECKS, "api") == topics.SAFETY_CHECKS_API
@@ -106,3 +114,48 @@ def test_partitions_per_lane_must_be_a_multiple_of_the_declared_lanes(monkeypatc
         load_specs()
     monkeypatch.setenv("DARKROOM_PARTITIONS_PER_LANE", "12")
     assert {s.name: s.partitions for s in load_specs()}[topics.RENDER_CONSUMER] == 36
+
+
+def test_a_topic_is_its_name_wherever_a_name_goes() -> None:
+    assert isinstance(topics.IMAGE_COMMANDS, str) and topics.IMAGE_COMMANDS == "darkroom.images.commands"
+    assert {"darkroom.images.commands": 1}[topics.IMAGE_COMMANDS] == 1
+    assert f"{topics.IMAGE_COMMANDS} publish" == "darkroom.images.commands publish"
+    assert topics.declared("darkroom.images.commands") is topics.IMAGE_COMMANDS
+    assert topics.declared(topics.IMAGE_COMMANDS_API) is topics.IMAGE_COMMANDS_API
+    assert topics.declared("test.scratch") is None
+    copied = deepcopy(topics.REQUEST_EVENTS)
+    assert copied == topics.REQUEST_EVENTS and copied.types == topics.REQUEST_EVENTS.types
+    assert copied.api == topics.REQUEST_EVENTS_API
+
+
+def test_every_event_travels_on_a_topic_and_every_topic_carries_registered_events() -> None:
+    carried = {event_type for topic in topics.ALL_TOPICS for event_type in topic.types}
+    assert carried == set(REGISTRY.types())
+    assert all(topic.types for topic in topics.ALL_TOPICS)
+    assert topics.POLICIES.types == topics.POLICY_HISTORY.types
+    assert model_topic("amused-256", "consumer").types == topics.RENDER_CONSUMER.types == (RenderJob,)
+    assert topics.with_api_copies([topics.SAFETY_CHECKS, topics.HEARTBEATS]) == [
+        topics.SAFETY_CHECKS,
+        topics.HEARTBEATS,
+        topics.SAFETY_CHECKS_API,
+    ]
+
+
+async def test_publishing_an_event_its_topic_does_not_carry_fails_loudly() -> None:
+    broker = InMemoryBroker()
+    publisher = EventPublisher(broker.producer())
+    verdict = SafetyVerdict(job_id="job_1", stage="prompt", allowed=True, policy_version=1)
+    envelope = Envelope.wrap(verdict, aggregate_id="job_1")
+    with pytest.raises(topics.UndeclaredEvent, match=r"'safety.verdict' is not an event of 'darkroom.safety.checks'"):
+        await publisher.publish(topics.SAFETY_CHECKS, envelope)
+    # A name read back as a plain string (a saved outbox) is checked alike, and the api copy too.
+    with pytest.raises(topics.UndeclaredEvent):
+        await publisher.publish("darkroom.safety.checks", envelope)
+    with pytest.raises(topics.UndeclaredEvent):
+        await publisher.publish(topics.SAFETY_CHECKS_API, envelope)
+    with pytest.raises(topics.UndeclaredEvent):
+        await publisher.publish(model_topic("amused-256", "api"), envelope)
+    assert broker.records(topics.SAFETY_CHECKS) == [] and broker.records(topics.SAFETY_CHECKS_API) == []
+    await publisher.publish(topics.SAFETY_VERDICTS, envelope)
+    await publisher.publish("test.scratch", envelope)  # a topic the code does not declare carries anything
+    assert len(broker.records(topics.SAFETY_VERDICTS)) == len(broker.records("test.scratch")) == 1
