@@ -49,7 +49,7 @@ class ServiceSettings(BaseSettings):
     traffic: Literal["all", "consumer", "api"] = "all"
     """Which traffic's job-path consumer groups this process joins: both (one process serves
     consumer and api jobs), or one, so the api path runs in processes of its own
-    (libs.runtime.service.member_groups)."""
+    (libs.bus.routing.member_groups)."""
 
     def secrets(self) -> dict[str, str]:
         """Secret settings of this service, by name (checked at start-up)."""

@@ -136,8 +136,9 @@ def _api_copy(topic: Topic) -> Topic:
 
 # API traffic's own copies of every topic a job travels through, so a surge of consumer
 # jobs never sits in front of an api job in a partition or a consumer group. Publishers
-# route by the envelope's tier (`route`); each service's runtime runs a second consumer
-# group, "<group>-api", on these (libs.runtime.service.member_groups).
+# route by the envelope's tier (`route`, applied by libs.bus.routing.TierRouting); each
+# service's runtime runs a second consumer group, "<group>-api", on these
+# (libs.bus.routing.member_groups).
 IMAGE_COMMANDS_API = _api_copy(IMAGE_COMMANDS)
 REQUEST_EVENTS_API = _api_copy(REQUEST_EVENTS)
 RENDER_PROGRESS_API = _api_copy(RENDER_PROGRESS)

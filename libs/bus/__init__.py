@@ -1,7 +1,8 @@
-"""The Kafka bus: ports, adapters, publishing and the consumer loop."""
+"""The Kafka bus: ports, adapters, publishing, the consumer loop and their interceptors."""
 
 from libs.bus.consumer import EventConsumer, Handler, RetryPolicy
 from libs.bus.errors import RejectedMessage, TransientError
+from libs.bus.interceptors import Interceptor
 from libs.bus.ports import Consumer, Delivered, Producer, Record, TopicPartition
 from libs.bus.publisher import EventPublisher
 
@@ -11,6 +12,7 @@ __all__ = [
     "EventConsumer",
     "EventPublisher",
     "Handler",
+    "Interceptor",
     "Producer",
     "Record",
     "RejectedMessage",

@@ -2,8 +2,9 @@
 
 A handler receives decoded envelopes; everything else is here, once:
 
-- the record's trace context is extracted from its headers and the handler runs in
-  a consumer span that is a child of the producer's span;
+- the interceptors (libs.bus.interceptors) wrap the handling of every record: by
+  default the handler runs in a consumer span that is a child of the producer's span,
+  whose context the record's headers carry (libs.bus.tracing);
 - bytes that are not a valid envelope, and messages the handler rejects, go to the
   dead-letter topic with the reason and the original coordinates, and the loop moves
   on, so a poison message never blocks its partition;
@@ -26,22 +27,20 @@ import asyncio
 import base64
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
-from opentelemetry import trace
-from opentelemetry.trace import SpanKind, Status, StatusCode
+from prometheus_client import Counter, Histogram
 
 from libs.bus.errors import RejectedMessage, TransientError
+from libs.bus.interceptors import DeadLettered, Handled, Interceptor, Member, chain_inbound
 from libs.bus.ports import Consumer, Record, TopicPartition
-from libs.bus.publisher import EventPublisher
-from libs.bus.tracing import extract_context
+from libs.bus.publisher import DEFAULT_INTERCEPTORS, EventPublisher
 from libs.events import DecodeError, Envelope
 from libs.events.schemas import DeadLetter
 from libs.metrics import CONSUMER_LAG, DEAD_LETTERS, EVENTS_HANDLED, HANDLER_SECONDS
 
 log = logging.getLogger(__name__)
-_tracer = trace.get_tracer("darkroom.bus")
 
 Handler = Callable[[Envelope, Record], Awaitable[None]]
 BeforePoll = Callable[[Consumer], Awaitable[int | None]]
@@ -80,7 +79,13 @@ class EventConsumer:
         max_records: int = 100,
         concurrency: int = 1,
         before_poll: BeforePoll | None = None,
+        interceptors: Sequence[Interceptor] = DEFAULT_INTERCEPTORS,
     ) -> None:
+        """Wires the loop.
+
+        Args (beyond the obvious): `interceptors` wrap the handling of every record, the
+        first outermost (libs.bus.interceptors); a consumer span per record by default.
+        """
         self._consumer = consumer
         self._before_poll = before_poll
         self._handler = handler
@@ -95,6 +100,10 @@ class EventConsumer:
         self.handled = 0
         self.dead_lettered = 0
         self._lag_read_at = 0.0
+        # Per event type, the handler's timer and its "ok" counter, looked up once:
+        # `labels` costs more per record than the interceptor chain does.
+        self._handled_ok: dict[str, tuple[Histogram, Counter]] = {}
+        self._process = chain_inbound(interceptors, self._handle, Member(service, group))
 
     @property
     def consumer(self) -> Consumer:
@@ -122,7 +131,7 @@ class EventConsumer:
                 if stop.is_set() and record.tp not in done:
                     # Shutting down: leave untouched partitions for the next member.
                     continue
-                await self.process(record)
+                await self._process(record)
                 done[record.tp] = record.offset + 1
             if done:
                 await self._consumer.commit(done)
@@ -151,38 +160,21 @@ class EventConsumer:
         async def handle_in_order(group: list[Record]) -> None:
             async with slots:
                 for record in group:
-                    await self.process(record)
+                    await self._process(record)
 
         await asyncio.gather(*(handle_in_order(group) for group in by_key.values()))
 
     async def process(self, record: Record) -> None:
         """Handle one record completely: handled, or dead-lettered with the reason."""
-        parent = extract_context(record.headers)
-        with _tracer.start_as_current_span(
-            f"{record.topic} process",
-            context=parent,
-            kind=SpanKind.CONSUMER,
-            attributes={
-                "messaging.system": "kafka",
-                "messaging.destination.name": record.topic,
-                "messaging.consumer.group.name": self._group,
-                "messaging.kafka.destination.partition": record.partition,
-                "messaging.kafka.message.offset": record.offset,
-                "darkroom.service": self._service,
-            },
-        ) as span:
-            try:
-                envelope = Envelope.from_bytes(record.value)
-            except DecodeError as exc:
-                span.set_status(Status(StatusCode.ERROR, str(exc)))
-                await self._dead_letter(record, str(exc), "DecodeError", attempts=1)
-                return
-            span.set_attribute("messaging.message.id", envelope.event_id)
-            span.set_attribute("darkroom.event.type", envelope.type)
-            span.set_attribute("darkroom.aggregate.id", envelope.aggregate_id)
-            await self._handle_with_retries(envelope, record, span)
+        await self._process(record)
 
-    async def _handle_with_retries(self, envelope: Envelope, record: Record, span: trace.Span) -> None:
+    async def _handle(self, record: Record) -> Handled:
+        """Decode and handle a record, retrying as the policy says; dead-letter it when that fails."""
+        try:
+            envelope = Envelope.from_bytes(record.value)
+        except DecodeError as exc:
+            await self._dead_letter(record, str(exc), "DecodeError", attempts=1)
+            return DeadLettered(None, exc)
         attempt = 0
         backoff = self._retry.initial_backoff_s
         began = time.perf_counter()
@@ -191,25 +183,28 @@ class EventConsumer:
             try:
                 await self._handler(envelope, record)
                 self.handled += 1
-                HANDLER_SECONDS.labels(self._service, self._group, envelope.type).observe(time.perf_counter() - began)
-                EVENTS_HANDLED.labels(self._service, self._group, envelope.type, "ok").inc()
-                return
+                metrics = self._handled_ok.get(envelope.type)
+                if metrics is None:
+                    metrics = self._handled_ok[envelope.type] = (
+                        HANDLER_SECONDS.labels(self._service, self._group, envelope.type),
+                        EVENTS_HANDLED.labels(self._service, self._group, envelope.type, "ok"),
+                    )
+                metrics[0].observe(time.perf_counter() - began)
+                metrics[1].inc()
+                return envelope
             except TransientError as exc:
                 log.warning("transient failure on %s@%d, retrying: %s", record.topic, record.offset, exc)
             except (RejectedMessage, DecodeError) as exc:
-                span.set_status(Status(StatusCode.ERROR, str(exc)))
                 EVENTS_HANDLED.labels(self._service, self._group, envelope.type, "dead_lettered").inc()
                 await self._dead_letter(record, str(exc), type(exc).__name__, attempts=attempt)
-                return
+                return DeadLettered(envelope, exc)
             except Exception as exc:
                 if attempt >= self._retry.max_attempts:
-                    span.record_exception(exc)
-                    span.set_status(Status(StatusCode.ERROR, str(exc)))
                     log.exception("giving up on %s@%d after %d attempts", record.topic, record.offset, attempt)
                     reason = f"handler failed {attempt} times: {exc!r}"
                     EVENTS_HANDLED.labels(self._service, self._group, envelope.type, "dead_lettered").inc()
                     await self._dead_letter(record, reason, type(exc).__name__, attempts=attempt)
-                    return
+                    return DeadLettered(envelope, exc, exhausted=True)
                 log.warning("handler error on %s@%d (attempt %d): %r", record.topic, record.offset, attempt, exc)
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, self._retry.max_backoff_s)

@@ -1,40 +1,44 @@
-"""Publishing envelopes: serialization, keys and trace context in headers."""
+"""Publishing envelopes: serialization and keys, with the interceptors around the send."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Sequence
 
-from opentelemetry import trace
-from opentelemetry.trace import SpanKind
+from prometheus_client import Counter
 
 from libs import topics
+from libs.bus.interceptors import Interceptor, Outgoing, chain_outbound
 from libs.bus.ports import Delivered, Producer
-from libs.bus.tracing import inject_headers
+from libs.bus.tracing import Tracing
 from libs.events import Envelope, Event
 from libs.metrics import EVENTS_PUBLISHED
 
-_tracer = trace.get_tracer("darkroom.bus")
+DEFAULT_INTERCEPTORS: tuple[Interceptor, ...] = (Tracing(),)
+"""What the bus applies unless told otherwise: a span per message, its context in the
+headers. A service's runtime adds tier routing in front (libs.bus.routing)."""
 
 
 class EventPublisher:
-    """Puts envelopes on topics, one producer span per message.
+    """Puts envelopes on topics, each through the interceptors.
 
     The key defaults to the envelope's aggregate id, so every event of one aggregate
     lands on one partition, in order. An envelope whose type its topic does not carry
     (`libs.topics.Topic.check`) is refused before anything is sent.
     """
 
-    def __init__(self, producer: Producer, route: Callable[[str, str | None], str] | None = None) -> None:
+    def __init__(self, producer: Producer, interceptors: Sequence[Interceptor] = DEFAULT_INTERCEPTORS) -> None:
         """Wraps a producer.
 
         Args:
             producer: Sends the bytes.
-            route: Picks the topic a message really goes to from the topic asked for and the
-                envelope's tier (services route api-tier jobs to their own topics with
-                `libs.topics.route`); None sends every message where it is asked to go.
+            interceptors: Applied to every message, the first outermost
+                (libs.bus.interceptors); a span per message by default.
         """
         self._producer = producer
-        self._route = route
+        self._send = chain_outbound(interceptors, self._deliver)
+        # The counter of each topic and type, looked up once: `labels` costs more per
+        # message than the interceptor chain does.
+        self._published: dict[tuple[str, str], Counter] = {}
 
     @property
     def producer(self) -> Producer:
@@ -52,7 +56,7 @@ class EventPublisher:
         """Publish one envelope and wait for the broker's acknowledgement.
 
         Args:
-            topic: Destination topic.
+            topic: Destination topic (interceptors may send it to another, e.g. its api copy).
             envelope: The message.
             key: Partitioning key; the aggregate id when omitted.
             partition: An explicit partition (lanes pick one); otherwise by key.
@@ -67,29 +71,22 @@ class EventPublisher:
         declared = topic if isinstance(topic, topics.Topic) else topics.declared(topic)
         if declared is not None and envelope.type not in declared.type_names:
             declared.check(envelope.type)
-        if self._route is not None:
-            topic = self._route(topic, envelope.tier)
-        with _tracer.start_as_current_span(
-            f"{topic} publish",
-            kind=SpanKind.PRODUCER,
-            attributes={
-                "messaging.system": "kafka",
-                "messaging.destination.name": topic,
-                "messaging.message.id": envelope.event_id,
-                "darkroom.event.type": envelope.type,
-                "darkroom.aggregate.id": envelope.aggregate_id,
-            },
-        ) as span:
-            delivered = await self._producer.send(
-                topic,
-                envelope.to_bytes(),
-                key=(key if key is not None else envelope.aggregate_id).encode(),
-                headers=inject_headers(),
-                partition=partition,
-            )
-            span.set_attribute("messaging.kafka.destination.partition", delivered.partition)
-            span.set_attribute("messaging.kafka.message.offset", delivered.offset)
-        EVENTS_PUBLISHED.labels(topic, envelope.type).inc()
+        key_bytes = (key if key is not None else envelope.aggregate_id).encode()
+        return await self._send(Outgoing(topic, envelope, key_bytes, partition, []))
+
+    async def _deliver(self, message: Outgoing) -> Delivered:
+        delivered = await self._producer.send(
+            message.topic,
+            message.envelope.to_bytes(),
+            key=message.key,
+            headers=message.headers,
+            partition=message.partition,
+        )
+        labels = (message.topic, message.envelope.type)
+        counter = self._published.get(labels)
+        if counter is None:
+            counter = self._published[labels] = EVENTS_PUBLISHED.labels(*labels)
+        counter.inc()
         return delivered
 
 

@@ -4,7 +4,9 @@ A service's entrypoint builds a `ServiceRuntime` (its name, settings, handlers f
 its subscriptions, extra health checks and background tasks) in its bootstrap
 function and calls `run_service`. The runtime:
 
-- starts the producer and one consumer-group member per subscription;
+- starts the producer and one consumer-group member per subscription (and one on the
+  api copies of job-path topics, libs.bus.routing.member_groups), the publisher and every
+  consumer loop applying its `interceptors` (tier routing, then tracing);
 - publishes a heartbeat every `heartbeat_interval_s` (the gateway's /healthz and
   `make status` read them) and serves GET /healthz on the health port;
 - on SIGTERM/SIGINT stops fetching, lets every consumer finish the record in hand
@@ -27,7 +29,9 @@ from typing import Any
 from libs import topics
 from libs.bus import EventConsumer, EventPublisher, Handler, RetryPolicy
 from libs.bus.consumer import BeforePoll
+from libs.bus.interceptors import Interceptor
 from libs.bus.ports import Consumer, Producer
+from libs.bus.routing import SERVICE_INTERCEPTORS, member_groups
 from libs.events import Envelope
 from libs.events.schemas import BatchLoad, LaneLoad, ServiceHeartbeat
 from libs.runtime.health import HealthServer
@@ -38,29 +42,6 @@ log = logging.getLogger(__name__)
 HealthCheck = Callable[[], Awaitable[bool]]
 BackgroundTask = Callable[[asyncio.Event], Coroutine[object, object, None]]
 ConsumerFactory = Callable[[str, Sequence[str]], Consumer]
-
-
-def member_groups(group: str, names: Sequence[str], traffic: str = "all") -> list[tuple[str, list[str]]]:
-    """The consumer-group members a subscription runs: one per traffic, same handler.
-
-    A group on job-path topics gets a second member, group "<group>-api" on the api
-    copies (`libs.topics.Topic.api`), so api-tier jobs never wait in a partition or a
-    fetch behind consumer traffic. A process of one traffic (`traffic` "consumer" or "api",
-    the setting `DARKROOM_TRAFFIC`) runs only that traffic's member, so the api path can
-    have processes (and CPU) of its own. A group-less reader (a live view of every
-    message) reads its process's traffic: both in one member for "all", and the other
-    topics (those without an api copy) whatever the traffic, so a gateway of the api path
-    never reads the consumer tiers' progress.
-    """
-    copies: list[str] = [copy for copy in map(topics.api_copy, names) if copy is not None]
-    if not copies:
-        return [(group, list(names))]
-    if not group:
-        shared = [t for t in names if topics.api_copy(t) is None]
-        own = {"consumer": list(names), "api": [*shared, *copies]}
-        return [(group, own.get(traffic, [*names, *copies]))]
-    members = {"consumer": (group, list(names)), "api": (f"{group}-api", copies)}
-    return [members[traffic]] if traffic in members else list(members.values())
 
 
 @dataclass
@@ -100,12 +81,14 @@ class ServiceRuntime:
     """What this instance knows of the lanes, sent with every heartbeat."""
     batch_report: Callable[[], BatchLoad] | None = None
     """A decoder's batch (occupancy, pass time, throughput), sent with every heartbeat."""
+    interceptors: Sequence[Interceptor] = SERVICE_INTERCEPTORS
+    """Around every message the service sends and every record it handles (libs.bus.interceptors):
+    api-tier jobs routed to their own topics, then a span per message."""
 
     def __post_init__(self) -> None:
         if not self.instance_id:
             self.instance_id = self.settings.instance_id or f"{self.name}-{socket.gethostname()}-{os.getpid()}"
-        # api-tier jobs travel on their own topics (libs.topics.Topic.api).
-        self.publisher = EventPublisher(self.producer, route=topics.route)
+        self.publisher = EventPublisher(self.producer, self.interceptors)
         self._stop = asyncio.Event()
         self._members: list[Consumer] = []
         self._tasks: list[asyncio.Task[None]] = []
@@ -157,6 +140,7 @@ class ServiceRuntime:
                         max_records=sub.max_records,
                         concurrency=sub.concurrency,
                         before_poll=sub.before_poll,
+                        interceptors=self.interceptors,
                     )
                 )
         self._health = HealthServer(self.health_report, self.settings.health_host, self.settings.health_port)

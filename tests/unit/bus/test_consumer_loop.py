@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
 import pytest
 from prometheus_client import REGISTRY as PROCESS_REGISTRY
 
 from libs import topics
-from libs.bus import EventConsumer, EventPublisher, Record, RejectedMessage, RetryPolicy, TransientError
+from libs.bus import EventConsumer, EventPublisher, Interceptor, Record, RejectedMessage, RetryPolicy, TransientError
 from libs.bus.memory import InMemoryBroker
 from libs.bus.ports import TopicPartition
+from libs.bus.publisher import DEFAULT_INTERCEPTORS
 from libs.events import REGISTRY, Envelope
 from libs.events.schemas import DeadLetter, ServiceHeartbeat
 
@@ -31,7 +32,11 @@ class Harness:
         self.seen: list[Envelope] = []
 
     async def run(
-        self, handler: Callable[[Envelope, Record], Awaitable[None]], until: int, concurrency: int = 1
+        self,
+        handler: Callable[[Envelope, Record], Awaitable[None]],
+        until: int,
+        concurrency: int = 1,
+        interceptors: Sequence[Interceptor] = DEFAULT_INTERCEPTORS,
     ) -> EventConsumer:
         """Run a consumer until `until` records were handled or dead-lettered."""
         consumer = self.broker.consumer("g", [TOPIC])
@@ -46,6 +51,7 @@ class Harness:
             retry=FAST,
             poll_timeout_ms=20,
             concurrency=concurrency,
+            interceptors=interceptors,
         )
         stop = asyncio.Event()
         task = asyncio.create_task(loop.run(stop))

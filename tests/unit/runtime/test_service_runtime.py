@@ -12,7 +12,7 @@ from libs.bus import EventPublisher
 from libs.bus.memory import InMemoryBroker
 from libs.events import REGISTRY, Envelope
 from libs.events.schemas import DeadLetter, ServiceHeartbeat
-from libs.runtime.service import member_groups, run_service
+from libs.runtime.service import run_service
 from libs.settings import StorageSettings
 from libs.stores.memory import InMemoryBlobStore, InMemoryDocumentStore
 from services.storage.bootstrap import bootstrap
@@ -111,27 +111,6 @@ async def test_the_health_endpoint_answers_over_http() -> None:
     finally:
         await server.stop()
         stop.set()
-
-
-def test_job_path_groups_get_a_member_for_api_traffic() -> None:
-    assert member_groups("requests", [topics.IMAGE_COMMANDS, topics.SAFETY_VERDICTS]) == [
-        ("requests", [topics.IMAGE_COMMANDS, topics.SAFETY_VERDICTS]),
-        ("requests-api", [topics.IMAGE_COMMANDS_API, topics.SAFETY_VERDICTS_API]),
-    ]
-    # A live reader without a group reads both traffics; other topics are left alone.
-    assert member_groups("", [topics.REQUEST_EVENTS]) == [("", [topics.REQUEST_EVENTS, topics.REQUEST_EVENTS_API])]
-    assert member_groups("decoder-api", [topics.RENDER_API]) == [("decoder-api", [topics.RENDER_API])]
-    # A process of one traffic runs that traffic's member only; a reader without a group
-    # reads its traffic's copies and every topic that has none.
-    names = [topics.IMAGE_COMMANDS]
-    assert member_groups("requests", names, "consumer") == [("requests", [topics.IMAGE_COMMANDS])]
-    assert member_groups("requests", names, "api") == [("requests-api", [topics.IMAGE_COMMANDS_API])]
-    live = [topics.REQUEST_EVENTS, topics.RENDER_PROGRESS, topics.ACCOUNT_EVENTS]
-    assert member_groups("", live, "api") == [
-        ("", [topics.ACCOUNT_EVENTS, topics.REQUEST_EVENTS_API, topics.RENDER_PROGRESS_API])
-    ]
-    assert member_groups("", live, "consumer") == [("", live)]
-    assert member_groups("", live) == [("", [*live, topics.REQUEST_EVENTS_API, topics.RENDER_PROGRESS_API])]
 
 
 async def test_the_metrics_endpoint_serves_the_process_metrics_in_prometheus_format() -> None:
