@@ -499,6 +499,23 @@ class Stack:
         wait_until(lambda: self.healthy(name), name, proc, timeout_s)
         self.say(f"  {name:9} healthy in {time.monotonic() - t0:4.1f}s (pid {proc.pid()})")
 
+    def kafka_leader(self, topic: str, partition: int = 0) -> KafkaNode:
+        """The node that leads `topic`'s `partition` now, as the cluster describes it (the
+        one to kill in a failover test); from a thread when called inside an event loop."""
+        return asyncio.run(self._kafka_leader(topic, partition))
+
+    async def _kafka_leader(self, topic: str, partition: int) -> KafkaNode:
+        from aiokafka.admin import AIOKafkaAdminClient
+
+        admin = AIOKafkaAdminClient(bootstrap_servers=self.profile.kafka_bootstrap)
+        await admin.start()
+        try:
+            [described] = await admin.describe_topics([topic])
+        finally:
+            await admin.close()
+        leader = next(p["leader"] for p in described["partitions"] if p["partition"] == partition)
+        return next(n for n in self.profile.kafka_nodes if n.node_id == leader)
+
     def start_kafka(self, node: KafkaNode | None = None) -> None:
         """Start one KRaft node (the first when `node` is None), formatting its storage once."""
         node = node or self.profile.kafka_nodes[0]

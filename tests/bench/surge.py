@@ -54,7 +54,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from aiokafka.admin import AIOKafkaAdminClient
 
 from infra import paths
 from infra.stack import Profile, Stack, wait_until
@@ -437,14 +436,7 @@ class Surge:
         partition 0 and hold it down for a third of the spike; then start it again."""
         shape = self.plan.shape
         await asyncio.sleep(max(0.0, shape.baseline_s + shape.spike_s / 3 - self.now_s()))
-        admin = AIOKafkaAdminClient(bootstrap_servers=self.profile.kafka_bootstrap)
-        await admin.start()
-        try:
-            [described] = await admin.describe_topics([topics.REQUEST_EVENTS])
-        finally:
-            await admin.close()
-        leader = next(p["leader"] for p in described["partitions"] if p["partition"] == 0)
-        node = next(n for n in self.profile.kafka_nodes if n.node_id == leader)
+        node = await asyncio.to_thread(self.stack.kafka_leader, topics.REQUEST_EVENTS)
         await asyncio.to_thread(self.stack.proc(node.name).kill_and_hold)
         self.failover = {"node": node.name, "killed_s": round(self.now_s(), 2)}
         print(f"  {self.now_s():6.1f}s  killed {node.name} (kill -9; leader of {topics.REQUEST_EVENTS}[0])")

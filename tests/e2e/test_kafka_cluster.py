@@ -92,8 +92,7 @@ def test_every_declared_topic_has_three_replicas_and_needs_two(cluster: Stack) -
 
 def _kill_leader(stack: Stack, topic: str) -> str:
     """Kill -9 the node that leads partition 0 of `topic` (its supervisor restarts it); its name."""
-    leader = asyncio.run(_partitions(stack.profile.kafka_bootstrap, topic))[0]["leader"]
-    killed = next(n.name for n in stack.profile.kafka_nodes if n.node_id == leader)
+    killed = stack.kafka_leader(topic).name
     pid = stack.proc(killed).pid()
     assert pid is not None
     os.kill(pid, signal.SIGKILL)
