@@ -33,8 +33,9 @@ class ServiceSettings(BaseSettings):
     kafka_replication_factor: int = 1
     """The cluster's replication factor (3 on a cluster of three): for topics a service creates
     itself (the metering service's table changelogs)."""
-    kafka_fetch_max_wait_ms: int = 100
-    """How long the broker holds a consumer's fetch when there is nothing new (see libs.bus.kafka)."""
+    kafka_fetch_max_wait_ms: int = 500
+    """How long the broker holds a consumer's fetch when there is nothing new (see libs.bus.kafka):
+    every idle consumer of every service sends one fetch per wait."""
     otlp_endpoint: str = ""
     """OTLP/HTTP base URL traces are exported to; none (and no span recorded) when empty."""
     trace_sample_ratio: float = Field(default=1.0, ge=0.0, le=1.0)

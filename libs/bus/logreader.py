@@ -46,6 +46,7 @@ class KafkaLogReader(KafkaConsumer):
         *,
         client_id: str,
         since_ms: Mapping[str, int] | None = None,
+        fetch_max_wait_ms: int = 500,
     ) -> None:
         """Creates the reader (connects on start).
 
@@ -55,8 +56,16 @@ class KafkaLogReader(KafkaConsumer):
             client_id: Client id shown in broker logs.
             since_ms: Per topic, a time (Unix ms) to start reading from instead of the
                 beginning: the first record at or after it (the end when there is none).
+            fetch_max_wait_ms: How long the broker holds a fetch when nothing is new.
         """
-        super().__init__(bootstrap, group=None, topics=topics, client_id=client_id, auto_offset_reset="earliest")
+        super().__init__(
+            bootstrap,
+            group=None,
+            topics=topics,
+            client_id=client_id,
+            auto_offset_reset="earliest",
+            fetch_max_wait_ms=fetch_max_wait_ms,
+        )
         self._since_ms = dict(since_ms or {})
         self._ends: dict[KafkaTopicPartition, int] | None = None
 

@@ -117,7 +117,11 @@ def create_app(
 
     limits = limits or Limits(AccessState(), UsageLedger(job_hold_s=settings.job_hold_s))
     if readers is None:
-        readers = port_readers(consumer_factory) if consumer_factory else kafka_readers(settings.kafka_bootstrap)
+        readers = (
+            port_readers(consumer_factory)
+            if consumer_factory
+            else kafka_readers(settings.kafka_bootstrap, settings.kafka_fetch_max_wait_ms)
+        )
     access_feed = Feed(
         "access",
         readers("access", [topics.POLICIES, topics.REVOCATIONS, topics.ACCOUNT_TIERS], {}),

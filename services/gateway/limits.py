@@ -59,11 +59,17 @@ ReaderFactory = Callable[[str, Sequence[str], Mapping[str, int]], LogReader]
 """(name, topics, start time in Unix ms per topic) -> a reader, not started."""
 
 
-def kafka_readers(bootstrap: str) -> ReaderFactory:
+def kafka_readers(bootstrap: str, fetch_max_wait_ms: int = 500) -> ReaderFactory:
     """Readers on Kafka that start at the given times (the beginning for other topics)."""
 
     def make(name: str, names: Sequence[str], since_ms: Mapping[str, int]) -> LogReader:
-        return KafkaLogReader(bootstrap, names, client_id=f"darkroom-gateway-{name}", since_ms=since_ms)
+        return KafkaLogReader(
+            bootstrap,
+            names,
+            client_id=f"darkroom-gateway-{name}",
+            since_ms=since_ms,
+            fetch_max_wait_ms=fetch_max_wait_ms,
+        )
 
     return make
 

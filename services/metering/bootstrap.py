@@ -61,7 +61,12 @@ def bootstrap(
     access_topics = [topics.POLICIES, topics.ACCOUNT_TIERS]
     if access_reader is None:
         if consumer_factory is None:
-            access_reader = KafkaLogReader(settings.kafka_bootstrap, access_topics, client_id=f"darkroom-{SERVICE}")
+            access_reader = KafkaLogReader(
+                settings.kafka_bootstrap,
+                access_topics,
+                client_id=f"darkroom-{SERVICE}",
+                fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms,
+            )
         else:
             access_reader = PortLogReader(consumer_factory(f"{SERVICE}-access-{new_ulid()}", access_topics))
     reader = access_reader
