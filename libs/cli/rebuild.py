@@ -33,7 +33,8 @@ from libs.events.schemas import JobAccepted, StoreImage
 from libs.readmodels.catalog import IMAGE_HASHES
 from libs.readmodels.catalog import IMAGES as CATALOG_IMAGES
 from libs.readmodels.idempotency import KEYS, claim_document, claim_id, request_fingerprint
-from libs.readmodels.jobs import JOBS, JobProjection, accepted_seed
+from libs.readmodels.jobs import JOBS, JobProjection
+from libs.readmodels.view import accepted_seed
 from libs.storage_plan import IMAGES, InvalidImage, plan_storage
 from libs.stores.mongo import MongoDocumentStore
 from libs.stores.ports import DocumentStore

@@ -23,8 +23,7 @@ from libs.lanes import DEFAULT_MODEL
 from libs.stores.ports import DocumentStore
 
 if TYPE_CHECKING:
-    # The job read model records a completed job's images here: it imports this module.
-    from libs.readmodels.jobs import JobView
+    from libs.readmodels.view import JobView
 
 IMAGES: Final = "gateway_images"
 IMAGE_HASHES: Final = "gateway_image_hashes"

@@ -31,7 +31,7 @@ from libs.events import DecodeError, Envelope
 from libs.events.schemas import RolloutChanged, TierPolicyChanged
 from libs.jobs import Status
 from libs.lanes import POOLS
-from libs.readmodels.jobs import JobView
+from libs.readmodels.view import JobView
 from services.gateway.context import Gateway, get_operator
 from services.gateway.errors import APIError, invalid
 from services.gateway.jobs_http import job_object

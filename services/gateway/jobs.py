@@ -30,7 +30,7 @@ from libs.events import Envelope, new_ulid
 from libs.events.schemas import CancelJob, GenerateImage, JobSpec, RenderProgressed
 from libs.jobs import new_job, preview_passes
 from libs.readmodels.idempotency import request_fingerprint
-from libs.readmodels.jobs import JobView
+from libs.readmodels.view import JobView
 from libs.stores.ports import StoreUnavailable
 from services.gateway.context import Gateway
 from services.gateway.idempotency import MAX_KEY_LENGTH, KeyReused

@@ -21,7 +21,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from libs.apikeys import Principal
 from libs.events.schemas import JobSpec
-from libs.readmodels.jobs import JobView
+from libs.readmodels.view import JobView
 from services.gateway import jobs
 from services.gateway.context import Gateway
 from services.gateway.errors import APIError, invalid, refused

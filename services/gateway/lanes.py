@@ -32,7 +32,6 @@ from dataclasses import dataclass
 from libs.bus.offsets import LaneCounts, LaneOffsets
 from libs.events.schemas import LaneLoad
 from libs.lanes import Lane, lanes
-from services.gateway.errors import refused
 from services.gateway.refusals import Refusal
 
 log = logging.getLogger(__name__)
@@ -173,16 +172,6 @@ class LaneMonitor:
             )
         self._admitted[lane] += 1
         return None
-
-    def admit(self, lane: str) -> None:
-        """`take`, for a caller that answers a full lane at once.
-
-        Raises:
-            APIError: The refusal `take` returns.
-        """
-        refusal = self.take(lane)
-        if refusal is not None:
-            raise refused(refusal)
 
     def figures(self) -> list[LaneFigures]:
         """Every lane now."""

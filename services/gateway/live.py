@@ -19,7 +19,7 @@ from libs import topics
 from libs.bus import Record
 from libs.events import REGISTRY, Envelope
 from libs.events.schemas import RenderProgressed
-from libs.readmodels.jobs import JobView, project
+from libs.readmodels.view import JobView, project
 from libs.recent import RecentMap
 
 JOB_EVENT_PREFIX = "images.job_"

@@ -20,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from libs.events import REGISTRY, DecodeError, Envelope
 from libs.events.schemas import GenerateImage, JobCompleted
 from libs.jobs import TERMINAL
-from libs.readmodels.jobs import JobView, project
+from libs.readmodels.view import JobView, project
 
 TIERS = ("pro", "plus", "free", "api")
 PAID = ("pro", "plus")

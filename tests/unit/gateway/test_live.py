@@ -7,7 +7,8 @@ from datetime import UTC, datetime
 from libs.bus import Record
 from libs.events import Envelope, Event
 from libs.events.schemas import JobAccepted, JobBlocked, JobProgressed, JobQueued, RenderProgressed
-from libs.readmodels.jobs import JobProjection, JobView
+from libs.readmodels.jobs import JobProjection
+from libs.readmodels.view import JobView
 from libs.stores.memory import InMemoryDocumentStore
 from services.gateway.live import JobFollower, LiveEvents
 from tests.helpers import job_spec

@@ -31,7 +31,7 @@ from libs.events.schemas import (
 )
 from libs.jobs import content_check_passes, preview_passes
 from libs.lanes import lane_for
-from libs.readmodels.jobs import JobView, project
+from libs.readmodels.view import JobView, project
 from services.requests.domain import Checkpoint, Decision, JobAggregate, Policy, decide, evolve, leased, reached
 
 JOB = "job_1"
