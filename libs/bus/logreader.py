@@ -23,7 +23,7 @@ from typing import Protocol
 from aiokafka import AIOKafkaConsumer
 from aiokafka import TopicPartition as KafkaTopicPartition
 
-from libs.bus.kafka import KafkaConsumer
+from libs.bus.kafka import FETCH_MAX_WAIT_MS, KafkaConsumer
 from libs.bus.ports import Consumer, Record, TopicPartition
 from libs.events import REGISTRY, DecodeError, Envelope, Event
 
@@ -46,7 +46,7 @@ class KafkaLogReader(KafkaConsumer):
         *,
         client_id: str,
         since_ms: Mapping[str, int] | None = None,
-        fetch_max_wait_ms: int = 500,
+        fetch_max_wait_ms: int = FETCH_MAX_WAIT_MS,
     ) -> None:
         """Creates the reader (connects on start).
 

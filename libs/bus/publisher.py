@@ -68,8 +68,8 @@ class EventPublisher:
             libs.topics.UndeclaredEvent: The topic does not carry the envelope's type (a
                 topic libs.topics does not declare, e.g. a test's, carries anything).
         """
-        declared = topic if isinstance(topic, topics.Topic) else topics.declared(topic)
-        if declared is not None and envelope.type not in declared.type_names:
+        declared = topics.declared(topic)
+        if declared is not None:
             declared.check(envelope.type)
         key_bytes = (key if key is not None else envelope.aggregate_id).encode()
         return await self._send(Outgoing(topic, envelope, key_bytes, partition, []))

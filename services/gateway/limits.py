@@ -4,8 +4,9 @@ Two feeds run in every replica, each a group-less reader that first reads to the
 of its topics (before the app serves) and then follows them:
 
 - the access feed folds the compacted policy, revocation and account-tier topics into
-  `AccessState` (libs/access.py), so a change reaches every replica in one fetch
-  (`fetch_max_wait_ms` is 100 ms) and no request ever waits on a database or Kafka;
+  `AccessState` (libs/access.py), so a change reaches every replica in one fetch (the
+  broker answers a held fetch as soon as a record lands) and no request ever waits on a
+  database or Kafka;
 - the usage feed folds every replica's admitted generations (the `GenerateImage`
   commands) and job ends (request events), both from one job hold ago, into
   `UsageLedger` (libs/ratelimit.py): the shared token buckets, images per day and jobs
@@ -59,7 +60,7 @@ ReaderFactory = Callable[[str, Sequence[str], Mapping[str, int]], LogReader]
 """(name, topics, start time in Unix ms per topic) -> a reader, not started."""
 
 
-def kafka_readers(bootstrap: str, fetch_max_wait_ms: int = 500) -> ReaderFactory:
+def kafka_readers(bootstrap: str, fetch_max_wait_ms: int) -> ReaderFactory:
     """Readers on Kafka that start at the given times (the beginning for other topics)."""
 
     def make(name: str, names: Sequence[str], since_ms: Mapping[str, int]) -> LogReader:
