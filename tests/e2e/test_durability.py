@@ -200,6 +200,8 @@ async def test_a_client_that_leaves_cancels_only_when_it_asked_to(running: Stack
         )
 
         assert (await wait_done(http, leaves))["status"] == "cancelled"
+        # The watch is a reader of its own: it may read the event after the gateway answered.
+        await watch.until(f"{leaves} cancelled", lambda: watch.of(leaves, "images.job_cancelled"))
         [cancelled] = watch.payloads(leaves, "images.job_cancelled")
         assert cancelled["reason"] == "client_disconnected"
         # Without the header the job goes on, and the client can fetch it later.
