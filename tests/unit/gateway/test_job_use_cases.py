@@ -92,6 +92,8 @@ async def test_only_the_owner_finds_or_cancels_a_job_and_an_ended_one_stays_ende
     async with jobs.start(gw, admitted) as run:
         state = await run.to_end()
     job_id = state.job_id
+    # The job ended in the live fold; the read model, which find and cancel read, follows it.
+    await eventually(lambda: _ended_in_read_model(gw, job_id), what="the read model's end of the job")
 
     not_found = await jobs.find(gw, "acct_other", job_id)
     assert isinstance(not_found, Refusal) and (not_found.status, not_found.code) == (404, "not_found")
@@ -99,3 +101,8 @@ async def test_only_the_owner_finds_or_cancels_a_job_and_an_ended_one_stays_ende
     ended = await jobs.cancel(gw, jobs.CancelOwnJob(OWNER.account_id, job_id))
     assert isinstance(ended, Refusal) and (ended.status, ended.code) == (409, "job_not_cancellable")
     assert job_id not in gateway.pipeline.cancelled
+
+
+async def _ended_in_read_model(gw: Gateway, job_id: str) -> bool:
+    found = await jobs.find(gw, OWNER.account_id, job_id)
+    return not isinstance(found, Refusal) and found.terminal
