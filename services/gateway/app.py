@@ -30,6 +30,7 @@ from libs.runtime.service import ConsumerFactory, ServiceRuntime, Subscription
 from libs.runtime.wiring import kafka_consumer_factory, kafka_producer, minio_store, mongo_store, reachable
 from libs.settings import GatewaySettings
 from libs.stores.grouped import GroupedInserts
+from libs.stores.minio import MinioBlobStore
 from libs.stores.ports import BlobStore, DocumentStore
 from services.gateway import accounts, admin, edits, images, library, served_models, usage, web
 from services.gateway.context import Gateway
@@ -145,6 +146,8 @@ def create_app(
         runtime.background.append(feed.follow)
         runtime.on_stop.append(feed.close)
     runtime.checks |= {"mongo": reachable(docs), "minio": reachable(objects)}
+    if isinstance(objects, MinioBlobStore):
+        runtime.on_stop.append(objects.close)
     if lane_offsets is None and consumer_factory is None:
         kafka_lanes = KafkaLaneOffsets(settings.kafka_bootstrap, client_id=f"darkroom-{SERVICE}-lanes")
         runtime.on_start.append(kafka_lanes.start)

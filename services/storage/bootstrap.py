@@ -10,6 +10,7 @@ from libs.runtime.service import ConsumerFactory, ServiceRuntime, Subscription
 from libs.runtime.wiring import kafka_consumer_factory, kafka_producer, minio_store, mongo_store, reachable
 from libs.settings import StorageSettings
 from libs.stores.grouped import GroupedInserts
+from libs.stores.minio import MinioBlobStore
 from libs.stores.ports import BlobStore, DocumentStore
 from services.storage.handlers import StorageHandlers
 
@@ -57,4 +58,6 @@ def bootstrap(
         )
     )
     runtime.checks.update({"mongo": reachable(docs), "minio": reachable(objects)})
+    if isinstance(objects, MinioBlobStore):
+        runtime.on_stop.append(objects.close)
     return runtime

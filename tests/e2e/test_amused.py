@@ -127,7 +127,14 @@ def _render_here(stack: Stack, prompt: str, seed: int, passes: int) -> np.ndarra
 
 def _tokens(stack: Stack, job_id: str) -> np.ndarray:
     store = minio_store(MinioSettings(minio_endpoint=stack.profile.minio_endpoint))
-    return unpack_tokens(asyncio.run(store.get(f"tokens/{job_id}/0.u16")))
+
+    async def read() -> bytes:
+        try:
+            return await store.get(f"tokens/{job_id}/0.u16")
+        finally:
+            await store.close()
+
+    return unpack_tokens(asyncio.run(read()))
 
 
 def _png(b64: str | None) -> Image.Image:

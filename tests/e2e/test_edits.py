@@ -49,7 +49,14 @@ def client(running: Stack, keys: tuple[str, str]) -> Iterator[openai.OpenAI]:
 
 def _tokens(stack: Stack, job_id: str) -> np.ndarray:
     store = minio_store(MinioSettings(minio_endpoint=stack.profile.minio_endpoint))
-    return unpack_tokens(asyncio.run(store.get(f"tokens/{job_id}/0.u16")))
+
+    async def read() -> bytes:
+        try:
+            return await store.get(f"tokens/{job_id}/0.u16")
+        finally:
+            await store.close()
+
+    return unpack_tokens(asyncio.run(read()))
 
 
 def _mask_right_half() -> bytes:

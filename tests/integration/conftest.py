@@ -76,5 +76,7 @@ async def mongo_store(mongo_url: str) -> AsyncIterator[MongoDocumentStore]:
 
 
 @pytest.fixture
-def minio_store(minio_endpoint: str) -> MinioBlobStore:
-    return MinioBlobStore(minio_endpoint, DEV_MINIO_USER, DEV_MINIO_PASSWORD, "darkroom-contract")
+async def minio_store(minio_endpoint: str) -> AsyncIterator[MinioBlobStore]:
+    store = MinioBlobStore(minio_endpoint, DEV_MINIO_USER, DEV_MINIO_PASSWORD, "darkroom-contract")
+    yield store
+    await store.close()
