@@ -7,7 +7,10 @@ pro, plus, free and API traffic that keeps the consumer pool about half busy; a 
 free users (ten times the baseline and more, with new users signing up and generating at
 once); the decay back to the baseline; and a drain that waits until every accepted job
 has ended. Every request is synchronous (`POST /v1/images/generations`, held open until
-its job ends), so a deferred free user stays connected, as one would.
+its job ends), so a deferred free user stays connected, as one would. The steady streams
+(paid and API: the same rate in the baseline and the spike) repeat the baseline's arrivals
+through the spike, so their spike/baseline ratios compare the same arrivals with and
+without the flood (`tests/bench/surge_load.arrivals`).
 
 Meanwhile it samples the lanes every second (the gateway's `GET /metrics` when it answers,
 else Kafka's offsets) and the CPU of every process, and afterwards reads the server's own

@@ -105,6 +105,13 @@ class Shape:
 def arrivals(shape: Shape, stream: str, rng: random.Random) -> list[float]:
     """Poisson arrival times of one stream over the load (thinning of the time-varying rate).
 
+    A steady stream (the same rate in the baseline and the spike: the paid tiers and the
+    API) repeats its baseline's arrivals every `baseline_s` through the load, so the spike
+    meets the same arrivals as the baseline, gap for gap. Its p99 spike/baseline then
+    compares the same requests with and without the free flood; with arrivals drawn
+    afresh in each phase, which jobs happen to overlap in a decoder's batch decided the
+    slowest of a few dozen as much as the flood did (docs/operations.md, api isolation).
+
     Args:
         shape: The launch.
         stream: One of STREAMS.
@@ -116,6 +123,30 @@ def arrivals(shape: Shape, stream: str, rng: random.Random) -> list[float]:
     peak = max(shape.baseline.get(stream, 0.0), shape.spike.get(stream, 0.0))
     if peak <= 0:
         return []
+    if steady(shape, stream) and shape.baseline_s > 0:
+        first = _poisson(peak, shape.baseline_s, rng)
+        repeats = math.ceil(shape.load_s / shape.baseline_s)
+        return [t for k in range(repeats) for t in (k * shape.baseline_s + t for t in first) if t < shape.load_s]
+    return _thinned(shape, stream, peak, rng)
+
+
+def steady(shape: Shape, stream: str) -> bool:
+    """Whether a stream keeps its baseline rate through the spike (its arrivals repeat)."""
+    return shape.baseline.get(stream, 0.0) == shape.spike.get(stream, 0.0)
+
+
+def _poisson(rate: float, length_s: float, rng: random.Random) -> list[float]:
+    """Arrivals at a constant rate over [0, length_s)."""
+    times: list[float] = []
+    t = rng.expovariate(rate)
+    while t < length_s:
+        times.append(t)
+        t += rng.expovariate(rate)
+    return times
+
+
+def _thinned(shape: Shape, stream: str, peak: float, rng: random.Random) -> list[float]:
+    """Arrivals of a stream whose rate changes with the phase, by thinning at its peak rate."""
     times: list[float] = []
     t = rng.expovariate(peak)
     while t < shape.load_s:

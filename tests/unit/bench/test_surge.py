@@ -24,6 +24,7 @@ from tests.bench.surge_load import (
     parse_decoder_metrics,
     parse_lane_metrics,
     schedule,
+    steady,
 )
 from tests.bench.surge_plots import plot_all
 from tests.bench.surge_report import (
@@ -97,6 +98,16 @@ def test_arrivals_follow_the_rate_and_repeat_with_the_seed() -> None:
     assert schedule(SHAPE, seed=3) == schedule(SHAPE, seed=3) != schedule(SHAPE, seed=4)
     merged = schedule(SHAPE, seed=3)
     assert merged == sorted(merged) and {s for _, s in merged} == {"pro", "free", "signup"}
+
+
+def test_a_steady_stream_meets_the_spike_with_its_baseline_arrivals() -> None:
+    times = arrivals(SHAPE, "pro", random.Random(2))
+    baseline = [t for t in times if t < SHAPE.baseline_s]
+    assert 0 < len(baseline) <= 25 and times == sorted(times) and all(t < SHAPE.load_s for t in times)
+    for k in (1, 2, 3):  # the spike (10-30 s) and the decay (30-40 s) repeat the baseline
+        shifted = [t - k * SHAPE.baseline_s for t in times if k * SHAPE.baseline_s <= t < (k + 1) * SHAPE.baseline_s]
+        assert shifted == pytest.approx(baseline)
+    assert steady(SHAPE, "pro") and not steady(SHAPE, "free") and not steady(SHAPE, "signup")
 
 
 def test_the_free_pool_gives_each_account_one_job_at_a_time_and_spaces_its_requests() -> None:
