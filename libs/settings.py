@@ -21,6 +21,12 @@ DEFAULT_BATCH_IMAGES = {"cpu": 8, "cuda": 64}
 """A decoder's batch limit in images when `DecoderSettings.batch_images` is 0. On CPU the
 built-in model's images/s stop growing past a small batch while every pass gets slower
 (`make bench-decoder`); a GPU keeps gaining up to far larger batches."""
+DEFAULT_MIXED_BATCH_IMAGES: dict[str, int | None] = {"cpu": 1, "cuda": None}
+"""The most images of a batch where a paid render meets lower-priority ones, when
+`DecoderSettings.mixed_batch_images` is 0. On CPU each further image of a batch slows every
+pass (the built-in model: about 0.6 of an image's time each), so a paid render among free
+ones takes several times its alone time: on CPU a paid render shares its batch with none
+(`make surge`, docs/operations.md); on a GPU a batch costs about one image, so no cap."""
 
 
 class ServiceSettings(BaseSettings):
@@ -196,12 +202,22 @@ class DecoderSettings(ServiceSettings):
     (`DEFAULT_BATCH_IMAGES`: small on CPU, large on CUDA)."""
     preempt: bool = True
     """Whether a paid job waiting for a full batch preempts a lower-priority render."""
+    mixed_batch_images: int = Field(default=0, ge=0, le=1024)
+    """The most images of a batch where a paid render meets lower-priority ones (free jobs
+    join only within it, and leave beyond it); 0: the device's default
+    (`DEFAULT_MIXED_BATCH_IMAGES`: 1 on CPU, none on CUDA)."""
 
     def batch_limit(self, device: str) -> int:
         """The batch limit on a resolved torch device ("cpu", "cuda", "cuda:1"...)."""
         if self.batch_images:
             return self.batch_images
         return DEFAULT_BATCH_IMAGES["cuda" if device.startswith("cuda") else "cpu"]
+
+    def mixed_limit(self, device: str) -> int | None:
+        """The cap of a batch where priorities meet on a resolved device (None: no cap)."""
+        if self.mixed_batch_images:
+            return self.mixed_batch_images
+        return DEFAULT_MIXED_BATCH_IMAGES["cuda" if device.startswith("cuda") else "cpu"]
 
 
 class SafetySettings(ServiceSettings):

@@ -108,7 +108,7 @@ def bootstrap(
             # A group nobody has used starts at the beginning; the reader never commits.
             policy_reader = PortLogReader(consumer_factory(f"{SERVICE}-releases-{new_ulid()}", [topics.POLICIES]))
     releases = ReleaseFeed(policy_reader, versions)
-    gate = LaneGate(engine.wait_for_room)
+    gate = LaneGate(engine.wait_for_room, engine.room_for)
     engine.follow_backlog(gate.backlog)
 
     async def take(envelope: Envelope, record: Record) -> None:
@@ -142,7 +142,9 @@ def bootstrap(
 
     async def load_model() -> None:
         await runner.load()
-        engine.set_limit(settings.batch_limit(resolve_device(settings.device)))
+        device = resolve_device(settings.device)
+        engine.set_limit(settings.batch_limit(device))
+        engine.mixed_limit = settings.mixed_limit(device)
 
     runtime.checks["model"] = model_loaded
     # The versions and rollouts are read before any job is taken, then followed.

@@ -350,6 +350,8 @@ class BatchEngine:
         decoder_id: This instance's id, carried in progress events.
         limit: The batch limit, in images (>= 1).
         preempt: Whether lower-priority renders leave the batch for waiting paid jobs.
+        mixed_limit: The most images of a batch where a higher-priority render meets
+            lower-priority ones (`plan_boundary`); None: the batch limit alone.
         aborted: The aborted job ids this instance has seen.
         clock: The time stamped on stored images.
         pool: The decoder pool, for reports.
@@ -366,6 +368,7 @@ class BatchEngine:
         *,
         limit: int,
         preempt: bool = True,
+        mixed_limit: int | None = None,
         aborted: AbortedJobs | None = None,
         clock: Clock = lambda: datetime.now(UTC),
         pool: str = "consumer",
@@ -375,6 +378,7 @@ class BatchEngine:
         self._publisher = publisher
         self._decoder_id = decoder_id
         self.preempt = preempt
+        self.mixed_limit = mixed_limit
         self.aborted = aborted if aborted is not None else AbortedJobs()
         self._clock = clock
         self._version_failed = version_failed
@@ -410,6 +414,17 @@ class BatchEngine:
     def room(self) -> int:
         """Images the batch can still take, counting the jobs waiting to join."""
         return self.limit - self.images - sum(w.render.job.n for w in self._waiting)
+
+    def room_for(self, priority: int) -> int:
+        """Images a job of this lane priority could take now: `room`, or less where the batch
+        holds a higher-priority render and the mixed cap (`mixed_limit`) keeps this job out."""
+        room = self.room()
+        if self.mixed_limit is None:
+            return room
+        slots = [r.slot for r in self._running] + [w.render.slot for w in self._waiting]
+        if any(s.priority < priority for s in slots):
+            room = min(room, self.mixed_limit - sum(s.images for s in slots))
+        return room
 
     async def wait_for_room(self) -> int:
         """Returns the room (>= 1 image) once the batch has some."""
@@ -502,7 +517,9 @@ class BatchEngine:
     def _plan(self, lane_waiting: int | None, preempt: bool) -> BoundaryPlan:
         running = [r.slot for r in self._running]
         waiting = [w.render.slot for w in self._waiting]
-        return plan_boundary(running, waiting, self.limit, lane_waiting=lane_waiting, preempt=preempt)
+        return plan_boundary(
+            running, waiting, self.limit, lane_waiting=lane_waiting, preempt=preempt, mixed_limit=self.mixed_limit
+        )
 
     async def _await_arrivals(self, images: int) -> None:
         self._room.set()

@@ -15,6 +15,7 @@ boundary and preempts a lower-priority render for a paid job (services.decoder.e
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -39,15 +40,23 @@ def lane_priority(tp: TopicPartition) -> int:
     return lane.priority if lane is not None else 0
 
 
+CAPPED_RECHECK_S = 0.05
+"""How often a gate whose next jobs the mixed-batch cap holds back looks again (for a render
+that ended, or a paid job that arrived)."""
+
+
 class LaneGate:
     """Serves one decoder's lanes in priority order and counts what it takes.
 
     Args:
         room: Returns the images the batch has room for, once it has some.
+        room_for: The images a job of a lane priority could take now (the batch's mixed
+            cap: a free job does not join a paid render beyond it); None: `room` alone.
     """
 
-    def __init__(self, room: Callable[[], Awaitable[int]]) -> None:
+    def __init__(self, room: Callable[[], Awaitable[int]], room_for: Callable[[int], int] | None = None) -> None:
         self._room = room
+        self._room_for = room_for
         self._member: Consumer | None = None
         self._held: set[str] = set()
         self._served: set[str] = set()
@@ -80,12 +89,26 @@ class LaneGate:
             The most jobs to fetch: the images the batch has room for.
         """
         self._member = consumer
-        room = await self._room()
-        assigned = consumer.assignment()
-        if not assigned:
-            return room
-        waiting = await consumer.waiting(sorted(assigned, key=lambda tp: (tp.topic, tp.partition)))
-        hold = partitions_to_pause(assigned, waiting)
+        while True:
+            room = await self._room()
+            assigned = consumer.assignment()
+            if not assigned:
+                return room
+            waiting = await consumer.waiting(sorted(assigned, key=lambda tp: (tp.topic, tp.partition)))
+            hold = partitions_to_pause(assigned, waiting)
+            self._pause(consumer, assigned, hold)
+            if self._room_for is None:
+                return room
+            # The lane the fetch will serve: the best with jobs waiting, else any (the lowest).
+            fetched = [lane_priority(tp) for tp in assigned - hold if waiting.get(tp, 0) > 0]
+            priority = min(fetched) if fetched else max(lane_priority(tp) for tp in assigned)
+            allowed = min(room, self._room_for(priority))
+            if allowed >= 1:
+                return allowed
+            await asyncio.sleep(CAPPED_RECHECK_S)
+
+    def _pause(self, consumer: Consumer, assigned: set[TopicPartition], hold: set[TopicPartition]) -> None:
+        """Pauses the partitions to hold back and resumes the others."""
         paused = consumer.paused() & assigned
         if hold - paused:
             consumer.pause(sorted(hold - paused, key=lambda tp: (tp.topic, tp.partition)))
@@ -96,7 +119,6 @@ class LaneGate:
         if held != self._held:
             log.info("lanes held back: %s", ", ".join(sorted(held)) or "none")
         self._held = held
-        return room
 
     def took(self, record: Record) -> None:
         """Counts a job taken from its lane."""

@@ -224,6 +224,7 @@ def plan_boundary(
     *,
     lane_waiting: int | None = None,
     preempt: bool = True,
+    mixed_limit: int | None = None,
 ) -> BoundaryPlan:
     """Decides which jobs join the batch and which renders leave it at a pass boundary.
 
@@ -236,18 +237,27 @@ def plan_boundary(
     lanes with unfetched jobs) counts as a one-image job: a full batch then preempts one
     lower-priority image so the job can be fetched.
 
+    `mixed_limit` caps a batch in which renders of different priorities meet: lower-priority
+    jobs join only while the batch stays within it, and lower-priority renders beyond it
+    leave (lowest priority first, youngest first). On a CPU every image in a batch slows
+    every pass, so a paid render in a batch full of free ones takes several times as long
+    as alone; the cap keeps it near its alone time while free renders fill the batch when
+    no paid one is there. Higher-priority images are never capped.
+
     Args:
         running: The renders in the batch (finished and aborted ones already removed).
         waiting: Jobs fetched and waiting to join.
         limit: The batch limit, in images (>= 1).
         lane_waiting: The best (lowest) priority with jobs waiting unfetched, or None.
         preempt: Whether renders may be preempted at all.
+        mixed_limit: The most images of a batch that holds renders of different priorities
+            (None: the batch limit alone).
 
     Returns:
         The jobs to admit and the renders to preempt.
     """
-    if limit < 1:
-        raise ValueError(f"the batch limit must be at least one image, got {limit}")
+    if limit < 1 or (mixed_limit is not None and mixed_limit < 1):
+        raise ValueError(f"batch limits must be at least one image, got {limit} and {mixed_limit}")
     batch = list(running)
     admitted: list[str] = []
     preempted: list[str] = []
@@ -268,8 +278,17 @@ def plan_boundary(
             preempted.append(victim.job_id)
         return True
 
+    def over_mixed_cap(slot: Slot) -> bool:
+        """Whether the slot would join a higher-priority render beyond the mixed cap."""
+        if mixed_limit is None or not any(s.priority < slot.priority for s in batch):
+            return False
+        return sum(s.images for s in batch) + slot.images > mixed_limit
+
     blocked = False
     for slot in sorted(waiting, key=lambda s: (s.priority, s.order)):
+        if over_mixed_cap(slot):
+            blocked = True
+            break
         fits = not batch or slot.images <= free()
         if not fits and not make_room(slot.priority, slot.images):
             blocked = True
@@ -278,4 +297,17 @@ def plan_boundary(
         admitted.append(slot.job_id)
     if not blocked and lane_waiting is not None and free() < 1:
         make_room(lane_waiting, 1)
+    if preempt and mixed_limit is not None and batch:
+        best = min(s.priority for s in batch)
+        over = sum(s.images for s in batch) - mixed_limit
+        lower = sorted((s for s in batch if s.priority > best), key=lambda s: (-s.priority, -s.order))
+        for victim in lower:
+            if over <= 0:
+                break
+            batch.remove(victim)
+            over -= victim.images
+            if victim.job_id in admitted:
+                admitted.remove(victim.job_id)
+            else:
+                preempted.append(victim.job_id)
     return BoundaryPlan(tuple(admitted), tuple(preempted))

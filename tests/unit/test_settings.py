@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from libs.settings import DEV_OPERATOR_TOKEN, GatewaySettings, StorageSettings
+from libs.settings import DEV_OPERATOR_TOKEN, DecoderSettings, GatewaySettings, StorageSettings
 
 
 def test_defaults_are_local(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -55,3 +55,13 @@ def test_invalid_values_are_rejected(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DARKROOM_GATEWAY_PORT", "not-a-port")
     with pytest.raises(ValidationError, match="gateway_port"):
         GatewaySettings()
+
+
+def test_a_decoder_caps_mixed_batches_on_cpu_and_not_on_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
+    for var in ("DARKROOM_BATCH_IMAGES", "DARKROOM_MIXED_BATCH_IMAGES"):
+        monkeypatch.delenv(var, raising=False)
+    settings = DecoderSettings()
+    assert (settings.batch_limit("cpu"), settings.mixed_limit("cpu")) == (8, 1)
+    assert (settings.batch_limit("cuda:0"), settings.mixed_limit("cuda:0")) == (64, None)
+    monkeypatch.setenv("DARKROOM_MIXED_BATCH_IMAGES", "4")
+    assert DecoderSettings().mixed_limit("cuda") == 4

@@ -98,10 +98,17 @@ class Decoder:
 
 
 @asynccontextmanager
-async def batching_decoder(model: ImageModel, batch_images: int, preempt: bool = True) -> AsyncIterator[Decoder]:
+async def batching_decoder(
+    model: ImageModel, batch_images: int, preempt: bool = True, mixed_batch_images: int = 0
+) -> AsyncIterator[Decoder]:
     broker = lane_broker()
     settings = DecoderSettings(
-        heartbeat_interval_s=10, instance_id="decoder-b", batch_images=batch_images, preempt=preempt, device="cpu"
+        heartbeat_interval_s=10,
+        instance_id="decoder-b",
+        batch_images=batch_images,
+        preempt=preempt,
+        mixed_batch_images=mixed_batch_images,
+        device="cpu",
     )
     runtime = bootstrap(settings, producer=broker.producer(), consumer_factory=broker.consumer, model=model)
     async with serving(runtime):
@@ -189,7 +196,8 @@ async def test_a_jobs_images_are_the_same_bytes_alone_or_in_any_batch() -> None:
 
 async def test_a_paid_job_preempts_the_youngest_free_render_and_starts_within_a_pass() -> None:
     model = RecordingModel(pass_seconds=0.05)
-    async with batching_decoder(model, batch_images=2) as decoder:
+    # A mixed cap as large as the batch: only the preemption for room applies here.
+    async with batching_decoder(model, batch_images=2, mixed_batch_images=2) as decoder:
         old, young = render_job("free-old", "free", passes=12), render_job("free-young", "free", passes=12, seed=5)
         await decoder.send(old)
         await eventually(now(lambda: decoder.of("free-old", RenderStarted)), 10, "the first free render")
@@ -228,6 +236,22 @@ async def test_a_paid_job_preempts_the_youngest_free_render_and_starts_within_a_
         assert base64.b64decode(stored.tokens) == solo_tokens(NoOpModel(), young)[0]
         [again] = [s for s in decoder.of("free-young", RenderStarted) if s.attempt == 1]
         assert again.pass_index == stopped.pass_index
+
+
+async def test_on_cpu_a_paid_render_shares_its_batch_with_no_free_one() -> None:
+    model = RecordingModel(pass_seconds=0.05)
+    async with batching_decoder(model, batch_images=4) as decoder:  # the CPU default cap: 1
+        for index in range(3):
+            await decoder.send(render_job(f"free-{index}", "free", passes=12, seed=index))
+        await eventually(
+            now(lambda: all(decoder.of(f"free-{i}", RenderProgressed) for i in range(3))), 10, "a free batch"
+        )
+        await decoder.send(render_job("paid", "pro", passes=4))
+        await eventually(now(lambda: decoder.stored("paid")), 10, "the paid render")
+
+        # Every free render left (checkpointed) for the paid one, which then ran its passes alone.
+        assert all(decoder.of(f"free-{i}", RenderStopped) for i in range(3))
+        assert [batch for batch in model.passes if "paid" in batch and len(batch) > 1] == []
 
 
 async def test_without_preemption_the_paid_job_waits_for_a_free_render_to_end() -> None:

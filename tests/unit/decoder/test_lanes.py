@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 
 import pytest
@@ -90,3 +91,24 @@ async def test_the_gate_waits_for_room_then_pauses_and_resumes() -> None:
     assert member.held == set()
     report = gate.report()
     assert not report["free"].paused and report["pro"].taken == 1
+
+
+async def test_the_gate_fetches_free_jobs_beside_a_paid_render_only_within_the_mixed_cap() -> None:
+    free_room = {"images": 0}  # a paid render fills the mixed cap: no free job may join it
+
+    async def room() -> int:
+        return 3  # the batch limit would take three more images
+
+    def room_for(priority: int) -> int:
+        return 3 if priority == lane_for("pro").priority else free_room["images"]
+
+    gate = LaneGate(room, room_for)
+    member = FakeMember({tp("pro"), tp("free")}, {tp("pro"): 2, tp("free"): 5})
+    assert await gate.before_poll(member) == 3  # type: ignore[arg-type]  # paid jobs: the batch limit
+
+    member.counts = {tp("free"): 5}
+    fetch = asyncio.create_task(gate.before_poll(member))  # type: ignore[arg-type]
+    await asyncio.sleep(0.2)
+    assert not fetch.done()  # free jobs wait while the cap keeps them out
+    free_room["images"] = 1  # the paid render ended
+    assert await asyncio.wait_for(fetch, 1) == 1

@@ -181,6 +181,38 @@ def test_without_preemption_a_paid_job_waits_for_room() -> None:
     assert plan_boundary(running, [], limit=1, lane_waiting=PRO, preempt=False) == BoundaryPlan()
 
 
+def test_a_paid_render_shares_its_batch_with_free_ones_only_up_to_the_mixed_cap() -> None:
+    running = [slot("free-1", FREE, 1, 1), slot("free-2", FREE, 1, 2), slot("free-3", FREE, 1, 3)]
+
+    plan = plan_boundary(running, [slot("pro", PRO, 1, 4)], limit=4, mixed_limit=2)
+
+    # The paid job fits the limit of 4, but free renders beyond the cap of 2 leave, youngest first.
+    assert plan == BoundaryPlan(admit=("pro",), preempt=("free-3", "free-2"))
+
+
+def test_free_jobs_join_a_paid_render_only_within_the_mixed_cap() -> None:
+    waiting = [slot("free-1", FREE, 1, 1), slot("free-2", FREE, 1, 2), slot("pro", PRO, 1, 3)]
+
+    assert plan_boundary([], waiting, limit=4, mixed_limit=2).admit == ("pro", "free-1")
+    # Without a paid render the batch fills to its limit; paid jobs are never capped.
+    assert plan_boundary([], waiting[:2], limit=4, mixed_limit=2).admit == ("free-1", "free-2")
+    pros = [slot(f"pro-{i}", PRO, 1, i) for i in range(4)]
+    assert plan_boundary([], pros, limit=4, mixed_limit=2).admit == tuple(f"pro-{i}" for i in range(4))
+
+
+def test_the_mixed_cap_takes_the_lowest_priority_first_and_spares_higher_ones() -> None:
+    plus, free = 1, 2
+    running = [slot("plus-1", plus, 1, 1), slot("free-2", free, 1, 2), slot("pro-3", PRO, 1, 3)]
+
+    assert plan_boundary(running, [], limit=4, mixed_limit=2).preempt == ("free-2",)
+    # Without preemption nothing leaves, and no further free job joins.
+    assert plan_boundary(running, [slot("free-4", free, 1, 4)], limit=4, mixed_limit=2, preempt=False) == (
+        BoundaryPlan()
+    )
+
+
 def test_the_batch_limit_must_be_positive() -> None:
     with pytest.raises(ValueError, match="at least one image"):
         plan_boundary([], [], limit=0)
+    with pytest.raises(ValueError, match="at least one image"):
+        plan_boundary([], [], limit=4, mixed_limit=0)
