@@ -54,6 +54,9 @@ async def test_a_paid_job_preempts_a_free_render_within_a_pass_and_the_free_one_
         heartbeat_interval_s=30,
         instance_id=f"decoder-batch-{uuid.uuid4().hex[:6]}",
         batch_images=2,
+        # A mixed cap as large as the batch: only the preemption for room applies here (the
+        # CPU default, 1, would take both free renders out; tests/unit/decoder covers it).
+        mixed_batch_images=2,
     )
     model = CountingModel()
     runtime = bootstrap(
