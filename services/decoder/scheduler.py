@@ -304,10 +304,8 @@ def plan_boundary(
         for victim in lower:
             if over <= 0:
                 break
+            # Only running renders can be over the cap: admission kept waiting jobs within it.
             batch.remove(victim)
             over -= victim.images
-            if victim.job_id in admitted:
-                admitted.remove(victim.job_id)
-            else:
-                preempted.append(victim.job_id)
+            preempted.append(victim.job_id)
     return BoundaryPlan(tuple(admitted), tuple(preempted))

@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 from minio import Minio
 from pymongo import MongoClient
@@ -19,6 +20,10 @@ from libs.bus.kafka import KafkaConsumer
 from libs.bus.ports import Record
 from libs.events import DecodeError, Envelope
 from libs.jobs import TERMINAL
+from libs.model.interface import unpack_tokens
+from libs.runtime.wiring import minio_store
+from libs.settings import MinioSettings
+from libs.storage_plan import tokens_key
 
 JOB_TOPICS = topics.with_api_copies(
     [
@@ -140,6 +145,19 @@ async def wait_done(http: httpx.AsyncClient, job_id: str) -> dict[str, Any]:
 def stored_objects(stack: Stack, job_id: str) -> list[str]:
     client = Minio(stack.profile.minio_endpoint, DEV_MINIO_USER, DEV_MINIO_PASSWORD, secure=False)
     return sorted(str(o.object_name) for o in client.list_objects("darkroom-images", prefix=f"images/{job_id}/"))
+
+
+def stored_tokens(stack: Stack, job_id: str, index: int = 0) -> np.ndarray:
+    """The token grid storage kept for a job's image, read as the gateway reads it."""
+    store = minio_store(MinioSettings(minio_endpoint=stack.profile.minio_endpoint))
+
+    async def read() -> bytes:
+        try:
+            return await store.get(tokens_key(job_id, index))
+        finally:
+            await store.close()
+
+    return unpack_tokens(asyncio.run(read()))
 
 
 def image_documents(stack: Stack, job_id: str) -> int:

@@ -30,11 +30,9 @@ from PIL import Image
 
 from infra.stack import Stack, wait_until
 from libs.model.amused import AmusedImageModel
-from libs.model.interface import unpack_tokens
-from libs.runtime.wiring import minio_store
-from libs.settings import DEV_OPERATOR_TOKEN, MinioSettings
+from libs.settings import DEV_OPERATOR_TOKEN
 from services.gateway.models import PASSES
-from tests.e2e.jobs import api, create_async, exactly_once, wait_done, watching
+from tests.e2e.jobs import api, create_async, exactly_once, stored_tokens, wait_done, watching
 from tests.tiny_amused import build_tiny_amused
 
 MODEL = "amused-256"
@@ -125,18 +123,6 @@ def _render_here(stack: Stack, prompt: str, seed: int, passes: int) -> np.ndarra
     return state.tokens
 
 
-def _tokens(stack: Stack, job_id: str) -> np.ndarray:
-    store = minio_store(MinioSettings(minio_endpoint=stack.profile.minio_endpoint))
-
-    async def read() -> bytes:
-        try:
-            return await store.get(f"tokens/{job_id}/0.u16")
-        finally:
-            await store.close()
-
-    return unpack_tokens(asyncio.run(read()))
-
-
 def _png(b64: str | None) -> Image.Image:
     assert b64
     return Image.open(io.BytesIO(base64.b64decode(b64)))
@@ -152,8 +138,8 @@ def test_both_models_render_side_by_side(client: openai.OpenAI, amused: Stack) -
     assert default.data
     # Each rendered with its own model: aMUSEd's grid draws from its 64-token codebook, the
     # built-in model's from 512 (and this process renders aMUSEd's grid the same).
-    ours = _tokens(amused, _job_of(client, str(result.data[0].image_id)))
-    theirs = _tokens(amused, _job_of(client, str(default.data[0].image_id)))
+    ours = stored_tokens(amused, _job_of(client, str(result.data[0].image_id)))
+    theirs = stored_tokens(amused, _job_of(client, str(default.data[0].image_id)))
     assert ours.max() < 64 <= theirs.max()
     assert np.array_equal(ours, _render_here(amused, "a red circle on grass", 3, PASSES["low"]))
 
@@ -192,7 +178,7 @@ def test_tweak_under_a_mask_keeps_the_unmasked_tokens(client: openai.OpenAI, amu
     parent_job, child_job = (client.get(f"/images/{i}", cast_to=object) for i in (parent_id, child_id))
     assert isinstance(parent_job, dict) and isinstance(child_job, dict)
     assert child_job["parent"]["id"] == parent_id
-    before, after = _tokens(amused, str(parent_job["job_id"])), _tokens(amused, str(child_job["job_id"]))
+    before, after = stored_tokens(amused, str(parent_job["job_id"])), stored_tokens(amused, str(child_job["job_id"]))
     assert np.array_equal(before, _render_here(amused, "a yellow star", 5, PASSES["low"]))
     assert np.array_equal(before[:, :8], after[:, :8])
     assert not np.array_equal(before[:, 8:], after[:, 8:])

@@ -19,9 +19,8 @@ from PIL import Image
 
 from infra.stack import Stack
 from libs.cli.accounts import create_account
-from libs.model.interface import unpack_tokens
-from libs.runtime.wiring import minio_store
-from libs.settings import DEV_SIGNING_KEY, MinioSettings
+from libs.settings import DEV_SIGNING_KEY
+from tests.e2e.jobs import stored_tokens
 
 
 @pytest.fixture(scope="module")
@@ -45,18 +44,6 @@ def client(running: Stack, keys: tuple[str, str]) -> Iterator[openai.OpenAI]:
         base_url=f"{running.profile.gateway_url}/v1", api_key=keys[0], max_retries=0, timeout=120
     ) as client:
         yield client
-
-
-def _tokens(stack: Stack, job_id: str) -> np.ndarray:
-    store = minio_store(MinioSettings(minio_endpoint=stack.profile.minio_endpoint))
-
-    async def read() -> bytes:
-        try:
-            return await store.get(f"tokens/{job_id}/0.u16")
-        finally:
-            await store.close()
-
-    return unpack_tokens(asyncio.run(read()))
 
 
 def _mask_right_half() -> bytes:
@@ -102,7 +89,7 @@ def test_edit_a_generated_image_under_a_mask(client: openai.OpenAI, running: Sta
     assert child["parent"] == {"id": parent_id, "prompt": "a red circle at the left"}
     assert child["prompt"] == "a blue square at the right"
     # The grids: the left half (opaque in the mask) keeps its tokens exactly.
-    before, after = _tokens(running, str(parent["job_id"])), _tokens(running, str(child["job_id"]))
+    before, after = stored_tokens(running, str(parent["job_id"])), stored_tokens(running, str(child["job_id"]))
     assert np.array_equal(before[:, :8], after[:, :8])
     assert not np.array_equal(before[:, 8:], after[:, 8:]), "the masked half was drawn again"
 
