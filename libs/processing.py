@@ -24,6 +24,12 @@ one write and no read. A cached record can only be stale if another process wrot
 since (after a rebalance); then the insert of the next revision fails, the cached record
 is dropped and the retry reads what the store holds.
 
+An input whose effect a later input repeats (a render's checkpoint, which the next pass
+replaces) may be handled `deferrable`: when its decision has no outbox, the new state and
+its input id stay in memory only, and go to the store with the key's next saved revision.
+A crash of this process before then loses that state (the store keeps the one before),
+and a redelivery decides the input again; the caller chooses which inputs may be lost so.
+
 The outbox stays in the saved record (emptying it would cost a second write per input);
 the next decision's save replaces it. After a restart the memory is empty, so a key's last
 outbox is published once more: consumers are idempotent by event id (and an aggregate's
@@ -125,6 +131,7 @@ class ProcessRecorder(Generic[S]):
         decide: Decide[S],
         *,
         creates: bool = False,
+        deferrable: bool = False,
         saved: Callable[[S], None] | None = None,
     ) -> None:
         """Handles one input of `key` once in effect.
@@ -137,7 +144,11 @@ class ProcessRecorder(Generic[S]):
                 state without reading the store (unless this process holds the key's record).
                 Where the record exists after all, writing revision 1 fails and the input is
                 decided again on the record read from the store.
-            saved: Called with the new state once it is saved, before its outbox goes out.
+            deferrable: A decision with an empty outbox stays in memory until the key's next
+                saved revision carries it (see the module's docstring); one with messages
+                is saved as any other.
+            saved: Called with the new state once it is saved (or kept, when deferred),
+                before its outbox goes out.
 
         Raises:
             RevisionTaken: Another writer saved the key since this process read it; the
@@ -158,6 +169,13 @@ class ProcessRecorder(Generic[S]):
             if decision is None:
                 return
             state, outbox = decision
+            if deferrable and not outbox and not assume_new:
+                # Kept under the stored revision's number: the next save writes the one after.
+                kept = ProcessRecord(state, [*record.seen, input_id], [], record.rev)
+                self._recent.put(key, kept)
+                if saved is not None:
+                    saved(kept.state)
+                return
             updated = ProcessRecord(state, [*record.seen, input_id], outbox, record.rev + 1)
             try:
                 await self._save(key, updated)

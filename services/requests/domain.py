@@ -345,6 +345,18 @@ def _blocked(state: JobAggregate, verdict: SafetyVerdict) -> Decision:
     )
 
 
+def checkpoint_may_wait(event: Event) -> bool:
+    """Whether an input's checkpoint may stay unsaved until the job's next saved decision:
+    the progress of every odd pass but the last (libs.processing's `deferrable`).
+
+    A checkpoint lost so (the requests service and the job's decoder both gone before the
+    next pass is saved) makes the re-dispatched render resume one pass earlier, never
+    more; while the requests service lives, a re-dispatch resumes from the latest pass,
+    saved or not. The last pass is always saved: it ends the render's lease.
+    """
+    return isinstance(event, RenderProgressed) and event.pass_index % 2 == 1 and event.pass_index < event.total_passes
+
+
 def _on_progress(state: JobAggregate, progress: RenderProgressed) -> Decision:
     """A pass completed: the job's new checkpoint, and nothing to publish.
 

@@ -6,7 +6,9 @@ handled is skipped, `domain.decide` runs, and the new record, the input's id and
 outbox are saved as the job's next revision by insert before the outbox is published.
 So a crash or a redelivery never decides twice nor loses a message, and an input usually
 costs one write and no read (the writes of jobs handled side by side go out together:
-bootstrap wires a `GroupedInserts`).
+bootstrap wires a `GroupedInserts`). The checkpoints of odd passes but the last are kept
+in memory and saved with the job's next revision (`domain.checkpoint_may_wait`): two writes fewer
+for a job of four passes.
 
 What is the service's own, kept here: the job's record beside the recorder's bookkeeping
 (its state; its last checkpoint, the pass and the token grids of its last reported pass,
@@ -30,7 +32,15 @@ from libs.events import REGISTRY, Envelope, Event
 from libs.events.schemas import GenerateImage, SafetyVerdict
 from libs.processing import OutboxItem, ProcessRecorder
 from libs.stores.ports import DocumentStore, StoreUnavailable
-from services.requests.domain import Decision, JobAggregate, Policy, decide, evolve, reached
+from services.requests.domain import (
+    Decision,
+    JobAggregate,
+    Policy,
+    checkpoint_may_wait,
+    decide,
+    evolve,
+    reached,
+)
 from services.requests.leases import LeaseMonitor
 
 log = logging.getLogger(__name__)
@@ -83,6 +93,7 @@ class RequestHandlers:
             envelope.event_id,
             decide_on,
             creates=isinstance(event, GenerateImage),
+            deferrable=checkpoint_may_wait(event),
             saved=lambda record: self.leases.track(record.state),
         )
 

@@ -194,6 +194,60 @@ async def test_the_next_input_of_a_key_costs_one_write_and_no_read() -> None:
     assert (reads, inserts) == ([], [revision_id(KEY, 2)])
 
 
+def tallying(n: int) -> Callable[[Tally], tuple[Tally, list[OutboxItem]] | None]:
+    """A decision that changes the tally and publishes nothing (as a render's checkpoint)."""
+    return lambda tally: (Tally(total=tally.total + n, inputs=tally.inputs + 1), [])
+
+
+async def test_a_deferrable_decision_waits_in_memory_for_the_next_saved_revision() -> None:
+    broker, docs = InMemoryBroker(), InMemoryDocumentStore()
+    tallies = recorder(docs, EventPublisher(broker.producer()))
+    await tallies.handle(KEY, "in-1", adding(2))
+    await tallies.handle(KEY, "in-2", tallying(10), deferrable=True)
+    assert await docs.get("tallies", revision_id(KEY, 2)) is None, "nothing written for it"
+    assert await tallies.load(KEY) == Tally(total=12, inputs=2), "decided on in memory"
+    await tallies.handle(KEY, "in-2", tallying(10), deferrable=True)
+    assert await tallies.load(KEY) == Tally(total=12, inputs=2), "a redelivery is still skipped"
+    await tallies.handle(KEY, "in-3", adding(3))
+    stored = await docs.get("tallies", revision_id(KEY, 2))
+    assert stored is not None
+    assert (stored["total"], stored["seen"]) == (15, ["in-1", "in-2", "in-3"]), "carried by the next revision"
+    assert totals(broker) == [2, 15]
+
+
+async def test_a_deferred_decision_is_lost_with_its_process_and_decided_again_on_redelivery() -> None:
+    broker, docs = InMemoryBroker(), InMemoryDocumentStore()
+    await recorder(docs, EventPublisher(broker.producer())).handle(KEY, "in-1", adding(2))
+    await recorder(docs, EventPublisher(broker.producer())).handle(KEY, "in-2", tallying(10), deferrable=True)
+    restarted = recorder(docs, EventPublisher(broker.producer()))
+    assert await restarted.load(KEY) == Tally(total=2, inputs=1), "the store keeps the state before it"
+    await restarted.handle(KEY, "in-2", tallying(10), deferrable=True)
+    await restarted.handle(KEY, "in-3", adding(3))
+    assert await restarted.load(KEY) == Tally(total=15, inputs=3)
+    assert totals(broker)[-1] == 15
+
+
+async def test_a_deferrable_decision_with_messages_is_saved_and_published() -> None:
+    broker, docs = InMemoryBroker(), InMemoryDocumentStore()
+    tallies = recorder(docs, EventPublisher(broker.producer()))
+    await tallies.handle(KEY, "in-1", adding(2), creates=True, deferrable=True)
+    await tallies.handle(KEY, "in-2", adding(3), deferrable=True)
+    assert await docs.get("tallies", revision_id(KEY, 2)) is not None
+    assert totals(broker) == [2, 5]
+
+
+async def test_a_deferred_decision_yields_to_a_concurrent_writers_revision() -> None:
+    broker, docs = InMemoryBroker(), InMemoryDocumentStore()
+    here = recorder(docs, EventPublisher(broker.producer()))
+    await here.handle(KEY, "in-1", adding(2))
+    await here.handle(KEY, "in-2", tallying(10), deferrable=True)
+    await recorder(docs, EventPublisher(broker.producer())).handle(KEY, "in-3", adding(5))
+    with pytest.raises(RevisionTaken):
+        await here.handle(KEY, "in-4", adding(1))
+    await here.handle(KEY, "in-4", adding(1))
+    assert await here.load(KEY) == Tally(total=8, inputs=3), "decided again on what the store holds"
+
+
 async def test_an_input_that_creates_its_key_is_decided_without_a_read() -> None:
     broker, docs = InMemoryBroker(), InMemoryDocumentStore()
     reads = count_reads(docs)

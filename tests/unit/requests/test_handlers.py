@@ -229,6 +229,33 @@ async def test_a_job_whose_decoder_went_silent_is_dispatched_again_from_its_chec
     assert JOB not in leases  # queued again: no decoder holds it until one starts it
 
 
+async def test_odd_passes_but_the_last_are_saved_with_the_next_pass() -> None:
+    broker, docs = InMemoryBroker({topics.RENDER_CONSUMER: 12}), InMemoryDocumentStore()
+    handlers = RequestHandlers(docs, EventPublisher(broker.producer()))
+    created = datetime(2026, 1, 1, tzinfo=UTC)
+    inputs: list[Event] = [
+        GenerateImage(job_id=JOB, spec=_spec(), created_at=created),
+        SafetyVerdict(job_id=JOB, stage="prompt", allowed=True, policy_version=1),
+        RenderStarted(job_id=JOB, attempt=0, pass_index=0, total_passes=3),
+    ]
+    for event in inputs:
+        await handlers.handle(event, _envelope(event))
+    passes = [
+        RenderProgressed(job_id=JOB, pass_index=i, total_passes=3, tokens=[tokens])
+        for i, tokens in ((1, "AAAA"), (2, "BBBB"), (3, "CCCC"))
+    ]
+    await handlers.handle(passes[0], _envelope(passes[0]))
+    assert await docs.get(COLLECTION, revision_id(JOB, 4)) is None, "pass 1 waits in memory"
+    third = await docs.get(COLLECTION, revision_id(JOB, 3))
+    assert third is not None and third["state"]["status"] == "rendering", "a crash now would lose pass 1 alone"
+    for progress in passes[1:]:
+        await handlers.handle(progress, _envelope(progress))
+    fourth, fifth = [await docs.get(COLLECTION, revision_id(JOB, rev)) for rev in (4, 5)]
+    assert fourth is not None and (fourth["state"]["pass_index"], fourth["checkpoint"]) == (2, ["BBBB"])
+    assert fifth is not None and (fifth["state"]["pass_index"], fifth["checkpoint"]) == (3, ["CCCC"])
+    assert len(fourth["seen"]) == 5, "pass 1's input id went out with pass 2"
+
+
 async def test_a_prompt_verdict_before_the_command_is_kept_in_the_record_until_the_command_comes() -> None:
     broker, docs = InMemoryBroker({topics.RENDER_CONSUMER: 12}), InMemoryDocumentStore()
     handlers = RequestHandlers(docs, EventPublisher(broker.producer()))
