@@ -3,8 +3,11 @@
 Tables (faust, in memory, each backed by a compacted changelog topic that faust creates,
 so a restarted worker rebuilds them; partitions match the topics they are keyed by):
 
-- `metering-jobs` / `metering-jobs-api`: job id -> the job's facts, co-partitioned with the
-  request events of consumer and api jobs (6 and 3 partitions);
+- `metering-jobs` / `metering-jobs-api`: job id -> the facts an earlier release kept of a
+  job until it ended, co-partitioned with the request events of consumer and api jobs (6
+  and 3 partitions). Completions now carry their job's facts, so nothing is written here
+  any more: an entry is read for a completion that does not carry them, and dropped when
+  its job ends;
 - `metering-daily`: "<account>|<day>" -> that day's `AccountUsage`, fed by the internal
   `darkroom.metering.completed` topic (one record per completed job, keyed by account);
 - `metering-per-minute`: account -> images per minute, a tumbling window of 60 s kept for
@@ -16,8 +19,9 @@ Completions are counted in batches (up to COUNT_BATCH, or what came within COUNT
 a batch changes each account-day it holds once, in the table and as one `AccountUsage` on
 `darkroom.usage` (compacted), which the gateways and `darkroom usage` read. Processing is at least once:
 a worker killed between updating a table and committing its input may count that input
-again; the per-job step drops a job's facts once it counted it, so a redelivered
-completion counts nothing.
+again. A completion delivered twice to a running worker (published twice by a requests
+process that died between publishing it and recording that it did) counts once: each
+worker remembers the last COUNTED_MEMORY jobs it counted.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from libs.events import REGISTRY, DecodeError, Envelope
 from libs.events.schemas import AccountUsage
 from libs.lanes import declared_partitions
 from libs.metrics import CONSUMER_LAG
+from libs.recent import RecentMap
 from services.metering.domain import (
     BASELINE_HOURS,
     METERED_TYPES,
@@ -59,6 +64,7 @@ HOUR_WINDOW_S: Final = 3600.0
 HOUR_WINDOW_KEPT: Final = timedelta(hours=BASELINE_HOURS + 1)
 LAG_INTERVAL_S: Final = 5.0
 BROKER_SESSION_TIMEOUT_S: Final = 10.0
+COUNTED_MEMORY: Final = 100_000
 COUNT_BATCH: Final = 500
 COUNT_WITHIN_S: Final = 0.25
 """Completions are counted in batches of up to COUNT_BATCH, or what came within COUNT_WITHIN_S:
@@ -188,6 +194,8 @@ def _make_current(event: Any) -> None:
 
 
 def _job_agent(jobs: Any, completed: Any) -> Callable[[Any], Awaitable[None]]:
+    counted: RecentMap[str, bool] = RecentMap(COUNTED_MEMORY)
+
     async def follow(stream: Any) -> None:
         async for key, value in stream.items():
             try:
@@ -200,13 +208,11 @@ def _job_agent(jobs: Any, completed: Any) -> Callable[[Any], Awaitable[None]]:
             job_id = key.decode() if isinstance(key, bytes) else str(key)
             stored = jobs.get(job_id)
             facts = JobFacts.model_validate(stored) if stored else None
-            kept, done = on_request_event(facts, event, envelope.time)
-            if kept is None:
-                if stored is not None:
-                    del jobs[job_id]
-            elif kept != facts:
-                jobs[job_id] = kept.model_dump()
-            if done is not None:
+            ended, done = on_request_event(facts, event, envelope.time)
+            if ended and stored is not None:
+                del jobs[job_id]
+            if done is not None and job_id not in counted:
+                counted.put(job_id, True)
                 await completed.send(key=done.account_id, value=done.model_dump_json().encode())
 
     return follow

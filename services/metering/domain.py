@@ -2,10 +2,11 @@
 
 Two steps, as the faust app runs them (services/metering/app.py):
 
-1. per job (tables keyed by job id, co-partitioned with the request events): a job's facts
-   (owner, tier, model, UTC day) are kept from `JobAccepted`; its `JobCompleted` becomes one
-   `CompletedJob` record, keyed by account, and the facts are dropped (so a redelivered
-   completion finds nothing and counts nothing); a job that ends otherwise is dropped;
+1. per job: a job's `JobCompleted` carries its owner, tier, model and acceptance time, and
+   becomes one `CompletedJob` record, keyed by account; nothing is kept per job. A
+   completion published before those facts were carried is counted by the facts metering
+   kept from the job's `JobAccepted` then (`JobFacts`, in the jobs tables an earlier release
+   filled); a job that ends otherwise only drops such facts;
 2. per account-day (tables keyed by account): each `CompletedJob` is added to the day's
    usage, which is published as `AccountUsage` on the compacted usage topic.
 """
@@ -21,7 +22,6 @@ from pydantic import BaseModel, ConfigDict
 from libs.events import Event
 from libs.events.schemas import (
     AccountUsage,
-    JobAccepted,
     JobBlocked,
     JobCancelled,
     JobCompleted,
@@ -31,7 +31,8 @@ from libs.events.schemas import (
 
 
 class JobFacts(BaseModel):
-    """What metering keeps of an accepted job until it ends."""
+    """What metering kept of an accepted job until it ended, before completions carried it
+    (read from the jobs tables an earlier release filled)."""
 
     model_config = ConfigDict(frozen=True)
 
@@ -83,40 +84,42 @@ def usage_key(account_id: str, day: str) -> str:
     return f"{account_id}|{day}"
 
 
-METERED_TYPES = frozenset(event.TYPE for event in (JobAccepted, JobCompleted, JobBlocked, JobFailed, JobCancelled))
-"""The request events that change what metering keeps of a job; the rest (a job's
-progress, its stored images) are skipped before their payload is decoded."""
+METERED_TYPES = frozenset(event.TYPE for event in (JobCompleted, JobBlocked, JobFailed, JobCancelled))
+"""The request events metering acts on: a job's end. The rest (its acceptance, progress,
+stored images) are skipped before their payload is decoded."""
 
 
 def on_request_event(
     facts: JobFacts | None, event: Event, at: datetime | None = None
-) -> tuple[JobFacts | None, CompletedJob | None]:
-    """A request event's effect on its job: the facts to keep (None: forget the job) and
-    the completion to count, if any; `at` is the event's envelope time (a completion's
-    time, which the gateways compare with `AccountUsage.completed_through`)."""
-    if isinstance(event, JobAccepted):
-        spec = event.spec
-        kept = JobFacts(
-            account_id=spec.account_id, tier=spec.tier, model=spec.model, day=event.created_at.date().isoformat()
-        )
-        return (facts or kept), None
+) -> tuple[bool, CompletedJob | None]:
+    """A request event's effect on its job: whether facts kept of it (if any) are done with,
+    and the completion to count, if any; `facts` is what an earlier release kept of the job,
+    used only when the completion does not carry its own; `at` is the event's envelope time
+    (a completion's time, which the gateways compare with `AccountUsage.completed_through`)."""
     if isinstance(event, JobCompleted):
-        if facts is None:
-            return None, None  # counted already (a redelivery), or accepted before metering began
-        done = CompletedJob(
-            job_id=event.job_id,
-            account_id=facts.account_id,
-            tier=facts.tier,
-            model=facts.model,
-            day=facts.day,
-            images=len(event.images),
-            output_tokens=event.usage.output_tokens if event.usage is not None else 0,
-            completed_at=at,
+        return True, completion(event, facts, at)
+    return isinstance(event, JobBlocked | JobFailed | JobCancelled), None
+
+
+def completion(event: JobCompleted, facts: JobFacts | None = None, at: datetime | None = None) -> CompletedJob | None:
+    """The completion to count: by the facts the event carries, else by those kept of the
+    job (None when neither is there: accepted before metering began)."""
+    if event.account_id and event.created_at is not None:
+        facts = JobFacts(
+            account_id=event.account_id, tier=event.tier, model=event.model, day=event.created_at.date().isoformat()
         )
-        return None, done
-    if isinstance(event, JobBlocked | JobFailed | JobCancelled):
-        return None, None
-    return facts, None
+    if facts is None:
+        return None
+    return CompletedJob(
+        job_id=event.job_id,
+        account_id=facts.account_id,
+        tier=facts.tier,
+        model=facts.model,
+        day=facts.day,
+        images=len(event.images),
+        output_tokens=event.usage.output_tokens if event.usage is not None else 0,
+        completed_at=at,
+    )
 
 
 def add_completed(usage: AccountUsage | None, job: CompletedJob) -> AccountUsage:

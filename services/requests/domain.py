@@ -395,4 +395,15 @@ def _completion(state: JobAggregate, refs: list[ImageRef]) -> list[Event]:
         image_tokens=image_tokens,
         output_tokens=IMAGE_TOKENS_PER_IMAGE * state.spec.n,
     )
-    return [JobCompleted(job_id=state.job_id, images=refs, usage=usage)]
+    spec = state.spec
+    return [
+        JobCompleted(
+            job_id=state.job_id,
+            images=refs,
+            usage=usage,
+            account_id=spec.account_id,
+            tier=spec.tier,
+            model=spec.model,
+            created_at=state.created_at,
+        )
+    ]

@@ -231,6 +231,14 @@ class JobCompleted(Event):
     job_id: str
     images: list[ImageRef]
     usage: Usage
+    account_id: str = ""
+    """The job's owner; with its tier, model and acceptance time, what metering counts the
+    completion by, so it keeps nothing per job. Empty in completions published before the
+    job's facts were carried here: metering counts those by what it kept of `JobAccepted`."""
+    tier: str = ""
+    model: str = ""
+    created_at: datetime | None = None
+    """When the job was accepted (its usage counts on that UTC day)."""
 
 
 @REGISTRY.register

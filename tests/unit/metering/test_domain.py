@@ -9,6 +9,7 @@ from services.metering.domain import (
     METERED_TYPES,
     JobFacts,
     add_completed,
+    completion,
     on_request_event,
     usage_from_table,
     usage_key,
@@ -22,7 +23,14 @@ def _accepted(job_id: str = "job_1", account: str = "acct_a", model: str = "dark
     return JobAccepted(job_id=job_id, spec=job_spec(account_id=account, model=model, n=2), created_at=ACCEPTED_AT)
 
 
-def _completed(job_id: str = "job_1", images: int = 2) -> JobCompleted:
+def _completed(
+    job_id: str = "job_1",
+    images: int = 2,
+    account: str = "acct_a",
+    model: str = "darkroom-mini",
+    *,
+    carried: bool = True,
+) -> JobCompleted:
     refs = [
         ImageRef(
             index=i,
@@ -36,36 +44,36 @@ def _completed(job_id: str = "job_1", images: int = 2) -> JobCompleted:
         for i in range(images)
     ]
     usage = Usage(input_tokens=5, text_tokens=5, image_tokens=0, output_tokens=256 * images)
-    return JobCompleted(job_id=job_id, images=refs, usage=usage)
+    if not carried:  # as published before completions carried their job's facts
+        return JobCompleted(job_id=job_id, images=refs, usage=usage)
+    facts = {"account_id": account, "tier": "plus", "model": model, "created_at": ACCEPTED_AT}
+    return JobCompleted(job_id=job_id, images=refs, usage=usage, **facts)
 
 
-def test_a_completed_job_is_counted_once_for_its_owner_on_the_day_it_was_accepted() -> None:
-    facts, done = on_request_event(None, _accepted())
-    assert facts == JobFacts(account_id="acct_a", tier=facts.tier, model="darkroom-mini", day="2026-12-05")  # type: ignore[union-attr]
-    assert done is None
-    facts, _ = on_request_event(facts, JobQueued(job_id="job_1", lane="pro", topic="t", partition=0))
-    facts, done = on_request_event(facts, _completed())
-    assert facts is None and done is not None
-    assert (done.account_id, done.day, done.images, done.output_tokens) == ("acct_a", "2026-12-05", 2, 512)
-    # A redelivered completion finds the job forgotten: nothing counted twice.
-    assert on_request_event(None, _completed()) == (None, None)
+def test_a_completed_job_is_counted_for_its_owner_on_the_day_it_was_accepted() -> None:
+    ended, done = on_request_event(None, _completed())
+    assert ended and done is not None
+    counted = (done.account_id, done.tier, done.day, done.images, done.output_tokens)
+    assert counted == ("acct_a", "plus", "2026-12-05", 2, 512)
 
 
-def test_a_job_that_ends_without_images_is_forgotten_and_counts_nothing() -> None:
-    facts, _ = on_request_event(None, _accepted())
+def test_a_completion_without_its_facts_is_counted_by_the_facts_kept_of_its_job() -> None:
+    kept = JobFacts(account_id="acct_b", tier="pro", model="darkroom-mini", day="2026-12-04")
+    ended, done = on_request_event(kept, _completed(carried=False))
+    assert ended and done is not None and (done.account_id, done.tier, done.day) == ("acct_b", "pro", "2026-12-04")
+    # Accepted before metering began, nothing kept: nothing to count it by.
+    assert on_request_event(None, _completed(carried=False)) == (True, None)
+    assert completion(_completed(carried=False)) is None
+
+
+def test_a_job_that_ends_without_images_counts_nothing() -> None:
     blocked = JobBlocked(job_id="job_1", stage="prompt", category="violence", message="no")
-    assert on_request_event(facts, blocked) == (None, None)
-
-
-def test_a_redelivered_acceptance_keeps_the_first_facts() -> None:
-    facts, _ = on_request_event(None, _accepted())
-    again, _ = on_request_event(facts, _accepted(account="acct_other"))
-    assert again == facts
+    assert on_request_event(None, blocked) == (True, None)
 
 
 def test_a_days_usage_adds_jobs_images_and_tokens_per_model() -> None:
-    first = on_request_event(on_request_event(None, _accepted("j1"))[0], _completed("j1"))[1]
-    second = on_request_event(on_request_event(None, _accepted("j2", model="amused-256"))[0], _completed("j2", 1))[1]
+    first = completion(_completed("j1"))
+    second = completion(_completed("j2", 1, model="amused-256"))
     assert first is not None and second is not None
     usage = add_completed(add_completed(None, first), second)
     assert (usage.jobs, usage.images, usage.output_tokens) == (2, 3, 768)
@@ -75,19 +83,19 @@ def test_a_days_usage_adds_jobs_images_and_tokens_per_model() -> None:
 
 
 def test_the_events_skipped_before_decoding_are_those_that_change_nothing() -> None:
-    facts, _ = on_request_event(None, _accepted())
     queued = JobQueued(job_id="job_1", lane="pro", topic="t", partition=0)
-    assert queued.TYPE not in METERED_TYPES
-    assert on_request_event(facts, queued) == (facts, None)
-    assert {_accepted().TYPE, _completed().TYPE, JobBlocked.TYPE} <= METERED_TYPES
+    assert {queued.TYPE, _accepted().TYPE} & METERED_TYPES == set()
+    assert on_request_event(None, queued) == (False, None)
+    assert on_request_event(None, _accepted()) == (False, None)
+    assert {_completed().TYPE, JobBlocked.TYPE} <= METERED_TYPES
 
 
 def test_a_days_usage_says_up_to_which_completion_it_counts() -> None:
     """`completed_through` is the latest completion time folded, whatever order they came in
     (the gateways count a completion themselves until it is reached)."""
     late, early = ACCEPTED_AT.replace(second=30), ACCEPTED_AT.replace(second=10)
-    first = on_request_event(on_request_event(None, _accepted("j1"))[0], _completed("j1"), late)[1]
-    second = on_request_event(on_request_event(None, _accepted("j2"))[0], _completed("j2"), early)[1]
+    first = completion(_completed("j1"), at=late)
+    second = completion(_completed("j2"), at=early)
     assert first is not None and second is not None and first.completed_at == late
     usage = add_completed(add_completed(None, first), second)
     assert usage.completed_through == late

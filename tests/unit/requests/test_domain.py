@@ -223,6 +223,11 @@ def test_the_job_completes_only_with_every_image_stored_and_the_last_pass_cleare
     assert state is not None and state.status == "completed"
     assert [ref.index for ref in state.images] == [0, 1]
     assert state.usage is not None and state.usage.output_tokens == 2 * 256 and state.usage.input_tokens == 3
+    completed = decision.events[1]
+    assert isinstance(completed, JobCompleted), "what metering counts it by, carried"
+    spec = _generate().spec
+    assert (completed.account_id, completed.tier, completed.model) == (spec.account_id, spec.tier, spec.model)
+    assert completed.created_at == state.created_at
 
 
 def test_the_final_clearance_can_come_before_the_images() -> None:
