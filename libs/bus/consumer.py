@@ -11,7 +11,11 @@ A handler receives decoded envelopes; everything else is here, once:
 - a `TransientError` (a store or broker outage) is retried with backoff, without
   limit: an outage delays work but loses none;
 - offsets are committed only after the records before them were handled, so a crash
-  redelivers at most the records in flight (handlers are idempotent);
+  redelivers at most the records handled since the last commit (handlers are idempotent).
+  While records keep coming, a member commits at most every `commit_interval_s`
+  (COMMIT_INTERVAL_S by default; 0 commits after every poll), and at once when a poll
+  comes back empty or the loop stops: each commit is a write to Kafka's offsets log, and
+  committing every poll cost the broker as many writes as the job path's own messages;
 - every handled event, its handler's time, every dead letter and the member's lag are
   counted for Prometheus (libs.metrics);
 - with `concurrency` above 1, the records of one poll are handled by key: records
@@ -49,6 +53,9 @@ pauses the lanes it must not serve yet). Returns the most records to fetch this 
 (a decoder: the images its batch has room for), or None for the loop's `max_records`."""
 
 
+COMMIT_INTERVAL_S = 0.5
+"""How long a member busy with records goes at most between commits (see the module's docstring)."""
+
 LAG_INTERVAL_S = 1.0
 """How often a member's lag is read for the metrics (it costs no request to the broker)."""
 
@@ -80,11 +87,14 @@ class EventConsumer:
         concurrency: int = 1,
         before_poll: BeforePoll | None = None,
         interceptors: Sequence[Interceptor] = DEFAULT_INTERCEPTORS,
+        commit_interval_s: float = COMMIT_INTERVAL_S,
     ) -> None:
         """Wires the loop.
 
         Args (beyond the obvious): `interceptors` wrap the handling of every record, the
         first outermost (libs.bus.interceptors); a consumer span per record by default.
+        `commit_interval_s`: the longest a member busy with records goes between commits
+        (0: after every poll, for handlers whose redelivery costs more than a write).
         """
         self._consumer = consumer
         self._before_poll = before_poll
@@ -100,6 +110,9 @@ class EventConsumer:
         self.handled = 0
         self.dead_lettered = 0
         self._lag_read_at = 0.0
+        self._commit_interval_s = commit_interval_s
+        self._uncommitted: dict[TopicPartition, int] = {}
+        self._committed_at = 0.0
         # Per event type, the handler's timer and its "ok" counter, looked up once:
         # `labels` costs more per record than the interceptor chain does.
         self._handled_ok: dict[str, tuple[Histogram, Counter]] = {}
@@ -124,7 +137,7 @@ class EventConsumer:
             await self.record_lag()
             if self._concurrency > 1 and len(records) > 1:
                 await self._process_by_key(records)
-                await self._consumer.commit(_next_offsets(records))
+                await self._handled(_next_offsets(records), more=True)
                 continue
             done: dict[TopicPartition, int] = {}
             for record in records:
@@ -133,8 +146,24 @@ class EventConsumer:
                     continue
                 await self._process(record)
                 done[record.tp] = record.offset + 1
-            if done:
-                await self._consumer.commit(done)
+            await self._handled(done, more=bool(records) and not stop.is_set())
+        await self._handled({}, more=False)
+
+    async def _handled(self, offsets: dict[TopicPartition, int], *, more: bool) -> None:
+        """Commits what was handled: now when the member ran out of records (or stops) or
+        the interval is up, else with a later poll's commit."""
+        self._uncommitted.update(offsets)
+        now = time.monotonic()
+        if not self._uncommitted or (more and now - self._committed_at < self._commit_interval_s):
+            return
+        # Only partitions the member still holds: a rebalance hands the others on, and
+        # their next owner starts after the last commit (redelivering to idempotent handlers).
+        held = self._consumer.assignment()
+        due = {tp: offset for tp, offset in self._uncommitted.items() if tp in held}
+        self._uncommitted = {}
+        self._committed_at = now
+        if due:
+            await self._consumer.commit(due)
 
     async def record_lag(self) -> None:
         """Publishes the member's lag per partition to the metrics, at most once a second

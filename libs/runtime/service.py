@@ -28,7 +28,7 @@ from typing import Any
 
 from libs import topics
 from libs.bus import EventConsumer, EventPublisher, Handler, RetryPolicy
-from libs.bus.consumer import BeforePoll
+from libs.bus.consumer import COMMIT_INTERVAL_S, BeforePoll
 from libs.bus.interceptors import Interceptor
 from libs.bus.ports import Consumer, Producer
 from libs.bus.routing import SERVICE_INTERCEPTORS, member_groups
@@ -58,6 +58,9 @@ class Subscription:
     """Records of one poll handled at once, by key (see libs.bus.consumer)."""
     before_poll: BeforePoll | None = None
     """Runs before every fetch (see libs.bus.consumer.BeforePoll)."""
+    commit_interval_s: float = COMMIT_INTERVAL_S
+    """The longest the member goes between commits while records keep coming (0: after every
+    poll; see libs.bus.consumer)."""
 
 
 @dataclass
@@ -141,6 +144,7 @@ class ServiceRuntime:
                         concurrency=sub.concurrency,
                         before_poll=sub.before_poll,
                         interceptors=self.interceptors,
+                        commit_interval_s=sub.commit_interval_s,
                     )
                 )
         self._health = HealthServer(self.health_report, self.settings.health_host, self.settings.health_port)

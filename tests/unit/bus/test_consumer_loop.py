@@ -37,6 +37,7 @@ class Harness:
         until: int,
         concurrency: int = 1,
         interceptors: Sequence[Interceptor] = DEFAULT_INTERCEPTORS,
+        commit_interval_s: float = 0.5,
     ) -> EventConsumer:
         """Run a consumer until `until` records were handled or dead-lettered."""
         consumer = self.broker.consumer("g", [TOPIC])
@@ -52,6 +53,7 @@ class Harness:
             poll_timeout_ms=20,
             concurrency=concurrency,
             interceptors=interceptors,
+            commit_interval_s=commit_interval_s,
         )
         stop = asyncio.Event()
         task = asyncio.create_task(loop.run(stop))
@@ -151,6 +153,49 @@ async def test_offsets_are_committed_after_handling(harness: Harness) -> None:
     await harness.publisher.publish(TOPIC, _message(9))
     await again.run(again.record_handler, until=1)
     assert [e.aggregate_id for e in again.seen] == ["agg-9"]
+
+
+async def test_a_member_busy_with_records_commits_once_per_interval_and_on_stopping(harness: Harness) -> None:
+    committed: list[int] = []
+
+    async def chained(envelope: Envelope, record: Record) -> None:
+        # Each record brings the next, so every poll has records: the member stays busy.
+        committed.append(harness.broker.committed("g", TopicPartition(TOPIC, 0)))
+        if record.offset < 4:
+            await harness.publisher.publish(TOPIC, _message(record.offset + 1))
+
+    await harness.publisher.publish(TOPIC, _message(0))
+    await harness.run(chained, until=5, commit_interval_s=60)
+    assert committed[2:] == [1, 1, 1], "the first poll's offset, and nothing since within the interval"
+    assert harness.broker.committed("g", TopicPartition(TOPIC, 0)) == 5, "all of it once the loop stops"
+
+
+async def test_a_member_out_of_records_commits_what_it_handled_at_once(harness: Harness) -> None:
+    consumer = harness.broker.consumer("g", [TOPIC])
+    await consumer.start()
+    loop = EventConsumer(
+        consumer,
+        harness.record_handler,
+        publisher=harness.publisher,
+        dead_letter_topic=topics.DEAD_LETTERS,
+        service="test",
+        group="g",
+        poll_timeout_ms=20,
+        commit_interval_s=60,
+    )
+    stop = asyncio.Event()
+    task = asyncio.create_task(loop.run(stop))
+    for n in range(3):
+        await harness.publisher.publish(TOPIC, _message(n))
+        await asyncio.sleep(0.005)
+    for _ in range(100):
+        if harness.broker.committed("g", TopicPartition(TOPIC, 0)) == 3:
+            break
+        await asyncio.sleep(0.01)
+    assert harness.broker.committed("g", TopicPartition(TOPIC, 0)) == 3, "committed while the loop runs"
+    stop.set()
+    await asyncio.wait_for(task, 5)
+    await consumer.stop()
 
 
 async def test_the_consumer_span_continues_the_producer_trace(harness: Harness, spans) -> None:  # type: ignore[no-untyped-def]
