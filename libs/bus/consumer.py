@@ -128,9 +128,16 @@ class EventConsumer:
         while not stop.is_set():
             max_records = self._max_records
             if self._before_poll is not None:
-                room = await self._before_poll(self._consumer)
+                gate = asyncio.ensure_future(self._before_poll(self._consumer))
+                stopping = asyncio.ensure_future(stop.wait())
+                await asyncio.wait({gate, stopping}, return_when=asyncio.FIRST_COMPLETED)
+                stopping.cancel()
                 if stop.is_set():
+                    # A decoder stopping with a full batch would wait for room forever.
+                    gate.cancel()
+                    await asyncio.gather(gate, return_exceptions=True)
                     break
+                room = gate.result()
                 if room is not None:
                     max_records = max(1, min(room, self._max_records))
             records = await self._consumer.getmany(self._poll_timeout_ms, max_records)

@@ -198,6 +198,33 @@ async def test_a_member_out_of_records_commits_what_it_handled_at_once(harness: 
     await consumer.stop()
 
 
+async def test_a_member_waiting_before_its_poll_stops_when_asked(harness: Harness) -> None:
+    # A decoder whose batch is full waits for room before fetching; stopping must not wait for it.
+    consumer = harness.broker.consumer("g", [TOPIC])
+    await consumer.start()
+    never = asyncio.Event()
+
+    async def no_room(_: object) -> int:
+        await never.wait()
+        return 1
+
+    loop = EventConsumer(
+        consumer,
+        harness.record_handler,
+        publisher=harness.publisher,
+        dead_letter_topic=topics.DEAD_LETTERS,
+        service="test",
+        group="g",
+        before_poll=no_room,
+    )
+    stop = asyncio.Event()
+    task = asyncio.create_task(loop.run(stop))
+    await asyncio.sleep(0.05)
+    stop.set()
+    await asyncio.wait_for(task, 2)
+    await consumer.stop()
+
+
 async def test_the_consumer_span_continues_the_producer_trace(harness: Harness, spans) -> None:  # type: ignore[no-untyped-def]
     await harness.publisher.publish(TOPIC, _message(1))
     await harness.run(harness.record_handler, until=1)
