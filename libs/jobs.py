@@ -12,7 +12,7 @@ what a job's status means.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import Literal, TypeVar
 
@@ -192,3 +192,28 @@ def content_check_passes(total_passes: int, tweak: bool = False, stride: int = 1
                 risky.append(index + 1)
     step = max(1, stride)
     return [p for p in risky if p == total_passes or p % step == 0]
+
+
+def pass_reported(pass_index: int, total_passes: int, shows_pictures: bool) -> bool:
+    """Whether a decoder publishes a pass's progress (`RenderProgressed`).
+
+    Every even pass, the last, and any pass with previews a stream shows or pictures
+    safety checks. The odd passes between carry only a checkpoint, which the next pass's
+    replaces, so they are not published: a re-dispatched render (its decoder lost) resumes
+    at most one pass before the one it had reached, and the render's lease hears from it
+    every two passes. A render that leaves for another (preempted) publishes its last pass
+    first, so it resumes exactly there.
+
+    Args:
+        pass_index: Passes completed, 1..total_passes.
+        total_passes: Passes of the render.
+        shows_pictures: Whether the pass carries previews or check pictures.
+    """
+    return shows_pictures or pass_index == total_passes or pass_index % 2 == 0
+
+
+def reported_passes(total_passes: int, shown: Iterable[int]) -> list[int]:
+    """The passes of a render whose progress its decoder publishes (`pass_reported`), given
+    the passes with previews or check pictures."""
+    showing = set(shown)
+    return [k for k in range(1, total_passes + 1) if pass_reported(k, total_passes, k in showing)]

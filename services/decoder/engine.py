@@ -14,7 +14,9 @@ vLLM's loop, for images: at every pass boundary the engine
    after its last pass, its images.
 
 A render is one job's images; a job of n images counts n against the limit. Its events
-are exactly those of a render alone: `RenderStarted`, one `RenderProgressed` per pass,
+are exactly those of a render alone: `RenderStarted`, one `RenderProgressed` per reported
+pass (every even pass, the last, and those with previews or check pictures:
+`libs.jobs.pass_reported`),
 `StoreImage` per image before the last progress, or one `RenderStopped`, with the same
 sequence numbers (see services.decoder.handlers). A job's images do not depend on its
 batch companions: every random draw comes from the job's own seed and pass
@@ -67,6 +69,7 @@ from libs.events.schemas import (
     StoreImage,
 )
 from libs.imaging import CONTENT_TYPES
+from libs.jobs import pass_reported
 from libs.metrics import LATENCY_BUCKETS
 from libs.model.interface import RenderState, pack_tokens
 from services.decoder.runner import CHECK_SIZE, Drawing, ModelRunner
@@ -237,6 +240,8 @@ class Render:
         link: The span of the job's delivery, linked from every batch step it is in.
         started: The publishing of its `RenderStarted` (its later events wait for it).
         version: The model version it renders with (libs.releases).
+        unreported: Its last pass's progress when that pass was not published
+            (`libs.jobs.pass_reported`); published before the render leaves for another.
     """
 
     job: RenderJob
@@ -249,6 +254,7 @@ class Render:
     link: SpanContext | None = None
     started: asyncio.Task[None] | None = None
     version: str = BASE_VERSION
+    unreported: RenderProgressed | None = None
 
     @property
     def job_id(self) -> str:
@@ -593,12 +599,7 @@ class BatchEngine:
             )
         await asyncio.gather(
             *(
-                self._publish_after_start(
-                    render,
-                    topics.RENDER_PROGRESS,
-                    stopped_event(render.job, render.plan.completed, "preempted"),
-                    render.plan.completed + 1,
-                )
+                self._hand_back(render, stopped_event(render.job, render.plan.completed, "preempted"))
                 for render in leaving
             )
         )
@@ -732,9 +733,11 @@ class BatchEngine:
                 reason = failure_message(outcome)
                 await self._version_failed(render.version, reason)
                 message = f"model version {render.version} failed: {reason}"
-                stopped = stopped_event(render.job, done, "preempted", message[:MAX_FAILURE_MESSAGE])
-            else:
-                stopped = stopped_event(render.job, done, "failed", failure_message(outcome))
+                await self._hand_back(
+                    render, stopped_event(render.job, done, "preempted", message[:MAX_FAILURE_MESSAGE])
+                )
+                return
+            stopped = stopped_event(render.job, done, "failed", failure_message(outcome))
             await self._publish_after_start(render, topics.RENDER_PROGRESS, stopped, done + 1)
             return
         pass_index = render.plan.completed + 1
@@ -747,9 +750,23 @@ class BatchEngine:
         progress = progress_event(
             render.job, pass_index, outcome.states, outcome.previews, self._decoder_id, outcome.checks
         )
-        await self._publish(topics.RENDER_PROGRESS, progress, render, pass_index)
+        if pass_reported(pass_index, render.plan.total_passes, bool(outcome.previews or outcome.checks)):
+            await self._publish(topics.RENDER_PROGRESS, progress, render, pass_index)
+            render.unreported = None
+        else:
+            render.unreported = progress
         render.states = outcome.states
         render.plan = render.plan.advanced()
+
+    async def _hand_back(self, render: Render, stopped: RenderStopped) -> None:
+        """Publishes a render's `RenderStopped(preempted)`, after its last pass's progress
+        if that was not published: the requests service resumes it from that pass."""
+        if render.unreported is not None:
+            await self._publish_after_start(
+                render, topics.RENDER_PROGRESS, render.unreported, render.unreported.pass_index
+            )
+            render.unreported = None
+        await self._publish_after_start(render, topics.RENDER_PROGRESS, stopped, stopped.pass_index + 1)
 
     async def _publish_after_start(self, render: Render, topic: str, event: Event, sequence: int) -> None:
         if render.started is not None:

@@ -6,8 +6,10 @@ render the engine can take:
 
 - when a job joins the batch, `RenderStarted` (its lease with the requests service
   begins);
-- after every pass, `RenderProgressed` on the progress topic (the checkpoint of every
-  image, and previews on the job's preview passes);
+- after every reported pass, `RenderProgressed` on the progress topic (the checkpoint of
+  every image, previews on the job's preview passes, pictures on its check passes); a
+  pass is reported when it is even, the last, or has previews or pictures to check
+  (`libs.jobs.pass_reported`);
 - after the last pass, one `StoreImage` per image on the storage topic, published before
   that pass's progress: once every pass is reported, storage already holds the images;
 - when the job was aborted, `RenderStopped(aborted)` at the next pass boundary;

@@ -17,10 +17,11 @@ service reads the same progress events and answers only when a render is blocked
 its last pass is cleared; content blocked -> JobBlocked + AbortRender; every image
 stored and the last pass cleared -> JobCompleted.
 
-Durability: while a job renders, its decoder must report (start, then every pass)
-within the lease; the lease monitor proposes `ExpireRenderLease` when it does not, and
-if nothing happened since, the job is dispatched again (JobRequeued + RenderJob of the
-next attempt) carrying its last checkpoint, so the new decoder resumes from that pass.
+Durability: while a job renders, its decoder must report (start, then every reported
+pass, at most two passes apart: libs.jobs.pass_reported) within the lease; the lease
+monitor proposes `ExpireRenderLease` when it does not, and if nothing happened since,
+the job is dispatched again (JobRequeued + RenderJob of the next attempt) carrying its
+last checkpoint, so the new decoder resumes from that pass.
 A decoder that preempts a render for a higher-priority job says so (`RenderStopped`
 preempted) after its last checkpoint; the job is dispatched again the same way
 (JobRequeued + RenderJob of the next attempt, from that checkpoint, to its lane).
@@ -350,9 +351,12 @@ def checkpoint_may_wait(event: Event) -> bool:
     the progress of every odd pass but the last (libs.processing's `deferrable`).
 
     A checkpoint lost so (the requests service and the job's decoder both gone before the
-    next pass is saved) makes the re-dispatched render resume one pass earlier, never
-    more; while the requests service lives, a re-dispatch resumes from the latest pass,
-    saved or not. The last pass is always saved: it ends the render's lease.
+    next pass is saved) makes the re-dispatched render resume one pass earlier than the
+    one it had reached, never more: the pass after each odd one is even, or the last, and
+    saved. (Decoders do not even report the odd passes that carry nothing but a
+    checkpoint, libs.jobs.pass_reported: those that come here have previews or check
+    pictures.) While the requests service lives, a re-dispatch resumes from the latest
+    reported pass, saved or not. The last pass is always saved: it ends the render's lease.
     """
     return isinstance(event, RenderProgressed) and event.pass_index % 2 == 1 and event.pass_index < event.total_passes
 

@@ -1,6 +1,7 @@
 """Render leases: which rendering jobs must hear from their decoder, and by when.
 
-A decoder reports a job when it starts it and after every pass. The requests service
+A decoder reports a job when it starts it and after every reported pass (at most two
+passes apart: libs.jobs.pass_reported). The requests service
 tracks, per job it handles, the deadline of the next report (`RequestsSettings.render_lease_s`
 after the last one). When a deadline passes, the monitor proposes `ExpireRenderLease`
 on the job's command stream; the proposal is decided against the job's durable state

@@ -19,7 +19,7 @@ from libs import topics
 from libs.bus.kafka import KafkaConsumer
 from libs.bus.ports import Record
 from libs.events import DecodeError, Envelope
-from libs.jobs import TERMINAL
+from libs.jobs import TERMINAL, reported_passes
 from libs.model.interface import unpack_tokens
 from libs.runtime.wiring import minio_store
 from libs.settings import MinioSettings
@@ -87,6 +87,12 @@ class Watch:
 
     def payloads(self, job_id: str, event_type: str) -> list[dict[str, Any]]:
         return [e.payload for e in self.of(job_id, event_type)]
+
+    def reported_passes(self, job_id: str) -> list[int]:
+        """The passes the job's decoders report (libs.jobs.reported_passes), by its first
+        render job: the even ones, the last, those with previews or content checks."""
+        job = self.payloads(job_id, "render.render_job")[0]
+        return reported_passes(job["passes"], [*job["preview_passes"], *job["content_check_passes"]])
 
     def first_time(self, job_id: str, event_type: str, **fields: object) -> float:
         for at, _, _, e in self.seen:

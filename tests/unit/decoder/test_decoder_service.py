@@ -168,26 +168,29 @@ async def test_a_job_progresses_pass_by_pass_then_hands_its_images_to_storage() 
         await eventually(now(lambda: len(decoder.stored()) >= 2), 10, "two stored images")
         progress, stored = decoder.progress(), decoder.stored()
 
-        # One checkpoint per pass, in order, each with both images' grids.
-        assert [p.pass_index for p in progress] == [1, 2, 3, 4]
+        # One checkpoint per reported pass, in order, each with both images' grids: pass 1
+        # (odd, no preview, nothing to check) is not published; 2 has previews, 3 is
+        # checked, 4 is the last.
+        assert [p.pass_index for p in progress] == [2, 3, 4]
         assert all(p.total_passes == 4 and p.decoder == "decoder-t" and len(p.tokens) == 2 for p in progress)
         grids = [[_grid(t) for t in p.tokens] for p in progress]
         assert all(g.shape == (16, 16) for per_pass in grids for g in per_pass)
         for index in range(2):
             masked = [int((per_pass[index] == model.mask_token).sum()) for per_pass in grids]
-            assert masked == sorted(masked, reverse=True) and len(set(masked)) == 4 and masked[-1] == 0
+            assert masked == sorted(masked, reverse=True) and len(set(masked)) == 3 and masked[-1] == 0
+            assert 0 < masked[0] < 16 * 16, "pass 2's grid has pass 1's cells drawn too"
         assert grids[-1][0].tolist() != grids[-1][1].tolist()  # image i has seed + i
 
         # Previews only after pass 2, in the job's format and size.
-        assert [len(p.previews) for p in progress] == [0, 2, 0, 0]
-        for preview in progress[1].previews:
+        assert [len(p.previews) for p in progress] == [2, 0, 0]
+        for preview in progress[0].previews:
             image = _image(preview)
             assert (image.format, image.size) == ("JPEG", (256, 256))
 
         # The pictures the safety service scores: a 64x64 PNG per image on the checked
         # passes the job names, and always on the last one.
-        assert [len(p.check_images) for p in progress] == [0, 0, 2, 2]
-        for picture in progress[2].check_images + progress[3].check_images:
+        assert [len(p.check_images) for p in progress] == [0, 2, 2]
+        for picture in progress[1].check_images + progress[2].check_images:
             image = _image(picture)
             assert (image.format, image.size) == ("PNG", (64, 64))
 
@@ -206,9 +209,10 @@ async def test_a_job_progresses_pass_by_pass_then_hands_its_images_to_storage() 
         assert {(e.aggregate_id, e.correlation_id, e.causation_id, e.tier) for e in sent} == {
             ("job-1", cause.correlation_id, cause.event_id, "pro")
         }
-        # RenderStarted first (sequence 0: it orders nothing), then passes and images in order.
+        # RenderStarted first (sequence 0: it orders nothing), then the reported passes (their
+        # pass numbers) and the images (after the 4 passes) in order.
         assert [e.type for e in sent][:2] == ["render.render_started", "render.render_progressed"]
-        assert [e.sequence for e in sent] == [0, 1, 2, 3, 4, 5, 6]
+        assert [e.sequence for e in sent] == [0, 2, 3, 4, 5, 6]
         records = decoder.broker.records(topics.RENDER_PROGRESS) + decoder.broker.records(topics.STORAGE_BLOBS)
         assert {r.key for r in records} == {b"job-1"}
 
@@ -231,7 +235,7 @@ async def test_a_render_resumed_from_a_checkpoint_ends_like_the_uninterrupted_on
     await runner.load()
     broker = InMemoryBroker()
     engine = BatchEngine(runner, EventPublisher(broker.producer()), "decoder-r", limit=4)
-    checkpoint = progress[1]  # after pass 2
+    [checkpoint] = [p for p in progress if p.pass_index == 2]
     states = [
         state_from_checkpoint(model, JOB.prompt, JOB.seed + i, JOB.passes, checkpoint.pass_index, _grid(t))
         for i, t in enumerate(checkpoint.tokens)
@@ -273,13 +277,13 @@ async def test_an_abort_during_a_pass_stops_the_render_at_the_next_boundary() ->
 
             # Pass 1 is running: the abort is recorded before it can end.
             await decoder.send(topics.RENDER_CONTROL, AbortRender(job_id="job-1", reason="blocked"), "job-1")
-            await eventually(now(lambda: decoder.handled() >= 1), 10, "the abort handled")
+            await eventually(now(lambda: decoder.handled() >= 2), 10, "the abort handled")  # the job, then the abort
         finally:
             model.release.set()
 
         [stopped] = await eventually(now(decoder.stopped), 10, "the render stopped")
         assert (stopped.job_id, stopped.pass_index, stopped.reason) == ("job-1", 1, "aborted")
-        assert [p.pass_index for p in decoder.progress()] == [1]
+        assert decoder.progress() == [], "pass 1 is not reported (libs.jobs.pass_reported)"
         assert decoder.stored() == []
         assert model.steps == 1
 
@@ -306,7 +310,7 @@ async def test_a_model_failure_stops_the_job_once_without_retries() -> None:
         [stopped] = await eventually(now(decoder.stopped), 10, "the render stopped")
         assert (stopped.pass_index, stopped.reason) == (1, "failed")
         assert "weights went missing" in stopped.message
-        assert [p.pass_index for p in decoder.progress()] == [1]
+        assert decoder.progress() == [], "pass 1 is not reported (libs.jobs.pass_reported)"
         assert decoder.stored() == []
         assert decoder.events(topics.DEAD_LETTERS, DeadLetter) == []
         assert model.steps == 2
@@ -414,7 +418,7 @@ async def test_a_tweak_without_a_source_image_fails_once() -> None:
 
 async def test_a_redispatched_job_resumes_from_its_checkpoint_and_ends_like_the_uninterrupted_one() -> None:
     progress, stored = await _render(JOB, NoOpModel())
-    checkpoint = progress[1]  # after pass 2
+    [checkpoint] = [p for p in progress if p.pass_index == 2]
     resumed_job = JOB.model_copy(update={"attempt": 1, "resume_pass": 2, "resume_tokens": checkpoint.tokens})
 
     async with running_decoder(NoOpModel()) as decoder:
@@ -425,7 +429,7 @@ async def test_a_redispatched_job_resumes_from_its_checkpoint_and_ends_like_the_
         assert (started.attempt, started.pass_index, started.total_passes) == (1, 2, 4)
         await eventually(now(lambda: len(decoder.progress()) >= 2), 10, "the last pass reported")
         assert [(p.pass_index, p.tokens) for p in decoder.progress()] == [
-            (p.pass_index, p.tokens) for p in progress[2:]
+            (p.pass_index, p.tokens) for p in progress if p.pass_index > 2
         ]
         assert [(s.tokens, s.data) for s in decoder.stored()] == [(s.tokens, s.data) for s in stored]
 

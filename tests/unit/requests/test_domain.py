@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from itertools import pairwise
 
 from libs import topics
 from libs.events.envelope import Event
@@ -29,7 +30,7 @@ from libs.events.schemas import (
     RenderStopped,
     SafetyVerdict,
 )
-from libs.jobs import content_check_passes, preview_passes
+from libs.jobs import content_check_passes, preview_passes, reported_passes
 from libs.lanes import lane_for
 from libs.readmodels.view import JobView, project
 from services.requests.domain import Checkpoint, Decision, JobAggregate, Policy, decide, evolve, leased, reached
@@ -370,6 +371,19 @@ def test_content_is_checked_once_a_third_of_a_fresh_render_is_drawn_and_on_every
     assert content_check_passes(1) == [1]
     assert content_check_passes(4, tweak=True) == [1, 2, 3, 4]
     assert content_check_passes(8, tweak=True, stride=4) == [4, 8]
+
+
+def test_a_decoder_reports_even_passes_the_last_and_those_with_pictures() -> None:
+    assert reported_passes(4, []) == [2, 4]
+    assert reported_passes(4, content_check_passes(4)) == [2, 3, 4]
+    assert reported_passes(12, content_check_passes(12)) == [2, 4, 6, 7, 8, 9, 10, 11, 12]
+    assert reported_passes(8, preview_passes(8, 3)) == [2, 4, 6, 8]
+    assert reported_passes(6, preview_passes(6, 1)) == [2, 3, 4, 6]
+    assert reported_passes(1, []) == [1]
+    # Never two unreported passes in a row: a resume loses at most one.
+    for total in range(1, 17):
+        reported = [0, *reported_passes(total, [])]
+        assert max(b - a for a, b in pairwise(reported)) <= 2
 
 
 def test_the_render_job_carries_the_routed_version_and_the_job_records_the_one_that_rendered() -> None:
