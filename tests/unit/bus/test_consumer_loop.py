@@ -3,15 +3,25 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
 
 import pytest
 from prometheus_client import REGISTRY as PROCESS_REGISTRY
 
 from libs import topics
-from libs.bus import EventConsumer, EventPublisher, Interceptor, Record, RejectedMessage, RetryPolicy, TransientError
+from libs.bus import (
+    EventConsumer,
+    EventPublisher,
+    Handler,
+    Interceptor,
+    Record,
+    RejectedMessage,
+    RetryPolicy,
+    TransientError,
+)
 from libs.bus.memory import InMemoryBroker
-from libs.bus.ports import TopicPartition
+from libs.bus.ports import Consumer, TopicPartition
 from libs.bus.publisher import DEFAULT_INTERCEPTORS
 from libs.events import REGISTRY, Envelope
 from libs.events.schemas import DeadLetter, ServiceHeartbeat
@@ -31,9 +41,22 @@ class Harness:
         self.publisher = EventPublisher(self.broker.producer())
         self.seen: list[Envelope] = []
 
+    def loop(self, consumer: Consumer, handler: Handler, **options: Any) -> EventConsumer:
+        """A loop over `consumer` in group "g", dead-lettering here; `options` go to EventConsumer."""
+        defaults: dict[str, Any] = {"retry": FAST, "poll_timeout_ms": 20}
+        return EventConsumer(
+            consumer,
+            handler,
+            publisher=self.publisher,
+            dead_letter_topic=topics.DEAD_LETTERS,
+            service="test",
+            group="g",
+            **(defaults | options),
+        )
+
     async def run(
         self,
-        handler: Callable[[Envelope, Record], Awaitable[None]],
+        handler: Handler,
         until: int,
         concurrency: int = 1,
         interceptors: Sequence[Interceptor] = DEFAULT_INTERCEPTORS,
@@ -42,18 +65,8 @@ class Harness:
         """Run a consumer until `until` records were handled or dead-lettered."""
         consumer = self.broker.consumer("g", [TOPIC])
         await consumer.start()
-        loop = EventConsumer(
-            consumer,
-            handler,
-            publisher=self.publisher,
-            dead_letter_topic=topics.DEAD_LETTERS,
-            service="test",
-            group="g",
-            retry=FAST,
-            poll_timeout_ms=20,
-            concurrency=concurrency,
-            interceptors=interceptors,
-            commit_interval_s=commit_interval_s,
+        loop = self.loop(
+            consumer, handler, concurrency=concurrency, interceptors=interceptors, commit_interval_s=commit_interval_s
         )
         stop = asyncio.Event()
         task = asyncio.create_task(loop.run(stop))
@@ -173,16 +186,7 @@ async def test_a_member_busy_with_records_commits_once_per_interval_and_on_stopp
 async def test_a_member_out_of_records_commits_what_it_handled_at_once(harness: Harness) -> None:
     consumer = harness.broker.consumer("g", [TOPIC])
     await consumer.start()
-    loop = EventConsumer(
-        consumer,
-        harness.record_handler,
-        publisher=harness.publisher,
-        dead_letter_topic=topics.DEAD_LETTERS,
-        service="test",
-        group="g",
-        poll_timeout_ms=20,
-        commit_interval_s=60,
-    )
+    loop = harness.loop(consumer, harness.record_handler, commit_interval_s=60)
     stop = asyncio.Event()
     task = asyncio.create_task(loop.run(stop))
     for n in range(3):
@@ -208,15 +212,7 @@ async def test_a_member_waiting_before_its_poll_stops_when_asked(harness: Harnes
         await never.wait()
         return 1
 
-    loop = EventConsumer(
-        consumer,
-        harness.record_handler,
-        publisher=harness.publisher,
-        dead_letter_topic=topics.DEAD_LETTERS,
-        service="test",
-        group="g",
-        before_poll=no_room,
-    )
+    loop = harness.loop(consumer, harness.record_handler, before_poll=no_room)
     stop = asyncio.Event()
     task = asyncio.create_task(loop.run(stop))
     await asyncio.sleep(0.05)
