@@ -33,6 +33,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from prometheus_client import Counter, Histogram
 
@@ -125,19 +126,20 @@ class EventConsumer:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until `stop` is set, then commit what was handled and return."""
+        stopping: asyncio.Future[Any] = asyncio.ensure_future(stop.wait())
+        try:
+            await self._consume(stop, stopping)
+        finally:
+            stopping.cancel()
+        await self._handled({}, more=False)
+
+    async def _consume(self, stop: asyncio.Event, stopping: asyncio.Future[Any]) -> None:
         while not stop.is_set():
             max_records = self._max_records
             if self._before_poll is not None:
-                gate = asyncio.ensure_future(self._before_poll(self._consumer))
-                stopping = asyncio.ensure_future(stop.wait())
-                await asyncio.wait({gate, stopping}, return_when=asyncio.FIRST_COMPLETED)
-                stopping.cancel()
+                room = await self._room(self._before_poll, stopping)
                 if stop.is_set():
-                    # A decoder stopping with a full batch would wait for room forever.
-                    gate.cancel()
-                    await asyncio.gather(gate, return_exceptions=True)
                     break
-                room = gate.result()
                 if room is not None:
                     max_records = max(1, min(room, self._max_records))
             records = await self._consumer.getmany(self._poll_timeout_ms, max_records)
@@ -154,7 +156,18 @@ class EventConsumer:
                 await self._process(record)
                 done[record.tp] = record.offset + 1
             await self._handled(done, more=bool(records) and not stop.is_set())
-        await self._handled({}, more=False)
+
+    async def _room(self, before_poll: BeforePoll, stopping: asyncio.Future[Any]) -> int | None:
+        """What `before_poll` answers, unless the loop is asked to stop first (a decoder
+        stopping with a full batch would otherwise wait for room forever)."""
+        gate: asyncio.Future[Any] = asyncio.ensure_future(before_poll(self._consumer))
+        await asyncio.wait([gate, stopping], return_when=asyncio.FIRST_COMPLETED)
+        if not gate.done():
+            gate.cancel()
+            await asyncio.gather(gate, return_exceptions=True)
+            return None
+        room: int | None = gate.result()
+        return room
 
     async def _handled(self, offsets: dict[TopicPartition, int], *, more: bool) -> None:
         """Commits what was handled: now when the member ran out of records (or stops) or

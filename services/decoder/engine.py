@@ -240,8 +240,8 @@ class Render:
         link: The span of the job's delivery, linked from every batch step it is in.
         started: The publishing of its `RenderStarted` (its later events wait for it).
         version: The model version it renders with (libs.releases).
-        unreported: Its last pass's progress when that pass was not published
-            (`libs.jobs.pass_reported`); published before the render leaves for another.
+        unreported: Whether its last pass's progress was not published
+            (`libs.jobs.pass_reported`); it is, before the render leaves for another.
     """
 
     job: RenderJob
@@ -254,7 +254,7 @@ class Render:
     link: SpanContext | None = None
     started: asyncio.Task[None] | None = None
     version: str = BASE_VERSION
-    unreported: RenderProgressed | None = None
+    unreported: bool = False
 
     @property
     def job_id(self) -> str:
@@ -747,25 +747,26 @@ class BatchEngine:
             stores = store_events(render.job, outcome.states, outcome.finals, self._clock(), render.version)
             for i, event in enumerate(stores):
                 await self._publish(topics.STORAGE_BLOBS, event, render, render.plan.total_passes + 1 + i)
-        progress = progress_event(
-            render.job, pass_index, outcome.states, outcome.previews, self._decoder_id, outcome.checks
+        render.unreported = not pass_reported(
+            pass_index, render.plan.total_passes, bool(outcome.previews or outcome.checks)
         )
-        if pass_reported(pass_index, render.plan.total_passes, bool(outcome.previews or outcome.checks)):
+        if not render.unreported:
+            progress = progress_event(
+                render.job, pass_index, outcome.states, outcome.previews, self._decoder_id, outcome.checks
+            )
             await self._publish(topics.RENDER_PROGRESS, progress, render, pass_index)
-            render.unreported = None
-        else:
-            render.unreported = progress
         render.states = outcome.states
         render.plan = render.plan.advanced()
 
     async def _hand_back(self, render: Render, stopped: RenderStopped) -> None:
         """Publishes a render's `RenderStopped(preempted)`, after its last pass's progress
         if that was not published: the requests service resumes it from that pass."""
-        if render.unreported is not None:
-            await self._publish_after_start(
-                render, topics.RENDER_PROGRESS, render.unreported, render.unreported.pass_index
-            )
-            render.unreported = None
+        if render.unreported:
+            # An unreported pass has no previews nor check pictures: its grids are all it carries.
+            done = render.plan.completed
+            progress = progress_event(render.job, done, render.states, [], self._decoder_id)
+            await self._publish_after_start(render, topics.RENDER_PROGRESS, progress, done)
+            render.unreported = False
         await self._publish_after_start(render, topics.RENDER_PROGRESS, stopped, stopped.pass_index + 1)
 
     async def _publish_after_start(self, render: Render, topic: str, event: Event, sequence: int) -> None:

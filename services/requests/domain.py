@@ -59,7 +59,7 @@ from libs.events.schemas import (
     SafetyVerdict,
     Usage,
 )
-from libs.jobs import JobLifecycle, advance, content_check_passes, preview_passes
+from libs.jobs import JobLifecycle, advance, content_check_passes, pass_reported, preview_passes
 from libs.lanes import lane_for
 
 IMAGE_TOKENS_PER_IMAGE = 16 * 16
@@ -358,7 +358,9 @@ def checkpoint_may_wait(event: Event) -> bool:
     pictures.) While the requests service lives, a re-dispatch resumes from the latest
     reported pass, saved or not. The last pass is always saved: it ends the render's lease.
     """
-    return isinstance(event, RenderProgressed) and event.pass_index % 2 == 1 and event.pass_index < event.total_passes
+    # The passes a decoder would leave unreported were they only a checkpoint: one parity
+    # rule for both, which is what bounds a resume's loss to one pass.
+    return isinstance(event, RenderProgressed) and not pass_reported(event.pass_index, event.total_passes, False)
 
 
 def _on_progress(state: JobAggregate, progress: RenderProgressed) -> Decision:
