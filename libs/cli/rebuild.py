@@ -5,10 +5,10 @@ writes, so replaying the streams from the beginning through the same code gives 
 same documents:
 
 - `gateway_jobs` (gateway) from `darkroom.requests.events`, kept forever: each job's
-  revision 0 as the gateway seeded it from `JobAccepted`, then one revision per request
-  event (`libs.readmodels.jobs.JobProjection`, the gateway's own projection), and with it
-  the gateway's image catalog (`gateway_images`, `gateway_image_hashes`) from each
-  completed job;
+  revision 0 as the gateway seeded it from `JobAccepted`, then a revision per request
+  event that changes what the job shows (`libs.readmodels.jobs.JobProjection`, the
+  gateway's own projection), and with it the gateway's image catalog (`gateway_images`,
+  `gateway_image_hashes`) from each completed job;
 - `gateway_idempotency` (gateway) from the `idempotency_key` each `JobAccepted` records
   (`libs.readmodels.idempotency`, the claims the gateway writes);
 - `images` (storage) from `darkroom.storage.blobs` (`libs.storage_plan.plan_storage`, the

@@ -386,7 +386,9 @@ async def _follow(gateway: Gateway, follower: JobFollower, envelope: Envelope | 
         return
     job_id = follower.state.job_id
     for _ in range(50):
-        # The read model may be a moment behind the live event that showed the gap.
+        # The read model may be a moment behind the live event that showed the gap, or
+        # further, up to the job's next event that changes what it shows (libs.readmodels.jobs
+        # writes no revision for one that does not): the wait below is bounded either way.
         follower.catch_up(await gateway.projection.get(job_id))
         if envelope is None or follower.state.sequence >= envelope.sequence:
             return

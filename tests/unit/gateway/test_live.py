@@ -6,8 +6,19 @@ from datetime import UTC, datetime
 
 from libs.bus import Record
 from libs.events import Envelope, Event
-from libs.events.schemas import JobAccepted, JobBlocked, JobProgressed, JobQueued, RenderProgressed
-from libs.readmodels.jobs import JobProjection
+from libs.events.schemas import (
+    ImageRef,
+    JobAccepted,
+    JobBlocked,
+    JobCompleted,
+    JobContentCleared,
+    JobImageStored,
+    JobProgressed,
+    JobQueued,
+    RenderProgressed,
+    Usage,
+)
+from libs.readmodels.jobs import JOBS, JobProjection, shows_the_same
 from libs.readmodels.view import JobView
 from libs.stores.memory import InMemoryDocumentStore
 from services.gateway.live import JobFollower, LiveEvents
@@ -30,6 +41,27 @@ def _job_events(job: str = JOB) -> list[Envelope]:
         JobBlocked(job_id=job, stage="content", category="violence", pass_index=1, message="blocked"),
     ]
     return [Envelope.wrap(e, aggregate_id=job, sequence=i + 1) for i, e in enumerate(events)]
+
+
+async def _revisions(docs: InMemoryDocumentStore) -> list[dict[str, object]]:
+    found = await docs.find(JOBS, {"job_id": JOB}, sort=[("_id", 1)])
+    return list(found)
+
+
+def _image_ref() -> ImageRef:
+    return ImageRef(
+        index=0,
+        image_id=f"img_{JOB}_0",
+        object_key=f"images/{JOB}/0.png",
+        tokens_key=f"tokens/{JOB}/0.u16",
+        content_type="image/png",
+        size_bytes=1,
+        sha256="0" * 64,
+    )
+
+
+def _usage() -> Usage:
+    return Usage(input_tokens=1, text_tokens=1, image_tokens=0, output_tokens=16)
 
 
 def _record(envelope: Envelope) -> Record:
@@ -62,19 +94,70 @@ def test_a_follower_reports_a_missed_event_and_catches_up_from_the_read_model() 
     assert follower.apply(blocked) and follower.state.status == "blocked"
 
 
-async def test_the_projection_writes_one_revision_per_event_and_ignores_redeliveries() -> None:
+async def test_the_projection_writes_a_revision_when_the_view_changes_and_ignores_redeliveries() -> None:
     docs = InMemoryDocumentStore()
     projection = JobProjection(docs)
     await projection.seed(_seeded())
-    events = _job_events()
+    accepted, queued, progressed, blocked = _job_events()
+    cleared = Envelope.wrap(JobContentCleared(job_id=JOB, pass_index=1, policy_version=1), aggregate_id=JOB, sequence=4)
+    blocked = blocked.model_copy(update={"sequence": 5})
+    events = [accepted, queued, progressed, cleared, blocked]
     for envelope in events:
         await projection(envelope, _record(envelope))
-    await projection(events[1], _record(events[1]))  # redelivered
+    await projection(queued, _record(queued))  # redelivered
     state = await projection.get(JOB)
-    assert state is not None and (state.sequence, state.status) == (4, "blocked")
+    assert state is not None and (state.sequence, state.status) == (5, "blocked")
+    # The seed, then the queued, rendering and blocked views: the acceptance (the seed
+    # already showed it) and the cleared content show nothing new and write nothing.
+    assert [doc["sequence"] for doc in await _revisions(docs)] == [0, 2, 3, 5]
     # Another replica's projection (nothing cached) reads the same state.
     other = await JobProjection(docs).get(JOB)
     assert other == state
+
+
+async def test_an_event_that_shows_nothing_new_leaves_the_stored_view_behind_by_its_sequence_only() -> None:
+    docs = InMemoryDocumentStore()
+    projection = JobProjection(docs)
+    await projection.seed(_seeded())
+    accepted, queued, progressed, _ = _job_events()
+    cleared = Envelope.wrap(JobContentCleared(job_id=JOB, pass_index=1, policy_version=1), aggregate_id=JOB, sequence=4)
+    for envelope in (accepted, queued, progressed, cleared):
+        await projection(envelope, _record(envelope))
+    stored = await projection.get(JOB)
+    assert stored is not None and stored.sequence == 3
+    assert shows_the_same(stored, stored.model_copy(update={"sequence": 4}))
+    assert not shows_the_same(stored, stored.model_copy(update={"status": "completed"}))
+    # A replica that folds the next event without having seen that one reads the stored
+    # view and folds on top of it, as the replica that skipped the write would have.
+    stored_image = JobImageStored(job_id=JOB, image=_image_ref())
+    image = Envelope.wrap(stored_image, aggregate_id=JOB, sequence=5)
+    completed = Envelope.wrap(
+        JobCompleted(job_id=JOB, images=[_image_ref()], usage=_usage()), aggregate_id=JOB, sequence=6
+    )
+    other = JobProjection(docs)
+    for envelope in (image, completed):
+        await other(envelope, _record(envelope))
+    final = await projection.get(JOB)
+    assert final is not None and (final.status, final.sequence, final.pass_index) == ("completed", 6, 4)
+    assert [doc["sequence"] for doc in await _revisions(docs)] == [0, 2, 3, 6]
+
+
+async def test_a_replica_whose_revision_another_took_folds_again_on_top_of_it() -> None:
+    docs = InMemoryDocumentStore()
+    here, there = JobProjection(docs), JobProjection(docs)
+    await here.seed(_seeded())
+    accepted, queued, progressed, blocked = _job_events()
+    for envelope in (accepted, queued):
+        await here(envelope, _record(envelope))
+    # A rebalance: the other replica folds the progress into revision 2, then this one
+    # gets it too (its offset was not committed); the next event after the one it holds,
+    # so it writes without a read, finds revision 2 taken and reads the other's.
+    await there(progressed, _record(progressed))
+    await here(progressed, _record(progressed))
+    await here(blocked, _record(blocked))
+    state = await JobProjection(docs).get(JOB)
+    assert state is not None and (state.status, state.sequence, state.pass_index) == ("blocked", 4, 1)
+    assert [doc["sequence"] for doc in await _revisions(docs)] == [0, 2, 3, 4]
 
 
 async def test_the_projection_reads_the_store_when_an_event_is_not_the_next_it_knows() -> None:
