@@ -6,8 +6,11 @@ import asyncio
 from collections.abc import Awaitable
 from datetime import UTC, datetime
 
+import pytest
+from opentelemetry import trace
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.trace import SpanKind, StatusCode
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased, TraceIdRatioBased
+from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, StatusCode, TraceFlags
 
 from libs import topics
 from libs.bus import EventPublisher, Record, RejectedMessage
@@ -15,7 +18,7 @@ from libs.bus.interceptors import DeadLettered, Handle, Handled, Interceptor, Me
 from libs.bus.memory import InMemoryBroker
 from libs.bus.ports import Delivered
 from libs.bus.routing import SERVICE_INTERCEPTORS, TierRouting, member_groups
-from libs.bus.tracing import Tracing
+from libs.bus.tracing import Tracing, records_spans
 from libs.events import Envelope
 from libs.events.schemas import CancelJob, ServiceHeartbeat
 from tests.unit.bus.test_consumer_loop import TOPIC, Harness
@@ -229,3 +232,38 @@ def test_job_path_groups_get_a_member_for_api_traffic() -> None:
     ]
     assert member_groups("", live, "consumer") == [("", live)]
     assert member_groups("", live) == [("", [*live, topics.REQUEST_EVENTS_API, topics.RENDER_PROGRESS_API])]
+
+
+async def test_a_process_that_records_no_spans_opens_none_and_carries_the_trace_on(
+    spans: InMemorySpanExporter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As a service without an exporter is configured (libs.telemetry.span_sampler).
+    monkeypatch.setattr(trace.get_tracer_provider(), "sampler", ALWAYS_OFF)
+    assert not records_spans()
+    harness = Harness()
+    traced = EventPublisher(harness.broker.producer(), (Tracing(),))
+    upstream = SpanContext(trace_id=0xABC, span_id=0x42, is_remote=False, trace_flags=TraceFlags(TraceFlags.SAMPLED))
+    with trace.use_span(NonRecordingSpan(upstream)):
+        await traced.publish(TOPIC, _beat(0))
+    onward: list[str] = []
+
+    async def handler(envelope: Envelope, record: Record) -> None:
+        if envelope.aggregate_id == "agg-0":
+            await traced.publish(TOPIC, _beat(1))
+        onward.append(format(trace.get_current_span().get_span_context().trace_id, "032x"))
+
+    await harness.run(handler, until=2, interceptors=(Tracing(),))
+    assert spans.get_finished_spans() == ()
+    # The handler ran in the upstream's context, and what it published carries it on unchanged.
+    assert onward == [format(0xABC, "032x")] * 2
+    for record in harness.broker.records(TOPIC):
+        assert dict(record.headers)["traceparent"] == f"00-{0xABC:032x}-{0x42:016x}-01".encode()
+
+
+def test_a_process_records_spans_unless_its_sampler_is_always_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    provider = trace.get_tracer_provider()
+    assert records_spans()
+    monkeypatch.setattr(provider, "sampler", ParentBased(TraceIdRatioBased(0.0)))
+    assert records_spans(), "a share of traces, or a parent's decision, may still record"
+    monkeypatch.setattr(provider, "sampler", ALWAYS_OFF)
+    assert not records_spans()
