@@ -554,7 +554,7 @@ class BatchEngine:
                     stopped = stopped_event(render.job, done, "aborted")
                     stops.append(self._publish_after_start(render, topics.RENDER_PROGRESS, stopped, done + 1))
                 case Finish():
-                    log.info("job %s rendered: %d images", render.job_id, render.job.n)
+                    log.debug("job %s rendered: %d images", render.job_id, render.job.n)
                     self.stats.record_finished(render.lane, render.job.n)
                 case RunPass():
                     keep.append(render)
@@ -619,7 +619,7 @@ class BatchEngine:
                 decoder=self._decoder_id,
                 version=render.version,
             )
-            log.info(
+            log.debug(
                 "job %s attempt %d (%s) joins the batch at pass %d",
                 render.job_id,
                 render.job.attempt,

@@ -55,7 +55,7 @@ class StorageHandlers:
                 await self._documents.put(IMAGES, plan.image_id, plan.document)
         except StoreUnavailable as exc:
             raise TransientError(f"storing {plan.object_key}: {exc}") from exc
-        log.info("stored %s (%d bytes)", plan.object_key, plan.stored.size_bytes)
+        log.debug("stored %s (%d bytes)", plan.object_key, plan.stored.size_bytes)
         await self._publisher.publish(
             topics.STORAGE_EVENTS, Envelope.wrap(plan.stored, aggregate_id=command.job_id, caused_by=envelope)
         )
