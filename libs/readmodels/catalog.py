@@ -10,16 +10,24 @@ nothing) and read by id:
   from it, newest first by id (`img_<job id>_<index>`, and job ids are ULIDs);
 - `gateway_image_hashes`: `<account id>:<sha256 of the file>` -> image id, so an
   upload of one's own darkroom image is recognized by its bytes.
+
+A completed job's images are recorded twice in the gateway that answered it: by the answer
+(the client may tweak them at once) and by the read model's fold. One `ImageCatalog` per
+process remembers the images it recorded, and a second caller waits for a write under way,
+so the store sees each image once per process instead of a second pair of inserts that fail.
 """
 
 from __future__ import annotations
 
+import asyncio
+import functools
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Final
 
 from libs.events.schemas import BASE_VERSION
 from libs.lanes import DEFAULT_MODEL
+from libs.recent import RecentMap
 from libs.stores.ports import DocumentStore
 
 if TYPE_CHECKING:
@@ -27,6 +35,8 @@ if TYPE_CHECKING:
 
 IMAGES: Final = "gateway_images"
 IMAGE_HASHES: Final = "gateway_image_hashes"
+RECORDED_MEMORY: Final = 10_000
+"""How many recorded images a process remembers, so recording one again costs no write."""
 
 
 @dataclass(frozen=True)
@@ -94,6 +104,8 @@ class ImageCatalog:
 
     def __init__(self, documents: DocumentStore) -> None:
         self._docs = documents
+        self._recorded: RecentMap[str, bool] = RecentMap(RECORDED_MEMORY)
+        self._writing: dict[str, asyncio.Future[None]] = {}
 
     async def record_job(self, state: JobView) -> None:
         """Add a job's images once it completed (nothing before): the one writer of both
@@ -101,10 +113,31 @@ class ImageCatalog:
         await self.record(catalog_entries(state))
 
     async def record(self, images: list[CatalogImage]) -> None:
-        """Add images (idempotent: an image already recorded is left as it is)."""
+        """Add images (idempotent: an image already recorded is left as it is).
+
+        Returns once each is stored, whoever in this process wrote it; a write that failed
+        (the store away) raises here for every caller that waited on it, and the next call
+        writes it again.
+        """
         for image in images:
-            await self._docs.insert(IMAGES, image.image_id, image.to_document())
-            await self._docs.insert(IMAGE_HASHES, f"{image.account_id}:{image.sha256}", {"image_id": image.image_id})
+            if image.image_id in self._recorded:
+                continue
+            write = self._writing.get(image.image_id)
+            if write is None:
+                write = asyncio.ensure_future(self._write(image))
+                self._writing[image.image_id] = write
+                write.add_done_callback(functools.partial(self._written, image.image_id))
+            # Shielded: a caller cancelled meanwhile leaves the write to the others.
+            await asyncio.shield(write)
+
+    async def _write(self, image: CatalogImage) -> None:
+        await self._docs.insert(IMAGES, image.image_id, image.to_document())
+        await self._docs.insert(IMAGE_HASHES, f"{image.account_id}:{image.sha256}", {"image_id": image.image_id})
+
+    def _written(self, image_id: str, write: asyncio.Future[None]) -> None:
+        del self._writing[image_id]
+        if not write.cancelled() and write.exception() is None:
+            self._recorded.put(image_id, True)
 
     async def get(self, image_id: str) -> CatalogImage | None:
         """An image by id, whoever owns it (callers check ownership)."""
