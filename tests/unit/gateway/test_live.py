@@ -43,9 +43,14 @@ def _job_events(job: str = JOB) -> list[Envelope]:
     return [Envelope.wrap(e, aggregate_id=job, sequence=i + 1) for i, e in enumerate(events)]
 
 
-async def _revisions(docs: InMemoryDocumentStore) -> list[dict[str, object]]:
-    found = await docs.find(JOBS, {"job_id": JOB}, sort=[("_id", 1)])
-    return list(found)
+async def _stored_sequences(docs: InMemoryDocumentStore) -> list[object]:
+    """The sequence each stored revision of the job follows, in revision order."""
+    return [doc["sequence"] for doc in await docs.find(JOBS, {"job_id": JOB}, sort=[("_id", 1)])]
+
+
+def _cleared(sequence: int) -> Envelope:
+    cleared = JobContentCleared(job_id=JOB, pass_index=1, policy_version=1)
+    return Envelope.wrap(cleared, aggregate_id=JOB, sequence=sequence)
 
 
 def _image_ref() -> ImageRef:
@@ -99,7 +104,7 @@ async def test_the_projection_writes_a_revision_when_the_view_changes_and_ignore
     projection = JobProjection(docs)
     await projection.seed(_seeded())
     accepted, queued, progressed, blocked = _job_events()
-    cleared = Envelope.wrap(JobContentCleared(job_id=JOB, pass_index=1, policy_version=1), aggregate_id=JOB, sequence=4)
+    cleared = _cleared(4)
     blocked = blocked.model_copy(update={"sequence": 5})
     events = [accepted, queued, progressed, cleared, blocked]
     for envelope in events:
@@ -109,7 +114,7 @@ async def test_the_projection_writes_a_revision_when_the_view_changes_and_ignore
     assert state is not None and (state.sequence, state.status) == (5, "blocked")
     # The seed, then the queued, rendering and blocked views: the acceptance (the seed
     # already showed it) and the cleared content show nothing new and write nothing.
-    assert [doc["sequence"] for doc in await _revisions(docs)] == [0, 2, 3, 5]
+    assert await _stored_sequences(docs) == [0, 2, 3, 5]
     # Another replica's projection (nothing cached) reads the same state.
     other = await JobProjection(docs).get(JOB)
     assert other == state
@@ -120,7 +125,7 @@ async def test_an_event_that_shows_nothing_new_leaves_the_stored_view_behind_by_
     projection = JobProjection(docs)
     await projection.seed(_seeded())
     accepted, queued, progressed, _ = _job_events()
-    cleared = Envelope.wrap(JobContentCleared(job_id=JOB, pass_index=1, policy_version=1), aggregate_id=JOB, sequence=4)
+    cleared = _cleared(4)
     for envelope in (accepted, queued, progressed, cleared):
         await projection(envelope, _record(envelope))
     stored = await projection.get(JOB)
@@ -139,7 +144,7 @@ async def test_an_event_that_shows_nothing_new_leaves_the_stored_view_behind_by_
         await other(envelope, _record(envelope))
     final = await projection.get(JOB)
     assert final is not None and (final.status, final.sequence, final.pass_index) == ("completed", 6, 4)
-    assert [doc["sequence"] for doc in await _revisions(docs)] == [0, 2, 3, 6]
+    assert await _stored_sequences(docs) == [0, 2, 3, 6]
 
 
 async def test_a_replica_whose_revision_another_took_folds_again_on_top_of_it() -> None:
@@ -157,7 +162,7 @@ async def test_a_replica_whose_revision_another_took_folds_again_on_top_of_it() 
     await here(blocked, _record(blocked))
     state = await JobProjection(docs).get(JOB)
     assert state is not None and (state.status, state.sequence, state.pass_index) == ("blocked", 4, 1)
-    assert [doc["sequence"] for doc in await _revisions(docs)] == [0, 2, 3, 4]
+    assert await _stored_sequences(docs) == [0, 2, 3, 4]
 
 
 async def test_the_projection_reads_the_store_when_an_event_is_not_the_next_it_knows() -> None:
