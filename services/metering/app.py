@@ -52,6 +52,7 @@ from services.metering.domain import (
     usage_from_table,
     usage_key,
 )
+from services.metering.transport import use_gathering_transport
 
 log = logging.getLogger(__name__)
 
@@ -82,12 +83,19 @@ def request_partitions() -> dict[str, int]:
 
 
 def build_app(
-    bootstrap: str, publish: Publish, counted: Counted | None = None, *, app_id: str = APP_ID, replicas: int = 1
+    bootstrap: str,
+    publish: Publish,
+    counted: Counted | None = None,
+    *,
+    app_id: str = APP_ID,
+    replicas: int = 1,
+    fetch_max_wait_ms: int = 500,
 ) -> faust.App:
     """The metering app on a Kafka bootstrap address ("host:port", comma-separated for a
     cluster); `publish` puts a day's usage on the bus, `counted` (abuse detection) hears each
     account's images in the minute and the day; `replicas` is the replication factor of the
-    topics faust creates (its internal topic and the tables' changelogs)."""
+    topics faust creates (its internal topic and the tables' changelogs); a fetch gathers
+    records for up to `fetch_max_wait_ms` (services/metering/transport.py)."""
     app = faust.App(
         app_id,
         broker=[f"kafka://{host.strip()}" for host in bootstrap.split(",")],
@@ -102,6 +110,7 @@ def build_app(
         # 60 s default kept a restarted metering unassigned (and unhealthy) for ~57 s.
         broker_session_timeout=BROKER_SESSION_TIMEOUT_S,
     )
+    use_gathering_transport(app, fetch_max_wait_ms)
     completed = app.topic(
         COMPLETED_TOPIC,
         key_type=str,

@@ -97,7 +97,11 @@ def bootstrap(
     runtime.on_stop.append(close_access)
 
     metering = app or build_app(
-        settings.kafka_bootstrap, publish, watch.counted, replicas=settings.kafka_replication_factor
+        settings.kafka_bootstrap,
+        publish,
+        watch.counted,
+        replicas=settings.kafka_replication_factor,
+        fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms,
     )
     started = asyncio.Event()
 
