@@ -97,7 +97,7 @@ class KafkaDeadLetters:
         return await dlq.replay(self.bootstrap, letters)
 
 
-def get_dead_letters(gateway: OperatorDep) -> DeadLetters:
+async def get_dead_letters(gateway: OperatorDep) -> DeadLetters:
     """FastAPI dependency: the dead letters of the gateway's Kafka."""
     return KafkaDeadLetters(gateway.settings.kafka_bootstrap)
 

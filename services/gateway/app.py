@@ -247,7 +247,7 @@ def create_app(
     return app
 
 
-def get_monitor(request: Request) -> HeartbeatMonitor:
+async def get_monitor(request: Request) -> HeartbeatMonitor:
     """FastAPI dependency: the heartbeat monitor of this app."""
     monitor: HeartbeatMonitor = request.app.state.heartbeats
     return monitor

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 
@@ -127,6 +128,9 @@ async def test_async_jobs_answer_202_and_their_status_is_owner_only(gateway: Gat
         status = (await gateway.http.get(f"/v1/images/jobs/{job['id']}", headers=headers)).json()
         if status["status"] == "completed":
             break
+        # A poll as a client makes it: the in-memory pipeline runs between two (a status
+        # read awaits nothing that suspends it).
+        await asyncio.sleep(0.01)
     assert status["status"] == "completed"
     assert status["progress"] == {"pass": 8, "total_passes": 8}
     assert len(status["data"]) == 1 and status["usage"]["output_tokens"] == 256
