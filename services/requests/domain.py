@@ -14,8 +14,10 @@ lane; a decoder starts -> JobRenderStarted (its lease begins); each pass -> the 
 checkpoint (its pass and token grids, kept in the service's own record, not as a
 request event: the decoder's progress event is the pass's one message); the safety
 service reads the same progress events and answers only when a render is blocked or
-its last pass is cleared; content blocked -> JobBlocked + AbortRender; every image
-stored and the last pass cleared -> JobCompleted.
+its last pass is cleared; content blocked -> JobBlocked + AbortRender; an image stored
+-> JobImageStored, the last pass cleared -> JobContentCleared, except for the input that
+completes the job: every image stored and the last pass cleared -> JobCompleted alone, which
+carries every image and means the content was cleared (one request event fewer per job).
 
 Durability: while a job renders, its decoder must report (start, then every reported
 pass, at most two passes apart: libs.jobs.pass_reported) within the lease; the lease
@@ -79,6 +81,9 @@ class JobAggregate(JobLifecycle):
 
 
 def _decided_fields(state: JobAggregate, event: Event) -> dict[str, object]:
+    if isinstance(event, JobCompleted):
+        # Its images and clearance, whether or not they came as events of their own before.
+        return {"stored": list(event.images), "content_cleared": True}
     if isinstance(event, JobImageStored):
         others = [ref for ref in state.stored if ref.index != event.image.index]
         return {"stored": sorted([*others, event.image], key=lambda ref: ref.index)}
@@ -235,11 +240,14 @@ def _on_verdict(state: JobAggregate, verdict: SafetyVerdict, policy: Policy) -> 
         return Decision(events=decision.events, messages=[Message(topics.RENDER_CONTROL, abort)])
     if verdict.pass_index < state.total_passes or state.content_cleared:
         return NOTHING
+    after = state.model_copy(update={"content_cleared": True})
+    completed = _completion(after, after.stored)
+    if completed:
+        return Decision(events=completed)  # the completion says the content was cleared
     cleared = JobContentCleared(
         job_id=state.job_id, pass_index=verdict.pass_index, policy_version=verdict.policy_version
     )
-    after = state.model_copy(update={"content_cleared": True})
-    return Decision(events=[cleared, *_completion(after, after.stored)])
+    return Decision(events=[cleared])
 
 
 def _render_job(
@@ -387,7 +395,8 @@ def _on_stored(state: JobAggregate, stored: ImageStored) -> Decision:
         sha256=stored.sha256,
     )
     refs = sorted([*state.stored, ref], key=lambda r: r.index)
-    return Decision(events=[JobImageStored(job_id=state.job_id, image=ref), *_completion(state, refs)])
+    # The completion carries every stored image, this one included.
+    return Decision(events=_completion(state, refs) or [JobImageStored(job_id=state.job_id, image=ref)])
 
 
 def _completion(state: JobAggregate, refs: list[ImageRef]) -> list[Event]:

@@ -203,7 +203,8 @@ class Usage(BaseModel):
 
 @REGISTRY.register
 class JobImageStored(Event):
-    """Requests: storage kept one of the job's images."""
+    """Requests: storage kept one of the job's images. The image whose storing completes the
+    job has no event of its own since completions carried their images: `JobCompleted` does."""
 
     TYPE = "images.job_image_stored"
 
@@ -213,7 +214,8 @@ class JobImageStored(Event):
 
 @REGISTRY.register
 class JobContentCleared(Event):
-    """Requests: the final content check allowed what the decoder drew."""
+    """Requests: the final content check allowed what the decoder drew, before every image was
+    stored. A clearance that completes the job has no event of its own: `JobCompleted` says it."""
 
     TYPE = "images.job_content_cleared"
 
@@ -224,7 +226,9 @@ class JobContentCleared(Event):
 
 @REGISTRY.register
 class JobCompleted(Event):
-    """Requests: every image is stored and passed the final content check."""
+    """Requests: every image is stored and passed the final content check. It carries every
+    image, the last one stored included (no `JobImageStored` of its own), and stands for the
+    clearance when that came last (no `JobContentCleared`)."""
 
     TYPE = "images.job_completed"
 

@@ -220,11 +220,12 @@ def test_the_job_completes_only_with_every_image_stored_and_the_last_pass_cleare
     assert isinstance(decisions[3].events[0], JobImageStored)
     assert decisions[4].empty  # image 1 stored again
     state, [decision] = _run(state, final_ok)
-    assert [type(e) for e in decision.events] == [JobContentCleared, JobCompleted]
+    # The clearance that completes the job is the completion itself: no event of its own.
+    assert [type(e) for e in decision.events] == [JobCompleted]
     assert state is not None and state.status == "completed"
-    assert [ref.index for ref in state.images] == [0, 1]
+    assert [ref.index for ref in state.images] == [0, 1] and state.content_cleared
     assert state.usage is not None and state.usage.output_tokens == 2 * 256 and state.usage.input_tokens == 3
-    completed = decision.events[1]
+    completed = decision.events[0]
     assert isinstance(completed, JobCompleted), "what metering counts it by, carried"
     spec = _generate().spec
     assert (completed.account_id, completed.tier, completed.model) == (spec.account_id, spec.tier, spec.model)
@@ -235,7 +236,12 @@ def test_the_final_clearance_can_come_before_the_images() -> None:
     final_ok = SafetyVerdict(job_id=JOB, stage="content", pass_index=4, allowed=True, policy_version=1)
     state, decisions = _run(None, _generate(n=1), _prompt_ok(), _progress(4), final_ok, _stored(0))
     assert state is not None and state.status == "completed"
-    assert isinstance(decisions[-1].events[-1], JobCompleted)
+    assert [type(e) for e in decisions[-2].events] == [JobContentCleared]
+    # The image that completes the job is carried by the completion, not an event of its own.
+    [completed] = decisions[-1].events
+    assert isinstance(completed, JobCompleted) and [ref.index for ref in completed.images] == [0]
+    # Stored again (a redelivery) after the completion: nothing.
+    assert decide(state, _stored(0)).empty
 
 
 def test_a_failed_render_fails_the_job() -> None:
