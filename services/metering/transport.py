@@ -5,7 +5,7 @@ counted a few hundred ms later changes nothing a caller sees (the gateways count
 themselves until the metered usage reaches it). Yet faust's consumer, like every aiokafka
 consumer, asks the broker for records as soon as one is there, so under load it fetched
 after nearly every request event, each fetch crossing faust's consumer thread into the
-app's loop: about 3.4 ms of metering CPU and 1 ms of the broker's per job at 50 jobs/s
+app's loop: about 3.4 ms of metering CPU and 1.3 ms of the broker's per job at 50 jobs/s
 (`make bench-pipeline`'s stack), a tenth of the whole stack's.
 
 This transport's consumer lets the broker hold a fetch until FETCH_MIN_BYTES have gathered
