@@ -126,6 +126,10 @@ USAGE = Topic("darkroom.usage", schemas.AccountUsage)
 ACCOUNT_FLAGS = Topic("darkroom.accounts.flags", schemas.AccountFlagged)
 HEARTBEATS = Topic("darkroom.system.heartbeats", schemas.ServiceHeartbeat)
 DEAD_LETTERS = Topic("darkroom.system.dlq", schemas.DeadLetter)
+QUIET = frozenset({POLICIES, REVOCATIONS, ACCOUNT_TIERS, SAFETY_POLICY, USAGE})
+"""Topics written a few times a day (what is in force, revocations, tiers, the safety policy)
+or once per metering batch (usage): a reader of these alone is idle nearly always, so it
+fetches with a long wait (libs.bus.logreader.KafkaLogReader)."""
 
 
 def _api_copy(topic: Topic) -> Topic:

@@ -18,10 +18,10 @@ FETCH_MAX_WAIT_MS = 500
 """How long the broker holds a fetch while nothing new comes, unless a service's settings say
 otherwise (`kafka_fetch_max_wait_ms`); see KafkaConsumer."""
 QUIET_FETCH_MAX_WAIT_MS = 5000
-"""The same for a reader of topics written a few times a day (tier policies, revocations,
-account tiers, releases, the safety policy, metered usage), which is idle nearly always: a
-record that comes ends the fetch in flight at once, so the wait adds no latency to it, and
-such a reader costs the broker one fetch per 5 s instead of two per second. Not for a
+"""The same for a log reader of quiet topics alone (`libs.topics.QUIET`: tier policies,
+revocations, account tiers, releases, the safety policy, metered usage), which is idle nearly
+always: a record that comes ends the fetch in flight at once, so the wait adds no latency to
+it, and such a reader costs the broker one fetch per 5 s instead of two per second. Not for a
 reader that can fall behind (one whose partitions a fetch leaves out while their records
 wait unread) or pauses partitions: a partition left out of the fetch in flight waits for it
 to end."""

@@ -23,9 +23,10 @@ from typing import Protocol
 from aiokafka import AIOKafkaConsumer
 from aiokafka import TopicPartition as KafkaTopicPartition
 
-from libs.bus.kafka import FETCH_MAX_WAIT_MS, KafkaConsumer
+from libs.bus.kafka import FETCH_MAX_WAIT_MS, QUIET_FETCH_MAX_WAIT_MS, KafkaConsumer
 from libs.bus.ports import Consumer, Record, TopicPartition
 from libs.events import REGISTRY, DecodeError, Envelope, Event
+from libs.topics import QUIET
 
 
 class LogReader(Consumer, Protocol):
@@ -56,7 +57,9 @@ class KafkaLogReader(KafkaConsumer):
             client_id: Client id shown in broker logs.
             since_ms: Per topic, a time (Unix ms) to start reading from instead of the
                 beginning: the first record at or after it (the end when there is none).
-            fetch_max_wait_ms: How long the broker holds a fetch when nothing is new.
+            fetch_max_wait_ms: How long the broker holds a fetch when nothing is new; a
+                reader of quiet topics alone (libs.topics.QUIET) waits
+                QUIET_FETCH_MAX_WAIT_MS instead.
         """
         super().__init__(
             bootstrap,
@@ -64,7 +67,7 @@ class KafkaLogReader(KafkaConsumer):
             topics=topics,
             client_id=client_id,
             auto_offset_reset="earliest",
-            fetch_max_wait_ms=fetch_max_wait_ms,
+            fetch_max_wait_ms=QUIET_FETCH_MAX_WAIT_MS if set(topics) <= QUIET else fetch_max_wait_ms,
         )
         self._since_ms = dict(since_ms or {})
         self._ends: dict[KafkaTopicPartition, int] | None = None

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from libs import topics
 from libs.bus import RejectedMessage
-from libs.bus.kafka import QUIET_FETCH_MAX_WAIT_MS
 from libs.bus.logreader import KafkaLogReader, LogReader, PortLogReader
 from libs.bus.ports import Producer, Record
 from libs.events import REGISTRY, Envelope
@@ -104,12 +103,7 @@ def bootstrap(
     handlers = DecoderHandlers(runner, engine, versions)
     if policy_reader is None:
         if consumer_factory is None:
-            policy_reader = KafkaLogReader(
-                settings.kafka_bootstrap,
-                [topics.POLICIES],
-                client_id=f"darkroom-{SERVICE}",
-                fetch_max_wait_ms=QUIET_FETCH_MAX_WAIT_MS,
-            )
+            policy_reader = KafkaLogReader(settings.kafka_bootstrap, [topics.POLICIES], client_id=f"darkroom-{SERVICE}")
         else:
             # A group nobody has used starts at the beginning; the reader never commits.
             policy_reader = PortLogReader(consumer_factory(f"{SERVICE}-releases-{new_ulid()}", [topics.POLICIES]))

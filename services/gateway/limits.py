@@ -31,7 +31,6 @@ from libs import topics
 from libs.access import AccessState
 from libs.apikeys import Principal
 from libs.bus import EventConsumer, EventPublisher, Handler, Record
-from libs.bus.kafka import QUIET_FETCH_MAX_WAIT_MS
 from libs.bus.logreader import KafkaLogReader, LogReader, PortLogReader, read_to_end
 from libs.events import REGISTRY, DecodeError, Envelope
 from libs.events.schemas import (
@@ -61,13 +60,8 @@ ReaderFactory = Callable[[str, Sequence[str], Mapping[str, int]], LogReader]
 """(name, topics, start time in Unix ms per topic) -> a reader, not started."""
 
 
-QUIET_FEEDS = frozenset({"access", "metered"})
-"""Feeds of topics written a few times a day, whose readers wait QUIET_FETCH_MAX_WAIT_MS."""
-
-
 def kafka_readers(bootstrap: str, fetch_max_wait_ms: int) -> ReaderFactory:
-    """Readers on Kafka that start at the given times (the beginning for other topics); the
-    broker holds a fetch `fetch_max_wait_ms`, a quiet feed's QUIET_FETCH_MAX_WAIT_MS."""
+    """Readers on Kafka that start at the given times (the beginning for other topics)."""
 
     def make(name: str, names: Sequence[str], since_ms: Mapping[str, int]) -> LogReader:
         return KafkaLogReader(
@@ -75,7 +69,7 @@ def kafka_readers(bootstrap: str, fetch_max_wait_ms: int) -> ReaderFactory:
             names,
             client_id=f"darkroom-gateway-{name}",
             since_ms=since_ms,
-            fetch_max_wait_ms=QUIET_FETCH_MAX_WAIT_MS if name in QUIET_FEEDS else fetch_max_wait_ms,
+            fetch_max_wait_ms=fetch_max_wait_ms,
         )
 
     return make

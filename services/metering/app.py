@@ -36,6 +36,7 @@ import faust
 import faust.streams as faust_streams
 
 from libs import topics
+from libs.bus.kafka import FETCH_MAX_WAIT_MS
 from libs.events import REGISTRY, DecodeError, Envelope
 from libs.events.schemas import AccountUsage
 from libs.lanes import declared_partitions
@@ -89,7 +90,7 @@ def build_app(
     *,
     app_id: str = APP_ID,
     replicas: int = 1,
-    fetch_max_wait_ms: int = 500,
+    fetch_max_wait_ms: int = FETCH_MAX_WAIT_MS,
 ) -> faust.App:
     """The metering app on a Kafka bootstrap address ("host:port", comma-separated for a
     cluster); `publish` puts a day's usage on the bus, `counted` (abuse detection) hears each

@@ -14,7 +14,6 @@ import faust
 
 from libs import topics
 from libs.access import AccessState
-from libs.bus.kafka import QUIET_FETCH_MAX_WAIT_MS
 from libs.bus.logreader import KafkaLogReader, LogReader, PortLogReader, read_to_end
 from libs.bus.ports import Producer, Record
 from libs.events import REGISTRY, DecodeError, Envelope
@@ -66,7 +65,7 @@ def bootstrap(
                 settings.kafka_bootstrap,
                 access_topics,
                 client_id=f"darkroom-{SERVICE}",
-                fetch_max_wait_ms=QUIET_FETCH_MAX_WAIT_MS,
+                fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms,
             )
         else:
             access_reader = PortLogReader(consumer_factory(f"{SERVICE}-access-{new_ulid()}", access_topics))

@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Final
 
 from libs import topics
-from libs.bus.kafka import QUIET_FETCH_MAX_WAIT_MS
 from libs.bus.ports import Producer
 from libs.events import new_ulid
 from libs.events.schemas import CheckContent, CheckPrompt, GenerateImage, RenderProgressed, SafetyPolicy
@@ -88,10 +87,7 @@ def build(
     if policy_reader is None:
         if consumer_factory is None:
             policy_reader = KafkaLogReader(
-                settings.kafka_bootstrap,
-                [topics.SAFETY_POLICY],
-                client_id=f"darkroom-{SERVICE}",
-                fetch_max_wait_ms=QUIET_FETCH_MAX_WAIT_MS,
+                settings.kafka_bootstrap, [topics.SAFETY_POLICY], client_id=f"darkroom-{SERVICE}"
             )
         else:
             # A group nobody has used starts at the beginning; the reader never commits.
