@@ -192,6 +192,10 @@ class DecoderSettings(ServiceSettings):
     "package.module:factory" (libs.model.registry.load_model)."""
     device: str = "auto"
     """"auto" (CUDA when present, else CPU), "cpu", "cuda", "cuda:N"."""
+    model_threads: int = Field(default=0, ge=0, le=256)
+    """On the CPU, threads that step one batch together, each a slice of it with an equal
+    share of torch's intra-op threads (libs.model.split); 0: one per core. Only for a model
+    whose calls may run on several threads at once (the built-in one); 1: one call per batch."""
     pool: Literal["consumer", "api"] = "consumer"
     """Which render topic this decoder serves: the consumer tiers' lanes or the API's."""
     served_model: str = "darkroom-mini"

@@ -106,6 +106,9 @@ class MaskGITImageModel(GridRenderStart):
     """VQ + MaskGIT behind the ImageModel interface (see libs.model.interface)."""
 
     grid_size: int = GRID_SIZE
+    thread_safe_calls: bool = True
+    """A pass and a drawing read the weights and write nothing shared, so slices of one batch
+    may run on several threads at once (libs.model.split)."""
 
     def __init__(
         self,

@@ -276,6 +276,11 @@ class ImageModel(Protocol):
         grid_size: Side of the token grid (16).
         codebook_size: Number of token values; valid tokens are 0..codebook_size-1.
         mask_token: The value of a masked cell (== codebook_size).
+
+    Optional: `preview_batch(grids, size)` draws many grids in one call; a model on the CPU
+    whose `step` and `preview_batch` may run on several threads at once sets
+    `thread_safe_calls = True`, and the decoder then steps a batch as slices on every core
+    (libs.model.split).
     """
 
     name: str

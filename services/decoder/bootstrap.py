@@ -65,7 +65,10 @@ def bootstrap(
     Returns:
         The runtime, ready for `run_service`.
     """
-    runner = ModelRunner((lambda: model) if model is not None else model_loader(settings.model, settings.device))
+    runner = ModelRunner(
+        (lambda: model) if model is not None else model_loader(settings.model, settings.device),
+        threads=settings.model_threads,
+    )
     runtime = ServiceRuntime(
         name=SERVICE,
         settings=settings,

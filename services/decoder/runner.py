@@ -5,7 +5,9 @@ for a pass also runs heartbeats, the abort subscription and Kafka's own tasks, s
 must never run on it; and the model is used by exactly one thread, because a torch model is
 not promised to be thread-safe and one device runs one batch at a time anyway. Queuing
 calls on a single thread makes that ordering explicit: the batch engine's passes and a
-new tweak's image encoding never overlap.
+new tweak's image encoding never overlap. On a CPU, a call of a model that allows it
+(`thread_safe_calls`) is cut in slices that helper threads step beside the model thread, one
+per core (libs.model.split); the call still starts and ends on the model thread.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from libs.events.schemas import BASE_VERSION, EditSource
 from libs.imaging import decode, encode
 from libs.model.interface import ImageModel, RenderState, cells_for_grid, unpack_tokens
 from libs.model.registry import load_model
+from libs.model.split import SplitCalls, limit_torch_threads, split_workers
 
 T = TypeVar("T")
 
@@ -53,10 +56,10 @@ class Drawing:
     version: str = BASE_VERSION
 
 
-def _draw(model: ImageModel, grids: list[np.ndarray], size: int) -> list[np.ndarray]:
+def _draw(model: ImageModel, grids: list[np.ndarray], size: int, split: SplitCalls | None = None) -> list[np.ndarray]:
     batch = getattr(model, "preview_batch", None)  # the built-in model draws a batch at once
     if batch is not None:
-        return list(batch(grids, size))
+        return list(batch(grids, size)) if split is None else split(lambda part: batch(part, size), grids)
     return [model.preview(g, size) for g in grids]
 
 
@@ -96,10 +99,15 @@ class ModelRunner:
 
     Args:
         load: Returns the model; runs once, in the worker thread, from `load()`.
+        threads: Threads that share one call of a model that can be split
+            (`DecoderSettings.model_threads`; 0: one per core on the CPU, see
+            libs.model.split.split_workers).
     """
 
-    def __init__(self, load: Callable[[], ImageModel]) -> None:
+    def __init__(self, load: Callable[[], ImageModel], threads: int = 0) -> None:
         self._load = load
+        self._threads = threads
+        self._split = SplitCalls(1)
         self._model: ImageModel | None = None
         self._versions: dict[str, ImageModel] = {}
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="decoder-model")
@@ -145,12 +153,27 @@ class ModelRunner:
     async def load(self) -> None:
         """Loads the model (idempotent); torch weights load without blocking the event loop."""
         if self._model is None:
-            self._model = await self._call(self._load)
+            model = await self._call(self._load)
+            workers = split_workers(model, self._threads)
+            if workers > 1:
+                limit_torch_threads(workers)
+                self._split = SplitCalls(workers, "decoder-slice")
+            self._model = model
+
+    @property
+    def slice_threads(self) -> int:
+        """Threads that step one batch of a model that can be split (1: not split)."""
+        return self._split.workers
+
+    def _sliced(self, model: ImageModel) -> SplitCalls | None:
+        """The splitter for calls of `model`, or None where they run whole."""
+        return self._split if split_workers(model) > 1 else None
 
     def close(self) -> None:
         """Releases the worker thread; a pass still running finishes on its own."""
         self._executor.shutdown(wait=False, cancel_futures=True)
         self._encoders.shutdown(wait=False, cancel_futures=True)
+        self._split.close()
 
     def start(
         self, prompt: str, seed: int, n: int, total_passes: int, version: str = BASE_VERSION
@@ -221,7 +244,11 @@ class ModelRunner:
         Returns:
             The states after the pass, in order.
         """
-        return await self._call(self.model_of(version).step, states)
+        model = self.model_of(version)
+        split = self._sliced(model)
+        if split is None:
+            return await self._call(model.step, states)
+        return await self._call(split, model.step, states)
 
     async def draw(self, drawings: Sequence[Drawing]) -> list[list[bytes] | Exception]:
         """Renders token grids to pixels and encodes them: previews, final images and the
@@ -241,7 +268,9 @@ class ModelRunner:
             for version, size in sorted({(d.version, d.size) for d in drawings}):
                 group = [i for i, d in enumerate(drawings) if (d.version, d.size) == (version, size)]
                 try:
-                    images = _draw(self.model_of(version), [g for i in group for g in drawings[i].grids], size)
+                    model = self.model_of(version)
+                    grids = [g for i in group for g in drawings[i].grids]
+                    images = _draw(model, grids, size, self._sliced(model))
                 except Exception:  # noqa: BLE001 - find the drawing at fault: draw each alone
                     for i in group:
                         try:

@@ -62,9 +62,16 @@ SIZE = 256
 
 
 def model_rates(batches: tuple[int, ...], repeats: int, device: str, name: str = "builtin") -> dict[int, float]:
-    """Images/s of whole renders (8 passes, final 256x256 PNG) at each batch size; medians."""
+    """Images/s of whole renders (8 passes, final 256x256 PNG) at each batch size, called as
+    the decoder calls the model (`bench_model.decoder_layout`); medians."""
     model = bench_model.load(device, name)
-    rates = bench_model.model_alone(model, batches, bench_model.RenderShape(passes=PASSES, size=SIZE), repeats)
+    split = bench_model.decoder_layout(model)
+    try:
+        rates = bench_model.model_alone(
+            model, batches, bench_model.RenderShape(passes=PASSES, size=SIZE), repeats, split
+        )
+    finally:
+        split.close()
     return {batch: rate.images_per_s for batch, rate in rates.items()}
 
 

@@ -28,6 +28,8 @@ from typing import Any
 
 import numpy as np
 
+from libs.model.split import SplitCalls, limit_torch_threads, split_workers
+
 BATCHES = (1, 2, 4, 8, 16, 32, 64)
 PROMPTS = (
     "a red circle on green grass",
@@ -84,23 +86,39 @@ def _sync(model: Any) -> None:
         torch.cuda.synchronize()
 
 
+def decoder_layout(model: Any) -> SplitCalls:
+    """How the decoder calls this model (services.decoder.runner): on the CPU, a model that
+    allows it is stepped in slices, one per core, each on one intra-op thread; else whole.
+    Sets torch's intra-op threads accordingly (process-wide)."""
+    workers = split_workers(model)
+    limit_torch_threads(workers)
+    return SplitCalls(workers, "bench-slice")
+
+
 def render_once(
-    model: Any, batch: int, shape: RenderShape, seed: int, encoders: Executor | None = None
+    model: Any,
+    batch: int,
+    shape: RenderShape,
+    seed: int,
+    encoders: Executor | None = None,
+    split: SplitCalls | None = None,
 ) -> tuple[float, float, float]:
     """Renders `batch` images together; the seconds in passes, pixels and encoding (spread
-    over `encoders`' threads when given, as the decoder does)."""
+    over `encoders`' threads when given, as the decoder does). With `split`, each pass and
+    the drawing run in slices on its threads, as the decoder runs them on a CPU."""
     from libs.imaging import encode
 
+    call = split or SplitCalls(1)
     states = [model.start(PROMPTS[i % len(PROMPTS)], seed + i, shape.passes) for i in range(batch)]
     passes_s = pixels_s = encode_s = 0.0
     while not states[0].done:
         began = time.perf_counter()
-        states = model.step(states)
+        states = call(model.step, states)
         _sync(model)
         passes_s += time.perf_counter() - began
         if states[0].done or states[0].pass_index in shape.preview_passes:
             began = time.perf_counter()
-            images = model.preview_batch([s.tokens for s in states], shape.size)
+            images = call(lambda grids: model.preview_batch(grids, shape.size), [s.tokens for s in states])
             pixels_s += time.perf_counter() - began
             began = time.perf_counter()
 
@@ -112,24 +130,27 @@ def render_once(
     return passes_s, pixels_s, encode_s
 
 
-def measure(model: Any, batch: int, shape: RenderShape, repeats: int) -> BatchRate:
+def measure(model: Any, batch: int, shape: RenderShape, repeats: int, split: SplitCalls | None = None) -> BatchRate:
     """The median figures of `repeats` renders of `batch` images, encoding on as many threads
-    as the machine has cores."""
+    as the machine has cores (and stepping in slices with `split`)."""
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="encode") as encoders:
-        runs = [render_once(model, batch, shape, 1000 * repeat, encoders) for repeat in range(repeats)]
+        runs = [render_once(model, batch, shape, 1000 * repeat, encoders, split) for repeat in range(repeats)]
     totals = [sum(run) for run in runs]
     middle = runs[totals.index(statistics.median_low(totals))]
     return BatchRate(batch, batch / statistics.median(totals), *middle)
 
 
-def model_alone(model: Any, batches: tuple[int, ...], shape: RenderShape, repeats: int) -> dict[int, BatchRate]:
-    """Measures each batch size, printing a line per size."""
+def model_alone(
+    model: Any, batches: tuple[int, ...], shape: RenderShape, repeats: int, split: SplitCalls | None = None
+) -> dict[int, BatchRate]:
+    """Measures each batch size, printing a line per size (with `split`: in its slices)."""
     rates: dict[int, BatchRate] = {}
+    layout = f" in {split.workers} slices" if split is not None and split.workers > 1 else ""
     for batch in batches:
-        rate = measure(model, batch, shape, repeats)
+        rate = measure(model, batch, shape, repeats, split)
         rates[batch] = rate
         print(
-            f"  model alone, batch {batch:3d}: {rate.images_per_s:8.2f} images/s "
+            f"  model alone{layout}, batch {batch:3d}: {rate.images_per_s:8.2f} images/s "
             f"(a batch: passes {rate.passes_s * 1000:7.1f} ms, pixels {rate.pixels_s * 1000:6.1f} ms, "
             f"encoding {rate.encode_s * 1000:7.1f} ms; median of {repeats})",
             flush=True,

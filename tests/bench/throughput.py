@@ -3,7 +3,10 @@
 Two measures in one run on one machine (compare within a run, never across machines):
 
 1. The built-in model alone at the decoder's batch limit (the device's default), low
-   quality (4 passes), 256x256 PNG: images/s of whole renders (tests/bench/model.py).
+   quality (4 passes), 256x256 PNG: images/s of whole renders (tests/bench/model.py),
+   called as the decoder calls it: on a CPU, each pass in slices on every core
+   (libs.model.split), the figure R divides by; the same batch as one call on torch's own
+   threads is printed before it, for comparison.
 2. The whole stack at saturation with the same model and limit: the `bench` profile
    started from nothing, decoders on the built-in model, the default safety policy (so
    content checks score real pictures), one pro account with its limits lifted, and
@@ -28,6 +31,7 @@ from typing import Any
 
 import httpx
 
+from libs.model.split import split_workers
 from libs.settings import DEFAULT_BATCH_IMAGES
 from tests.bench import model as bench_model
 from tests.bench.stack import cpu_seconds, fresh_bench_stack, lifted_pro_account
@@ -91,7 +95,14 @@ def main(argv: list[str] | None = None) -> int:
     shape = bench_model.RenderShape(passes=PASSES, size=SIZE)
     print(f"1. the built-in model alone on {figures['device']}: batch {limit}, {PASSES} passes, {SIZE}x{SIZE} PNG")
     model = bench_model.load(device)
-    alone = bench_model.model_alone(model, (limit,), shape, args.repeats)[limit]
+    if split_workers(model) > 1:  # for comparison: one call a pass, on torch's own threads
+        whole = bench_model.model_alone(model, (limit,), shape, args.repeats)[limit]
+        figures["model_one_call_images_per_s"] = whole.images_per_s
+    split = bench_model.decoder_layout(model)  # as the decoder calls it: the figure R divides by
+    try:
+        alone = bench_model.model_alone(model, (limit,), shape, args.repeats, split)[limit]
+    finally:
+        split.close()
     del model
     figures["model_images_per_s"] = alone.images_per_s
 

@@ -12,6 +12,7 @@ import torch
 from libs.model.builtin import MaskGITImageModel
 from libs.model.interface import pack_tokens, state_from_checkpoint, unpack_tokens
 from libs.model.maskgit import MaskGITConfig
+from libs.model.split import SplitCalls
 from libs.model.vq import VQConfig
 from libs.modeltools.train import untrained_model
 from tests.contracts.image_model import PROMPT, ImageModelContract, run_passes
@@ -89,6 +90,24 @@ def test_an_image_has_the_same_pixels_alone_and_among_companions(model: MaskGITI
     together = model.preview_batch(grids, 64)
     for grid, among in zip(grids, together, strict=True):
         np.testing.assert_array_equal(model.preview_batch([grid], 64)[0], among)
+
+
+def test_a_batch_in_slices_on_two_threads_renders_as_one_call(model: MaskGITImageModel) -> None:
+    # The decoder steps a CPU batch as slices on every core (libs.model.split): a render's
+    # tokens and pixels must not notice.
+    split = SplitCalls(2)
+    try:
+        whole = [model.start(PROMPT, 80 + i, 4) for i in range(5)]
+        sliced = list(whole)
+        while not whole[0].done:
+            whole, sliced = model.step(whole), split(model.step, sliced)
+            assert whole == sliced
+        grids = [s.tokens for s in whole]
+        drawn = split(lambda part: model.preview_batch(part, 64), grids)
+        for one, other in zip(model.preview_batch(grids, 64), drawn, strict=True):
+            np.testing.assert_array_equal(one, other)
+    finally:
+        split.close()
 
 
 def test_a_call_holds_a_row_at_least(model: MaskGITImageModel) -> None:
