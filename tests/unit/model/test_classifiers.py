@@ -57,6 +57,17 @@ def test_classifier_saves_threshold_and_metadata(tmp_path: Path) -> None:
     assert abs(loaded.score(image) - clf.score(image)) < 1e-2
 
 
+def test_the_shipped_detector_scores_as_its_net_with_batch_norms_folded() -> None:
+    detector = load_safety_classifier()
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (64, 64, 3), dtype=np.uint8) for _ in range(4)]
+    x = torch.tensor(np.stack(images)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    with torch.no_grad():
+        unfolded = torch.sigmoid(detector.net(x)).tolist()
+    assert not any(isinstance(layer, torch.nn.BatchNorm2d) for layer in detector._scoring.modules())
+    np.testing.assert_allclose(detector.score_batch(images), unfolded, atol=1e-5)
+
+
 def test_attribute_net_shapes_and_targets() -> None:
     out = AttributeNet(width=8)(torch.zeros(3, 3, 64, 64))
     assert out["shape"].shape == (3, 9, 10) and out["colour"].shape == (3, 9, 8) and out["size"].shape == (3, 9, 2)
