@@ -3,7 +3,8 @@
 Three measures, in one run on one machine (compare within a run, never across machines):
 
 1. The model alone: the built-in model renders B images together, 8 passes each, and
-   encodes each final 256x256 PNG, for B in 1, 2, 4, ... 64: images/s, median of repeats.
+   encodes each final 256x256 PNG, for B in 1, 2, 4, ... 64: images/s, median of repeats,
+   called as the decoder calls it (on a CPU, each pass in slices on every core).
    On CUDA it runs twice, with darkroom's Triton kernels on and off (DARKROOM_KERNELS).
    The aMUSEd adapter's sweep follows (`--amused FOLDER`, by default a tiny random aMUSEd
    built for the run: it shows the adapter's overhead, not a real model's cost).
