@@ -32,6 +32,9 @@ from libs.model.split import SplitCalls, limit_torch_threads, split_workers
 
 T = TypeVar("T")
 
+WHOLE = SplitCalls(1)
+"""A call run whole, on the calling thread."""
+
 CHECK_SIZE = 64
 """Side of the pictures the safety service scores: the built-in model's native size, which
 its content classifier was trained on."""
@@ -56,10 +59,10 @@ class Drawing:
     version: str = BASE_VERSION
 
 
-def _draw(model: ImageModel, grids: list[np.ndarray], size: int, split: SplitCalls | None = None) -> list[np.ndarray]:
+def _draw(model: ImageModel, grids: list[np.ndarray], size: int, split: SplitCalls = WHOLE) -> list[np.ndarray]:
     batch = getattr(model, "preview_batch", None)  # the built-in model draws a batch at once
     if batch is not None:
-        return list(batch(grids, size)) if split is None else split(lambda part: batch(part, size), grids)
+        return split(lambda part: batch(part, size), grids)
     return [model.preview(g, size) for g in grids]
 
 
@@ -107,7 +110,7 @@ class ModelRunner:
     def __init__(self, load: Callable[[], ImageModel], threads: int = 0) -> None:
         self._load = load
         self._threads = threads
-        self._split = SplitCalls(1)
+        self._split = WHOLE
         self._model: ImageModel | None = None
         self._versions: dict[str, ImageModel] = {}
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="decoder-model")
@@ -165,9 +168,9 @@ class ModelRunner:
         """Threads that step one batch of a model that can be split (1: not split)."""
         return self._split.workers
 
-    def _sliced(self, model: ImageModel) -> SplitCalls | None:
-        """The splitter for calls of `model`, or None where they run whole."""
-        return self._split if split_workers(model) > 1 else None
+    def _calls_of(self, model: ImageModel) -> SplitCalls:
+        """How calls of `model` run: in the runner's slices when it can be split, else whole."""
+        return self._split if split_workers(model) > 1 else WHOLE
 
     def close(self) -> None:
         """Releases the worker thread; a pass still running finishes on its own."""
@@ -245,10 +248,7 @@ class ModelRunner:
             The states after the pass, in order.
         """
         model = self.model_of(version)
-        split = self._sliced(model)
-        if split is None:
-            return await self._call(model.step, states)
-        return await self._call(split, model.step, states)
+        return await self._call(self._calls_of(model), model.step, states)
 
     async def draw(self, drawings: Sequence[Drawing]) -> list[list[bytes] | Exception]:
         """Renders token grids to pixels and encodes them: previews, final images and the
@@ -270,7 +270,7 @@ class ModelRunner:
                 try:
                     model = self.model_of(version)
                     grids = [g for i in group for g in drawings[i].grids]
-                    images = _draw(model, grids, size, self._sliced(model))
+                    images = _draw(model, grids, size, self._calls_of(model))
                 except Exception:  # noqa: BLE001 - find the drawing at fault: draw each alone
                     for i in group:
                         try:
