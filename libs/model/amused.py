@@ -35,6 +35,7 @@ import json
 import math
 import os
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -281,16 +282,23 @@ class AmusedImageModel(GridRenderStart):
 
     def preview_batch(self, grids: list[np.ndarray], size: int) -> list[np.ndarray]:
         """Pictures of several grids at once, (size, size, 3) uint8 each."""
+        return [pictures[0] for pictures in self.preview_sizes(grids, (size,))]
+
+    def preview_sizes(self, grids: list[np.ndarray], sizes: Sequence[int]) -> list[list[np.ndarray]]:
+        """See ImageModel: one VQ decode of the grids, each picture resized to every size."""
         if not grids:
             return []
         filled = torch.from_numpy(np.stack([self._filled(g) for g in grids])).to(self.device)
         shape = (len(grids), self.grid_size, self.grid_size, self.vqvae.config.latent_channels)
+        per_size: list[np.ndarray] = []
         with torch.inference_mode():
-            pixels = self.vqvae.decode(filled, force_not_quantize=True, shape=shape).sample.clamp(0, 1)
-            if pixels.shape[-1] != size:
-                pixels = F.interpolate(pixels, size=(size, size), mode="bilinear", antialias=True).clamp(0, 1)
-            images = (pixels * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-        return [np.ascontiguousarray(image) for image in images]
+            decoded = self.vqvae.decode(filled, force_not_quantize=True, shape=shape).sample.clamp(0, 1)
+            for size in sizes:
+                pixels = decoded
+                if pixels.shape[-1] != size:
+                    pixels = F.interpolate(pixels, size=(size, size), mode="bilinear", antialias=True).clamp(0, 1)
+                per_size.append((pixels * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy())
+        return [[np.ascontiguousarray(images[i]) for images in per_size] for i in range(len(grids))]
 
     def encode_image(self, rgb: np.ndarray) -> np.ndarray:
         """See ImageModel.encode_image: the VQ encoder at the model's image size."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Final, Literal
@@ -234,13 +234,18 @@ class MaskGITImageModel(GridRenderStart):
     @torch.no_grad()
     def preview_batch(self, grids: list[np.ndarray], size: int) -> list[np.ndarray]:
         """Renders several (possibly partial) grids in one decoder batch."""
+        return [pictures[0] for pictures in self.preview_sizes(grids, (size,))]
+
+    @torch.no_grad()
+    def preview_sizes(self, grids: list[np.ndarray], sizes: Sequence[int]) -> list[list[np.ndarray]]:
+        """See ImageModel: one decoder batch, each picture resized to every size."""
         t = torch.from_numpy(
             np.stack([np.asarray(g, np.int64).reshape(self.grid_size, self.grid_size) for g in grids])
         ).to(self.device)
         latents = self.vq.fill_latent(t, self.mask_token)
         with self._autocast():
             images = in_calls_of(self.decoder_rows, self.vq.decode_latent, latents)
-        return [upsample(img, size) for img in tensor_to_images(images.float())]
+        return [[upsample(img, size) for size in sizes] for img in tensor_to_images(images.float())]
 
     @torch.no_grad()
     def encode_image(self, rgb: np.ndarray) -> np.ndarray:

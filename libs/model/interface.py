@@ -277,7 +277,10 @@ class ImageModel(Protocol):
         codebook_size: Number of token values; valid tokens are 0..codebook_size-1.
         mask_token: The value of a masked cell (== codebook_size).
 
-    Optional: `preview_batch(grids, size)` draws many grids in one call; a model on the CPU
+    Optional: `preview_batch(grids, size)` draws many grids in one call;
+    `preview_sizes(grids, sizes)` draws each grid once and returns it at every size (per grid,
+    one picture per size, in order), for a last pass whose images and content-check
+    pictures come from the same grids; a model on the CPU
     whose `step` and `preview_batch` may run on several threads at once sets
     `thread_safe_calls = True`, and the decoder then steps a batch as slices on every core
     (libs.model.split).

@@ -58,3 +58,49 @@ async def test_a_model_that_does_not_allow_threads_is_stepped_whole() -> None:
         assert np.array_equal((await runner.step(states))[2].tokens, runner.model.step(states)[2].tokens)
     finally:
         runner.close()
+
+
+async def test_a_last_pass_images_and_check_pictures_are_decoded_once_with_the_same_pictures(
+    model: MaskGITImageModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A last pass asks for its images and its content-check pictures of the same grids: the
+    VQ decoder runs once for both, and each comes out as when drawn alone."""
+    runner = ModelRunner(lambda: model, threads=1)
+    await runner.load()
+    try:
+        states = [model.start(PROMPT, 20 + i, 2) for i in range(3)]
+        while not states[0].done:
+            states = model.step(states)
+        last = [s.tokens for s in states[:2]]
+        other = [states[2].tokens]
+        decodes: list[int] = []
+        decode_latent = model.vq.decode_latent
+
+        def counted(latents: torch.Tensor) -> torch.Tensor:
+            decodes.append(len(latents))
+            return decode_latent(latents)
+
+        monkeypatch.setattr(model.vq, "decode_latent", counted)
+        images, checks, check_only = await runner.draw(
+            [Drawing(last, 256, "png"), Drawing(last, 64, "png"), Drawing(other, 64, "png")]
+        )
+        assert sum(decodes) == 3  # grids decoded: the shared two once, the other render's one
+        decodes.clear()
+        [images_alone] = await runner.draw([Drawing(list(last), 256, "png")])
+        [checks_alone] = await runner.draw([Drawing(list(last), 64, "png")])
+        [other_alone] = await runner.draw([Drawing(list(other), 64, "png")])
+        assert images == images_alone and checks == checks_alone and check_only == other_alone
+        assert sum(decodes) == 5
+    finally:
+        runner.close()
+
+
+def test_a_model_that_cannot_resize_draws_each_size() -> None:
+    """`preview_sizes` is optional: without it each size is drawn by `preview`."""
+    from services.decoder.runner import _draw_sizes
+
+    model = NoOpModel()
+    state = model.step([model.start(PROMPT, 1, 1)])[0]
+    pictures = _draw_sizes(model, [state.tokens], (64, 128))
+    assert [p.shape[0] for p in pictures[0]] == [64, 128]
+    assert np.array_equal(pictures[0][1], model.preview(state.tokens, 128))

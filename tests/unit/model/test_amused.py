@@ -71,6 +71,15 @@ def test_previews_show_each_pass_prediction(model: AmusedImageModel) -> None:
     assert model.preview(trail[-1].tokens, 256).shape == (256, 256, 3)
 
 
+def test_a_grid_drawn_at_several_sizes_at_once_matches_each_size_alone(model: AmusedImageModel) -> None:
+    trail = run_passes(model, model.start(PROMPT, 9, 4))
+    grids = [trail[2].tokens, trail[-1].tokens]
+    both = model.preview_sizes(grids, (64, 256))
+    for k, size in enumerate((64, 256)):
+        alone = model.preview_batch(grids, size)
+        assert all(np.array_equal(per_grid[k], a) for per_grid, a in zip(both, alone, strict=True))
+
+
 def test_without_guidance_one_call_per_pass_still_renders(folder: Path) -> None:
     unguided = AmusedImageModel(folder, sampling=AmusedSampling(guidance_scale=1.0))
     assert run_passes(unguided, unguided.start(PROMPT, 2, 4))[-1].done
