@@ -15,7 +15,7 @@ from typing import Protocol
 
 from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.errors import GroupCoordinatorNotAvailableError
+from aiokafka.errors import GroupCoordinatorNotAvailableError, KafkaError
 from aiokafka.structs import OffsetAndMetadata, TopicPartition
 
 from libs.lanes import lanes, pool_group
@@ -54,6 +54,9 @@ class KafkaLaneOffsets:
         self._client_id = client_id
         self._consumer: AIOKafkaConsumer | None = None
         self._admin: AIOKafkaAdminClient | None = None
+        # Each pool group's coordinator, found once: a lookup per group per read was as many
+        # requests as the reads themselves (the gateway reads every second).
+        self._coordinators: dict[str, int] = {}
 
     async def start(self) -> None:
         """Connects (aiokafka binds its clients to the running loop, so they are made here)."""
@@ -95,15 +98,30 @@ class KafkaLaneOffsets:
 
     async def _committed(self, group: str, tps: list[TopicPartition]) -> dict[TopicPartition, OffsetAndMetadata]:
         assert self._admin is not None
+        coordinator = self._coordinators.get(group)
+        if coordinator is not None:
+            try:
+                known: dict[TopicPartition, OffsetAndMetadata] = await self._admin.list_consumer_group_offsets(
+                    group, group_coordinator_id=coordinator, partitions=tps
+                )
+                return known
+            except KafkaError:
+                # The coordinator moved (its broker failed over) or is unreachable: find it again.
+                del self._coordinators[group]
         # A broker that never had a consumer group creates its offsets topic on the first
         # coordinator lookup, and answers "not available" until it has.
-        for _ in range(COORDINATOR_ATTEMPTS - 1):
+        for attempt in range(COORDINATOR_ATTEMPTS):
             try:
-                offsets: dict[TopicPartition, OffsetAndMetadata] = await self._admin.list_consumer_group_offsets(
-                    group, partitions=tps
-                )
-                return offsets
+                coordinator = await self._admin.find_coordinator(group)
+                break
             except GroupCoordinatorNotAvailableError:
+                if attempt == COORDINATOR_ATTEMPTS - 1:
+                    raise
                 await asyncio.sleep(0.5)
-        offsets = await self._admin.list_consumer_group_offsets(group, partitions=tps)
+        if coordinator is None:
+            raise GroupCoordinatorNotAvailableError(f"no coordinator for {group}")
+        offsets: dict[TopicPartition, OffsetAndMetadata] = await self._admin.list_consumer_group_offsets(
+            group, group_coordinator_id=coordinator, partitions=tps
+        )
+        self._coordinators[group] = coordinator
         return offsets

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from libs import topics
 from libs.bus.kafka import KafkaConsumer, KafkaProducer
+from libs.bus.offsets import KafkaLaneOffsets, LaneCounts
 from libs.bus.ports import TopicPartition
 from libs.cli.lanes import format_reports, lane_reports
-from libs.lanes import lane_for, pool_group
+from libs.lanes import lane_for, lanes, pool_group
 
 
 async def _waiting(bootstrap: str) -> dict[str, tuple[int, int]]:
@@ -50,3 +51,47 @@ async def test_lanes_count_the_jobs_no_decoder_has_taken(kafka_bootstrap: str) -
     assert final["free"][0] >= 3, "free jobs not committed stay waiting"
     reports, _ = await lane_reports(kafka_bootstrap)
     assert "free" in format_reports(reports)
+
+
+async def test_a_long_lived_lane_reader_looks_up_each_pool_group_coordinator_once(kafka_bootstrap: str) -> None:
+    """The gateway reads the lanes every second: the coordinators of the pool groups are found
+    on the first read and kept, and a later read counts what a fresh reader counts."""
+    reader = KafkaLaneOffsets(kafka_bootstrap, client_id="test-lane-reader")
+    await reader.start()
+    try:
+        admin = reader._admin
+        assert admin is not None
+        lookups: list[str] = []
+        find_coordinator = admin.find_coordinator
+
+        async def counted(group_id: str, coordinator_type: int = 0) -> int:
+            lookups.append(group_id)
+            found: int = await find_coordinator(group_id, coordinator_type)
+            return found
+
+        admin.find_coordinator = counted
+        first = await reader.read()
+        assert sorted(lookups) == sorted({pool_group(lane.topic) for lane in lanes().values()})
+        lookups.clear()
+        producer = KafkaProducer(kafka_bootstrap)
+        await producer.start()
+        try:
+            free = lane_for("free")
+            await producer.send(free.topic, b"{}", key=b"j", partition=free.partitions[0])
+        finally:
+            await producer.stop()
+        second = await reader.read()
+        assert lookups == []
+        assert second["free"].waiting == first["free"].waiting + 1
+        assert second == await _fresh_read(kafka_bootstrap)
+    finally:
+        await reader.stop()
+
+
+async def _fresh_read(bootstrap: str) -> dict[str, LaneCounts]:
+    fresh = KafkaLaneOffsets(bootstrap, client_id="test-lane-reader-fresh")
+    await fresh.start()
+    try:
+        return await fresh.read()
+    finally:
+        await fresh.stop()
