@@ -14,6 +14,9 @@ from __future__ import annotations
 
 import logging
 import sys
+import threading
+import time
+from collections.abc import Callable
 
 from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
@@ -33,6 +36,61 @@ def configure_logging(level: str, service: str) -> None:
     )
     for noisy in ("aiokafka", "kafka", "pymongo", "urllib3"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, RepeatedLines) for f in handler.filters):
+            handler.addFilter(RepeatedLines(prefixes=("aiokafka",)))
+
+
+REPEAT_WINDOW_S = 10.0
+"""How long a client library's line, once written, holds back the same line (RepeatedLines)."""
+
+
+class RepeatedLines(logging.Filter):
+    """Writes a client library's line once per `window_s`, counting the copies held back.
+
+    While a Kafka broker is down, aiokafka logs the same two errors for every client of a
+    process every 100 ms until its partitions move (a broker killed with -9 in `make surge
+    ARGS="--quick --kill-broker"`: thousands of lines from a dozen processes in a few
+    seconds, on the cores the failover needs). The first line is written at once, copies in
+    the next `window_s` are counted, and the first copy after that is written saying how many
+    were held (copies with none after them are counted into nothing: the line stopped).
+
+    Args:
+        prefixes: Loggers whose lines are filtered (a name or its children); others pass.
+        window_s: How long a line holds back its copies.
+        clock: Monotonic seconds (tests pass a fake).
+    """
+
+    def __init__(
+        self,
+        prefixes: tuple[str, ...],
+        window_s: float = REPEAT_WINDOW_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        super().__init__()
+        self._prefixes = prefixes
+        self._window_s = window_s
+        self._clock = clock
+        self._lock = threading.Lock()
+        # line -> (when it was last written, copies held back since)
+        self._written: dict[tuple[str, int, str], tuple[float, int]] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not any(record.name == p or record.name.startswith(p + ".") for p in self._prefixes):
+            return True
+        line = (record.name, record.levelno, record.getMessage())
+        now = self._clock()
+        with self._lock:
+            last = self._written.get(line)
+            if last is not None and now - last[0] < self._window_s:
+                self._written[line] = (last[0], last[1] + 1)
+                return False
+            self._written = {k: v for k, v in self._written.items() if now - v[0] < self._window_s}
+            self._written[line] = (now, 0)
+        if last is not None and last[1]:
+            record.msg = f"{record.getMessage()} ({last[1]} more like this in the {self._window_s:g} s before)"
+            record.args = None
+        return True
 
 
 def span_sampler(otlp_endpoint: str, sample_ratio: float = 1.0) -> Sampler:
