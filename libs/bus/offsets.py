@@ -97,31 +97,36 @@ class KafkaLaneOffsets:
         return counts
 
     async def _committed(self, group: str, tps: list[TopicPartition]) -> dict[TopicPartition, OffsetAndMetadata]:
-        assert self._admin is not None
         coordinator = self._coordinators.get(group)
         if coordinator is not None:
             try:
-                known: dict[TopicPartition, OffsetAndMetadata] = await self._admin.list_consumer_group_offsets(
-                    group, group_coordinator_id=coordinator, partitions=tps
-                )
-                return known
+                return await self._offsets(group, coordinator, tps)
             except KafkaError:
                 # The coordinator moved (its broker failed over) or is unreachable: find it again.
                 del self._coordinators[group]
-        # A broker that never had a consumer group creates its offsets topic on the first
-        # coordinator lookup, and answers "not available" until it has.
-        for attempt in range(COORDINATOR_ATTEMPTS):
-            try:
-                coordinator = await self._admin.find_coordinator(group)
-                break
-            except GroupCoordinatorNotAvailableError:
-                if attempt == COORDINATOR_ATTEMPTS - 1:
-                    raise
-                await asyncio.sleep(0.5)
-        if coordinator is None:
-            raise GroupCoordinatorNotAvailableError(f"no coordinator for {group}")
+        coordinator = await self._find_coordinator(group)
+        offsets = await self._offsets(group, coordinator, tps)
+        self._coordinators[group] = coordinator
+        return offsets
+
+    async def _offsets(
+        self, group: str, coordinator: int, tps: list[TopicPartition]
+    ) -> dict[TopicPartition, OffsetAndMetadata]:
+        assert self._admin is not None
         offsets: dict[TopicPartition, OffsetAndMetadata] = await self._admin.list_consumer_group_offsets(
             group, group_coordinator_id=coordinator, partitions=tps
         )
-        self._coordinators[group] = coordinator
         return offsets
+
+    async def _find_coordinator(self, group: str) -> int:
+        assert self._admin is not None
+        # A broker that never had a consumer group creates its offsets topic on the first
+        # coordinator lookup, and answers "not available" until it has.
+        for _ in range(COORDINATOR_ATTEMPTS - 1):
+            try:
+                coordinator: int = await self._admin.find_coordinator(group)
+                return coordinator
+            except GroupCoordinatorNotAvailableError:
+                await asyncio.sleep(0.5)
+        last: int = await self._admin.find_coordinator(group)
+        return last
