@@ -2,13 +2,14 @@
 
 The gateway owns a `ServiceRuntime` like every other service (producer, heartbeats,
 consumers) but runs it inside the ASGI lifespan instead of `run_service`. Its own
-heartbeat goes out through Kafka and comes back through its heartbeat reader, so a
+heartbeat goes out through Kafka and comes back through its watch feed, so a
 fresh self-heartbeat in /healthz proves the round trip to the broker works.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
@@ -19,8 +20,10 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from libs import topics
 from libs.access import AccessState
 from libs.apikeys import parse_signing_keys
+from libs.bus import ByTopic, Handler
 from libs.bus.offsets import KafkaLaneOffsets, LaneOffsets
 from libs.bus.ports import Producer
+from libs.bus.routing import member_groups
 from libs.lanes import POOLS, parse_max_waiting
 from libs.ratelimit import UsageLedger
 from libs.readmodels.catalog import ImageCatalog
@@ -57,6 +60,46 @@ from services.gateway.tracing import TracingMiddleware
 SERVICE = "gateway"
 
 
+def watched_topics(
+    *, live: LiveEvents, heartbeats: HeartbeatMonitor, usage: UsageHandler, metered: MeteredUsage, traffic: str
+) -> ByTopic:
+    """What the gateway watches of the other services' topics, in one reader (see ByTopic).
+
+    - live events (request events, progress, account events) for the requests waiting on
+      them, of this process's traffic (libs.bus.routing.member_groups);
+    - every service's heartbeats, for /healthz, the fleet metrics and the lanes;
+    - the image commands and request events of both traffics, folded into the usage ledger
+      that admission reads;
+    - the metering service's per-account usage (compacted), the day's earlier images.
+
+    A request event goes to the usage ledger before the live waiters, so a request that
+    wakes on its job's end finds the ledger already knows it.
+    """
+    handlers: dict[str, list[Handler]] = {}
+    for name in topics.with_api_copies([topics.IMAGE_COMMANDS, topics.REQUEST_EVENTS]):
+        handlers.setdefault(name, []).append(usage)
+    live_topics = [topics.REQUEST_EVENTS, topics.RENDER_PROGRESS, topics.ACCOUNT_EVENTS]
+    for _, names in member_groups("", live_topics, traffic):
+        for name in names:
+            handlers.setdefault(name, []).append(live)
+    handlers.setdefault(topics.HEARTBEATS, []).append(heartbeats)
+    handlers.setdefault(topics.USAGE, []).append(metered)
+    return ByTopic(handlers)
+
+
+def watch_since(clock_now: float, job_hold_s: float, wall_now: float) -> dict[str, int]:
+    """Where the watch reader starts, per topic (Unix ms; a topic not named: its beginning).
+
+    The usage topics one hold back (`usage_since`); the live and heartbeat topics now, as a
+    reader without a group would (a waiting request subscribes after it starts); the
+    metered usage, compacted, from its beginning.
+    """
+    now_ms = int(wall_now * 1000)
+    since = {name: now_ms for name in topics.with_api_copies([topics.RENDER_PROGRESS, topics.ACCOUNT_EVENTS])}
+    since[topics.HEARTBEATS] = now_ms
+    return since | usage_since(clock_now, job_hold_s)
+
+
 def create_app(
     settings: GatewaySettings | None = None,
     *,
@@ -76,7 +119,7 @@ def create_app(
         consumer_factory: Bus consumer factory; the real Kafka one when omitted.
         documents: The gateway's document store (its job read model); MongoDB when omitted.
         blobs: The image store it reads results from; MinIO when omitted.
-        readers: Makes the readers of the policy and usage feeds; Kafka's when omitted
+        readers: Makes the readers of the access and watch feeds; Kafka's when omitted
             (readers over `consumer_factory` when that is given).
         limits: The access state, usage ledger and clock (fresh ones when omitted).
         lane_offsets: Reads the lanes' waiting and taken jobs; Kafka's offsets when omitted
@@ -102,19 +145,14 @@ def create_app(
     grouped = GroupedInserts(docs)
     catalog = ImageCatalog(grouped)
     projection = JobProjection(grouped, catalog)
-    # Group "" = no consumer group: every replica reads these from its start onwards.
-    runtime.subscriptions += [
-        Subscription(group="", topics=[topics.HEARTBEATS], handler=monitor),
-        Subscription(
-            group="", topics=[topics.REQUEST_EVENTS, topics.RENDER_PROGRESS, topics.ACCOUNT_EVENTS], handler=live
-        ),
+    runtime.subscriptions.append(
         Subscription(
             group=f"{SERVICE}-jobs",
             topics=[topics.REQUEST_EVENTS],
             handler=projection,
             concurrency=settings.handler_concurrency,
-        ),
-    ]
+        )
+    )
 
     limits = limits or Limits(AccessState(), UsageLedger(job_hold_s=settings.job_hold_s))
     if readers is None:
@@ -129,18 +167,23 @@ def create_app(
         AccessHandler(limits.access, limits.releases),
         runtime.publisher,
     )
-    usage_topics = topics.with_api_copies([topics.IMAGE_COMMANDS, topics.REQUEST_EVENTS])
-    usage_feed = Feed(
-        "usage",
-        readers("usage", usage_topics, usage_since(limits.clock(), limits.ledger.job_hold_s)),
-        UsageHandler(limits.ledger, limits.access, limits.clock),
+    metered = MeteredUsage(ledger=limits.ledger, clock=limits.clock)
+    watched = watched_topics(
+        live=live,
+        heartbeats=monitor,
+        usage=UsageHandler(limits.ledger, limits.access, limits.clock),
+        metered=metered,
+        traffic=settings.traffic,
+    )
+    # Topics the other services answer for: read, never dead-lettered here.
+    watch_feed = Feed(
+        "watch",
+        readers("watch", watched.topics, watch_since(limits.clock(), limits.ledger.job_hold_s, time.time())),
+        watched,
         runtime.publisher,
         owned=False,
     )
-    metered = MeteredUsage(ledger=limits.ledger, clock=limits.clock)
-    # The metering service's per-account usage (compacted): read, never answered for.
-    metered_feed = Feed("metered", readers("metered", [topics.USAGE], {}), metered, runtime.publisher, owned=False)
-    for feed in (access_feed, usage_feed, metered_feed):
+    for feed in (access_feed, watch_feed):
         # Loaded before the app serves (lifespan), followed in the background, closed last.
         runtime.on_start.append(feed.load)
         runtime.background.append(feed.follow)

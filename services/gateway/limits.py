@@ -1,16 +1,18 @@
 """Policies, revocations and rate limits at the gateway, kept current from Kafka.
 
 Two feeds run in every replica, each a group-less reader that first reads to the end
-of its topics (before the app serves) and then follows them:
+of its topics (before the app serves) and then follows them (`Feed`):
 
 - the access feed folds the compacted policy, revocation and account-tier topics into
   `AccessState` (libs/access.py), so a change reaches every replica in one fetch (the
   broker answers a held fetch as soon as a record lands) and no request ever waits on a
   database or Kafka;
-- the usage feed folds every replica's admitted generations (the `GenerateImage`
+- the watch feed (`services.gateway.app.watched_topics`, which also hands live events to
+  the waiting requests and heartbeats to the monitor, one reader for all, as each reader
+  costs the broker its own fetches) folds every replica's admitted generations (the `GenerateImage`
   commands) and job ends (request events), both from one job hold ago, into
   `UsageLedger` (libs/ratelimit.py): the shared token buckets, images per day and jobs
-  in flight; the metered feed (services/gateway/metered.py) adds each account's usage
+  in flight; the metered usage (services/gateway/metered.py, read by the same feed) adds each account's usage
   earlier in the day, as the metering service counted it. libs/ratelimit.py states
   the error bound.
 """
@@ -138,9 +140,12 @@ class Feed:
             return
         try:
             envelope = Envelope.from_bytes(record.value)
-        except DecodeError:
-            return  # the topic's own consumer dead-letters it
-        await self._handler(envelope, record)
+            await self._handler(envelope, record)
+        except DecodeError as error:
+            # The topic's own consumer dead-letters it; a watcher only looks.
+            log.warning(
+                "gateway %s feed skips %s@%s/%s: %s", self.name, record.topic, record.partition, record.offset, error
+            )
 
     async def close(self) -> None:
         """Stop the reader."""

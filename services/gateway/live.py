@@ -1,12 +1,12 @@
 """Live events for requests in flight.
 
-`LiveEvents` is the handler of a group-less reader on the request-event, progress and
-account-event topics: every gateway replica sees every event from the moment it
-started, and hands those of the jobs (or sign-ups) it is waiting on to the waiting
-request. A waiting request folds its job's events itself (`JobFollower`), so it
-needs no read of the read model unless it notices it missed an event. The read model
-itself, which answers job status and is the fallback when a live event was missed, is
-folded by `libs.readmodels.jobs.JobProjection`.
+`LiveEvents` handles the request-event, progress and account-event records of the
+gateway's watch feed (a group-less reader, `services.gateway.app.watched_topics`): every
+gateway replica sees every event from the moment it started, and hands those of the
+jobs (or sign-ups) it is waiting on to the waiting request. A waiting request folds its
+job's events itself (`JobFollower`), so it needs no read of the read model unless it
+notices it missed an event. The read model itself, which answers job status and is the
+fallback when a live event was missed, is folded by `libs.readmodels.jobs.JobProjection`.
 """
 
 from __future__ import annotations
