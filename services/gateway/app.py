@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
@@ -85,6 +85,25 @@ def watched_topics(
     handlers.setdefault(topics.HEARTBEATS, []).append(heartbeats)
     handlers.setdefault(topics.USAGE, []).append(metered)
     return ByTopic(handlers)
+
+
+def watch_readers(names: Sequence[str], traffic: str) -> list[tuple[str, list[str]]]:
+    """The watch feed's readers: (name, topics) for each.
+
+    One reader in a process of all traffic. A process of one traffic reads the other
+    traffic's topics (the usage of both counts toward an account's limits) in a reader of
+    their own, so a flood of the other traffic never stands in a fetch, or in the handling
+    of one, ahead of this traffic's live events.
+    """
+    if traffic not in ("api", "consumer"):
+        return [("watch", list(names))]
+    api_copies = {copy for copy in map(topics.api_copy, names) if copy is not None}
+    has_copy = {name for name in names if topics.api_copy(name) is not None}
+    other = has_copy if traffic == "api" else api_copies
+    own = [name for name in names if name not in other]
+    others = [name for name in names if name in other]
+    other_traffic = "consumer" if traffic == "api" else "api"
+    return [("watch", own), (f"watch-{other_traffic}", others)] if others else [("watch", own)]
 
 
 def watch_since(clock_now: float, job_hold_s: float, wall_now: float) -> dict[str, int]:
@@ -175,15 +194,13 @@ def create_app(
         metered=metered,
         traffic=settings.traffic,
     )
+    since = watch_since(limits.clock(), limits.ledger.job_hold_s, time.time())
     # Topics the other services answer for: read, never dead-lettered here.
-    watch_feed = Feed(
-        "watch",
-        readers("watch", watched.topics, watch_since(limits.clock(), limits.ledger.job_hold_s, time.time())),
-        watched,
-        runtime.publisher,
-        owned=False,
-    )
-    for feed in (access_feed, watch_feed):
+    watch_feeds = [
+        Feed(name, readers(name, names, since), watched, runtime.publisher, owned=False)
+        for name, names in watch_readers(watched.topics, settings.traffic)
+    ]
+    for feed in (access_feed, *watch_feeds):
         # Loaded before the app serves (lifespan), followed in the background, closed last.
         runtime.on_start.append(feed.load)
         runtime.background.append(feed.follow)

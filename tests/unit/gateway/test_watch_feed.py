@@ -13,7 +13,7 @@ from libs.events import Envelope
 from libs.events.schemas import GenerateImage, JobFailed, RenderProgressed, ServiceHeartbeat
 from libs.ratelimit import UsageLedger
 from libs.runtime.heartbeats import HeartbeatMonitor
-from services.gateway.app import watch_since, watched_topics
+from services.gateway.app import watch_readers, watch_since, watched_topics
 from services.gateway.limits import Feed, Limits, UsageHandler, port_readers
 from services.gateway.live import LiveEvents
 from services.gateway.metered import MeteredUsage
@@ -39,6 +39,22 @@ def test_an_api_gateway_watches_the_usage_of_both_traffics_but_only_its_own_prog
     assert {topics.IMAGE_COMMANDS, topics.IMAGE_COMMANDS_API, topics.HEARTBEATS, topics.USAGE} <= set(api.topics)
     every, _, _ = _watched("all", Limits(AccessState(), UsageLedger()))
     assert {topics.RENDER_PROGRESS, topics.RENDER_PROGRESS_API, topics.ACCOUNT_EVENTS} <= set(every.topics)
+
+
+def test_a_process_of_one_traffic_reads_the_other_traffics_usage_in_a_reader_of_its_own() -> None:
+    every, _, _ = _watched("all", Limits(AccessState(), UsageLedger()))
+    assert watch_readers(every.topics, "all") == [("watch", every.topics)]
+    api, _, _ = _watched("api", Limits(AccessState(), UsageLedger()))
+    (own, own_topics), (other, other_topics) = watch_readers(api.topics, "api")
+    assert (own, other) == ("watch", "watch-consumer")
+    assert sorted(other_topics) == sorted([topics.IMAGE_COMMANDS, topics.REQUEST_EVENTS])
+    assert {topics.REQUEST_EVENTS_API, topics.RENDER_PROGRESS_API, topics.HEARTBEATS, topics.USAGE} <= set(own_topics)
+    assert sorted(own_topics + other_topics) == sorted(api.topics)
+    consumer, _, _ = _watched("consumer", Limits(AccessState(), UsageLedger()))
+    (_, own_topics), (other, other_topics) = watch_readers(consumer.topics, "consumer")
+    assert other == "watch-api"
+    assert sorted(other_topics) == sorted([topics.IMAGE_COMMANDS_API, topics.REQUEST_EVENTS_API])
+    assert {topics.REQUEST_EVENTS, topics.RENDER_PROGRESS, topics.ACCOUNT_EVENTS} <= set(own_topics)
 
 
 def test_the_watch_starts_the_usage_one_hold_back_the_live_topics_now_and_metering_at_its_beginning() -> None:
