@@ -63,7 +63,8 @@ SERVICE = "gateway"
 def watched_topics(
     *, live: LiveEvents, heartbeats: HeartbeatMonitor, usage: UsageHandler, metered: MeteredUsage, traffic: str
 ) -> ByTopic:
-    """What the gateway watches of the other services' topics, in one reader (see ByTopic).
+    """What the gateway watches of the other services' topics, handled by topic (ByTopic)
+    and read by as few readers as traffic allows (`watch_readers`).
 
     - live events (request events, progress, account events) for the requests waiting on
       them, of this process's traffic (libs.bus.routing.member_groups);
