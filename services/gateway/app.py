@@ -107,16 +107,15 @@ def watch_readers(names: Sequence[str], traffic: str) -> list[tuple[str, list[st
     return [("watch", own), (f"watch-{other_traffic}", others)] if others else [("watch", own)]
 
 
-def watch_since(clock_now: float, job_hold_s: float, wall_now: float) -> dict[str, int]:
-    """Where the watch reader starts, per topic (Unix ms; a topic not named: its beginning).
+def watch_since(names: Sequence[str], clock_now: float, job_hold_s: float, wall_now: float) -> dict[str, int]:
+    """Where the watch readers start, per topic (Unix ms; a topic not named: its beginning).
 
-    The usage topics one hold back (`usage_since`); the live and heartbeat topics now, as a
-    reader without a group would (a waiting request subscribes after it starts); the
-    metered usage, compacted, from its beginning.
+    Every topic now, as a reader without a group would (a waiting request subscribes after
+    it starts), but the usage topics one hold back (`usage_since`) and the metered usage,
+    compacted, from its beginning. A topic added to the watch starts now unless named here.
     """
     now_ms = int(wall_now * 1000)
-    since = {name: now_ms for name in topics.with_api_copies([topics.RENDER_PROGRESS, topics.ACCOUNT_EVENTS])}
-    since[topics.HEARTBEATS] = now_ms
+    since = {name: now_ms for name in names if name != topics.USAGE}
     return since | usage_since(clock_now, job_hold_s)
 
 
@@ -195,7 +194,7 @@ def create_app(
         metered=metered,
         traffic=settings.traffic,
     )
-    since = watch_since(limits.clock(), limits.ledger.job_hold_s, time.time())
+    since = watch_since(watched.topics, limits.clock(), limits.ledger.job_hold_s, time.time())
     # Topics the other services answer for: read, never dead-lettered here.
     watch_feeds = [
         Feed(name, readers(name, names, since), watched, runtime.publisher, owned=False)

@@ -58,7 +58,8 @@ def test_a_process_of_one_traffic_reads_the_other_traffics_usage_in_a_reader_of_
 
 
 def test_the_watch_starts_the_usage_one_hold_back_the_live_topics_now_and_metering_at_its_beginning() -> None:
-    since = watch_since(clock_now=1_000.0, job_hold_s=600.0, wall_now=2_000.0)
+    every, _, _ = _watched("all", Limits(AccessState(), UsageLedger()))
+    since = watch_since(every.topics, clock_now=1_000.0, job_hold_s=600.0, wall_now=2_000.0)
     assert since[topics.IMAGE_COMMANDS] == since[topics.REQUEST_EVENTS_API] == 400_000
     assert since[topics.RENDER_PROGRESS] == since[topics.HEARTBEATS] == since[topics.ACCOUNT_EVENTS] == 2_000_000
     assert topics.USAGE not in since
