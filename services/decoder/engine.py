@@ -31,7 +31,10 @@ its `RenderStarted` is out. Jobs left in Kafka stay deferred and durable; a job 
 is brought back by the requests service's lease if this decoder dies. The engine asks
 the gate what waits unfetched (`Backlog`) at every boundary: with room, it gives the
 fetch a moment (`MAX_ADMIT_GRACE_S`) so the jobs join at this boundary rather than the
-next; with a full batch and a higher-priority job waiting, it preempts to make room.
+next; with a full batch and a higher-priority job waiting, it preempts to make room. A
+job that outranks a render in the batch gets a longer moment (up to a pass,
+`MAX_OUTRANKING_GRACE_S`) and joins with the mixed cap applied, so its first pass is the
+next one and runs without the renders the cap keeps out.
 
 Model work runs on the runner's one thread; the event loop keeps heartbeats, aborts,
 fetches and publishing flowing while a pass runs.
@@ -103,6 +106,11 @@ MAX_PUBLISH_BACKOFF_S = 5.0
 MAX_ADMIT_GRACE_S = 0.05
 """How long a boundary waits for jobs being fetched into free room (never longer than
 half a pass): they join now instead of a whole pass later."""
+
+MAX_OUTRANKING_GRACE_S = 0.5
+"""How long a boundary waits for the fetch of a job that outranks a render in the batch
+(never longer than a pass): a pass started without it keeps it waiting a whole pass, so the
+wait costs the renders in the batch no more than it saves the higher-priority job."""
 
 STATS_WINDOW_S = 20.0
 """Occupancy, pass time and images/s are averaged over this many seconds of passes."""
@@ -510,15 +518,22 @@ class BatchEngine:
         backlog = await self._backlog() if self._backlog is not None else {}
         best = min((p for p, jobs in backlog.items() if jobs > 0), default=None)
         fetchable = backlog.get(best, 0) if best is not None else 0
-        if fetchable and self.room() > 0:
-            await self._await_arrivals(min(self.room(), fetchable))
+        outranking = best is not None and any(r.slot.priority > best for r in self._running)
+        # Only room those jobs may take is worth a wait: none where the mixed cap keeps them out.
+        room = self.room_for(best) if best is not None else 0
+        if fetchable and room > 0:
+            await self._await_arrivals(min(room, fetchable), outranking)
         plan = self._plan(lane_waiting=best, preempt=self.preempt)
         await self._preempt(plan.preempt)
         self._admit(plan.admit)
-        if plan.preempt and fetchable and self.room() > 0:
-            # Room was made for a job still in Kafka: let it join at this boundary.
-            await self._await_arrivals(1)
-            self._admit(self._plan(lane_waiting=None, preempt=False).admit)
+        if plan.preempt and fetchable:
+            # Room was made for a job still in Kafka (it may have been fetched while the
+            # preempted renders were handed back): it joins at this boundary, and renders
+            # beyond the mixed cap leave now rather than share its first pass.
+            await self._await_arrivals(1, outranking=True)
+            plan = self._plan(lane_waiting=None, preempt=self.preempt)
+            await self._preempt(plan.preempt)
+            self._admit(plan.admit)
 
     def _plan(self, lane_waiting: int | None, preempt: bool) -> BoundaryPlan:
         running = [r.slot for r in self._running]
@@ -527,11 +542,15 @@ class BatchEngine:
             running, waiting, self.limit, lane_waiting=lane_waiting, preempt=preempt, mixed_limit=self.mixed_limit
         )
 
-    async def _await_arrivals(self, images: int) -> None:
+    async def _await_arrivals(self, images: int, outranking: bool = False) -> None:
+        """Waits until jobs of `images` images wait to join: at most `MAX_ADMIT_GRACE_S` and
+        half a mean pass, or for jobs that outrank a render in the batch at most
+        `MAX_OUTRANKING_GRACE_S` and a whole mean pass."""
         self._room.set()
         loop = asyncio.get_running_loop()
+        longest_s, share = (MAX_OUTRANKING_GRACE_S, 1.0) if outranking else (MAX_ADMIT_GRACE_S, 0.5)
         pass_s = self.stats.mean_pass_s()
-        grace = min(MAX_ADMIT_GRACE_S, 0.5 * pass_s) if pass_s > 0 else MAX_ADMIT_GRACE_S
+        grace = min(longest_s, share * pass_s) if pass_s > 0 else longest_s
         deadline = loop.time() + grace
         while sum(w.render.job.n for w in self._waiting) < images:
             remaining = deadline - loop.time()

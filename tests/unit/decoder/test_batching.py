@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import numpy as np
+import pytest
 
 from libs import topics
 from libs.bus import EventPublisher
@@ -23,7 +24,7 @@ from libs.model.registry import load_model
 from libs.runtime.service import ServiceRuntime
 from libs.settings import DecoderSettings
 from services.decoder.bootstrap import bootstrap
-from services.decoder.engine import STATS_WINDOW_S, BatchStats
+from services.decoder.engine import STATS_WINDOW_S, BatchEngine, BatchStats
 from tests.helpers import eventually, render_job, send_to_lane
 from tests.unit.decoder.harness import lane_broker, now, serving
 
@@ -252,6 +253,52 @@ async def test_on_cpu_a_paid_render_shares_its_batch_with_no_free_one() -> None:
         # Every free render left (checkpointed) for the paid one, which then ran its passes alone.
         assert all(decoder.of(f"free-{i}", RenderStopped) for i in range(3))
         assert [batch for batch in model.passes if "paid" in batch and len(batch) > 1] == []
+
+
+async def test_a_paid_job_that_finds_the_batch_full_runs_alone_from_the_next_pass() -> None:
+    model = RecordingModel(pass_seconds=0.2)
+    async with batching_decoder(model, batch_images=4) as decoder:  # the CPU default cap: 1
+        for index in range(6):
+            await decoder.send(render_job(f"free-{index}", "free", passes=12, seed=index))
+        await eventually(now(lambda: len(model.passes) >= 2 and len(model.passes[-1]) == 4), 10, "a full batch")
+        # Just after a pass of four free renders began: the paid job arrives well within it.
+        began = len(model.passes)
+        await eventually(now(lambda: len(model.passes) > began), 10, "the next pass")
+        in_progress = len(model.passes)
+        await decoder.send(render_job("paid", "pro", passes=4))
+        await eventually(now(lambda: decoder.stored("paid")), 10, "the paid render")
+
+        # It did not wait a pass beside the free renders it preempted: the pass after the one
+        # under way when it arrived is its first, and it ran alone.
+        first = next(i for i, batch in enumerate(model.passes) if "paid" in batch)
+        assert first == in_progress, model.passes[in_progress - 1 : first + 1]
+        assert [batch for batch in model.passes if "paid" in batch and len(batch) > 1] == []
+
+
+async def test_a_paid_render_does_not_wait_at_its_boundaries_for_free_jobs_the_cap_keeps_out(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A boundary gives jobs being fetched a moment to join; with free jobs waiting in Kafka and
+    # a paid render in the batch, the mixed cap keeps them out, so that moment is lost time
+    # on every pass of the paid render.
+    waits: list[list[str]] = []
+    wait_for_fetch = BatchEngine._await_arrivals
+
+    async def recorded(engine: BatchEngine, images: int, outranking: bool = False) -> None:
+        waits.append(engine.running())
+        await wait_for_fetch(engine, images, outranking)
+
+    monkeypatch.setattr(BatchEngine, "_await_arrivals", recorded)
+    model = RecordingModel(pass_seconds=0.05)
+    async with batching_decoder(model, batch_images=4) as decoder:  # the CPU default cap: 1
+        for index in range(8):
+            await decoder.send(render_job(f"free-{index}", "free", passes=12, seed=index))
+        await eventually(now(lambda: len(model.passes) >= 2 and len(model.passes[-1]) == 4), 10, "a full batch")
+        await decoder.send(render_job("paid", "pro", passes=6))
+        await eventually(now(lambda: decoder.stored("paid")), 10, "the paid render")
+
+    assert [batch for batch in model.passes if "paid" in batch] == [["paid"]] * 6
+    assert [running for running in waits if "paid" in running] == []
 
 
 async def test_without_preemption_the_paid_job_waits_for_a_free_render_to_end() -> None:
