@@ -428,9 +428,12 @@ class Surge:
         await asyncio.gather(*tasks, return_exceptions=True)
         stop.set()
         watchers[1].cancel()
-        await asyncio.gather(*watchers, return_exceptions=True)
+        outcomes = await asyncio.gather(*watchers, return_exceptions=True)
         if self.plan.kill_broker and not self.failover.get("restarted_s"):
-            raise RuntimeError(f"the broker failover did not finish: {self.failover}")
+            why = outcomes[2] if isinstance(outcomes[2], BaseException) else "it did not end"
+            raise RuntimeError(f"the broker failover did not finish ({self.failover}): {why!r}") from (
+                why if isinstance(why, BaseException) else None
+            )
         self.snapshots.append(("end", self.drain_end_s, cpu_snapshot(self.profile.run_dir)))
         print(f"  {self.drain_end_s:6.1f}s  drained; {len(pending)} requests still open (cancelled)")
 
