@@ -526,10 +526,11 @@ class BatchEngine:
         plan = self._plan(lane_waiting=best, preempt=self.preempt)
         await self._preempt(plan.preempt)
         self._admit(plan.admit)
-        if plan.preempt and fetchable:
+        if plan.preempt and fetchable and outranking:
             # Room was made for a job still in Kafka (it may have been fetched while the
             # preempted renders were handed back): it joins at this boundary, and renders
-            # beyond the mixed cap leave now rather than share its first pass.
+            # beyond the mixed cap leave now rather than share its first pass. (Renders that
+            # left for a job already fetched make no room for one that waits below them.)
             await self._await_arrivals(1, outranking=True)
             plan = self._plan(lane_waiting=None, preempt=self.preempt)
             await self._preempt(plan.preempt)

@@ -301,6 +301,34 @@ async def test_a_paid_render_does_not_wait_at_its_boundaries_for_free_jobs_the_c
     assert [running for running in waits if "paid" in running] == []
 
 
+async def test_free_renders_that_leave_for_a_fetched_paid_job_make_no_wait_for_free_ones(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The batch has room, so the paid job is fetched at once; at the boundary it joins and the
+    # mixed cap sends the free renders away. The free jobs waiting in Kafka cannot take their
+    # place: the boundary must not hold the paid render's first pass for their fetch.
+    waits: list[list[str]] = []
+    wait_for_fetch = BatchEngine._await_arrivals
+
+    async def recorded(engine: BatchEngine, images: int, outranking: bool = False) -> None:
+        waits.append(engine.running())
+        await wait_for_fetch(engine, images, outranking)
+
+    monkeypatch.setattr(BatchEngine, "_await_arrivals", recorded)
+    model = RecordingModel(pass_seconds=0.1)
+    async with batching_decoder(model, batch_images=4) as decoder:  # the CPU default cap: 1
+        for index in range(2):
+            await decoder.send(render_job(f"free-{index}", "free", passes=12, seed=index))
+        await eventually(now(lambda: len(model.passes) >= 2 and len(model.passes[-1]) == 2), 10, "two free renders")
+        await decoder.send(render_job("paid", "pro", passes=4))
+        for index in range(2, 6):
+            await decoder.send(render_job(f"free-{index}", "free", passes=12, seed=index))
+        await eventually(now(lambda: decoder.stored("paid")), 10, "the paid render")
+
+    assert [batch for batch in model.passes if "paid" in batch] == [["paid"]] * 4
+    assert [running for running in waits if "paid" in running] == []
+
+
 async def test_without_preemption_the_paid_job_waits_for_a_free_render_to_end() -> None:
     model = RecordingModel(pass_seconds=0.02)
     async with batching_decoder(model, batch_images=1, preempt=False) as decoder:
