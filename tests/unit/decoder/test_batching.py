@@ -275,12 +275,9 @@ async def test_a_paid_job_that_finds_the_batch_full_runs_alone_from_the_next_pas
         assert [batch for batch in model.passes if "paid" in batch and len(batch) > 1] == []
 
 
-async def test_a_paid_render_does_not_wait_at_its_boundaries_for_free_jobs_the_cap_keeps_out(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    # A boundary gives jobs being fetched a moment to join; with free jobs waiting in Kafka and
-    # a paid render in the batch, the mixed cap keeps them out, so that moment is lost time
-    # on every pass of the paid render.
+@pytest.fixture
+def fetch_waits(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
+    """The jobs in the batch at every boundary's wait for jobs being fetched, in order."""
     waits: list[list[str]] = []
     wait_for_fetch = BatchEngine._await_arrivals
 
@@ -289,6 +286,15 @@ async def test_a_paid_render_does_not_wait_at_its_boundaries_for_free_jobs_the_c
         await wait_for_fetch(engine, images, outranking)
 
     monkeypatch.setattr(BatchEngine, "_await_arrivals", recorded)
+    return waits
+
+
+async def test_a_paid_render_does_not_wait_at_its_boundaries_for_free_jobs_the_cap_keeps_out(
+    fetch_waits: list[list[str]],
+) -> None:
+    # A boundary gives jobs being fetched a moment to join; with free jobs waiting in Kafka and
+    # a paid render in the batch, the mixed cap keeps them out, so that moment is lost time
+    # on every pass of the paid render.
     model = RecordingModel(pass_seconds=0.05)
     async with batching_decoder(model, batch_images=4) as decoder:  # the CPU default cap: 1
         for index in range(8):
@@ -298,23 +304,15 @@ async def test_a_paid_render_does_not_wait_at_its_boundaries_for_free_jobs_the_c
         await eventually(now(lambda: decoder.stored("paid")), 10, "the paid render")
 
     assert [batch for batch in model.passes if "paid" in batch] == [["paid"]] * 6
-    assert [running for running in waits if "paid" in running] == []
+    assert [running for running in fetch_waits if "paid" in running] == []
 
 
 async def test_free_renders_that_leave_for_a_fetched_paid_job_make_no_wait_for_free_ones(
-    monkeypatch: pytest.MonkeyPatch,
+    fetch_waits: list[list[str]],
 ) -> None:
     # The batch has room, so the paid job is fetched at once; at the boundary it joins and the
     # mixed cap sends the free renders away. The free jobs waiting in Kafka cannot take their
     # place: the boundary must not hold the paid render's first pass for their fetch.
-    waits: list[list[str]] = []
-    wait_for_fetch = BatchEngine._await_arrivals
-
-    async def recorded(engine: BatchEngine, images: int, outranking: bool = False) -> None:
-        waits.append(engine.running())
-        await wait_for_fetch(engine, images, outranking)
-
-    monkeypatch.setattr(BatchEngine, "_await_arrivals", recorded)
     model = RecordingModel(pass_seconds=0.1)
     async with batching_decoder(model, batch_images=4) as decoder:  # the CPU default cap: 1
         for index in range(2):
@@ -326,7 +324,7 @@ async def test_free_renders_that_leave_for_a_fetched_paid_job_make_no_wait_for_f
         await eventually(now(lambda: decoder.stored("paid")), 10, "the paid render")
 
     assert [batch for batch in model.passes if "paid" in batch] == [["paid"]] * 4
-    assert [running for running in waits if "paid" in running] == []
+    assert [running for running in fetch_waits if "paid" in running] == []
 
 
 async def test_without_preemption_the_paid_job_waits_for_a_free_render_to_end() -> None:
