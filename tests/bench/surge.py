@@ -430,10 +430,9 @@ class Surge:
         watchers[1].cancel()
         outcomes = await asyncio.gather(*watchers, return_exceptions=True)
         if self.plan.kill_broker and not self.failover.get("restarted_s"):
-            why = outcomes[2] if isinstance(outcomes[2], BaseException) else "it did not end"
-            raise RuntimeError(f"the broker failover did not finish ({self.failover}): {why!r}") from (
-                why if isinstance(why, BaseException) else None
-            )
+            killing = outcomes[2]  # the kill task's error, if it failed, is the cause
+            cause = killing if isinstance(killing, BaseException) else None
+            raise RuntimeError(f"the broker failover did not finish: {self.failover}") from cause
         self.snapshots.append(("end", self.drain_end_s, cpu_snapshot(self.profile.run_dir)))
         print(f"  {self.drain_end_s:6.1f}s  drained; {len(pending)} requests still open (cancelled)")
 
