@@ -31,7 +31,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -57,6 +57,9 @@ API_SPLIT = ("requests", "safety", "storage", "gateway")
 already does: `decoder-api`). The api path's gateway, `gateway-api`, listens on a port of its
 own (`Profile.api_gateway_port`): the API's address, where a deployment's API clients go."""
 INFRA = ("kafka", "minio", "ferretdb")
+KAFKA_WATCH = "kafka-watch"
+"""On a cluster, the event listener that unregisters a node whose process died (infra/broker_watch.py)."""
+KAFKA_WATCH_EVENTS = ("PROCESS_STATE_EXITED",)
 DEV_MINIO_USER = "darkroom"
 DEV_MINIO_PASSWORD = "darkroom-dev-secret"  # noqa: S105 - development default, refused in production
 
@@ -114,8 +117,10 @@ class Profile:
 
     @property
     def infra(self) -> list[str]:
-        """The infrastructure's processes, in start order."""
-        return [*(node.name for node in self.kafka_nodes), "minio", "ferretdb"]
+        """The infrastructure's processes, in start order: on a cluster, the nodes and then
+        `kafka-watch`, which unregisters a node whose process dies (infra/broker_watch.py)."""
+        watch = [KAFKA_WATCH] if self.kafka_brokers > 1 else []
+        return [*(node.name for node in self.kafka_nodes), *watch, "minio", "ferretdb"]
 
     @property
     def mongo_url(self) -> str:
@@ -304,12 +309,13 @@ class Process:
         state = self.state()
         return state.pid if state is not None and state.running else None
 
-    def start(self, argv: list[str], env: dict[str, str], cwd: Path | None = None) -> int:
+    def start(self, argv: list[str], env: dict[str, str], cwd: Path | None = None, events: Sequence[str] = ()) -> int:
         """Start it under supervisord (which restarts it whenever it exits), with the
         caller's environment and `env` over it (`DARKROOM_MODEL=... make up` reaches the
-        services even when supervisord was started earlier)."""
+        services even when supervisord was started earlier); with `events`, as a
+        supervisord event listener for them."""
         inherited = {key: value for key, value in os.environ.items() if "\n" not in value and "\0" not in value}
-        return self.supervisor.start(self.name, argv, inherited | env, cwd or paths.ROOT, self.log_file)
+        return self.supervisor.start(self.name, argv, inherited | env, cwd or paths.ROOT, self.log_file, events=events)
 
     def stop(self, timeout_s: float = 20.0, sig: int = signal.SIGTERM) -> bool:
         """Stop it and keep it stopped (SIGTERM to its group, SIGKILL after 20 s).
@@ -337,6 +343,7 @@ class Process:
         Raises:
             StackError: It would not stay stopped.
         """
+        killed = self.pid()
         if not self.stop(0, signal.SIGKILL):
             return False
         deadline = time.monotonic() + timeout_s
@@ -344,7 +351,11 @@ class Process:
             state = self.state()
             if state is None or state.state in ("STOPPED", "FATAL"):
                 return True
-            self.supervisor.stop(self.name)  # a no-op while it is EXITED, before the restart
+            # Once supervisord has seen the crash (an exit, as its event listeners hear it),
+            # not before: a stop asked while it still counts the dead process as running
+            # would record a stop instead of a crash.
+            if state.pid != killed:
+                self.supervisor.stop(self.name)  # a no-op while it is EXITED, before the restart
             time.sleep(0.05)
         raise StackError(f"{self.name} did not stay stopped after kill -9")
 
@@ -481,6 +492,7 @@ class Stack:
         }
         for node in self.profile.kafka_nodes:
             checks[node.name] = lambda node=node: kafka_ok(self.profile, node)  # type: ignore[misc]
+        checks[KAFKA_WATCH] = lambda: self.proc(KAFKA_WATCH).pid() is not None
         if name in checks:
             return checks[name]()
         return service_ok(self.profile, name)
@@ -689,6 +701,16 @@ class Stack:
         for node in nodes:
             wait_until(lambda node=node: self.healthy(node.name), node.name, self.proc(node.name), 120)  # type: ignore[misc]
         self.say(f"  kafka     {len(nodes)} nodes healthy in {time.monotonic() - t0:4.1f}s")
+        self._ensure(KAFKA_WATCH, self.start_kafka_watch, timeout_s=30)
+
+    def start_kafka_watch(self) -> None:
+        """The supervisord event listener that unregisters a node of the cluster the moment
+        its process exits, so the controller moves its partitions without waiting for its
+        session to time out (infra/broker_watch.py)."""
+        nodes = [f"{n.name}={n.node_id}@127.0.0.1:{n.port}" for n in self.profile.kafka_nodes]
+        self.proc(KAFKA_WATCH).start(
+            [sys.executable, "-m", "infra.broker_watch", *nodes], env={}, events=KAFKA_WATCH_EVENTS
+        )
 
     def up_infra(self) -> None:
         self.ensure_kafka()

@@ -25,6 +25,7 @@ import subprocess
 import sys
 import time
 import xmlrpc.client
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -70,9 +71,22 @@ def _escape(value: str) -> str:
 LAUNCHER: Final = Path(__file__).resolve().parent / "launch.py"
 
 
-def program_config(name: str, argv: list[str], env_file: Path, cwd: Path, log_file: Path, stop_wait_s: int) -> str:
+def program_config(
+    name: str,
+    argv: list[str],
+    env_file: Path,
+    cwd: Path,
+    log_file: Path,
+    stop_wait_s: int,
+    events: Sequence[str] = (),
+) -> str:
     """The `[program:x]` section of one process: `infra/launch.py` execs `argv` with the
     environment saved in `env_file`.
+
+    With `events` (supervisord's event types, e.g. PROCESS_STATE_EXITED) it is an
+    `[eventlistener:x]` instead: supervisord writes those events to its standard input and
+    reads the protocol's answers from its standard output, so only its standard error is
+    logged.
 
     Raises:
         ValueError: An argument spans lines (a config line cannot hold it).
@@ -80,8 +94,14 @@ def program_config(name: str, argv: list[str], env_file: Path, cwd: Path, log_fi
     if any("\n" in part for part in argv):
         raise ValueError(f"{name}: a command line with a line break cannot be supervised")
     command = [sys.executable, str(LAUNCHER), str(env_file), "--", *argv]
+    if events:
+        section, stream = f"[eventlistener:{name}]", "stderr"
+        output = [f"events={','.join(events)}"]
+    else:
+        section, stream = f"[program:{name}]", "stdout"
+        output = ["redirect_stderr=true"]
     lines = [
-        f"[program:{name}]",
+        section,
         f"command={_escape(shlex.join(command))}",
         f"directory={_escape(str(cwd))}",
         "autostart=true",
@@ -92,10 +112,10 @@ def program_config(name: str, argv: list[str], env_file: Path, cwd: Path, log_fi
         f"stopwaitsecs={stop_wait_s}",
         "stopasgroup=true",
         "killasgroup=true",
-        "redirect_stderr=true",
-        f"stdout_logfile={_escape(str(log_file))}",
-        f"stdout_logfile_maxbytes={LOG_MAX_BYTES}",
-        f"stdout_logfile_backups={LOG_BACKUPS}",
+        *output,
+        f"{stream}_logfile={_escape(str(log_file))}",
+        f"{stream}_logfile_maxbytes={LOG_MAX_BYTES}",
+        f"{stream}_logfile_backups={LOG_BACKUPS}",
     ]
     return "\n".join(lines) + "\n"
 
@@ -215,9 +235,17 @@ class Supervisor:
         ]
 
     def start(
-        self, name: str, argv: list[str], env: dict[str, str], cwd: Path, log_file: Path, stop_wait_s: int = 20
+        self,
+        name: str,
+        argv: list[str],
+        env: dict[str, str],
+        cwd: Path,
+        log_file: Path,
+        stop_wait_s: int = 20,
+        events: Sequence[str] = (),
     ) -> int:
-        """(Re)defines a program and starts it; returns its pid.
+        """(Re)defines a program and starts it; returns its pid. With `events`, an event
+        listener for those events (see `program_config`).
 
         Raises:
             SupervisorError: supervisord could not start it.
@@ -229,7 +257,9 @@ class Supervisor:
         descriptor = os.open(env_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
             json.dump(env, handle)
-        (self.programs / f"{name}.conf").write_text(program_config(name, argv, env_file, cwd, log_file, stop_wait_s))
+        (self.programs / f"{name}.conf").write_text(
+            program_config(name, argv, env_file, cwd, log_file, stop_wait_s, events)
+        )
         rpc = self._rpc()
         added, changed, _removed = rpc.reloadConfig()[0]
         if name in changed:

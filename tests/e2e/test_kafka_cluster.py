@@ -22,7 +22,7 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
-from infra.stack import Stack, load_profile
+from infra.stack import KAFKA_WATCH, Stack, load_profile
 from infra.topics import TopicSpec, create_topics
 from libs import topics
 from libs.bus import TransientError
@@ -91,12 +91,22 @@ def test_every_declared_topic_has_three_replicas_and_needs_two(cluster: Stack) -
 
 
 def _kill_leader(stack: Stack, topic: str) -> str:
-    """Kill -9 the node that leads partition 0 of `topic` (its supervisor restarts it); its name."""
-    killed = stack.kafka_leader(topic).name
-    pid = stack.proc(killed).pid()
+    """Kill -9 the node that leads partition 0 of `topic` (its supervisor restarts it); its name.
+
+    `kafka-watch` hears the exit and has the survivors unregister the node, so its partitions
+    move without waiting for its session to time out: checked here, from its log."""
+    node = stack.kafka_leader(topic)
+    pid = stack.proc(node.name).pid()
     assert pid is not None
     os.kill(pid, signal.SIGKILL)
-    return killed
+    heard = f"{node.name} (node {node.node_id}) exited (pid {pid}): unregistered"
+    deadline = time.monotonic() + 30
+    while heard not in stack.proc(KAFKA_WATCH).log_file.read_text():
+        assert time.monotonic() < deadline, (
+            f"kafka-watch did not unregister {node.name}: {stack.proc(KAFKA_WATCH).tail()}"
+        )
+        time.sleep(0.1)
+    return node.name
 
 
 async def _produce_through_a_kill(stack: Stack, topic: str) -> tuple[list[bytes], int, str]:

@@ -62,7 +62,10 @@ def test_a_three_broker_profile_has_three_nodes_on_ports_of_their_own(monkeypatc
     dev = load_profile("dev")
     assert [n.name for n in dev.kafka_nodes] == ["kafka", "kafka-2", "kafka-3"]
     assert dev.kafka_bootstrap == "127.0.0.1:9092,127.0.0.1:9102,127.0.0.1:9112"
-    assert (dev.replication_factor, dev.infra) == (3, ["kafka", "kafka-2", "kafka-3", "minio", "ferretdb"])
+    assert (dev.replication_factor, dev.infra) == (
+        3,
+        ["kafka", "kafka-2", "kafka-3", "kafka-watch", "minio", "ferretdb"],
+    )
     assert dev.service_env("requests")["DARKROOM_KAFKA_REPLICATION_FACTOR"] == "3"
     node_ports = [port for n in dev.kafka_nodes for port in (n.port, n.controller_port)]
     others = {dev.minio_port, dev.minio_console_port, dev.ferretdb_port, dev.gateway_port}

@@ -96,3 +96,33 @@ def test_a_program_gets_exactly_its_environment_whatever_the_values_hold(
     until(lambda: "{" in (tmp_path / "env.log").read_text(), "the environment printed")
     printed = json.loads((tmp_path / "env.log").read_text().splitlines()[0])
     assert {k: printed[k] for k in odd} == odd
+
+
+LISTENER = [
+    sys.executable,
+    "-c",
+    "import sys; from infra.broker_watch import events; "
+    "[print(name, fields.get('processname'), file=sys.stderr, flush=True) "
+    "for name, fields in events(sys.stdin, sys.stdout)]",
+]
+
+
+def test_an_event_listener_hears_a_program_exit_and_logs_its_standard_error(
+    supervisor: Supervisor, tmp_path: Path
+) -> None:
+    text = program_config("ear", LISTENER, tmp_path / "e.json", tmp_path, tmp_path / "ear.log", 20, ("PROCESS_STATE",))
+    assert text.startswith("[eventlistener:ear]") and "events=PROCESS_STATE\n" in text
+    assert "redirect_stderr" not in text and f"stderr_logfile={tmp_path / 'ear.log'}" in text
+
+    supervisor.start(
+        "ear",
+        LISTENER,
+        {"PYTHONPATH": str(Path.cwd())},
+        Path.cwd(),
+        tmp_path / "ear.log",
+        events=("PROCESS_STATE_EXITED",),
+    )
+    pid = supervisor.start("sleeper", SLEEPER, {}, tmp_path, tmp_path / "sleeper.log")
+    until(lambda: (s := supervisor.state("sleeper")) is not None and s.state == "RUNNING", "the sleeper running")
+    os.killpg(pid, signal.SIGKILL)
+    until(lambda: "PROCESS_STATE_EXITED sleeper" in (tmp_path / "ear.log").read_text(), "the exit heard")
