@@ -15,7 +15,12 @@ A handler receives decoded envelopes; everything else is here, once:
   While records keep coming, a member commits at most every `commit_interval_s`
   (COMMIT_INTERVAL_S by default; 0 commits after every poll), and at once when a poll
   comes back empty or the loop stops: each commit is a write to Kafka's offsets log, and
-  committing every poll cost the broker as many writes as the job path's own messages;
+  committing every poll cost the broker as many writes as the job path's own messages.
+  A commit runs beside the handling, one at a time (offsets handled meanwhile go with the
+  next): Kafka's client retries a commit until the group's coordinator takes it, and when
+  the broker that coordinates the group dies, that took seconds during which a loop that
+  awaited its commit handled nothing. A commit that fails for good (the group rebalanced)
+  fails the loop at its next commit, as it did when awaited; stopping awaits the last;
 - every handled event, its handler's time, every dead letter and the member's lag are
   counted for Prometheus (libs.metrics);
 - with `concurrency` above 1, the records of one poll are handled by key: records
@@ -141,6 +146,7 @@ class EventConsumer:
         self._commit_interval_s = commit_interval_s
         self._uncommitted: dict[TopicPartition, int] = {}
         self._committed_at = 0.0
+        self._committing: asyncio.Future[None] | None = None
         # Per event type, the handler's timer and its "ok" counter, looked up once:
         # `labels` costs more per record than the interceptor chain does.
         self._handled_ok: dict[str, tuple[Histogram, Counter]] = {}
@@ -158,7 +164,9 @@ class EventConsumer:
             await self._consume(stop, stopping)
         finally:
             stopping.cancel()
+        await self._commit_finished()
         await self._handled({}, more=False)
+        await self._commit_finished()
 
     async def _consume(self, stop: asyncio.Event, stopping: asyncio.Future[Any]) -> None:
         while not stop.is_set():
@@ -197,9 +205,18 @@ class EventConsumer:
         return room
 
     async def _handled(self, offsets: dict[TopicPartition, int], *, more: bool) -> None:
-        """Commits what was handled: now when the member ran out of records (or stops) or
-        the interval is up, else with a later poll's commit."""
+        """Starts committing what was handled: now when the member ran out of records (or
+        stops) or the interval is up, else with a later poll's commit; while a commit is
+        under way, with the first poll after it.
+
+        Raises:
+            Exception: The previous commit failed for good (e.g. CommitFailedError).
+        """
         self._uncommitted.update(offsets)
+        if self._committing is not None:
+            if not self._committing.done():
+                return
+            await self._commit_finished()
         now = time.monotonic()
         if not self._uncommitted or (more and now - self._committed_at < self._commit_interval_s):
             return
@@ -210,7 +227,13 @@ class EventConsumer:
         self._uncommitted = {}
         self._committed_at = now
         if due:
-            await self._consumer.commit(due)
+            self._committing = asyncio.ensure_future(self._consumer.commit(due))
+
+    async def _commit_finished(self) -> None:
+        """Waits for the commit under way, if any; its error, if it failed, is raised here."""
+        committing, self._committing = self._committing, None
+        if committing is not None:
+            await committing
 
     async def record_lag(self) -> None:
         """Publishes the member's lag per partition to the metrics, at most once a second

@@ -136,8 +136,9 @@ def bootstrap(
             max_records=MAX_BATCH_IMAGES,
             concurrency=MAX_BATCH_IMAGES,
             before_poll=gate.before_poll,
-            # A job's offset is committed as it joins the batch: one left uncommitted would
-            # be rendered again by the next owner of its partition after a crash.
+            # A job's offset is committed as it joins the batch (the commit runs beside the
+            # loop): one left uncommitted would be rendered again by the next owner of its
+            # partition after a crash.
             commit_interval_s=0,
         ),
         Subscription(group=control_group(runtime.instance_id), topics=[topics.RENDER_CONTROL], handler=control),

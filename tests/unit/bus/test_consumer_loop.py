@@ -173,6 +173,7 @@ async def test_a_member_busy_with_records_commits_once_per_interval_and_on_stopp
 
     async def chained(envelope: Envelope, record: Record) -> None:
         # Each record brings the next, so every poll has records: the member stays busy.
+        await asyncio.sleep(0)  # a handler waits on I/O: a commit under way lands meanwhile
         committed.append(harness.broker.committed("g", TopicPartition(TOPIC, 0)))
         if record.offset < 4:
             await harness.publisher.publish(TOPIC, _message(record.offset + 1))
@@ -181,6 +182,58 @@ async def test_a_member_busy_with_records_commits_once_per_interval_and_on_stopp
     await harness.run(chained, until=5, commit_interval_s=60)
     assert committed[2:] == [1, 1, 1], "the first poll's offset, and nothing since within the interval"
     assert harness.broker.committed("g", TopicPartition(TOPIC, 0)) == 5, "all of it once the loop stops"
+
+
+class StuckCommits:
+    """A member whose commits hang (its group's coordinator is away) until released, or fail."""
+
+    def __init__(self, consumer: Consumer) -> None:
+        self._consumer = consumer
+        self.released = asyncio.Event()
+        self.commits: list[dict[TopicPartition, int]] = []
+        self.error: Exception | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._consumer, name)
+
+    async def commit(self, offsets: dict[TopicPartition, int]) -> None:
+        self.commits.append(dict(offsets))
+        if self.error is not None:
+            raise self.error
+        await self.released.wait()
+        await self._consumer.commit(offsets)
+
+
+async def test_a_commit_that_hangs_does_not_hold_up_the_records_after_it(harness: Harness) -> None:
+    member = harness.broker.consumer("g", [TOPIC])
+    await member.start()
+    stuck = StuckCommits(member)
+    loop = harness.loop(stuck, harness.record_handler, commit_interval_s=0)  # type: ignore[arg-type]
+    stop = asyncio.Event()
+    task = asyncio.create_task(loop.run(stop))
+    for n in range(3):
+        await harness.publisher.publish(TOPIC, _message(n))
+        for _ in range(100):
+            if loop.handled > n:
+                break
+            await asyncio.sleep(0.01)
+    assert loop.handled == 3, "every record handled while the first commit hangs"
+    assert len(stuck.commits) == 1 and harness.broker.committed("g", TopicPartition(TOPIC, 0)) == 0
+    stuck.released.set()
+    stop.set()
+    await asyncio.wait_for(task, 5)
+    assert harness.broker.committed("g", TopicPartition(TOPIC, 0)) == 3, "the rest committed once it went through"
+
+
+async def test_a_commit_that_fails_for_good_fails_the_loop(harness: Harness) -> None:
+    member = harness.broker.consumer("g", [TOPIC])
+    await member.start()
+    stuck = StuckCommits(member)
+    stuck.error = RuntimeError("the group rebalanced")
+    loop = harness.loop(stuck, harness.record_handler, commit_interval_s=0)  # type: ignore[arg-type]
+    await harness.publisher.publish(TOPIC, _message(1))
+    with pytest.raises(RuntimeError, match="rebalanced"):
+        await asyncio.wait_for(loop.run(asyncio.Event()), 5)
 
 
 async def test_a_member_out_of_records_commits_what_it_handled_at_once(harness: Harness) -> None:
