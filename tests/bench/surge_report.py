@@ -164,9 +164,16 @@ def targets(
     }
     failover = server.get("failover")
     if failover:
-        found["paid_p99_failover_over_baseline"] = window_p99_ratio(
-            records, PAID, failover["killed_s"], failover["restarted_s"] + FAILOVER_TAIL_S, FAILOVER_P99_LIMIT
+        killed, restarted = failover["killed_s"], failover["restarted_s"]
+        judged = window_p99_ratio(records, PAID, killed, restarted + FAILOVER_TAIL_S, FAILOVER_P99_LIMIT)
+        # The two halves of the window, for where the time went: the node away (its
+        # partitions moved to the others), then the node back (starting and catching up
+        # beside everything else).
+        judged["while_down"] = window_p99_ratio(records, PAID, killed, restarted, FAILOVER_P99_LIMIT)
+        judged["after_restart"] = window_p99_ratio(
+            records, PAID, restarted, restarted + FAILOVER_TAIL_S, FAILOVER_P99_LIMIT
         )
+        found["paid_p99_failover_over_baseline"] = judged
     return found
 
 
@@ -355,6 +362,15 @@ def format_summary(report: Mapping[str, Any]) -> str:
             f"{_ms(fo['window_p99_s'])} ms over {_ms(fo['baseline_p99_s'])} ms "
             f"(jobs submitted {fo['window_s'][0]:.0f}-{fo['window_s'][1]:.0f} s: {fo['window_samples']})"
         )
+        halves = [
+            f"{label} ({half['window_s'][0]:.0f}-{half['window_s'][1]:.0f} s) {_ms(half['window_p99_s'])} ms, "
+            + ("-" if half["ratio"] is None else f"{half['ratio']:.3f}x")
+            + f" ({half['window_samples']} jobs)"
+            for label, half in (("node down", fo.get("while_down")), ("back", fo.get("after_restart")))
+            if half is not None
+        ]
+        if halves:
+            lines.append(f"         {'; '.join(halves)}")
     d = t["deferred_free_completed_after_spike"]
     lines.append(
         f"  [{d['verdict']}] deferred free jobs completed: {d['completed']} of {d['deferred']} "

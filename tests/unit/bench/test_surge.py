@@ -377,5 +377,13 @@ def test_the_failover_window_is_judged_against_the_baseline() -> None:
     server = {"failover": {"node": "kafka-2", "killed_s": 20.0, "restarted_s": 25.0}, "completed_twice": ["job_9"]}
     found = targets(base + during + later, SHAPE, server)
     assert found["paid_p99_failover_over_baseline"]["window_s"] == [20.0, 35.0]
+    halves = found["paid_p99_failover_over_baseline"]
+    assert (halves["while_down"]["window_s"], halves["while_down"]["window_samples"]) == ([20.0, 25.0], 5)
+    assert (halves["after_restart"]["window_s"], halves["after_restart"]["window_samples"]) == ([25.0, 35.0], 0)
+    text = format_summary(
+        build_report(meta={}, shape=SHAPE, records=base + during + later, signups=[], samples=[], cpu={}, server=server)
+    )
+    assert "paid p99 in the failover/baseline 1.800x (limit 2.0x)" in text
+    assert "node down (20-25 s) 1800 ms, 1.800x (5 jobs); back (25-35 s) - ms, - (0 jobs)" in text
     assert found["none_completed_twice"] == {"completed_twice": ["job_9"], "verdict": "MISS"}
     assert "paid_p99_failover_over_baseline" not in targets(base, SHAPE, {})
