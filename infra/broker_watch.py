@@ -161,7 +161,9 @@ def unregister(
     """
     deadline = clock() + give_up_after_s
     last = "no surviving node"
-    for correlation_id in _attempts():
+    correlation_id = 0
+    while True:
+        correlation_id += 1
         for node in survivors:
             try:
                 answer = exchange(node, unregister_request(broker_id, correlation_id), 2.0)
@@ -179,14 +181,6 @@ def unregister(
         if clock() >= deadline:
             return f"gave up: {last}"
         sleep(0.1)
-    raise AssertionError("unreachable")
-
-
-def _attempts() -> Iterator[int]:
-    correlation_id = 0
-    while True:
-        correlation_id += 1
-        yield correlation_id
 
 
 # --- the supervisord event listener ---------------------------------------------------

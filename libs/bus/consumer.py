@@ -162,6 +162,12 @@ class EventConsumer:
         stopping: asyncio.Future[Any] = asyncio.ensure_future(stop.wait())
         try:
             await self._consume(stop, stopping)
+        except BaseException:
+            # The loop failed: a commit under way is dropped with it (what it held is
+            # delivered again to the partition's next member, as after any crash).
+            if self._committing is not None:
+                self._committing.cancel()
+            raise
         finally:
             stopping.cancel()
         await self._commit_finished()
