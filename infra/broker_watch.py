@@ -33,9 +33,9 @@ UNREGISTER_BROKER_KEY: Final = 64
 CLIENT_ID: Final = "darkroom-broker-watch"
 NONE: Final = 0
 BROKER_ID_NOT_REGISTERED: Final = 102
-RETRIABLE: Final = frozenset({7, 15, 41, 51, 56})
-"""REQUEST_TIMED_OUT, COORDINATOR_NOT_AVAILABLE, NOT_CONTROLLER, CONCURRENT_TRANSACTIONS
-(unused here), KAFKA_STORAGE_ERROR: the controller is changing or busy, so ask again."""
+RETRIABLE: Final = frozenset({7, 15, 41, 56})
+"""REQUEST_TIMED_OUT, COORDINATOR_NOT_AVAILABLE, NOT_CONTROLLER, KAFKA_STORAGE_ERROR: the
+controller is changing or busy, so ask again."""
 GIVE_UP_AFTER_S: Final = 20.0
 """How long to keep asking (a quorum without its leader elects one in a few seconds); the
 session timeout fences the node anyway, so a failure here only costs the old wait."""
@@ -203,8 +203,15 @@ def events(stdin: IO[str], stdout: IO[str]) -> Iterator[tuple[str, dict[str, str
         stdout.flush()
 
 
-def watch(nodes: Sequence[Node], stdin: IO[str], stdout: IO[str], log: IO[str], **unregister_options: object) -> None:
-    """Unregister each node of `nodes` whose process exits, by asking the others."""
+def watch(
+    nodes: Sequence[Node],
+    stdin: IO[str],
+    stdout: IO[str],
+    log: IO[str],
+    exchange: Callable[[Node, bytes, float], bytes] = _exchange,
+) -> None:
+    """Unregister each node of `nodes` whose process exits, by asking the others (over
+    `exchange`, a request and its answer)."""
     by_program = {node.program: node for node in nodes}
     log.write(f"watching {', '.join(f'{n.program} (node {n.node_id})' for n in nodes)}\n")
     log.flush()
@@ -214,7 +221,7 @@ def watch(nodes: Sequence[Node], stdin: IO[str], stdout: IO[str], log: IO[str], 
             continue
         began = time.monotonic()
         survivors = [other for other in nodes if other is not node]
-        outcome = unregister(node.node_id, survivors, **unregister_options)  # type: ignore[arg-type]
+        outcome = unregister(node.node_id, survivors, exchange=exchange)
         log.write(
             f"{time.strftime('%Y-%m-%d %H:%M:%S')} {node.program} (node {node.node_id}) exited "
             f"(pid {fields.get('pid', '?')}): {outcome} in {(time.monotonic() - began) * 1000:.0f} ms\n"

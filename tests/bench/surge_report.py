@@ -366,11 +366,9 @@ def format_summary(report: Mapping[str, Any]) -> str:
             f"{label} ({half['window_s'][0]:.0f}-{half['window_s'][1]:.0f} s) {_ms(half['window_p99_s'])} ms, "
             + ("-" if half["ratio"] is None else f"{half['ratio']:.3f}x")
             + f" ({half['window_samples']} jobs)"
-            for label, half in (("node down", fo.get("while_down")), ("back", fo.get("after_restart")))
-            if half is not None
+            for label, half in (("node down", fo["while_down"]), ("back", fo["after_restart"]))
         ]
-        if halves:
-            lines.append(f"         {'; '.join(halves)}")
+        lines.append(f"         {'; '.join(halves)}")
     d = t["deferred_free_completed_after_spike"]
     lines.append(
         f"  [{d['verdict']}] deferred free jobs completed: {d['completed']} of {d['deferred']} "
