@@ -56,6 +56,9 @@ API_SPLIT = ("requests", "safety", "storage", "gateway")
 """Services whose api path runs as a process of its own with `*API_PROCESSES=1` (the decoder's
 already does: `decoder-api`). The api path's gateway, `gateway-api`, listens on a port of its
 own (`Profile.api_gateway_port`): the API's address, where a deployment's API clients go."""
+CONSUMER_NICE = 10
+"""The lower CPU priority of the consumer tiers' processes when the api path has its own
+(`Profile.api_processes`): the api path's processes and the brokers take the cores first."""
 INFRA = ("kafka", "minio", "ferretdb")
 KAFKA_WATCH = "kafka-watch"
 """On a cluster, the event listener that unregisters a node whose process died (infra/broker_watch.py)."""
@@ -91,7 +94,7 @@ class Profile:
     """The api path in processes of its own: `requests-api`, `safety-api`, `storage-api`,
     `gateway-api` (with `decoder-api`) take the api copies of the job topics, `requests`,
     `safety`, `storage`, `gateway` and `decoder` the consumer tiers' at a lower CPU priority
-    (nice 10)."""
+    (CONSUMER_NICE)."""
 
     @property
     def kafka_nodes(self) -> list[KafkaNode]:
@@ -528,8 +531,10 @@ class Stack:
         leader = next(p["leader"] for p in described["partitions"] if p["partition"] == partition)
         return next(n for n in self.profile.kafka_nodes if n.node_id == leader)
 
-    def start_kafka(self, node: KafkaNode | None = None) -> None:
-        """Start one KRaft node (the first when `node` is None), formatting its storage once."""
+    def start_kafka(self, node: KafkaNode | None = None, nice: int = 0) -> None:
+        """Start one KRaft node (the first when `node` is None), formatting its storage once;
+        with `nice`, at that lower CPU priority (`make surge` starts a killed node again at
+        the consumer tiers' CONSUMER_NICE: see tests/bench/surge.py)."""
         node = node or self.profile.kafka_nodes[0]
         home = paths.kafka_home()
         if not (home / ".complete").exists():
@@ -585,6 +590,7 @@ class Stack:
         heap = os.environ.get("DARKROOM_KAFKA_HEAP", "512m" if brokers == 1 else "384m")
         self.proc(node.name).start(
             [
+                *(["nice", "-n", str(nice)] if nice else []),
                 "java",
                 f"-Xms{heap}",
                 f"-Xmx{heap}",
@@ -667,7 +673,7 @@ class Stack:
             settings |= {var: value for process, var, value in self.profile.process_env if process == instance}
         argv = [sys.executable, "-m", f"services.{package}"]
         if self.profile.niced(name, instance):
-            argv = ["nice", "-n", "10", *argv]
+            argv = ["nice", "-n", str(CONSUMER_NICE), *argv]
         self.proc(instance or name).start(argv, env=self.profile.service_env(name, instance) | extra | settings)
 
     def create_topics(self) -> None:

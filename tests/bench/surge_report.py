@@ -173,6 +173,9 @@ def targets(
         judged["after_restart"] = window_p99_ratio(
             records, PAID, restarted, restarted + FAILOVER_TAIL_S, FAILOVER_P99_LIMIT
         )
+        # The control: the same spike before the kill, on the same cluster. What the window
+        # adds over it is the failover's; what it shares, the spike's (the paid target above).
+        judged["spike_before_kill"] = window_p99_ratio(records, PAID, shape.baseline_s, killed, FAILOVER_P99_LIMIT)
         found["paid_p99_failover_over_baseline"] = judged
     return found
 
@@ -369,6 +372,12 @@ def format_summary(report: Mapping[str, Any]) -> str:
             for label, half in (("node down", fo["while_down"]), ("back", fo["after_restart"]))
         ]
         lines.append(f"         {'; '.join(halves)}")
+        control = fo.get("spike_before_kill")
+        if control is not None:
+            lines.append(
+                f"         the spike before the kill ({control['window_s'][0]:.0f}-{control['window_s'][1]:.0f} s) "
+                f"{_ms(control['window_p99_s'])} ms ({control['window_samples']} jobs)"
+            )
     d = t["deferred_free_completed_after_spike"]
     lines.append(
         f"  [{d['verdict']}] deferred free jobs completed: {d['completed']} of {d['deferred']} "

@@ -380,10 +380,16 @@ def test_the_failover_window_is_judged_against_the_baseline() -> None:
     halves = found["paid_p99_failover_over_baseline"]
     assert (halves["while_down"]["window_s"], halves["while_down"]["window_samples"]) == ([20.0, 25.0], 5)
     assert (halves["after_restart"]["window_s"], halves["after_restart"]["window_samples"]) == ([25.0, 35.0], 0)
+    assert (halves["spike_before_kill"]["window_s"], halves["spike_before_kill"]["window_samples"]) == ([10.0, 20.0], 0)
     text = format_summary(
         build_report(meta={}, shape=SHAPE, records=base + during + later, signups=[], samples=[], cpu={}, server=server)
     )
     assert "paid p99 in the failover/baseline 1.800x (limit 2.0x)" in text
     assert "node down (20-25 s) 1800 ms, 1.800x (5 jobs); back (25-35 s) - ms, - (0 jobs)" in text
+    assert "the spike before the kill (10-20 s) - ms (0 jobs)" in text
+    before = [record("s0", "plus", "spike", 15, 200, 16.5)]
+    control = targets(base + before + during + later, SHAPE, server)["paid_p99_failover_over_baseline"]
+    assert (control["spike_before_kill"]["window_p99_s"], control["spike_before_kill"]["window_samples"]) == (1.5, 1)
+    assert control["window_samples"] == 5  # the control is not part of the judged window
     assert found["none_completed_twice"] == {"completed_twice": ["job_9"], "verdict": "MISS"}
     assert "paid_p99_failover_over_baseline" not in targets(base, SHAPE, {})
