@@ -389,6 +389,12 @@ def _add_capacity_parser(commands: Any) -> None:
     )
     capacity.add_argument("--cores-per-broker", type=float, default=defaults.cores_per_broker)
     capacity.add_argument("--replication", type=int, default=defaults.replication)
+    capacity.add_argument(
+        "--follower-broker-cost",
+        type=float,
+        default=defaults.follower_broker_cost,
+        help="what each follower replica adds to the brokers' CPU, in one broker's (measured)",
+    )
     capacity.add_argument("--batch", type=int, default=None, help="the decoder's batch limit (default: the best)")
     capacity.add_argument(
         "--signup-cpu-ms",
@@ -414,6 +420,7 @@ def _capacity(args: argparse.Namespace) -> int:
             service_over_model=args.service_over_model,
             cores_per_broker=args.cores_per_broker,
             replication=args.replication,
+            follower_broker_cost=args.follower_broker_cost,
         )
         result = plan(measured, demand)
     except (OSError, ValueError, KeyError) as exc:

@@ -26,9 +26,16 @@ DEFAULT_MODEL = REPO / "docs" / "benchmarks" / "model-h100.json"
 
 DECODER_PROCESSES = ("decoder", "decoder-api")
 STORES = ("kafka", "ferretdb", "minio")
+"""Processes of the bench stack that are not darkroom services: sized as cores, not replicas."""
 DECLARED_PER_LANE = 4
 """Partitions of each lane in infra/topics.yaml; lanes widen by multiples of it."""
-"""Processes of the bench stack that are not darkroom services: sized as cores, not replicas."""
+FOLLOWER_BROKER_COST = 2.45
+"""What each follower replica adds to the brokers' CPU per job, in units of one unreplicated
+broker's: `make bench-pipeline` (no-op model, 50 concurrent) measured 34.9 ms per job for
+three nodes with three replicas (median of four runs, 24-25 jobs/s) against 5.9 ms for one
+broker (median of six, 48-54 jobs/s), 5.9x = 1 + 2 x 2.45 (this 2-core machine, 2026-12-07;
+docs/operations.md). A follower copies each record through a fetch that returns as soon as
+the record lands, so it costs more than the leader's own write."""
 
 
 @dataclass(frozen=True)
@@ -63,6 +70,8 @@ class Demand:
     """A darkroom service replica is one Python process: one core."""
     cores_per_broker: float = 8.0
     replication: int = 3
+    follower_broker_cost: float = FOLLOWER_BROKER_COST
+    """What each follower replica adds to the brokers' CPU, in one broker's (FOLLOWER_BROKER_COST)."""
 
 
 @dataclass(frozen=True)
@@ -87,6 +96,8 @@ def plan(measured: Measured, demand: Demand) -> Plan:
     """Sizes a deployment for `demand` from `measured` costs (see the module docstring)."""
     if not 0 < demand.utilisation <= 1 or not 0 <= demand.api_share <= 1:
         raise ValueError("utilisation must be in (0, 1] and the api share in [0, 1]")
+    if demand.replication < 1 or demand.follower_broker_cost < 0:
+        raise ValueError("the replication factor must be at least 1 and a follower's cost at least 0")
     if demand.images_per_s <= 0 or demand.images_per_job <= 0 or measured.device_images_per_s <= 0:
         raise ValueError("images per second, images per job and the device's images/s must be positive")
     jobs_per_s = demand.images_per_s / demand.images_per_job
@@ -103,8 +114,9 @@ def plan(measured: Measured, demand: Demand) -> Plan:
         cores = jobs_per_s * ms / 1000 / demand.utilisation
         if process == "kafka":
             # Measured on one broker without replicas: each follower fetches and writes the
-            # same records again, so the brokers' work grows with the replication factor.
-            store_cores[process] = round(cores * demand.replication, 1)
+            # same records again, at the measured cost of a follower (FOLLOWER_BROKER_COST).
+            replicated = 1 + (demand.replication - 1) * demand.follower_broker_cost
+            store_cores[process] = round(cores * replicated, 1)
         elif process in STORES:
             store_cores[process] = round(cores, 1)
         elif process == "auth":
@@ -182,6 +194,8 @@ def format_plan(measured: Measured, demand: Demand, result: Plan) -> str:
         f"  {demand.api_share:.0%} of the images come through the API pool",
         f"  a service replica is one core; a broker has {demand.cores_per_broker:g} cores; "
         f"replication factor {demand.replication}",
+        f"  each follower replica adds {demand.follower_broker_cost:g}x one broker's CPU per job "
+        "(measured on three local nodes against one)",
         "measured:",
         *(f"  {source}" for source in measured.sources),
         f"  one decoder device ({measured.device}) at batch {measured.device_batch}: "

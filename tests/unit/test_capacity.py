@@ -4,6 +4,7 @@ brokers and partitions (pure arithmetic, every input printed)."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -41,8 +42,13 @@ def test_devices_replicas_and_brokers_follow_from_the_demand_and_the_costs() -> 
     # auth: 1000 x 0.2 ms + 300 sign-ups x 3 ms = 1.1 cores, at half load 2.2: 3 replicas.
     assert result.replicas["auth"] == 3
     assert "decoder" not in result.replicas and result.decoder_host_cores == 12.0
-    # Kafka: 8 cores at half load = 16, times 3 replicas = 48 cores: 6 brokers of 8.
-    assert result.store_cores["kafka"] == 48.0 and result.brokers == 6
+    # Kafka: 8 cores at half load = 16; two followers at 2.45 each: 16 x 5.9 = 94.4 cores, 12 brokers of 8.
+    assert result.store_cores["kafka"] == 94.4 and result.brokers == 12
+    # A follower that cost what the leader's write does: 16 x 3 = 48 cores, 6 brokers.
+    plain = plan(MEASURED, replace(demand, follower_broker_cost=1.0))
+    assert plain.store_cores["kafka"] == 48.0 and plain.brokers == 6
+    # One replica: the broker as measured.
+    assert plan(MEASURED, replace(demand, replication=1)).store_cores["kafka"] == 16.0
     assert result.store_cores["ferretdb"] == 8.0
     assert result.partitions_per_lane == {"pro, plus, free (each)": 4, "api": 4}
     assert result.messages_per_s == 17_000
@@ -70,6 +76,8 @@ def test_an_impossible_demand_is_refused_plainly() -> None:
         plan(MEASURED, Demand(images_per_s=1, signups_per_s=0, utilisation=0))
     with pytest.raises(ValueError, match="positive"):
         plan(MEASURED, Demand(images_per_s=0, signups_per_s=0))
+    with pytest.raises(ValueError, match="replication factor"):
+        plan(MEASURED, Demand(images_per_s=1, signups_per_s=0, replication=0))
 
 
 def test_the_committed_benchmark_figures_load_and_every_input_is_printed() -> None:
@@ -82,6 +90,7 @@ def test_the_committed_benchmark_figures_load_and_every_input_is_printed() -> No
     text = format_plan(measured, demand, plan(measured, demand))
     assert "docs/benchmarks/model-h100.json" in text and "docs/benchmarks/pipeline-2core.json" in text
     assert "decoder devices:" in text and "brokers" in text and "60% busy" in text
+    assert "each follower replica adds 2.45x one broker's CPU per job" in text
 
 
 def test_a_batch_that_was_not_measured_is_named(tmp_path: Path) -> None:
