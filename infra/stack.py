@@ -67,6 +67,11 @@ DEV_MINIO_USER = "darkroom"
 DEV_MINIO_PASSWORD = "darkroom-dev-secret"  # noqa: S105 - development default, refused in production
 
 
+def at_priority(argv: list[str], nice: int) -> list[str]:
+    """`argv` run at the lower CPU priority `nice` (as it is when 0)."""
+    return ["nice", "-n", str(nice), *argv] if nice else argv
+
+
 @dataclass(frozen=True)
 class Profile:
     """Ports and folders of one local stack."""
@@ -589,26 +594,28 @@ class Stack:
             )
         heap = os.environ.get("DARKROOM_KAFKA_HEAP", "512m" if brokers == 1 else "384m")
         self.proc(node.name).start(
-            [
-                *(["nice", "-n", str(nice)] if nice else []),
-                "java",
-                f"-Xms{heap}",
-                f"-Xmx{heap}",
-                "-XX:+UseG1GC",
-                # C1 only: on a small machine the C2 compiler's threads took about a third of
-                # the broker's CPU for thousands of jobs after a start, slowing every service
-                # beside it (make bench-pipeline: broker CPU per job 15.7 -> 8.9 ms, 1-job
-                # p50 119 -> 89 ms); C1's code is fast enough for a single local broker.
-                "-XX:TieredStopAtLevel=1",
-                "-XX:MaxGCPauseMillis=20",
-                "-XX:+ExitOnOutOfMemoryError",
-                "-Djava.awt.headless=true",
-                log4j,
-                "-cp",
-                paths.kafka_classpath(),
-                "kafka.Kafka",
-                str(props),
-            ],
+            at_priority(
+                [
+                    "java",
+                    f"-Xms{heap}",
+                    f"-Xmx{heap}",
+                    "-XX:+UseG1GC",
+                    # C1 only: on a small machine the C2 compiler's threads took about a third of
+                    # the broker's CPU for thousands of jobs after a start, slowing every service
+                    # beside it (make bench-pipeline: broker CPU per job 15.7 -> 8.9 ms, 1-job
+                    # p50 119 -> 89 ms); C1's code is fast enough for a single local broker.
+                    "-XX:TieredStopAtLevel=1",
+                    "-XX:MaxGCPauseMillis=20",
+                    "-XX:+ExitOnOutOfMemoryError",
+                    "-Djava.awt.headless=true",
+                    log4j,
+                    "-cp",
+                    paths.kafka_classpath(),
+                    "kafka.Kafka",
+                    str(props),
+                ],
+                nice,
+            ),
             env={},
         )
 
@@ -672,8 +679,7 @@ class Stack:
         if instance:
             settings |= {var: value for process, var, value in self.profile.process_env if process == instance}
         argv = [sys.executable, "-m", f"services.{package}"]
-        if self.profile.niced(name, instance):
-            argv = ["nice", "-n", str(CONSUMER_NICE), *argv]
+        argv = at_priority(argv, CONSUMER_NICE if self.profile.niced(name, instance) else 0)
         self.proc(instance or name).start(argv, env=self.profile.service_env(name, instance) | extra | settings)
 
     def create_topics(self) -> None:

@@ -372,12 +372,11 @@ def format_summary(report: Mapping[str, Any]) -> str:
             for label, half in (("node down", fo["while_down"]), ("back", fo["after_restart"]))
         ]
         lines.append(f"         {'; '.join(halves)}")
-        control = fo.get("spike_before_kill")
-        if control is not None:
-            lines.append(
-                f"         the spike before the kill ({control['window_s'][0]:.0f}-{control['window_s'][1]:.0f} s) "
-                f"{_ms(control['window_p99_s'])} ms ({control['window_samples']} jobs)"
-            )
+        control = fo["spike_before_kill"]
+        lines.append(
+            f"         the spike before the kill ({control['window_s'][0]:.0f}-{control['window_s'][1]:.0f} s) "
+            f"{_ms(control['window_p99_s'])} ms ({control['window_samples']} jobs)"
+        )
     d = t["deferred_free_completed_after_spike"]
     lines.append(
         f"  [{d['verdict']}] deferred free jobs completed: {d['completed']} of {d['deferred']} "

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from infra.stack import SERVICES, Process, Stack, StackError, load_profile
+from infra.stack import CONSUMER_NICE, SERVICES, Process, Stack, StackError, at_priority, load_profile
 from infra.supervisor import ProgramState, Supervisor
 from libs.cli.__main__ import main as cli
 from libs.cli.kafka_tools import tool_command
@@ -165,3 +165,8 @@ def test_down_stops_extra_instances_before_the_infrastructure_then_the_superviso
     stopped = Stack(profile, say=lambda _: None).down()
     assert stopped == ["gateway", "decoder", "decoder-2", "kafka"]
     assert order.index("decoder-2") < order.index("ferretdb") and order[-1] == "supervisord"
+
+
+def test_a_process_at_a_lower_priority_runs_under_nice() -> None:
+    assert at_priority(["java", "kafka.Kafka"], CONSUMER_NICE) == ["nice", "-n", "10", "java", "kafka.Kafka"]
+    assert at_priority(["java", "kafka.Kafka"], 0) == ["java", "kafka.Kafka"]
