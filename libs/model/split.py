@@ -96,7 +96,10 @@ class SplitCalls:
 
 def limit_torch_threads(workers: int) -> None:
     """Gives each of `workers` slice threads an equal share of the cores as torch's intra-op
-    threads (process-wide: call once, before the first split call)."""
+    threads. Call it once, before the first split call, on the thread that makes the split
+    calls: OpenMP and MKL keep their thread count per thread, so a thread that already ran
+    torch keeps its own count until it calls this; threads started later take the new
+    count at their first operation."""
     if workers <= 1:
         return
     import torch

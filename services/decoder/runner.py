@@ -187,7 +187,10 @@ class ModelRunner:
             model = await self._call(self._load)
             workers = split_workers(model, self._threads)
             if workers > 1:
-                limit_torch_threads(workers)
+                # On the thread that calls the model: OpenMP and MKL keep their thread count per
+                # thread, so limited from the event loop's thread it left the model thread at
+                # one intra-op thread per core (three threads on two cores).
+                await self._call(limit_torch_threads, workers)
                 self._split = SplitCalls(workers, "decoder-slice")
             self._model = model
 

@@ -4,6 +4,7 @@ steps and draws a batch in slices on several threads, with the results of one ca
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Iterator
 
 import numpy as np
@@ -11,6 +12,7 @@ import pytest
 import torch
 
 from libs.model.builtin import MaskGITImageModel
+from libs.model.interface import RenderState
 from libs.model.maskgit import MaskGITConfig
 from libs.model.noop import NoOpModel
 from libs.model.vq import VQConfig
@@ -31,16 +33,34 @@ def model() -> Iterator[MaskGITImageModel]:
 
 
 async def test_a_cpu_batch_is_stepped_and_drawn_in_slices_like_one_call(model: MaskGITImageModel) -> None:
-    runner = ModelRunner(lambda: model, threads=2)
+    steppers: set[tuple[str, int]] = set()  # (thread, torch's intra-op threads there)
+    step = model.step
+
+    def step_and_note_the_thread(states: list[RenderState]) -> list[RenderState]:
+        steppers.add((threading.current_thread().name, torch.get_num_threads()))
+        return step(states)
+
+    def load() -> MaskGITImageModel:
+        model.step([model.start(PROMPT, 0, 4)])  # as a real load warms up, on the model thread
+        return model
+
+    runner = ModelRunner(load, threads=2)
     await runner.load()
+    model.step = step_and_note_the_thread  # type: ignore[method-assign]
     try:
         assert runner.slice_threads == 2
-        assert torch.get_num_threads() == max(1, (os.cpu_count() or 1) // 2)
         states = [model.start(PROMPT, 10 + i, 4) for i in range(5)]
         alone = list(states)
         while not states[0].done:
-            states, alone = await runner.step(states), model.step(alone)
+            states, alone = await runner.step(states), step(alone)
             assert states == alone
+        # Each slice's thread, the model thread's included (OpenMP keeps the count per
+        # thread), runs torch on its share of the cores.
+        share = max(1, (os.cpu_count() or 1) // 2)
+        assert {(name.rsplit("_", 1)[0], threads) for name, threads in steppers} == {
+            ("decoder-model", share),
+            ("decoder-slice", share),
+        }
         [drawn] = await runner.draw([Drawing([s.tokens for s in states], 64, "png")])
         assert not isinstance(drawn, Exception) and len(drawn) == 5
         [one] = await runner.draw([Drawing([states[3].tokens], 64, "png")])
