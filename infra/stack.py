@@ -593,31 +593,26 @@ class Stack:
                 stdout=subprocess.DEVNULL,
             )
         heap = os.environ.get("DARKROOM_KAFKA_HEAP", "512m" if brokers == 1 else "384m")
-        self.proc(node.name).start(
-            at_priority(
-                [
-                    "java",
-                    f"-Xms{heap}",
-                    f"-Xmx{heap}",
-                    "-XX:+UseG1GC",
-                    # C1 only: on a small machine the C2 compiler's threads took about a third of
-                    # the broker's CPU for thousands of jobs after a start, slowing every service
-                    # beside it (make bench-pipeline: broker CPU per job 15.7 -> 8.9 ms, 1-job
-                    # p50 119 -> 89 ms); C1's code is fast enough for a single local broker.
-                    "-XX:TieredStopAtLevel=1",
-                    "-XX:MaxGCPauseMillis=20",
-                    "-XX:+ExitOnOutOfMemoryError",
-                    "-Djava.awt.headless=true",
-                    log4j,
-                    "-cp",
-                    paths.kafka_classpath(),
-                    "kafka.Kafka",
-                    str(props),
-                ],
-                nice,
-            ),
-            env={},
-        )
+        broker = [
+            "java",
+            f"-Xms{heap}",
+            f"-Xmx{heap}",
+            "-XX:+UseG1GC",
+            # C1 only: on a small machine the C2 compiler's threads took about a third of
+            # the broker's CPU for thousands of jobs after a start, slowing every service
+            # beside it (make bench-pipeline: broker CPU per job 15.7 -> 8.9 ms, 1-job
+            # p50 119 -> 89 ms); C1's code is fast enough for a single local broker.
+            "-XX:TieredStopAtLevel=1",
+            "-XX:MaxGCPauseMillis=20",
+            "-XX:+ExitOnOutOfMemoryError",
+            "-Djava.awt.headless=true",
+            log4j,
+            "-cp",
+            paths.kafka_classpath(),
+            "kafka.Kafka",
+            str(props),
+        ]
+        self.proc(node.name).start(at_priority(broker, nice), env={})
 
     def start_minio(self) -> None:
         binary = paths.minio_bin()
