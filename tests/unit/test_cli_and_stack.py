@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import string
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from infra.stack import CONSUMER_NICE, SERVICES, Process, Stack, StackError, at_priority, load_profile
+from infra import paths
+from infra.stack import CONSUMER_NICE, SERVICES, Process, Stack, StackError, at_priority, broker_threads, load_profile
 from infra.supervisor import ProgramState, Supervisor
 from libs.cli.__main__ import main as cli
 from libs.cli.kafka_tools import tool_command
@@ -170,3 +172,22 @@ def test_down_stops_extra_instances_before_the_infrastructure_then_the_superviso
 def test_a_process_at_a_lower_priority_runs_under_nice() -> None:
     assert at_priority(["java", "kafka.Kafka"], CONSUMER_NICE) == ["nice", "-n", "10", "java", "kafka.Kafka"]
     assert at_priority(["java", "kafka.Kafka"], 0) == ["java", "kafka.Kafka"]
+
+
+def test_a_broker_has_threads_for_its_share_of_the_machine() -> None:
+    assert broker_threads(2, 1) == (1, 1)
+    assert broker_threads(2, 3) == (1, 1)
+    assert broker_threads(8, 1) == (2, 4)
+    assert broker_threads(16, 1) == (3, 8)  # Kafka's own defaults
+    assert broker_threads(64, 1) == (3, 8)
+    assert broker_threads(48, 3) == (3, 8)
+
+
+def test_the_broker_runs_on_the_threads_the_stack_sizes() -> None:
+    template = string.Template((paths.ROOT / "infra" / "kafka" / "server.properties.template").read_text())
+    network, io = broker_threads(2, 1)
+    values = dict(
+        node_id=1, voters="1@127.0.0.1:1", kafka_port=2, controller_port=1, data_dir="/d", replicas=1, min_insync=1
+    )
+    rendered = template.substitute(values, network_threads=network, io_threads=io)
+    assert "num.network.threads=1\n" in rendered and "num.io.threads=1\n" in rendered
