@@ -13,6 +13,7 @@ if __name__ == "__main__":
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     # And one intra-op thread: a check scores a few 64x64 pictures, where a second thread
     # costs more in hand-offs than it saves (1.9 instead of 3.1 ms of CPU per picture on a
-    # 2-core machine); concurrent checks still run on several threads (asyncio.to_thread).
+    # 2-core machine); checks that come together are scored in one call instead
+    # (services.safety.content).
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     main("safety", SafetySettings, bootstrap)

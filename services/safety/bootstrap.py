@@ -122,7 +122,7 @@ def build(
     # answered before the policy is known and the models are loaded.
     runtime.on_start += [feed.load, inspector.start]
     runtime.background.append(feed.follow)
-    runtime.on_stop.append(feed.close)
+    runtime.on_stop += [feed.close, inspector.stop]
     runtime.subscriptions.append(
         Subscription(
             group=SERVICE,

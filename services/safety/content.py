@@ -8,6 +8,13 @@ The models and the classifier are torch code, so every call runs in a worker thr
 the event loop keeps serving prompt checks and heartbeats meanwhile. The classifier is
 loaded once, at start, so missing weights stop the service at once instead of failing
 its first content check.
+
+The pictures of checks handled side by side are scored together: a check that comes while
+the classifier is busy waits for it and joins the next call, with every check that came
+meanwhile (up to MAX_SCORED_PICTURES). A check that finds it idle is scored at once, so
+none waits longer than the call before it. The decoder publishes a pass boundary's
+progress for its whole batch at once, so checks come in bursts; on a 2-core machine the
+classifier costs 2.3 ms of CPU per picture scored alone and 1.6-1.8 in calls of two or more.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import threading
 from collections.abc import Callable, Sequence
 from typing import Final, Protocol
@@ -27,6 +35,12 @@ from services.safety.domain import Detection
 
 PREVIEW_SIZE: Final = 64
 """Side of the previews scored: the model's native resolution, which the classifier reads."""
+
+MAX_SCORED_PICTURES: Final = 32
+"""The most pictures one classifier call scores (checks are never split across calls)."""
+
+WaitingCheck = tuple[list[str], "asyncio.Future[list[Detection]]"]
+"""A check's pictures and the future its caller awaits."""
 
 
 class ContentClassifier(Protocol):
@@ -74,6 +88,8 @@ class ContentInspector:
         self._classifier: ContentClassifier | None = None
         self._models: dict[str, ImageModel] = {}
         self._lock = threading.Lock()
+        self._waiting: list[WaitingCheck] = []
+        self._scoring: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         """Load the classifier (in a worker thread)."""
@@ -135,24 +151,73 @@ class ContentInspector:
         Raises:
             UncheckableContent: A picture is not an image file.
         """
-        return await asyncio.to_thread(self._inspect_pictures, list(pictures))
+        detected: asyncio.Future[list[Detection]] = asyncio.get_running_loop().create_future()
+        self._waiting.append((list(pictures), detected))
+        if self._scoring is None:
+            self._scoring = asyncio.create_task(self._score_waiting())
+        return await detected
 
-    def _inspect_pictures(self, pictures: list[str]) -> list[Detection]:
-        images = []
-        for index, picture in enumerate(pictures):
+    async def _score_waiting(self) -> None:
+        """Scores the waiting checks, call after call, until none waits."""
+        taken: list[WaitingCheck] = []
+        try:
+            while self._waiting:
+                taken, self._waiting = _first_checks(self._waiting, MAX_SCORED_PICTURES)
+                outcomes: list[list[Detection] | Exception]
+                try:
+                    outcomes = await asyncio.to_thread(self._inspect_checks, [pictures for pictures, _ in taken])
+                except Exception as exc:  # noqa: BLE001 - the checks' callers get it, as from a call of their own
+                    outcomes = [exc] * len(taken)
+                for (_, detected), outcome in zip(taken, outcomes, strict=True):
+                    if detected.done():
+                        continue  # its caller stopped waiting (the service is stopping)
+                    if isinstance(outcome, Exception):
+                        detected.set_exception(outcome)
+                    else:
+                        detected.set_result(outcome)
+        except asyncio.CancelledError:
+            for _, detected in taken + self._waiting:
+                detected.cancel()
+            self._waiting = []
+            raise
+        finally:
+            # Nothing awaits between the last look at the queue and here: a check that comes
+            # later finds no task and starts one.
+            self._scoring = None
+
+    async def stop(self) -> None:
+        """Stop scoring: the checks still waiting are cancelled (their records are handled
+        again after a restart, as the consumer did not commit them)."""
+        if self._scoring is not None:
+            self._scoring.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._scoring
+
+    def _inspect_checks(self, checks: list[list[str]]) -> list[list[Detection] | Exception]:
+        """Each check's detections (or why it cannot be looked at), from one classifier call."""
+        decoded: list[list[np.ndarray] | UncheckableContent] = []
+        for pictures in checks:
             try:
-                images.append(decode(base64.b64decode(picture, validate=True)))
-            except (binascii.Error, ValueError, OSError) as exc:
-                raise UncheckableContent(f"image {index}: not a picture ({exc})") from exc
-        return self._detections(images)
+                decoded.append(_decoded(pictures))
+            except UncheckableContent as exc:
+                decoded.append(exc)
+        images = [image for each in decoded if not isinstance(each, UncheckableContent) for image in each]
+        scores = iter(self._scores(images))
+        return [
+            each if isinstance(each, UncheckableContent) else self._detected([next(scores) for _ in each])
+            for each in decoded
+        ]
 
-    def _detections(self, images: list[np.ndarray]) -> list[Detection]:
+    def _scores(self, images: list[np.ndarray]) -> list[float]:
+        return self._classifier_now().score_batch(images) if images else []
+
+    def _detected(self, scores: list[float]) -> list[Detection]:
         classifier = self._classifier_now()
-        scores = classifier.score_batch(images) if images else []
+        threshold = self._threshold if self._threshold is not None else classifier.threshold
         return [
             Detection(image_index=i, content_class=classifier.category, score=score)
             for i, score in enumerate(scores)
-            if score >= (self._threshold if self._threshold is not None else classifier.threshold)
+            if score >= threshold
         ]
 
     def _inspect(self, model_name: str, packed_grids: list[str]) -> list[Detection]:
@@ -166,4 +231,30 @@ class ContentInspector:
             if grid.max(initial=0) > model.mask_token:
                 raise UncheckableContent(f"image {index}: token values beyond the model's codebook")
             previews.append(model.preview(grid, PREVIEW_SIZE))
-        return self._detections(previews)
+        return self._detected(self._scores(previews))
+
+
+def _decoded(pictures: list[str]) -> list[np.ndarray]:
+    """A check's pictures as pixels.
+
+    Raises:
+        UncheckableContent: One of them is not an image file.
+    """
+    images = []
+    for index, picture in enumerate(pictures):
+        try:
+            images.append(decode(base64.b64decode(picture, validate=True)))
+        except (binascii.Error, ValueError, OSError) as exc:
+            raise UncheckableContent(f"image {index}: not a picture ({exc})") from exc
+    return images
+
+
+def _first_checks(waiting: list[WaitingCheck], most: int) -> tuple[list[WaitingCheck], list[WaitingCheck]]:
+    """The checks of the next classifier call, in the order they came, and those left: as
+    many as fit in `most` pictures, and always the first, however many it has."""
+    count, pictures = 0, 0
+    for each, _ in waiting:
+        if count and pictures + len(each) > most:
+            break
+        count, pictures = count + 1, pictures + len(each)
+    return waiting[:count], waiting[count:]
