@@ -162,7 +162,7 @@ class ContentInspector:
         taken: list[WaitingCheck] = []
         try:
             while self._waiting:
-                taken, self._waiting = _first_checks(self._waiting, MAX_SCORED_PICTURES)
+                taken, self._waiting = first_checks(self._waiting, MAX_SCORED_PICTURES)
                 outcomes: list[list[Detection] | Exception]
                 try:
                     outcomes = await asyncio.to_thread(self._inspect_checks, [pictures for pictures, _ in taken])
@@ -249,7 +249,7 @@ def _decoded(pictures: list[str]) -> list[np.ndarray]:
     return images
 
 
-def _first_checks(waiting: list[WaitingCheck], most: int) -> tuple[list[WaitingCheck], list[WaitingCheck]]:
+def first_checks(waiting: list[WaitingCheck], most: int) -> tuple[list[WaitingCheck], list[WaitingCheck]]:
     """The checks of the next classifier call, in the order they came, and those left: as
     many as fit in `most` pictures, and always the first, however many it has."""
     count, pictures = 0, 0

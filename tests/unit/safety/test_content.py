@@ -17,7 +17,7 @@ from services.safety.content import (
     ContentInspector,
     UncheckableContent,
     WaitingCheck,
-    _first_checks,
+    first_checks,
 )
 
 
@@ -120,7 +120,7 @@ async def test_a_call_takes_the_checks_in_order_up_to_its_pictures_and_always_th
     def checks(*sizes: int) -> list[WaitingCheck]:
         return [(["picture"] * size, loop.create_future()) for size in sizes]
 
-    taken, left = _first_checks(checks(3, 4, 5), 8)
+    taken, left = first_checks(checks(3, 4, 5), 8)
     assert [len(p) for p, _ in taken] == [3, 4] and [len(p) for p, _ in left] == [5]
-    taken, left = _first_checks(checks(MAX_SCORED_PICTURES + 1, 1), MAX_SCORED_PICTURES)
+    taken, left = first_checks(checks(MAX_SCORED_PICTURES + 1, 1), MAX_SCORED_PICTURES)
     assert [len(p) for p, _ in taken] == [MAX_SCORED_PICTURES + 1] and [len(p) for p, _ in left] == [1]
