@@ -81,6 +81,25 @@ def broker_threads(cores: int, brokers: int) -> tuple[int, int]:
     return min(3, max(1, share // 4)), min(8, max(1, share // 2))
 
 
+def broker_properties(profile: Profile, node: KafkaNode, data_dir: Path, cores: int) -> str:
+    """The server.properties of one KRaft node of `profile`'s cluster, from
+    infra/kafka/server.properties.template, its threads sized for `cores`."""
+    replicas = profile.replication_factor
+    network_threads, io_threads = broker_threads(cores, profile.kafka_brokers)
+    template = string.Template((paths.ROOT / "infra" / "kafka" / "server.properties.template").read_text())
+    return template.substitute(
+        node_id=node.node_id,
+        voters=",".join(f"{n.node_id}@127.0.0.1:{n.controller_port}" for n in profile.kafka_nodes),
+        kafka_port=node.port,
+        controller_port=node.controller_port,
+        data_dir=data_dir,
+        replicas=replicas,
+        min_insync=min(2, replicas),
+        network_threads=network_threads,
+        io_threads=io_threads,
+    )
+
+
 def at_priority(argv: list[str], nice: int) -> list[str]:
     """`argv` run at the lower CPU priority `nice` (as it is when 0)."""
     return ["nice", "-n", str(nice), *argv] if nice else argv
@@ -569,23 +588,8 @@ class Stack:
                 f"{kdir} holds a {_read_or(formatted_for, '1')}-node Kafka cluster, not {brokers}: "
                 f"`make down` and remove {kdir} to change the broker count"
             )
-        replicas = self.profile.replication_factor
-        network_threads, io_threads = broker_threads(os.cpu_count() or 1, brokers)
-        template = string.Template((paths.ROOT / "infra" / "kafka" / "server.properties.template").read_text())
         props = ndir / "server.properties"
-        props.write_text(
-            template.substitute(
-                node_id=node.node_id,
-                voters=",".join(f"{n.node_id}@127.0.0.1:{n.controller_port}" for n in self.profile.kafka_nodes),
-                kafka_port=node.port,
-                controller_port=node.controller_port,
-                data_dir=data,
-                replicas=replicas,
-                min_insync=min(2, replicas),
-                network_threads=network_threads,
-                io_threads=io_threads,
-            )
-        )
+        props.write_text(broker_properties(self.profile, node, data, os.cpu_count() or 1))
         java = ["java", "-cp", paths.kafka_classpath()]
         log4j = f"-Dlog4j2.configurationFile={paths.ROOT / 'infra' / 'kafka' / 'log4j2.properties'}"
         if not (data / "meta.properties").exists():

@@ -3,14 +3,22 @@
 from __future__ import annotations
 
 import json
-import string
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from infra import paths
-from infra.stack import CONSUMER_NICE, SERVICES, Process, Stack, StackError, at_priority, broker_threads, load_profile
+from infra.stack import (
+    CONSUMER_NICE,
+    SERVICES,
+    Process,
+    Stack,
+    StackError,
+    at_priority,
+    broker_properties,
+    broker_threads,
+    load_profile,
+)
 from infra.supervisor import ProgramState, Supervisor
 from libs.cli.__main__ import main as cli
 from libs.cli.kafka_tools import tool_command
@@ -184,10 +192,6 @@ def test_a_broker_has_threads_for_its_share_of_the_machine() -> None:
 
 
 def test_the_broker_runs_on_the_threads_the_stack_sizes() -> None:
-    template = string.Template((paths.ROOT / "infra" / "kafka" / "server.properties.template").read_text())
-    network, io = broker_threads(2, 1)
-    values = dict(
-        node_id=1, voters="1@127.0.0.1:1", kafka_port=2, controller_port=1, data_dir="/d", replicas=1, min_insync=1
-    )
-    rendered = template.substitute(values, network_threads=network, io_threads=io)
+    profile = load_profile("test")
+    rendered = broker_properties(profile, profile.kafka_nodes[0], Path("/d"), cores=2)
     assert "num.network.threads=1\n" in rendered and "num.io.threads=1\n" in rendered
