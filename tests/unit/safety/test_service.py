@@ -36,9 +36,11 @@ from tests.helpers import eventually, job_spec
 
 
 class FakeClassifier:
-    """Stands in for SafetyClassifier (same `category` and `score_batch`); unit tests only."""
+    """Stands in for SafetyClassifier (same `category`, `threshold` and `score_batch`); unit
+    tests only. The service under test sets its own threshold (`content_threshold`)."""
 
     category = "skull"
+    threshold = 0.5
 
     def __init__(self, score: float = 0.0) -> None:
         self.score = score
