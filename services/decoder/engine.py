@@ -531,10 +531,18 @@ class BatchEngine:
             # preempted renders were handed back): it joins at this boundary, and renders
             # beyond the mixed cap leave now rather than share its first pass. (Renders that
             # left for a job already fetched make no room for one that waits below them.)
-            await self._await_arrivals(1, outranking=True)
+            # The backlog is read again: a job fetched during the first wait has joined
+            # already, and no job may be left to wait for.
+            if best is not None and await self._unfetched_at_or_above(best):
+                await self._await_arrivals(1, outranking=True)
             plan = self._plan(lane_waiting=None, preempt=self.preempt)
             await self._preempt(plan.preempt)
             self._admit(plan.admit)
+
+    async def _unfetched_at_or_above(self, priority: int) -> bool:
+        """Whether a job of this lane priority, or of a higher one, still waits unfetched."""
+        backlog = await self._backlog() if self._backlog is not None else {}
+        return any(jobs > 0 and lane <= priority for lane, jobs in backlog.items())
 
     def _plan(self, lane_waiting: int | None, preempt: bool) -> BoundaryPlan:
         running = [r.slot for r in self._running]

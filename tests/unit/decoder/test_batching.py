@@ -6,6 +6,7 @@ model itself rather than from timing.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -24,7 +25,9 @@ from libs.model.registry import load_model
 from libs.runtime.service import ServiceRuntime
 from libs.settings import DecoderSettings
 from services.decoder.bootstrap import bootstrap
-from services.decoder.engine import STATS_WINDOW_S, BatchEngine, BatchStats
+from services.decoder.engine import STATS_WINDOW_S, BatchEngine, BatchStats, Render
+from services.decoder.runner import ModelRunner
+from services.decoder.scheduler import plan_render
 from tests.helpers import eventually, render_job, send_to_lane
 from tests.unit.decoder.harness import lane_broker, now, serving
 
@@ -325,6 +328,58 @@ async def test_free_renders_that_leave_for_a_fetched_paid_job_make_no_wait_for_f
 
     assert [batch for batch in model.passes if "paid" in batch] == [["paid"]] * 4
     assert [running for running in fetch_waits if "paid" in running] == []
+
+
+async def test_a_paid_job_fetched_during_the_boundarys_wait_is_not_waited_for_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The race behind an occasional failure of the test above: the boundary reads the backlog
+    # while the paid job is still in Kafka, waits for it (an outranking wait), and it arrives
+    # during that wait. It joins at once and the free renders leave; the boundary must not
+    # then wait again, with the paid render alone, for a job no longer in Kafka.
+    model = RecordingModel(pass_seconds=0.05)
+    runner = ModelRunner(lambda: model)
+    await runner.load()
+    engine = BatchEngine(runner, EventPublisher(InMemoryBroker().producer()), "decoder-r", limit=4, mixed_limit=1)
+
+    def render(job_id: str, lane: str, priority: int) -> Render:
+        job = render_job(job_id, lane, passes=8)
+        plan = plan_render(job.job_id, job.passes)
+        states = [model.start(job_id, 11, 8)]
+        return Render(job, Envelope.wrap(job, aggregate_id=job_id), lane, priority, 0, states, plan)
+
+    paid = render("paid", "pro", 0)
+    in_kafka: dict[int, int] = {}
+
+    async def backlog() -> dict[int, int]:
+        return dict(in_kafka)
+
+    engine.follow_backlog(backlog)
+    waits: list[list[str]] = []
+    wait_for_fetch = BatchEngine._await_arrivals
+
+    async def fetched_while_waiting(engine: BatchEngine, images: int, outranking: bool = False) -> None:
+        waits.append(engine.running())
+        if in_kafka:  # the lane gate fetches the paid job now
+            in_kafka.clear()
+            tasks.append(asyncio.create_task(engine.submit(paid)))
+        await wait_for_fetch(engine, images, outranking)
+
+    monkeypatch.setattr(BatchEngine, "_await_arrivals", fetched_while_waiting)
+    stop = asyncio.Event()
+    loop = asyncio.create_task(engine.run(stop))
+    tasks = [asyncio.create_task(engine.submit(render(f"free-{i}", "free", 2))) for i in range(2)]
+    await eventually(now(lambda: len(model.passes) >= 1 and len(model.passes[-1]) == 2), 10, "two free renders")
+    in_kafka[0] = 1
+    await eventually(now(lambda: "paid" in engine.running()), 10, "the paid render")
+    await eventually(now(lambda: len([b for b in model.passes if "paid" in b]) >= 2), 10, "two passes of it")
+    stop.set()
+    await asyncio.wait_for(loop, 10)
+    await asyncio.gather(*tasks, return_exceptions=True)
+    runner.close()
+
+    assert waits == [["free-0", "free-1"]], "one wait, for the paid job while it was still in Kafka"
+    assert [batch for batch in model.passes if "paid" in batch][:2] == [["paid"], ["paid"]]
 
 
 async def test_without_preemption_the_paid_job_waits_for_a_free_render_to_end() -> None:
