@@ -229,21 +229,37 @@ async function showResult(images, prompt) {
 
 /**
  * Follow a job until it ends: its status and pass counter by polling the job API (which
- * also works after a reload), its previews from the stream when one is open.
+ * also works after a reload), its previews from the stream when one is open. A preview
+ * asks for the status at once (`following.refresh`): a render can start and end between
+ * two polls.
  */
 function follow(jobId, { resumed = false, prompt = "" } = {}) {
   if (following) following.stop();
   let stopped = false;
   let timer = null;
+  let asking = false;
   const stop = () => {
     stopped = true;
     clearTimeout(timer);
   };
-  following = { id: jobId, stop };
+  const poll = async () => {
+    if (stopped || asking) return;
+    asking = true;
+    try {
+      await pollOnce();
+    } finally {
+      asking = false;
+    }
+  };
+  const refresh = () => {
+    if (stopped || asking) return;
+    clearTimeout(timer);
+    poll();
+  };
+  following = { id: jobId, stop, refresh };
   if (resumed) showJob("Current job");
   $("job-images").dataset.done = "false";
-  const poll = async () => {
-    if (stopped) return;
+  const pollOnce = async () => {
     let job;
     try {
       job = await call(`/v1/images/jobs/${jobId}`, { key });
@@ -327,7 +343,10 @@ async function startJob(path, body, prompt, streamed, title) {
   if (!streamed) return;
   try {
     for await (const { event, data } of events(response)) {
-      if (event.endsWith(".partial_image")) showPreview(data.b64_json, data.partial_image_index);
+      if (event.endsWith(".partial_image")) {
+        showPreview(data.b64_json, data.partial_image_index);
+        if (following && following.id === jobId) following.refresh();
+      }
       else if (event.endsWith(".completed")) await showResult([data], prompt);
       else if (event === "error" && data.error && data.error.code !== "job_cancelled") {
         explain(new ApiError(data.error.code === "moderation_blocked" ? 400 : 500, data.error, null));
