@@ -22,6 +22,7 @@ import base64
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import string
@@ -100,9 +101,15 @@ def broker_properties(profile: Profile, node: KafkaNode, data_dir: Path, cores: 
     )
 
 
-def at_priority(argv: list[str], nice: int) -> list[str]:
-    """`argv` run at the lower CPU priority `nice` (as it is when 0)."""
-    return ["nice", "-n", str(nice), *argv] if nice else argv
+def at_priority(argv: list[str], nice: int, batch: bool = False) -> list[str]:
+    """`argv` run at the lower CPU priority `nice` (as it is when 0) and, with `batch`, under
+    the kernel's batch scheduling policy (`Profile.batch_scheduled`; where `chrt` is missing,
+    as on a machine without Linux's util-linux, under the normal policy)."""
+    if nice:
+        argv = ["nice", "-n", str(nice), *argv]
+    if batch and shutil.which("chrt"):
+        argv = ["chrt", "--batch", "0", *argv]
+    return argv
 
 
 @dataclass(frozen=True)
@@ -195,6 +202,23 @@ class Profile:
         if not self.api_processes or service not in API_SPLIT:
             return "all"
         return "api" if instance == f"{service}-api" else "consumer"
+
+    def batch_scheduled(self, process: str) -> bool:
+        """Whether a process runs under Linux's batch scheduling policy (SCHED_BATCH): every
+        process of a stack whose api path shares the consumer tiers' processes, but the
+        decoders (`decoder`, `decoder-api`, their replicas).
+
+        Why: on a small machine the model's threads and the pipeline share the cores. Under
+        the normal policy every wake-up of a pipeline thread (a fetch answered, a write
+        acknowledged: hundreds per job) preempts a model thread at once; under the batch
+        policy a waking thread takes a free core at once but otherwise waits for the
+        scheduler's tick, and finds more work waiting when it runs. Under `make
+        bench-throughput`'s load that halved the decoder's involuntary context switches and
+        cut the pipeline's CPU per job (docs/operations.md). A stack with `api_processes`
+        orders its processes by `nice` instead (`niced`): the api path's latency comes
+        first there, so nothing in it runs batch.
+        """
+        return not self.api_processes and SERVICE_PROCESSES.get(process, ("",))[0] != "decoder"
 
     def niced(self, service: str, instance: str = "") -> bool:
         """Whether a process runs at the lower CPU priority of consumer traffic."""
@@ -633,7 +657,7 @@ class Stack:
             "kafka.Kafka",
             str(props),
         ]
-        self.proc(node.name).start(at_priority(broker, nice), env={})
+        self.proc(node.name).start(at_priority(broker, nice, self.profile.batch_scheduled(node.name)), env={})
 
     def start_minio(self) -> None:
         binary = paths.minio_bin()
@@ -642,16 +666,20 @@ class Stack:
         data = self.profile.run_dir / "minio"
         data.mkdir(parents=True, exist_ok=True)
         self.proc("minio").start(
-            [
-                str(binary),
-                "server",
-                str(data),
-                "--quiet",
-                "--address",
-                f"127.0.0.1:{self.profile.minio_port}",
-                "--console-address",
-                f"127.0.0.1:{self.profile.minio_console_port}",
-            ],
+            at_priority(
+                [
+                    str(binary),
+                    "server",
+                    str(data),
+                    "--quiet",
+                    "--address",
+                    f"127.0.0.1:{self.profile.minio_port}",
+                    "--console-address",
+                    f"127.0.0.1:{self.profile.minio_console_port}",
+                ],
+                0,
+                self.profile.batch_scheduled("minio"),
+            ),
             env={
                 "MINIO_ROOT_USER": DEV_MINIO_USER,
                 "MINIO_ROOT_PASSWORD": DEV_MINIO_PASSWORD,
@@ -667,20 +695,24 @@ class Stack:
         data = self.profile.run_dir / "ferretdb"
         (data / "state").mkdir(parents=True, exist_ok=True)
         self.proc("ferretdb").start(
-            [
-                str(binary),
-                "--handler=sqlite",
-                # WAL with synchronous=NORMAL: a commit is in the WAL before it returns, so a
-                # crash of any process loses nothing; only a crash of the machine may lose the
-                # last commits, as it may lose the single local broker's unflushed records.
-                # SQLite's default (FULL) syncs the disk on every commit.
-                f"--sqlite-url=file:{data}/?_pragma=synchronous(normal)",
-                f"--listen-addr=127.0.0.1:{self.profile.ferretdb_port}",
-                f"--state-dir={data / 'state'}",
-                "--debug-addr=-",
-                "--telemetry=disable",
-                "--log-level=warn",
-            ],
+            at_priority(
+                [
+                    str(binary),
+                    "--handler=sqlite",
+                    # WAL with synchronous=NORMAL: a commit is in the WAL before it returns, so a
+                    # crash of any process loses nothing; only a crash of the machine may lose the
+                    # last commits, as it may lose the single local broker's unflushed records.
+                    # SQLite's default (FULL) syncs the disk on every commit.
+                    f"--sqlite-url=file:{data}/?_pragma=synchronous(normal)",
+                    f"--listen-addr=127.0.0.1:{self.profile.ferretdb_port}",
+                    f"--state-dir={data / 'state'}",
+                    "--debug-addr=-",
+                    "--telemetry=disable",
+                    "--log-level=warn",
+                ],
+                0,
+                self.profile.batch_scheduled("ferretdb"),
+            ),
             env={},
         )
 
@@ -695,7 +727,9 @@ class Stack:
         if instance:
             settings |= {var: value for process, var, value in self.profile.process_env if process == instance}
         argv = [sys.executable, "-m", f"services.{package}"]
-        argv = at_priority(argv, CONSUMER_NICE if self.profile.niced(name, instance) else 0)
+        argv = at_priority(
+            argv, CONSUMER_NICE if self.profile.niced(name, instance) else 0, self.profile.batch_scheduled(name)
+        )
         self.proc(instance or name).start(argv, env=self.profile.service_env(name, instance) | extra | settings)
 
     def create_topics(self) -> None:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -180,6 +183,26 @@ def test_down_stops_extra_instances_before_the_infrastructure_then_the_superviso
 def test_a_process_at_a_lower_priority_runs_under_nice() -> None:
     assert at_priority(["java", "kafka.Kafka"], CONSUMER_NICE) == ["nice", "-n", "10", "java", "kafka.Kafka"]
     assert at_priority(["java", "kafka.Kafka"], 0) == ["java", "kafka.Kafka"]
+
+
+def test_a_process_started_batch_runs_under_the_batch_policy_at_its_nice() -> None:
+    ask = [sys.executable, "-c", "import os; print(os.sched_getscheduler(0), os.nice(0))"]
+    ran = subprocess.run(at_priority(ask, CONSUMER_NICE, batch=True), capture_output=True, text=True, check=True)
+    assert ran.stdout.split() == [str(os.SCHED_BATCH), "10"]
+    ran = subprocess.run(at_priority(ask, 0), capture_output=True, text=True, check=True)
+    assert ran.stdout.split() == [str(os.SCHED_OTHER), "0"]
+
+
+def test_the_pipeline_yields_the_cores_to_the_decoders_unless_the_api_path_has_processes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("DARKROOM_API_PROCESSES", raising=False)
+    shared = load_profile("dev")
+    assert [s for s in SERVICES if not shared.batch_scheduled(s)] == ["decoder", "decoder-api"]
+    assert all(shared.batch_scheduled(p) for p in ("kafka", "kafka-2", "minio", "ferretdb"))
+    monkeypatch.setenv("DARKROOM_API_PROCESSES", "1")
+    split = load_profile("dev")
+    assert not any(split.batch_scheduled(p) for p in (*SERVICES, "kafka", "minio", "ferretdb"))
 
 
 def test_a_broker_has_threads_for_its_share_of_the_machine() -> None:
