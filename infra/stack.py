@@ -213,8 +213,9 @@ class Profile:
         acknowledged: hundreds per job) preempts a model thread at once; under the batch
         policy a waking thread takes a free core at once but otherwise waits for the
         scheduler's tick, and finds more work waiting when it runs. Under `make
-        bench-throughput`'s load that halved the decoder's involuntary context switches and
-        cut the pipeline's CPU per job (docs/operations.md). A stack with `api_processes`
+        bench-throughput`'s load that took a third of the machine's context switches and more
+        than half of the decoder's preemptions away; the pipeline's CPU per job fell in most
+        runs, throughput moved within the noise (docs/operations.md). A stack with `api_processes`
         orders its processes by `nice` instead (`niced`): the api path's latency comes
         first there, so nothing in it runs batch.
         """
