@@ -6,6 +6,8 @@ import asyncio
 import os
 import shutil
 import sys
+import threading
+import time
 import uuid
 from dataclasses import replace
 from pathlib import Path
@@ -73,6 +75,58 @@ def cpu_seconds(run_dir: Path) -> dict[str, float]:
             continue
         used[program.name] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     return used
+
+
+CpuSample = tuple[float, int, int]
+"""(time.perf_counter(), idle ticks, all ticks) of the whole machine (`/proc/stat`)."""
+
+
+def machine_ticks() -> tuple[int, int]:
+    """The machine's idle ticks (idle and iowait) and all its ticks so far, every core."""
+    with open("/proc/stat", encoding="ascii") as stat:
+        fields = [int(field) for field in stat.readline().split()[1:9]]
+    return fields[3] + fields[4], sum(fields)
+
+
+def idle_share(samples: list[CpuSample], start: float, end: float) -> float | None:
+    """The share of the machine's CPU time left idle between `start` and `end`: from the
+    last sample at or before `start` to the first at or after `end` (None when the samples
+    do not cover the window)."""
+    before = [s for s in samples if s[0] <= start]
+    after = [s for s in samples if s[0] >= end]
+    if not before or not after:
+        return None
+    (_, idle0, all0), (_, idle1, all1) = before[-1], after[0]
+    return (idle1 - idle0) / (all1 - all0) if all1 > all0 else None
+
+
+class MachineSampler:
+    """Samples the machine's idle and total CPU ticks every `interval_s` in a thread, so a
+    benchmark can tell afterwards how much of the machine a window of its run left idle
+    (`idle_share`): what the stack could not use, as against what it spent."""
+
+    def __init__(self, interval_s: float = 0.25) -> None:
+        self.samples: list[CpuSample] = []
+        self._interval_s = interval_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="machine-sampler", daemon=True)
+
+    def _sample(self) -> None:
+        self.samples.append((time.perf_counter(), *machine_ticks()))
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval_s):
+            self._sample()
+
+    def __enter__(self) -> MachineSampler:
+        self._sample()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._sample()
 
 
 async def _end_offsets(bootstrap: str) -> dict[str, int]:

@@ -16,8 +16,11 @@ Two measures in one run on one machine (compare within a run, never across machi
    draining batch at the end are left out.
 
 Their ratio is what the pipeline (gateway, Kafka, requests, safety, storage, the stores,
-all sharing the machine with the model) leaves of the model's capacity. The last line is
-exactly: `service/model throughput: <R> (<service> vs <model> images/s, <device>)`.
+all sharing the machine with the model) leaves of the model's capacity. Beside each
+process's CPU per job, the run prints the share of the machine's CPU time left idle in the
+steady state (what the stack could not use) and the CPU this benchmark's own HTTP clients
+spent per job (they share the machine too). The last line is exactly:
+`service/model throughput: <R> (<service> vs <model> images/s, <device>)`.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import resource
 import sys
 import time
 from typing import Any
@@ -34,7 +38,7 @@ import httpx
 from libs.model.split import split_workers
 from libs.settings import DEFAULT_BATCH_IMAGES
 from tests.bench import model as bench_model
-from tests.bench.stack import cpu_seconds, fresh_bench_stack, lifted_pro_account
+from tests.bench.stack import MachineSampler, cpu_seconds, fresh_bench_stack, idle_share, lifted_pro_account
 
 PASSES = 4  # quality "low"
 SIZE = 256
@@ -69,12 +73,22 @@ async def saturate(base_url: str, api_key: str, concurrency: int, jobs: int) -> 
     return {"began": began, "completed": sorted(completed), "errors": errors}
 
 
+def steady_window(completed: list[float], edge: int) -> list[float]:
+    """The completions of the steady state: from the `edge`-th to the `edge`-th before the
+    last (all of them when there are too few to leave the edges out)."""
+    return completed if len(completed) <= 2 * edge + 1 else completed[edge : len(completed) - edge]
+
+
 def steady_rate(completed: list[float], edge: int) -> float:
     """Completions per second between the `edge`-th and the `edge`-th before the last."""
-    if len(completed) <= 2 * edge + 1:
-        return (len(completed) - 1) / (completed[-1] - completed[0]) if len(completed) > 1 else 0.0
-    window = completed[edge : len(completed) - edge]
-    return (len(window) - 1) / (window[-1] - window[0])
+    window = steady_window(completed, edge)
+    return (len(window) - 1) / (window[-1] - window[0]) if len(window) > 1 else 0.0
+
+
+def own_cpu_s() -> float:
+    """CPU seconds this process (the benchmark, its HTTP clients included) has used."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -119,9 +133,10 @@ def main(argv: list[str] | None = None) -> int:
         account = lifted_pro_account(stack)
         url, key = stack.profile.gateway_url, account["api_key"]
         asyncio.run(saturate(url, key, limit, 2 * limit))  # warm-up: connections, lazy loading
-        before = cpu_seconds(stack.profile.run_dir)
-        run = asyncio.run(saturate(url, key, 3 * limit, jobs))
-        after = cpu_seconds(stack.profile.run_dir)
+        before, client_before = cpu_seconds(stack.profile.run_dir), own_cpu_s()
+        with MachineSampler() as machine:
+            run = asyncio.run(saturate(url, key, 3 * limit, jobs))
+        after, client_after = cpu_seconds(stack.profile.run_dir), own_cpu_s()
     finally:
         stack.down()
     if run["errors"]:
@@ -130,16 +145,27 @@ def main(argv: list[str] | None = None) -> int:
     service = steady_rate(run["completed"], limit)
     done = len(run["completed"])
     cpu = {name: round((after[name] - before.get(name, 0.0)) * 1000 / done, 1) for name in after}
+    window = steady_window(run["completed"], limit)
+    idle = idle_share(machine.samples, window[0], window[-1])
     figures |= {
         "service_images_per_s": service,
         "overall_images_per_s": done / (run["completed"][-1] - run["began"]),
         "cpu_ms_per_job": dict(sorted(cpu.items(), key=lambda kv: -kv[1])),
+        "client_cpu_ms_per_job": (client_after - client_before) * 1000 / done,
+        "steady_idle_share": idle,
     }
     print(
         f"   steady state {service:.2f} images/s ({figures['overall_images_per_s']:.2f} over the whole run); "
         f"model alone {alone.images_per_s:.2f}"
     )
     print("   CPU ms per job: " + ", ".join(f"{name} {ms:.0f}" for name, ms in figures["cpu_ms_per_job"].items()))
+    # What the stack left unused: on a machine the stack saturates with work this is near 0;
+    # above it, the pipeline waits on the decoder's passes (or the reverse) with a core free.
+    idle_text = f"{idle * 100:.1f}%" if idle is not None else "not measured"
+    print(
+        f"   machine idle in the steady state: {idle_text} of its CPU time; "
+        f"this benchmark's own clients: {figures['client_cpu_ms_per_job']:.1f} ms of CPU per job"
+    )
     ratio = service / alone.images_per_s
     figures["ratio"] = ratio
     if args.json:
