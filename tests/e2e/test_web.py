@@ -66,10 +66,25 @@ def page(browser: Browser, running: Stack) -> Iterator[Page]:
 
 
 PAGE_SEED = 5
-"""The seed the page's generations are given. The page sends none (each render is a new
-one), and the built-in generator draws a stray skull in about 1% of harmless high-quality
-renders (docs/model-card.md), which the content check then rightly blocks: a fixed seed
-makes every render of these tests the same, known-clean one."""
+"""The seed the page's generations and tweaks are given. The page sends none (each render is
+a new one), and the built-in generator draws a stray skull in about 1% of harmless renders
+(docs/model-card.md), which the content check then rightly blocks: a fixed seed makes every
+render of these tests the same, known-clean one."""
+
+_SEEDED_TWEAKS = """
+(() => {
+  const send = window.fetch;
+  window.fetch = (input, init) => {
+    const url = typeof input === "string" ? input : input.url;
+    if (url.endsWith("/v1/images/edits") && init && init.body instanceof FormData && !init.body.has("seed")) {
+      init.body.append("seed", "%d");
+    }
+    return send(input, init);
+  };
+})();
+"""
+"""A tweak is a multipart form, which a route cannot amend as simply as a generation's JSON:
+the page's own fetch adds the seed field to it."""
 
 
 def _pin_seed(page: Page) -> None:
@@ -82,6 +97,7 @@ def _pin_seed(page: Page) -> None:
         route.continue_(post_data=json.dumps({"seed": PAGE_SEED} | body))
 
     page.route("**/v1/images/generations", with_seed)
+    page.add_init_script(_SEEDED_TWEAKS % PAGE_SEED)
 
 
 @pytest.fixture
