@@ -215,9 +215,9 @@ class Profile:
         scheduler's tick, and finds more work waiting when it runs. Under `make
         bench-throughput`'s load that took a third of the machine's context switches and more
         than half of the decoder's preemptions away; the pipeline's CPU per job fell in most
-        runs, throughput moved within the noise (docs/operations.md). A stack with `api_processes`
-        orders its processes by `nice` instead (`niced`): the api path's latency comes
-        first there, so nothing in it runs batch.
+        runs, throughput moved within the noise (docs/operations.md). A stack with
+        `api_processes` orders its processes by `nice` instead (`niced`): the api path's
+        latency comes first there, so nothing in it runs batch.
         """
         return not self.api_processes and SERVICE_PROCESSES.get(process, ("",))[0] != "decoder"
 
@@ -551,6 +551,11 @@ class Stack:
     def proc(self, name: str) -> Process:
         return Process(self.profile, name)
 
+    def _prioritized(self, process: str, argv: list[str], nice: int = 0) -> list[str]:
+        """`argv` at `nice` and under the batch policy where the profile runs `process` so
+        (`Profile.batch_scheduled`; a service's name, a broker node's, "minio", "ferretdb")."""
+        return at_priority(argv, nice, self.profile.batch_scheduled(process))
+
     def healthy(self, name: str) -> bool:
         checks: dict[str, Callable[[], bool]] = {
             "minio": lambda: minio_ok(self.profile),
@@ -658,7 +663,7 @@ class Stack:
             "kafka.Kafka",
             str(props),
         ]
-        self.proc(node.name).start(at_priority(broker, nice, self.profile.batch_scheduled(node.name)), env={})
+        self.proc(node.name).start(self._prioritized(node.name, broker, nice), env={})
 
     def start_minio(self) -> None:
         binary = paths.minio_bin()
@@ -666,21 +671,18 @@ class Stack:
             raise StackError(f"MinIO is not installed at {binary}: run `make setup`")
         data = self.profile.run_dir / "minio"
         data.mkdir(parents=True, exist_ok=True)
+        server = [
+            str(binary),
+            "server",
+            str(data),
+            "--quiet",
+            "--address",
+            f"127.0.0.1:{self.profile.minio_port}",
+            "--console-address",
+            f"127.0.0.1:{self.profile.minio_console_port}",
+        ]
         self.proc("minio").start(
-            at_priority(
-                [
-                    str(binary),
-                    "server",
-                    str(data),
-                    "--quiet",
-                    "--address",
-                    f"127.0.0.1:{self.profile.minio_port}",
-                    "--console-address",
-                    f"127.0.0.1:{self.profile.minio_console_port}",
-                ],
-                0,
-                self.profile.batch_scheduled("minio"),
-            ),
+            self._prioritized("minio", server),
             env={
                 "MINIO_ROOT_USER": DEV_MINIO_USER,
                 "MINIO_ROOT_PASSWORD": DEV_MINIO_PASSWORD,
@@ -695,27 +697,21 @@ class Stack:
             raise StackError(f"FerretDB is not installed at {binary}: run `make setup`")
         data = self.profile.run_dir / "ferretdb"
         (data / "state").mkdir(parents=True, exist_ok=True)
-        self.proc("ferretdb").start(
-            at_priority(
-                [
-                    str(binary),
-                    "--handler=sqlite",
-                    # WAL with synchronous=NORMAL: a commit is in the WAL before it returns, so a
-                    # crash of any process loses nothing; only a crash of the machine may lose the
-                    # last commits, as it may lose the single local broker's unflushed records.
-                    # SQLite's default (FULL) syncs the disk on every commit.
-                    f"--sqlite-url=file:{data}/?_pragma=synchronous(normal)",
-                    f"--listen-addr=127.0.0.1:{self.profile.ferretdb_port}",
-                    f"--state-dir={data / 'state'}",
-                    "--debug-addr=-",
-                    "--telemetry=disable",
-                    "--log-level=warn",
-                ],
-                0,
-                self.profile.batch_scheduled("ferretdb"),
-            ),
-            env={},
-        )
+        server = [
+            str(binary),
+            "--handler=sqlite",
+            # WAL with synchronous=NORMAL: a commit is in the WAL before it returns, so a
+            # crash of any process loses nothing; only a crash of the machine may lose the
+            # last commits, as it may lose the single local broker's unflushed records.
+            # SQLite's default (FULL) syncs the disk on every commit.
+            f"--sqlite-url=file:{data}/?_pragma=synchronous(normal)",
+            f"--listen-addr=127.0.0.1:{self.profile.ferretdb_port}",
+            f"--state-dir={data / 'state'}",
+            "--debug-addr=-",
+            "--telemetry=disable",
+            "--log-level=warn",
+        ]
+        self.proc("ferretdb").start(self._prioritized("ferretdb", server), env={})
 
     def start_service(self, name: str, instance: str = "") -> None:
         """Start a service process by its name in SERVICE_PROCESSES (or a named extra instance).
@@ -728,9 +724,8 @@ class Stack:
         if instance:
             settings |= {var: value for process, var, value in self.profile.process_env if process == instance}
         argv = [sys.executable, "-m", f"services.{package}"]
-        argv = at_priority(
-            argv, CONSUMER_NICE if self.profile.niced(name, instance) else 0, self.profile.batch_scheduled(name)
-        )
+        # Scheduled by the service's name: its replicas and api instance run as it does.
+        argv = self._prioritized(name, argv, CONSUMER_NICE if self.profile.niced(name, instance) else 0)
         self.proc(instance or name).start(argv, env=self.profile.service_env(name, instance) | extra | settings)
 
     def create_topics(self) -> None:
