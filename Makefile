@@ -40,7 +40,7 @@ test-e2e: ## end-to-end tests against a private stack
 lint: ## ruff lint and format check
 	@$(PY) -m ruff check . && $(PY) -m ruff format --check .
 
-typecheck: ## mypy strict on libs, services and infra
+typecheck: ## mypy strict on libs, services, infra and tests
 	@$(PY) -m mypy
 
 check: lint typecheck test-unit ## fast local checks before a commit

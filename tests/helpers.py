@@ -9,6 +9,9 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
+import httpx
+import openai
+
 from infra.topics import TopicSpec, create_topics
 from libs.bus.ports import Consumer, Producer, Record
 from libs.events import Envelope
@@ -131,3 +134,15 @@ def count_reads(docs: InMemoryDocumentStore) -> list[str]:
 
     docs.get = counting_get  # type: ignore[method-assign]
     return reads
+
+
+def sdk_client(http: httpx.AsyncClient, api_key: str) -> openai.AsyncOpenAI:
+    """The official SDK sending through `http` (an in-process gateway's ASGI transport), to
+    its `/v1` API, without retries. The SDK annotates `http_client` as its own httpx2 client
+    and takes httpx's as well (`openai._httpx2`)."""
+    return openai.AsyncOpenAI(
+        base_url=str(http.base_url.join("/v1")),
+        api_key=api_key,
+        http_client=http,  # type: ignore[arg-type]
+        max_retries=0,
+    )

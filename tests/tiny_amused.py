@@ -9,10 +9,11 @@ repository: a 16x16 grid of a 64-token codebook, 256x256 images. It renders nois
 
 from __future__ import annotations
 
+import importlib
 import json
 import string
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 import torch
 
@@ -23,16 +24,15 @@ TEXT_HIDDEN: Final = 32
 MAX_TEXT: Final = 77
 
 
-def _tokenizer(folder: Path) -> object:
+def _tokenizer(folder: Path) -> Any:
     """A CLIP tokenizer whose vocabulary is printable characters (as words' last letters too)."""
-    from transformers import CLIPTokenizer
-
+    transformers: Any = importlib.import_module("transformers")  # untyped, as in libs.model.amused
     letters = sorted(set(string.ascii_lowercase + string.digits + string.punctuation))
     words = letters + [f"{c}</w>" for c in letters] + ["<|startoftext|>", "<|endoftext|>"]
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "vocab.json").write_text(json.dumps({w: i for i, w in enumerate(words)}))
     (folder / "merges.txt").write_text("#version: 0.2\n")
-    tokenizer = CLIPTokenizer(
+    tokenizer = transformers.CLIPTokenizer(
         str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=MAX_TEXT, pad_token="<|endoftext|>"
     )
     tokenizer.save_pretrained(folder)
@@ -49,17 +49,17 @@ def build_tiny_amused(folder: Path, seed: int = 0, layers: int = 1, hidden: int 
             passes slow enough to kill a decoder between two).
         hidden: The transformer's width.
     """
-    from diffusers import AmusedScheduler, UVit2DModel, VQModel
-    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+    diffusers: Any = importlib.import_module("diffusers")  # untyped, as in libs.model.amused
+    transformers: Any = importlib.import_module("transformers")
 
     torch.manual_seed(seed)
     folder.mkdir(parents=True, exist_ok=True)
     tokenizer = _tokenizer(folder / "tokenizer")
-    vocab = len(tokenizer)  # type: ignore[arg-type]
-    eos = tokenizer.convert_tokens_to_ids("<|endoftext|>")  # type: ignore[attr-defined]
-    bos = tokenizer.convert_tokens_to_ids("<|startoftext|>")  # type: ignore[attr-defined]
-    text = CLIPTextModelWithProjection(
-        CLIPTextConfig(
+    vocab = len(tokenizer)
+    eos = tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    bos = tokenizer.convert_tokens_to_ids("<|startoftext|>")
+    text = transformers.CLIPTextModelWithProjection(
+        transformers.CLIPTextConfig(
             vocab_size=vocab,
             hidden_size=TEXT_HIDDEN,
             intermediate_size=2 * TEXT_HIDDEN,
@@ -74,7 +74,7 @@ def build_tiny_amused(folder: Path, seed: int = 0, layers: int = 1, hidden: int 
     )
     text.save_pretrained(folder / "text_encoder")
     # Five blocks: a 16x downsampling, so 256x256 images over a 16x16 grid, as amused-256.
-    vqvae = VQModel(
+    vqvae = diffusers.VQModel(
         in_channels=3,
         out_channels=3,
         down_block_types=("DownEncoderBlock2D",) * 5,
@@ -92,7 +92,7 @@ def build_tiny_amused(folder: Path, seed: int = 0, layers: int = 1, hidden: int 
     )
     vqvae.save_pretrained(folder / "vqvae")
     mask_id = CODEBOOK + 1  # as aMUSEd: the transformer's vocabulary runs past the codebook
-    transformer = UVit2DModel(
+    transformer = diffusers.UVit2DModel(
         hidden_size=hidden,
         cond_embed_dim=TEXT_HIDDEN,
         micro_cond_encode_dim=4,
@@ -110,7 +110,7 @@ def build_tiny_amused(folder: Path, seed: int = 0, layers: int = 1, hidden: int 
         sample_size=GRID,
     )
     transformer.save_pretrained(folder / "transformer")
-    AmusedScheduler(mask_token_id=mask_id).save_pretrained(folder / "scheduler")
+    diffusers.AmusedScheduler(mask_token_id=mask_id).save_pretrained(folder / "scheduler")
     (folder / "model_index.json").write_text(
         json.dumps(
             {

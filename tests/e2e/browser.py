@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Final
 
 import pytest
-from playwright.sync_api import Browser, Locator, Page, sync_playwright
+from playwright.sync_api import Browser, Locator, Page, ViewportSize, sync_playwright
 
 CHROMIUM: Final = "/usr/bin/chromium"
 FLAGS: Final = (
@@ -29,8 +29,8 @@ FLAGS: Final = (
     "--disable-sync",
 )
 REPORTS: Final = Path(__file__).resolve().parents[2] / "reports" / "ui"
-PHONE: Final = {"width": 390, "height": 844}
-DESKTOP: Final = {"width": 1280, "height": 900}
+PHONE: Final[ViewportSize] = {"width": 390, "height": 844}
+DESKTOP: Final[ViewportSize] = {"width": 1280, "height": 900}
 
 
 @contextmanager

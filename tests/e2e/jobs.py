@@ -148,6 +148,14 @@ async def wait_done(http: httpx.AsyncClient, job_id: str) -> dict[str, Any]:
         await asyncio.sleep(0.2)
 
 
+def image_id_of(item: object) -> str:
+    """The `image_id` of a response's data item: darkroom's extra field, which the SDK's
+    `Image` type keeps as an extra attribute."""
+    image_id = getattr(item, "image_id", None)
+    assert isinstance(image_id, str), item
+    return image_id
+
+
 def stored_objects(stack: Stack, job_id: str) -> list[str]:
     client = Minio(stack.profile.minio_endpoint, DEV_MINIO_USER, DEV_MINIO_PASSWORD, secure=False)
     return sorted(str(o.object_name) for o in client.list_objects("darkroom-images", prefix=f"images/{job_id}/"))

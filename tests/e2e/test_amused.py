@@ -32,7 +32,7 @@ from infra.stack import Stack, wait_until
 from libs.model.amused import AmusedImageModel
 from libs.settings import DEV_OPERATOR_TOKEN
 from services.gateway.models import PASSES
-from tests.e2e.jobs import api, create_async, exactly_once, stored_tokens, wait_done, watching
+from tests.e2e.jobs import api, create_async, exactly_once, image_id_of, stored_tokens, wait_done, watching
 from tests.tiny_amused import build_tiny_amused
 
 MODEL = "amused-256"
@@ -138,8 +138,8 @@ def test_both_models_render_side_by_side(client: openai.OpenAI, amused: Stack) -
     assert default.data
     # Each rendered with its own model: aMUSEd's grid draws from its 64-token codebook, the
     # built-in model's from 512 (and this process renders aMUSEd's grid the same).
-    ours = stored_tokens(amused, _job_of(client, str(result.data[0].image_id)))
-    theirs = stored_tokens(amused, _job_of(client, str(default.data[0].image_id)))
+    ours = stored_tokens(amused, _job_of(client, image_id_of(result.data[0])))
+    theirs = stored_tokens(amused, _job_of(client, image_id_of(default.data[0])))
     assert ours.max() < 64 <= theirs.max()
     assert np.array_equal(ours, _render_here(amused, "a red circle on grass", 3, PASSES["low"]))
 
@@ -162,7 +162,7 @@ def test_tweak_under_a_mask_keeps_the_unmasked_tokens(client: openai.OpenAI, amu
         prompt="a yellow star", size="256x256", quality="low", model=MODEL, extra_body={"seed": 5}
     )
     assert parent.data and parent.data[0].b64_json
-    parent_id = str(parent.data[0].image_id)  # darkroom's extra field
+    parent_id = image_id_of(parent.data[0])
     pixels = np.full((256, 256, 4), 255, np.uint8)
     pixels[:, 128:, 3] = 0  # redraw the right half
     mask = io.BytesIO()
@@ -174,7 +174,7 @@ def test_tweak_under_a_mask_keeps_the_unmasked_tokens(client: openai.OpenAI, amu
         model=MODEL,
     )
     assert child.data
-    child_id = str(child.data[0].image_id)
+    child_id = image_id_of(child.data[0])
     parent_job, child_job = (client.get(f"/images/{i}", cast_to=object) for i in (parent_id, child_id))
     assert isinstance(parent_job, dict) and isinstance(child_job, dict)
     assert child_job["parent"]["id"] == parent_id

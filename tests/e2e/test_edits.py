@@ -20,7 +20,7 @@ from PIL import Image
 from infra.stack import Stack
 from libs.cli.accounts import create_account
 from libs.settings import DEV_SIGNING_KEY
-from tests.e2e.jobs import stored_tokens
+from tests.e2e.jobs import image_id_of, stored_tokens
 
 
 @pytest.fixture(scope="module")
@@ -54,12 +54,6 @@ def _mask_right_half() -> bytes:
     return out.getvalue()
 
 
-def _image_id(item: object) -> str:
-    image_id = getattr(item, "image_id", None)  # darkroom's extra field on each data item
-    assert isinstance(image_id, str), item
-    return image_id
-
-
 def _image(client: openai.OpenAI, image_id: str) -> dict[str, object]:
     body = client.get(f"/images/{image_id}", cast_to=object)
     assert isinstance(body, dict)
@@ -70,7 +64,7 @@ def test_edit_a_generated_image_under_a_mask(client: openai.OpenAI, running: Sta
     first = client.images.generate(prompt="a red circle at the left", quality="low", extra_body={"seed": 1})
     assert first.data and first.data[0].b64_json
     original = base64.b64decode(first.data[0].b64_json)
-    parent_id = _image_id(first.data[0])
+    parent_id = image_id_of(first.data[0])
 
     edited = client.images.edit(
         image=("circle.png", original),
@@ -85,7 +79,7 @@ def test_edit_a_generated_image_under_a_mask(client: openai.OpenAI, running: Sta
     assert edited.usage.input_tokens_details.image_tokens == 256
 
     # Recognized by its bytes: the lineage names the generated image.
-    parent, child = _image(client, parent_id), _image(client, _image_id(edited.data[0]))
+    parent, child = _image(client, parent_id), _image(client, image_id_of(edited.data[0]))
     assert child["parent"] == {"id": parent_id, "prompt": "a red circle at the left"}
     assert child["prompt"] == "a blue square at the right"
     # The grids: the left half (opaque in the mask) keeps its tokens exactly.
@@ -106,7 +100,7 @@ def test_edit_without_a_mask_and_of_an_upload(client: openai.OpenAI) -> None:
         extra_body={"seed": 4, "strength": "0.5"},
     )
     assert result.data and result.data[0].b64_json
-    assert _image(client, _image_id(result.data[0]))["parent"] is None
+    assert _image(client, image_id_of(result.data[0]))["parent"] is None
 
 
 def test_stream_an_edit(client: openai.OpenAI) -> None:
@@ -118,7 +112,7 @@ def test_stream_an_edit(client: openai.OpenAI) -> None:
         quality="medium",
         stream=True,
         partial_images=2,
-        extra_body={"image_id": _image_id(first.data[0]), "seed": 6},
+        extra_body={"image_id": image_id_of(first.data[0]), "seed": 6},
     )
     events = list(stream)
     assert [e.type for e in events] == ["image_edit.partial_image", "image_edit.partial_image", "image_edit.completed"]
@@ -129,6 +123,6 @@ def test_an_image_of_another_account_is_not_found(running: Stack, client: openai
     assert first.data
     with openai.OpenAI(base_url=f"{running.profile.gateway_url}/v1", api_key=keys[1], max_retries=0) as other:
         with pytest.raises(openai.NotFoundError):
-            other.images.edit(image=[], prompt="mine", extra_body={"image_id": _image_id(first.data[0])})
+            other.images.edit(image=[], prompt="mine", extra_body={"image_id": image_id_of(first.data[0])})
         with pytest.raises(openai.NotFoundError):
-            other.get(f"/images/{_image_id(first.data[0])}", cast_to=object)
+            other.get(f"/images/{image_id_of(first.data[0])}", cast_to=object)

@@ -14,7 +14,7 @@ from tests.integration.conftest import KafkaBus
 
 
 def _message(n: int) -> Envelope:
-    beat = ServiceHeartbeat(service="test", instance_id=f"i{n}", started_at="2026-01-01T00:00:00Z")  # type: ignore[arg-type]
+    beat = ServiceHeartbeat(service="test", instance_id=f"i{n}", started_at="2026-01-01T00:00:00Z")
     return Envelope.wrap(beat, aggregate_id=f"agg-{n}")
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import uuid
+from typing import TypeVar
 
 from libs import topics
 from libs.bus.kafka import KafkaProducer
@@ -25,6 +26,8 @@ from libs.runtime.wiring import kafka_consumer_factory
 from libs.settings import DecoderSettings
 from services.decoder.bootstrap import bootstrap
 from tests.helpers import eventually, render_job, send_to_lane
+
+DecoderEvent = TypeVar("DecoderEvent", RenderProgressed, RenderStarted, RenderStopped, StoreImage)
 
 PASS_S = 0.25
 """The stand-in model's cost per batched pass."""
@@ -65,7 +68,7 @@ async def test_a_paid_job_preempts_a_free_render_within_a_pass_and_the_free_one_
     )
     run = uuid.uuid4().hex[:6]
 
-    def events(kind: type, job_id: str) -> list:  # type: ignore[type-arg]
+    def events(kind: type[DecoderEvent], job_id: str) -> list[DecoderEvent]:
         topic = topics.STORAGE_BLOBS if kind is StoreImage else topics.RENDER_PROGRESS
         decoded = (REGISTRY.decode(Envelope.from_bytes(r.value)) for r in outputs.records(topic))
         return [e for e in decoded if isinstance(e, kind) and e.job_id == job_id]

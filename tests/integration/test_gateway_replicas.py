@@ -36,7 +36,7 @@ from libs.events.schemas import TierPolicy, TierPolicyChanged
 from libs.settings import DEV_SIGNING_KEY, GatewaySettings
 from services.gateway.app import create_app
 from services.gateway.limits import Limits
-from tests.helpers import eventually
+from tests.helpers import eventually, sdk_client
 
 TIER = "plus"
 ASYNC = {"Prefer": "respond-async"}
@@ -91,7 +91,7 @@ async def replicas(kafka_bootstrap: str, mongo_url: str, minio_endpoint: str) ->
             http = await stack.enter_async_context(
                 httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=f"http://gateway-{name}")
             )
-            client = AsyncOpenAI(base_url=f"http://gateway-{name}/v1", api_key=api_key, http_client=http, max_retries=0)
+            client = sdk_client(http, api_key)
             out.append(Replica(app, client))
         try:
             yield out

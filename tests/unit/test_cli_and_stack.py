@@ -15,6 +15,7 @@ from infra.stack import (
     CONSUMER_NICE,
     SERVICES,
     Process,
+    Profile,
     Stack,
     StackError,
     at_priority,
@@ -60,7 +61,7 @@ def test_dev_and_test_profiles_never_share_a_port_or_folder(monkeypatch: pytest.
         monkeypatch.delenv(var, raising=False)
     dev, test = load_profile("dev"), load_profile("test")
 
-    def ports(p):  # type: ignore[no-untyped-def]
+    def ports(p: Profile) -> set[int]:
         own = {p.kafka_port, p.controller_port, p.minio_port, p.minio_console_port, p.ferretdb_port, p.gateway_port}
         return own | {p.health_port(s) for s in SERVICES}
 

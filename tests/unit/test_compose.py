@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 import shlex
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
 import yaml
@@ -23,6 +24,9 @@ DOCKERFILE_PATH = REPO_ROOT / "Dockerfile"
 APP_SERVICES = ("gateway", "auth", "requests", "decoder", "safety", "storage", "metering")
 INFRA_SERVICES = ("kafka", "minio", "mongo")
 ONE_SHOT_SERVICES = ("topics",)
+Doc = dict[str, Any]
+"""A parsed YAML mapping (the compose file, a service in it)."""
+
 VALID_CONDITIONS = {"service_started", "service_healthy", "service_completed_successfully"}
 
 # Secrets and where each must be handed to a container.
@@ -55,19 +59,19 @@ def compose_text() -> str:
 
 
 @pytest.fixture(scope="module")
-def compose(compose_text: str) -> dict:
+def compose(compose_text: str) -> Doc:
     # safe_load resolves the YAML anchors and `<<` merge keys the file uses, as compose does.
     doc = yaml.safe_load(compose_text)
     assert isinstance(doc, dict) and isinstance(doc.get("services"), dict)
-    return doc
+    return cast(Doc, doc)
 
 
 @pytest.fixture(scope="module")
-def services(compose: dict) -> dict:
-    return compose["services"]
+def services(compose: Doc) -> Doc:
+    return cast(Doc, compose["services"])
 
 
-def _as_argv(command: str | list | None) -> list[str]:
+def _as_argv(command: str | list[Any] | None) -> list[str]:
     if command is None:
         return []
     if isinstance(command, str):
@@ -75,7 +79,7 @@ def _as_argv(command: str | list | None) -> list[str]:
     return [str(part) for part in command]
 
 
-def _environment(service: dict) -> dict[str, str]:
+def _environment(service: Doc) -> dict[str, str | None]:
     """Compose accepts environment as a mapping or as a list of KEY=VALUE strings."""
     env = service.get("environment") or {}
     if isinstance(env, list):
@@ -83,7 +87,7 @@ def _environment(service: dict) -> dict[str, str]:
     return {key: (None if value is None else str(value)) for key, value in env.items()}
 
 
-def _depends_on(service: dict) -> dict:
+def _depends_on(service: Doc) -> Doc:
     deps = service.get("depends_on") or {}
     if isinstance(deps, list):
         # The short (list) form cannot carry a condition; keep it visible to the checks.
@@ -112,18 +116,18 @@ def _dockerfile_instructions() -> list[tuple[str, str]]:
 # --- infrastructure ------------------------------------------------------------------------
 
 
-def test_kafka_is_official_image_in_kraft_combined_mode(services: dict) -> None:
+def test_kafka_is_official_image_in_kraft_combined_mode(services: Doc) -> None:
     kafka = services["kafka"]
     assert kafka["image"] == "apache/kafka:4.3.1"
     env = _environment(kafka)
-    roles = {role.strip() for role in env.get("KAFKA_PROCESS_ROLES", "").split(",")}
+    roles = {role.strip() for role in (env.get("KAFKA_PROCESS_ROLES") or "").split(",")}
     assert roles == {"broker", "controller"}
     assert env.get("KAFKA_NODE_ID"), "KRaft needs a node id"
     assert env.get("KAFKA_CONTROLLER_QUORUM_VOTERS"), "KRaft needs the controller quorum"
     assert env.get("KAFKA_CONTROLLER_LISTENER_NAMES")
 
 
-def test_kafka_single_node_settings(services: dict) -> None:
+def test_kafka_single_node_settings(services: Doc) -> None:
     env = _environment(services["kafka"])
     for key in (
         "KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR",
@@ -131,16 +135,16 @@ def test_kafka_single_node_settings(services: dict) -> None:
     ):
         assert env.get(key) == "1", f"{key} must be 1 on a single broker"
     # Topics come only from infra/topics.yaml through the `topics` job.
-    assert env.get("KAFKA_AUTO_CREATE_TOPICS_ENABLE", "").lower() == "false"
+    assert (env.get("KAFKA_AUTO_CREATE_TOPICS_ENABLE") or "").lower() == "false"
 
 
-def test_minio_and_mongo_images(services: dict) -> None:
+def test_minio_and_mongo_images(services: Doc) -> None:
     assert services["minio"]["image"].split(":")[0] == "minio/minio"
     assert services["mongo"]["image"] == "mongo:7"
 
 
 @pytest.mark.parametrize("name", INFRA_SERVICES)
-def test_infra_data_lives_on_named_volumes(compose: dict, name: str) -> None:
+def test_infra_data_lives_on_named_volumes(compose: Doc, name: str) -> None:
     declared = set((compose.get("volumes") or {}).keys())
     mounts = compose["services"][name].get("volumes") or []
     sources = [(mount.split(":", 1)[0] if isinstance(mount, str) else mount.get("source")) for mount in mounts]
@@ -152,13 +156,13 @@ def test_infra_data_lives_on_named_volumes(compose: dict, name: str) -> None:
 
 
 @pytest.mark.parametrize("name", APP_SERVICES)
-def test_app_service_runs_its_module(services: dict, name: str) -> None:
+def test_app_service_runs_its_module(services: Doc, name: str) -> None:
     assert name in services, f"service {name} missing from docker-compose.yml"
     assert _as_argv(services[name].get("command")) == ["python", "-m", f"services.{name}"]
 
 
 @pytest.mark.parametrize("name", APP_SERVICES + ONE_SHOT_SERVICES)
-def test_python_services_build_from_repository_dockerfile(services: dict, name: str) -> None:
+def test_python_services_build_from_repository_dockerfile(services: Doc, name: str) -> None:
     build = services[name].get("build")
     assert build is not None, f"{name} must be built from this repository"
     if isinstance(build, str):
@@ -168,12 +172,12 @@ def test_python_services_build_from_repository_dockerfile(services: dict, name: 
     assert (context / build.get("dockerfile", "Dockerfile")).resolve() == DOCKERFILE_PATH
 
 
-def test_python_services_share_one_image(services: dict) -> None:
+def test_python_services_share_one_image(services: Doc) -> None:
     images = {services[name].get("image") for name in APP_SERVICES + ONE_SHOT_SERVICES}
     assert len(images) == 1 and None not in images, images
 
 
-def test_gateway_publishes_its_http_port(services: dict) -> None:
+def test_gateway_publishes_its_http_port(services: Doc) -> None:
     gateway = services["gateway"]
     assert _environment(gateway).get("DARKROOM_GATEWAY_PORT") == "8000"
     targets = [
@@ -184,19 +188,19 @@ def test_gateway_publishes_its_http_port(services: dict) -> None:
 
 
 @pytest.mark.parametrize("name", APP_SERVICES)
-def test_app_service_environment(services: dict, name: str) -> None:
+def test_app_service_environment(services: Doc, name: str) -> None:
     env = _environment(services[name])
     assert env.get("DARKROOM_ENV") == "production"
     assert env.get("DARKROOM_KAFKA_BOOTSTRAP") == "kafka:9092"
     assert env.get("DARKROOM_MINIO_ENDPOINT") == "minio:9000"
     assert env.get("DARKROOM_HEALTH_PORT") == "8081"
     assert (env.get("DARKROOM_MONGO_URL") or "").startswith("mongodb://")
-    assert "@mongo:27017/" in env["DARKROOM_MONGO_URL"]
+    assert "@mongo:27017/" in (env["DARKROOM_MONGO_URL"] or "")
     for key in ("DARKROOM_MINIO_ACCESS_KEY", "DARKROOM_MINIO_SECRET_KEY", "DARKROOM_OTLP_ENDPOINT"):
         assert key in env, f"{name} lacks {key}"
 
 
-def test_decoder_declares_no_gpu_reservation(services: dict) -> None:
+def test_decoder_declares_no_gpu_reservation(services: Doc) -> None:
     # A device reservation makes compose refuse to start the decoder on CPU-only hosts.
     deploy = services["decoder"].get("deploy") or {}
     assert "resources" not in deploy
@@ -206,7 +210,7 @@ def test_decoder_declares_no_gpu_reservation(services: dict) -> None:
 
 
 @pytest.mark.parametrize("name", INFRA_SERVICES + APP_SERVICES)
-def test_long_running_service_has_healthcheck(services: dict, name: str) -> None:
+def test_long_running_service_has_healthcheck(services: Doc, name: str) -> None:
     check = services[name].get("healthcheck")
     assert check, f"{name} has no healthcheck"
     assert not check.get("disable", False)
@@ -214,7 +218,7 @@ def test_long_running_service_has_healthcheck(services: dict, name: str) -> None
 
 
 @pytest.mark.parametrize("name", APP_SERVICES)
-def test_app_healthcheck_uses_runtime_probe(services: dict, name: str) -> None:
+def test_app_healthcheck_uses_runtime_probe(services: Doc, name: str) -> None:
     argv = _as_argv(services[name]["healthcheck"]["test"])
     port = "8000" if name == "gateway" else "8081"
     assert argv[-4:] == [
@@ -225,7 +229,7 @@ def test_app_healthcheck_uses_runtime_probe(services: dict, name: str) -> None:
     ]
 
 
-def test_every_dependency_has_a_condition(services: dict) -> None:
+def test_every_dependency_has_a_condition(services: Doc) -> None:
     for name, service in services.items():
         for dependency, spec in _depends_on(service).items():
             assert dependency in services, f"{name} depends on unknown service {dependency}"
@@ -234,7 +238,7 @@ def test_every_dependency_has_a_condition(services: dict) -> None:
             )
 
 
-def test_topics_job_creates_topics_once_kafka_is_healthy(services: dict) -> None:
+def test_topics_job_creates_topics_once_kafka_is_healthy(services: Doc) -> None:
     topics = services["topics"]
     assert _as_argv(topics.get("command")) == ["python", "-m", "infra.topics", "create"]
     assert _depends_on(topics).get("kafka", {}).get("condition") == "service_healthy"
@@ -243,14 +247,14 @@ def test_topics_job_creates_topics_once_kafka_is_healthy(services: dict) -> None
 
 
 @pytest.mark.parametrize("name", APP_SERVICES)
-def test_app_service_waits_for_kafka_and_topics(services: dict, name: str) -> None:
+def test_app_service_waits_for_kafka_and_topics(services: Doc, name: str) -> None:
     deps = _depends_on(services[name])
     assert deps.get("kafka", {}).get("condition") == "service_healthy"
     assert deps.get("topics", {}).get("condition") == "service_completed_successfully"
 
 
 @pytest.mark.parametrize("name", INFRA_SERVICES + APP_SERVICES)
-def test_dependencies_with_service_healthy_have_healthchecks(services: dict, name: str) -> None:
+def test_dependencies_with_service_healthy_have_healthchecks(services: Doc, name: str) -> None:
     for dependency, spec in _depends_on(services[name]).items():
         if (spec or {}).get("condition") == "service_healthy":
             assert services[dependency].get("healthcheck"), (
@@ -272,7 +276,7 @@ def test_secret_is_required_and_has_no_default(compose_text: str, secret: str) -
 
 
 @pytest.mark.parametrize(("service", "key", "secret"), SECRET_ENV_BINDINGS)
-def test_secret_reaches_container_only_from_environment(services: dict, service: str, key: str, secret: str) -> None:
+def test_secret_reaches_container_only_from_environment(services: Doc, service: str, key: str, secret: str) -> None:
     value = _environment(services[service]).get(key) or ""
     assert re.fullmatch(r"\$\{" + secret + r":\?[^}]*\}", value), (
         f"{service}.{key} must be exactly ${{{secret}:?...}}, got {value!r}"
@@ -312,7 +316,7 @@ def test_dockerfile_puts_code_on_pythonpath() -> None:
 # --- the three-broker override (docker-compose.cluster.yml) --------------------------------
 
 
-def test_the_cluster_override_runs_three_replicated_nodes_and_tells_every_service(services: dict) -> None:
+def test_the_cluster_override_runs_three_replicated_nodes_and_tells_every_service(services: Doc) -> None:
     cluster = yaml.safe_load((REPO_ROOT / "docker-compose.cluster.yml").read_text(encoding="utf-8"))["services"]
     nodes = {name: _environment(cluster[name]) for name in ("kafka", "kafka-2", "kafka-3")}
     assert sorted(str(env["KAFKA_NODE_ID"]) for env in nodes.values()) == ["1", "2", "3"]
@@ -321,7 +325,7 @@ def test_the_cluster_override_runs_three_replicated_nodes_and_tells_every_servic
     for name, env in nodes.items():
         assert str(env["KAFKA_DEFAULT_REPLICATION_FACTOR"]) == "3" and str(env["KAFKA_MIN_INSYNC_REPLICAS"]) == "2"
         assert str(env["KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR"]) == "3"
-        assert env["KAFKA_ADVERTISED_LISTENERS"].startswith(f"PLAINTEXT://{name}:9092")
+        assert (env["KAFKA_ADVERTISED_LISTENERS"] or "").startswith(f"PLAINTEXT://{name}:9092")
     assert cluster["kafka-2"]["image"] == cluster["kafka-3"]["image"] == services["kafka"]["image"]
     # Every process of the base file that talks to Kafka is told of all three brokers.
     clients = [name for name, body in services.items() if "DARKROOM_KAFKA_BOOTSTRAP" in _environment(body)]

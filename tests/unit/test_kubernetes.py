@@ -40,7 +40,8 @@ def test_every_deployment_runs_a_real_service_with_real_settings() -> None:
         env = _env(deployment)
         for key in env:
             assert key.startswith("DARKROOM_") and key.removeprefix("DARKROOM_").lower() in DecoderSettings.model_fields
-        DecoderSettings(**{k.removeprefix("DARKROOM_").lower(): v for k, v in env.items()})  # the values validate
+        # The values validate.
+        DecoderSettings.model_validate({k.removeprefix("DARKROOM_").lower(): v for k, v in env.items()})
         port = int(env["DARKROOM_HEALTH_PORT"])
         assert container["readinessProbe"]["httpGet"]["path"] == "/healthz"
         assert [p["containerPort"] for p in container["ports"]] == [port]

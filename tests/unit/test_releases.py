@@ -45,7 +45,7 @@ def validated(version: str, passed: bool = True) -> ModelVersionValidated:
 
 
 def failed(version: str, stage: str = "load") -> ModelVersionFailed:
-    return ModelVersionFailed(model=MODEL, version=version, stage=stage, reason="checksum mismatch", decoder="d-1")  # type: ignore[arg-type]
+    return ModelVersionFailed(model=MODEL, version=version, stage=stage, reason="checksum mismatch", decoder="d-1")
 
 
 def test_every_account_gets_the_base_version_until_an_operator_changes_it() -> None:

@@ -31,7 +31,7 @@ FAST = RetryPolicy(max_attempts=3, initial_backoff_s=0.001, max_backoff_s=0.002)
 
 
 def _message(n: int) -> Envelope:
-    beat = ServiceHeartbeat(service=f"s{n}", instance_id=f"i{n}", started_at="2026-01-01T00:00:00Z")  # type: ignore[arg-type]
+    beat = ServiceHeartbeat(service=f"s{n}", instance_id=f"i{n}", started_at="2026-01-01T00:00:00Z")
     return Envelope.wrap(beat, aggregate_id=f"agg-{n}")
 
 

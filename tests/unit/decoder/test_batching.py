@@ -137,7 +137,11 @@ async def test_jobs_that_wait_together_share_every_pass_up_to_the_limit_in_image
         for render in jobs:
             await decoder.send(render)
         for render in jobs:
-            await eventually(now(lambda r=render: len(decoder.stored(r.job_id)) == r.n), 10, f"{render.job_id}")
+
+            def all_stored(r: RenderJob = render) -> bool:
+                return len(decoder.stored(r.job_id)) == r.n
+
+            await eventually(now(all_stored), 10, f"{render.job_id}")
 
         # The four images of the first pass: b's two and two single jobs (the lane's partitions
         # come in the broker's order); the fourth job waits its turn.

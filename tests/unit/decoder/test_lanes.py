@@ -76,8 +76,9 @@ class FakeMember:
 async def test_the_gate_waits_for_room_then_pauses_and_resumes() -> None:
     calls: list[str] = []
 
-    async def room() -> None:
+    async def room() -> int:
         calls.append("room")
+        return 1
 
     gate = LaneGate(room)
     member = FakeMember({tp("pro"), tp("free")}, {tp("pro"): 1, tp("free"): 3})

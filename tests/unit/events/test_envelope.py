@@ -11,7 +11,7 @@ from libs.events.schemas import ServiceHeartbeat
 
 
 def _beat() -> ServiceHeartbeat:
-    return ServiceHeartbeat(service="auth", instance_id="auth-1", started_at="2026-01-01T00:00:00Z")  # type: ignore[arg-type]
+    return ServiceHeartbeat(service="auth", instance_id="auth-1", started_at="2026-01-01T00:00:00Z")
 
 
 def test_ulids_sort_by_time_and_are_unique() -> None:

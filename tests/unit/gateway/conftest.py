@@ -21,6 +21,7 @@ from libs.lanes import models
 from libs.settings import GatewaySettings
 from libs.stores.memory import InMemoryBlobStore, InMemoryDocumentStore
 from services.gateway.app import create_app
+from tests.helpers import sdk_client
 from tests.unit.gateway.pipeline import Pipeline, pipeline_broker, running_pipeline
 
 SIGNING = {"k1": "unit-test-signing-key"}
@@ -76,7 +77,7 @@ async def gateway_with(**overrides: object) -> AsyncIterator[GatewayUnderTest]:
     async with app.router.lifespan_context(app), running_pipeline(broker, documents, blobs, served) as pipeline:
         http = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gateway")
         api_key = key_for("acct_owner")
-        client = AsyncOpenAI(base_url="http://gateway/v1", api_key=api_key, http_client=http, max_retries=0)
+        client = sdk_client(http, api_key)
         try:
             yield GatewayUnderTest(app, client, http, pipeline, api_key, lanes)
         finally:

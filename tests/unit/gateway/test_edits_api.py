@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from libs.model.interface import unpack_cells, unpack_tokens
+from tests.helpers import sdk_client
 from tests.unit.gateway.conftest import GatewayUnderTest, key_for
 from tests.unit.gateway.test_limits import _set_policy
 
@@ -134,9 +135,7 @@ async def test_an_idempotency_key_names_one_tweak_and_only_with_the_same_upload(
 
 async def test_an_image_id_of_another_account_is_not_found(gateway: GatewayUnderTest) -> None:
     _, image_id = await _generated(gateway)
-    stranger = openai.AsyncOpenAI(
-        base_url="http://gateway/v1", api_key=key_for("acct_x"), http_client=gateway.http, max_retries=0
-    )
+    stranger = sdk_client(gateway.http, key_for("acct_x"))
     with pytest.raises(openai.NotFoundError) as caught:
         await stranger.images.edit(image=[], prompt="mine now", extra_body={"image_id": image_id})
     assert caught.value.body["param"] == "image_id"  # type: ignore[index]

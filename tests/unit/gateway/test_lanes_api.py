@@ -18,7 +18,7 @@ from services.gateway import errors
 from services.gateway.errors import APIError
 from services.gateway.lanes import DEFERRED_AFTER_S, LaneMonitor
 from services.gateway.metrics import FleetCollector
-from tests.helpers import metric, metric_samples
+from tests.helpers import metric, metric_samples, sdk_client
 from tests.unit.gateway.conftest import GatewayUnderTest, key_for
 
 
@@ -104,9 +104,7 @@ async def test_the_api_answers_503_with_retry_after_and_takes_no_job(gateway: Ga
     lanes = gateway.app.state.gateway.lanes
     gateway.lanes.counts = {"free": LaneCounts(waiting=5000, taken=0)}
     await lanes.refresh()
-    free = openai.AsyncOpenAI(
-        base_url="http://gateway/v1", api_key=key_for("acct_free", "free"), http_client=gateway.http, max_retries=0
-    )
+    free = sdk_client(gateway.http, key_for("acct_free", "free"))
     with pytest.raises(openai.InternalServerError) as refused:
         await free.images.generate(prompt="a red circle")
     assert refused.value.status_code == 503

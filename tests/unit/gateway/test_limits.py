@@ -34,7 +34,7 @@ from libs.ratelimit import UsageLedger
 from services.gateway.errors import refused
 from services.gateway.limits import Admission, Feed, Limits, UsageHandler, port_readers
 from services.gateway.refusals import Refusal
-from tests.helpers import eventually, job_spec
+from tests.helpers import eventually, job_spec, sdk_client
 from tests.unit.gateway.conftest import SIGNING, GatewayUnderTest, key_for
 
 ASYNC = {"Prefer": "respond-async"}
@@ -58,7 +58,7 @@ async def _set_policy(gw: GatewayUnderTest, tier: Tier, **changes: Any) -> None:
 
 
 def _client(gw: GatewayUnderTest, api_key: str) -> AsyncOpenAI:
-    return AsyncOpenAI(base_url="http://gateway/v1", api_key=api_key, http_client=gw.http, max_retries=0)
+    return sdk_client(gw.http, api_key)
 
 
 async def test_successful_generations_carry_the_rate_limit_headers(gateway: GatewayUnderTest) -> None:
@@ -100,7 +100,7 @@ async def test_a_keyed_request_refused_by_the_rate_limit_frees_its_key(gateway: 
     await _set_policy(gateway, "pro", requests_per_minute=10)
     first = await gateway.client.images.generate(prompt="three", quality="low", extra_headers=keyed)
     again = await gateway.client.images.generate(prompt="three", quality="low", extra_headers=keyed)
-    assert first.data[0].b64_json == again.data[0].b64_json
+    assert first.data and again.data and first.data[0].b64_json == again.data[0].b64_json
     assert len(gateway.pipeline.generated) == 2
 
 
@@ -146,7 +146,7 @@ async def test_the_metered_usage_of_the_day_counts_toward_the_quota(gateway: Gat
     ledger = gateway.app.state.gateway.limits.ledger
 
     async def metered() -> bool:
-        return ledger.images_today("acct_owner", time.time()) == 2
+        return bool(ledger.images_today("acct_owner", time.time()) == 2)
 
     await eventually(metered, 5, "the gateway to read the metered usage")
     with pytest.raises(openai.RateLimitError) as error:
@@ -177,7 +177,7 @@ async def test_concurrent_jobs_are_limited_until_one_ends(gateway: GatewayUnderT
     ledger = gateway.app.state.gateway.limits.ledger
 
     async def ended() -> bool:
-        return ledger.in_flight("acct_owner", time.time()) == 0
+        return bool(ledger.in_flight("acct_owner", time.time()) == 0)
 
     await eventually(ended, 5, "the job to end")
     await gateway.client.images.generate(prompt="now it fits", quality="low")

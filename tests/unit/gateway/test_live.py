@@ -75,7 +75,7 @@ def _record(envelope: Envelope) -> Record:
 
 def test_a_follower_folds_the_live_events_to_the_end() -> None:
     follower = JobFollower(_seeded())
-    progress = RenderProgressed.model_construct()  # not a job event: ignored whatever it holds
+    progress = RenderProgressed(job_id=JOB, pass_index=1, total_passes=4, tokens=[])  # not a job event: ignored
     assert follower.apply(Envelope.wrap(progress, aggregate_id=JOB, sequence=7))
     for envelope in _job_events():
         assert follower.apply(envelope)

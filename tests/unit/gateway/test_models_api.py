@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 import openai
 import pytest
@@ -46,8 +47,8 @@ async def test_the_models_list_takes_a_key(gateway: GatewayUnderTest) -> None:
 
 @pytest.mark.parametrize("name", ["gpt-image-1", "dall-e-3", None, "darkroom-mini"])
 async def test_an_alias_or_no_model_renders_with_the_default(gateway: GatewayUnderTest, name: str | None) -> None:
-    extra = {} if name is None else {"model": name}
-    result = await gateway.client.images.generate(prompt="a red circle", quality="low", **extra)  # type: ignore[arg-type]
+    extra: dict[str, Any] = {} if name is None else {"model": name}
+    result = await gateway.client.images.generate(prompt="a red circle", quality="low", **extra)
     assert result.data
     assert gateway.pipeline.commands[-1].spec.model == "darkroom-mini"
 
@@ -147,7 +148,9 @@ async def test_a_rollout_routes_its_share_of_accounts_to_the_new_version_live(ga
         ModelRolloutChanged(model="darkroom-mini", action="rollout", candidate="v2", percent=50),
     ):
         expected.apply(event)
-    await _publish_policy(gateway, *[expected.version("darkroom-mini", "v2"), expected.rollout("darkroom-mini")])  # type: ignore[list-item]
+    added = expected.version("darkroom-mini", "v2")
+    assert added is not None
+    await _publish_policy(gateway, added, expected.rollout("darkroom-mini"))
     await eventually(lambda: _true(releases.changes >= 2), 5, "the gateway folded the rollout")
 
     routed = {}

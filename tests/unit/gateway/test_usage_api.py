@@ -44,7 +44,7 @@ async def test_an_account_sees_its_own_days_of_usage_and_nobody_elses(gateway: G
         await _publish(gateway, usage)
 
     async def folded() -> bool:
-        return metered.changes >= 5
+        return bool(metered.changes >= 5)
 
     await eventually(folded, 5, "the gateway folded the usage topic")
     body = (await gateway.http.get("/v1/usage", headers={"authorization": f"Bearer {gateway.api_key}"})).json()

@@ -30,7 +30,8 @@ def test_the_shipped_kinds() -> None:
     for name in ("builtin", "darkroom-mini", "default", None):
         kind, argument = resolve(name) or (None, None)
         assert kind is not None and kind.name == "builtin" and argument is None
-    assert [(k.name, a) for k, a in [resolve("noop:0.06+0.09"), resolve("amused:/srv/a")] if k] == [
+    resolved = [resolve("noop:0.06+0.09"), resolve("amused:/srv/a")]
+    assert [(r[0].name, r[1]) for r in resolved if r is not None] == [
         ("noop", "0.06+0.09"),
         ("amused", "/srv/a"),
     ]

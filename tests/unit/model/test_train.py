@@ -41,7 +41,8 @@ def _touched_cells(scene: Scene) -> np.ndarray:
     """Cells where the object visibly changed the image."""
     image = render_scene(scene).astype(np.int32)
     plain = render_scene(Scene((), scene.background, scene.style, scene.texture_seed)).astype(np.int32)
-    return np.abs(image - plain).sum(-1).reshape(16, 4, 16, 4).max(axis=(1, 3)) > 30
+    touched: np.ndarray = np.abs(image - plain).sum(-1).reshape(16, 4, 16, 4).max(axis=(1, 3)) > 30
+    return touched
 
 
 def test_object_cells_cover_most_of_the_drawn_object_and_little_else() -> None:
