@@ -5,8 +5,10 @@ Two measures in one run on one machine (compare within a run, never across machi
 1. The built-in model alone at the decoder's batch limit (the device's default), low
    quality (4 passes), 256x256 PNG: images/s of whole renders (tests/bench/model.py),
    called as the decoder calls it: on a CPU, each pass in slices on every core
-   (libs.model.split), the figure R divides by; the same batch as one call on torch's own
-   threads is printed before it, for comparison.
+   (libs.model.split). It is measured before the stack and again after it, and R divides
+   by the mean of the two: a machine whose speed drifts during the run then weighs on the
+   model's figure as on the stack's. The same batch as one call on torch's own threads is
+   printed first, for comparison.
 2. The whole stack at saturation with the same model and limit: the `bench` profile
    started from nothing, decoders on the built-in model, the default safety policy (so
    content checks score real pictures), one pro account with its limits lifted, and
@@ -85,6 +87,16 @@ def steady_rate(completed: list[float], edge: int) -> float:
     return (len(window) - 1) / (window[-1] - window[0]) if len(window) > 1 else 0.0
 
 
+def model_as_the_decoder_calls_it(model: Any, limit: int, shape: bench_model.RenderShape, repeats: int) -> float:
+    """The model alone's images/s at `limit`, called as the decoder calls it (on a CPU, each
+    pass in slices on every core)."""
+    split = bench_model.decoder_layout(model)
+    try:
+        return bench_model.model_alone(model, (limit,), shape, repeats, split)[limit].images_per_s
+    finally:
+        split.close()
+
+
 def own_cpu_s() -> float:
     """CPU seconds this process (the benchmark, its HTTP clients included) has used."""
     usage = resource.getrusage(resource.RUSAGE_SELF)
@@ -112,13 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     if split_workers(model) > 1:  # for comparison: one call a pass, on torch's own threads
         whole = bench_model.model_alone(model, (limit,), shape, args.repeats)[limit]
         figures["model_one_call_images_per_s"] = whole.images_per_s
-    split = bench_model.decoder_layout(model)  # as the decoder calls it: the figure R divides by
-    try:
-        alone = bench_model.model_alone(model, (limit,), shape, args.repeats, split)[limit]
-    finally:
-        split.close()
-    del model
-    figures["model_images_per_s"] = alone.images_per_s
+    model_before = model_as_the_decoder_calls_it(model, limit, shape, args.repeats)
+    del model  # the stack's decoder loads its own
 
     print(f"2. the whole stack at saturation: {jobs} low-quality generations, {3 * limit} at a time")
     env = (
@@ -154,10 +161,7 @@ def main(argv: list[str] | None = None) -> int:
         "client_cpu_ms_per_job": (client_after - client_before) * 1000 / done,
         "steady_idle_share": idle,
     }
-    print(
-        f"   steady state {service:.2f} images/s ({figures['overall_images_per_s']:.2f} over the whole run); "
-        f"model alone {alone.images_per_s:.2f}"
-    )
+    print(f"   steady state {service:.2f} images/s ({figures['overall_images_per_s']:.2f} over the whole run)")
     print("   CPU ms per job: " + ", ".join(f"{name} {ms:.0f}" for name, ms in figures["cpu_ms_per_job"].items()))
     # What the stack left unused: on a machine the stack saturates with work this is near 0;
     # above it, the pipeline waits on the decoder's passes (or the reverse) with a core free.
@@ -166,12 +170,24 @@ def main(argv: list[str] | None = None) -> int:
         f"   machine idle in the steady state: {idle_text} of its CPU time; "
         f"this benchmark's own clients: {figures['client_cpu_ms_per_job']:.1f} ms of CPU per job"
     )
-    ratio = service / alone.images_per_s
+    print(f"3. the built-in model alone again, after the stack: batch {limit}")
+    model_after = model_as_the_decoder_calls_it(bench_model.load(device), limit, shape, args.repeats)
+    model_rate = (model_before + model_after) / 2
+    print(
+        f"   model alone {model_rate:.2f} images/s: "
+        f"the mean of {model_before:.2f} before the stack and {model_after:.2f} after it"
+    )
+    figures |= {
+        "model_before_images_per_s": model_before,
+        "model_after_images_per_s": model_after,
+        "model_images_per_s": model_rate,
+    }
+    ratio = service / model_rate
     figures["ratio"] = ratio
     if args.json:
         with open(args.json, "w", encoding="utf-8") as out:
             json.dump(figures, out, indent=1)
-    print(f"service/model throughput: {ratio:.2f} ({service:.2f} vs {alone.images_per_s:.2f} images/s, {device})")
+    print(f"service/model throughput: {ratio:.2f} ({service:.2f} vs {model_rate:.2f} images/s, {device})")
     return 0
 
 
